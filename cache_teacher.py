@@ -1,0 +1,309 @@
+"""
+Cache a teacher once: one pass over a dataset split writes safetensors shards + manifest.json holding
+everything train.py / eval.py need (student pixels, teacher token ids, teacher embeddings, LocCa targets),
+so no teacher ever runs inside the training loop.
+
+    # synthetic world (CPU, seconds): pack images + tokens only, or embed with a teacher we trained
+    python cache_teacher.py --data_dir=data/shapes --split=web --teacher=none --processor=data/shapes/processor --out_dir=cache/shapes
+    python cache_teacher.py --data_dir=data/shapes --split=train --teacher=out/teacher --out_dir=cache/shapes
+    # COCO Karpathy split + a SigLIP 2 checkpoint on a GPU (any HF SigLIP / SigLIP 2 name or local dir, NaFlex too)
+    python cache_teacher.py --data_dir=/data/coco --karpathy=/data/coco/dataset_coco.json --split=test \
+        --teacher=google/siglip2-large-patch16-256 --out_dir=cache/coco-L --device=cuda --dtype=bfloat16
+    torchrun --nproc_per_node=8 cache_teacher.py ...   # rank r writes shards r, r+W, ...; rank 0 the manifest
+
+Writes <out_dir>/<split>/{<split>-00000.safetensors, ..., manifest.json, processor/}. Resumable: finished
+shards (written to a temp name, then renamed) are kept and skipped; the manifest is written last, so a
+directory without one is never read as a cache. Takes ~20 s for the 1k-image synthetic train split on 2 cores.
+"""
+import os, sys, json, time, math, hashlib
+from concurrent.futures import ThreadPoolExecutor
+import numpy as np
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+# -----------------------------------------------------------------------------
+# I/O
+data_dir = 'data/shapes' # COCO-2017 layout: annotations/captions_<split>2017.json, <split>2017/*.jpg
+split = 'train' # COCO: train/val/test/web...; with --karpathy: train, restval, train+restval, val, test
+karpathy = '' # path to a Karpathy split file (dataset_coco.json); images are looked up under data_dir
+instances = '' # instances json for boxes; '' = annotations/instances_<split>2017.json if it exists
+out_dir = 'cache/shapes'
+max_images = 0 # 0 = all; else the first N images by id (smoke tests)
+skip_missing = False # missing image files: error (default) or drop and count them in the manifest
+# teacher
+teacher = 'none' # HF SigLIP/SigLIP 2 name or dir | a train.py out_dir | 'none' (pixels + tokens only)
+processor = '' # processor dir (tokenizer + image settings); '' = the teacher's own
+image_size = 0 # stored pixel resolution for the student; 0 = the teacher's input size
+lowercase = True # SigLIP 2 was trained on lowercased text (HF_TIMM_NOTES); the fixed-res tokenizer won't do it
+max_length = 64 # SigLIP text length: right-padded with 0 to 64; another length silently breaks the teacher
+# system
+batch_size = 64
+shard_size = 2048 # images per shard
+num_workers = 2 # DataLoader workers decoding JPEGs
+device = 'cpu'
+dtype = 'float32' # 'bfloat16' / 'float16' autocast on GPU
+config_keys = [k for k,v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
+exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+config = {k: globals()[k] for k in config_keys}
+# -----------------------------------------------------------------------------
+from model import box_to_text
+from eval import cache_fingerprint
+
+rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
+if world > 1:
+    torch.distributed.init_process_group(backend='gloo') # only used for a barrier before the manifest
+split_dir = os.path.join(out_dir, split)
+os.makedirs(split_dir, exist_ok=True)
+
+# -----------------------------------------------------------------------------
+# read the dataset into one record format: {image_id, path, width, height, captions, regions}
+def read_json(path):
+    if not os.path.isfile(path):
+        sys.exit(f"cache_teacher: {path} not found (data_dir={data_dir!r}, split={split!r})")
+    with open(path) as f:
+        return json.load(f)
+
+if karpathy: # Karpathy split file: keep ALL captions (COCO test has 25,010, not 25,000)
+    wanted = set(split.split('+'))
+    recs = {im['cocoid']: dict(image_id=im['cocoid'], path=os.path.join(data_dir, im['filepath'], im['filename']),
+                               captions=[s['raw'] for s in im['sentences']], regions=[])
+            for im in read_json(karpathy)['images'] if im['split'] in wanted}
+else:
+    caps = read_json(os.path.join(data_dir, 'annotations', f'captions_{split}2017.json'))
+    recs = {im['id']: dict(image_id=im['id'], path=os.path.join(data_dir, f'{split}2017', im['file_name']),
+                           width=im['width'], height=im['height'], captions=[], regions=[]) for im in caps['images']}
+    for a in caps['annotations']:
+        recs[a['image_id']]['captions'].append(a['caption'])
+    instances = instances or os.path.join(data_dir, 'annotations', f'instances_{split}2017.json')
+n_boxes_dropped = 0
+if instances and os.path.isfile(instances): # boxes + category names feed the LocCa ARef/GCap targets
+    inst = read_json(instances)
+    names = {c['id']: c['name'] for c in inst['categories']}
+    sizes = {im['id']: (im['width'], im['height']) for im in inst['images']}
+    for a in inst['annotations']:
+        if a['image_id'] not in recs or a.get('iscrowd', 0):
+            continue
+        W, H = sizes[a['image_id']]
+        x, y, w, h = a['bbox']
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H) # clip boxes outside the image
+        if x1 - x0 < 1 or y1 - y0 < 1: # nothing left inside the image: drop, counted in the manifest
+            n_boxes_dropped += 1
+            continue
+        recs[a['image_id']]['regions'].append(([x0 / W, y0 / H, x1 / W, y1 / H], names[a['category_id']]))
+records = [recs[k] for k in sorted(recs)]
+if not records:
+    sys.exit(f"cache_teacher: split {split!r} of {karpathy or data_dir} has no images")
+records = records[:max_images] if max_images else records
+missing = [r['path'] for r in records if not os.path.isfile(r['path'])]
+if missing and not skip_missing:
+    sys.exit(f"cache_teacher: {len(missing)} of {len(records)} image files missing, e.g. {missing[:3]}; "
+             f"fix data_dir or pass --skip_missing=True to drop them (counted in the manifest)")
+records = [r for r in records if os.path.isfile(r['path'])]
+
+# -----------------------------------------------------------------------------
+# teacher + processor: HF SigLIP (fixed res), HF SigLIP 2 NaFlex, one of our train.py runs, or none
+from transformers import AutoTokenizer, AutoProcessor
+model, kind, logit_scale, logit_bias, embed_dim = None, 'none', None, None, None
+if teacher != 'none' and os.path.isfile(os.path.join(teacher, 'model.safetensors')) \
+        and 'kept_ids' in read_json(os.path.join(teacher, 'config.json')):
+    from model import Student
+    kind, model = 'ours', Student.from_pretrained(teacher)
+    proc_dir = processor or teacher
+elif teacher != 'none':
+    from transformers import AutoModel
+    model = AutoModel.from_pretrained(teacher, dtype=torch.float32)
+    kind = 'siglip2' if model.config.model_type == 'siglip2' else 'siglip'
+    proc_dir = processor or teacher
+else:
+    proc_dir = processor
+    if not proc_dir:
+        sys.exit("cache_teacher: --teacher=none needs --processor=<dir> (tokenizer + image settings)")
+tok = AutoTokenizer.from_pretrained(proc_dir)
+tok.padding_side = 'right' # SigLIP pools the last position: left padding silently changes the embedding
+improc = AutoProcessor.from_pretrained(proc_dir).image_processor
+mean, std = list(improc.image_mean), list(improc.image_std)
+resample = getattr(improc, 'resample', Image.BILINEAR)
+if kind == 'siglip2': # NaFlex: aspect-preserving patches; the student's pixels get a fixed square size
+    teacher_size = int(improc.patch_size * math.isqrt(improc.max_num_patches))
+elif kind == 'ours':
+    teacher_size = model.config.image_size
+else:
+    teacher_size = improc.size['height']
+image_size = image_size or teacher_size
+if model is not None:
+    model.to(device).eval()
+    logit_scale, logit_bias = model.logit_scale.exp().item(), model.logit_bias.item()
+
+# -----------------------------------------------------------------------------
+# text: teacher ids for the text tower, LocCa sequences for the decoder (tokenised once, here)
+def norm_text(s):
+    return ' '.join(s.lower().split()) if lowercase else ' '.join(s.split())
+_piece_cache = {}
+def piece(s): # tokenise one piece without specials; pieces concatenate so inference prefixes match
+    if s not in _piece_cache:
+        _piece_cache[s] = tok(norm_text(s), add_special_tokens=False)['input_ids']
+    return _piece_cache[s]
+def locca_seq(*pieces): # -> (ids padded to max_length, prefix length); eos stays even when truncated
+    ids = [t for p in pieces for t in piece(p)][:max_length - 1] + [tok.eos_token_id]
+    return ids + [0] * (max_length - len(ids)), len(piece(pieces[0]))
+n_truncated = 0
+def encode_captions(caps):
+    global n_truncated
+    caps = [norm_text(c) for c in caps]
+    n_truncated += sum(len(x) > max_length for x in tok(caps)['input_ids'])
+    return tok(caps, padding='max_length', max_length=max_length, truncation=True)['input_ids']
+
+# -----------------------------------------------------------------------------
+# images: decoded in DataLoader workers; corrupt / unreadable files are skipped and counted
+class Images(torch.utils.data.Dataset):
+    def __init__(self, recs): self.recs = recs
+    def __len__(self): return len(self.recs)
+    def __getitem__(self, i):
+        r = self.recs[i]
+        try:
+            img = Image.open(r['path'])
+            img = img.convert('RGB') # grayscale / CMYK / palette JPEGs become RGB like the HF processor does
+        except Exception as e:
+            return i, None, f'{type(e).__name__}: {e}'
+        px = torch.from_numpy(np.asarray(img.resize((image_size, image_size), resample))).permute(2, 0, 1).contiguous()
+        if kind in ('siglip', 'siglip2'): # the teacher sees exactly its own processor's output
+            return i, px, {k: v[0] for k, v in improc(img, return_tensors='pt').items()}
+        return i, px, None
+def collate(batch):
+    return batch
+
+def features(out): # transformers 5.x returns BaseModelOutputWithPooling; 4.x returned the tensor
+    return out if torch.is_tensor(out) else out.pooler_output
+
+autocast = torch.autocast(device_type=torch.device(device).type, dtype=getattr(torch, dtype), enabled=dtype != 'float32')
+@torch.inference_mode()
+def embed_images(px, tin): # px (B,3,S,S) uint8, tin: list of processor outputs -> (B, D)
+    with autocast:
+        if kind == 'ours':
+            return model.encode_image(model.preprocess(px.to(device)))
+        batch = {k: torch.stack([t[k] for t in tin]).to(device) for k in tin[0]}
+        return features(model.get_image_features(**batch))
+@torch.inference_mode()
+def embed_texts(ids): # (M, L) -> (M, D)
+    with autocast:
+        ids = ids.to(device)
+        return model.encode_text(ids) if kind == 'ours' else features(model.get_text_features(input_ids=ids))
+
+if model is not None: # read D off the model's own output rather than guessing which config field holds it
+    embed_dim = embed_texts(torch.zeros(1, max_length, dtype=torch.long)).shape[-1]
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for b in iter(lambda: f.read(1 << 20), b''):
+            h.update(b)
+    return h.hexdigest()
+def save_shard(tensors, meta, path): # atomic: a half-written shard never carries the final name
+    save_file(tensors, path + '.tmp', metadata={'info': json.dumps(meta)})
+    os.replace(path + '.tmp', path)
+
+# -----------------------------------------------------------------------------
+# settings that shards on disk must share with this run (guards resume against mixing caches)
+settings = dict(teacher=teacher, kind=kind, processor=proc_dir, image_size=image_size, lowercase=lowercase,
+                max_length=max_length, split=split, karpathy=bool(karpathy), n_records=len(records),
+                shard_size=shard_size, max_images=max_images)
+settings_path = os.path.join(split_dir, 'settings.json')
+if os.path.isfile(settings_path) and read_json(settings_path) != settings:
+    sys.exit(f"cache_teacher: {split_dir} holds shards written with other settings {read_json(settings_path)}; "
+             f"delete it or choose another out_dir")
+if rank == 0:
+    with open(settings_path + '.tmp', 'w') as f:
+        json.dump(settings, f, indent=1)
+    os.replace(settings_path + '.tmp', settings_path)
+
+n_shards = math.ceil(len(records) / shard_size)
+shard_path = lambda k: os.path.join(split_dir, f'{split}-{k:05d}.safetensors')
+todo = [k for k in range(rank, n_shards, world) if not os.path.isfile(shard_path(k))]
+print(f"{split}: {len(records)} images in {n_shards} shards, teacher={teacher} ({kind}), {image_size}px; "
+      f"rank {rank} writes {len(todo)} shards ({n_shards - len(todo)} done before)")
+writer, pending, t0, n_done = ThreadPoolExecutor(1), [], time.time(), 0
+for k in todo:
+    recs = records[k * shard_size:(k + 1) * shard_size]
+    loader = torch.utils.data.DataLoader(Images(recs), batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+    pixels, img_emb, kept, skipped = [], [], [], []
+    for batch in loader:
+        skipped += [dict(image_id=recs[i]['image_id'], file=recs[i]['path'], reason=t) for i, px, t in batch if px is None]
+        batch = [b for b in batch if b[1] is not None]
+        if not batch:
+            continue
+        kept += [i for i, _, _ in batch]
+        px = torch.stack([b[1] for b in batch])
+        pixels.append(px)
+        if model is not None:
+            img_emb.append(embed_images(px, [b[2] for b in batch]).float().cpu())
+        n_done += len(batch)
+        print(f"\r{split} shard {k}: {n_done} images, {n_done / (time.time() - t0):.1f} img/s", end='', flush=True)
+    recs = [recs[i] for i in kept]
+    cap_img = [r['image_id'] for r in recs for _ in r['captions']]
+    caps = [c for r in recs for c in r['captions']]
+    regs = [(r['image_id'], b, n) for r in recs for b, n in r['regions']]
+    cap_seq = [locca_seq('cap:', c) for c in caps]
+    aref_seq = [locca_seq('aref:', n + ' :', box_to_text(b)) for _, b, n in regs]
+    gcap_seq = [locca_seq('gcap:', box_to_text(b) + ' :', n) for _, b, n in regs]
+    L = lambda x, dt: torch.tensor(x, dtype=dt)
+    t = dict(image_ids=L([r['image_id'] for r in recs], torch.int64), pixels=torch.cat(pixels) if pixels else
+             torch.zeros(0, 3, image_size, image_size, dtype=torch.uint8),
+             caption_image_ids=L(cap_img, torch.int64), input_ids=L(encode_captions(caps), torch.int32).view(-1, max_length),
+             cap_ids=L([s for s, _ in cap_seq], torch.int32).view(-1, max_length), cap_prefix=L([p for _, p in cap_seq], torch.int32),
+             region_image_ids=L([i for i, _, _ in regs], torch.int64), boxes=L([b for _, b, _ in regs], torch.float32).view(-1, 4),
+             aref_ids=L([s for s, _ in aref_seq], torch.int32).view(-1, max_length), aref_prefix=L([p for _, p in aref_seq], torch.int32),
+             gcap_ids=L([s for s, _ in gcap_seq], torch.int32).view(-1, max_length), gcap_prefix=L([p for _, p in gcap_seq], torch.int32))
+    if model is not None:
+        t['image_embeds'] = torch.cat(img_emb).half()
+        t['text_embeds'] = torch.cat([embed_texts(t['input_ids'][i:i + 4 * batch_size].long()).float().cpu()
+                                      for i in range(0, len(caps), 4 * batch_size)]).half()
+    meta = dict(skipped=skipped, truncated_captions=n_truncated, n_images=len(recs), n_captions=len(caps), n_regions=len(regs))
+    n_truncated = 0
+    pending.append(writer.submit(save_shard, t, meta, shard_path(k))) # next shard's compute overlaps this write
+for p in pending:
+    p.result()
+writer.shutdown()
+print(f"\nrank {rank}: {n_done} images in {time.time() - t0:.1f}s")
+
+# -----------------------------------------------------------------------------
+# manifest (rank 0, after every rank's shards exist): counts, checksums, fingerprints
+if world > 1:
+    torch.distributed.barrier()
+if rank == 0:
+    shards, counts = [], dict(images=0, captions=0, regions=0, skipped_images=0, truncated_captions=0)
+    skipped = []
+    for k in range(n_shards):
+        with safe_open(shard_path(k), 'pt') as f:
+            meta = json.loads(f.metadata()['info'])
+        shards.append(dict(file=os.path.basename(shard_path(k)), sha256=sha256(shard_path(k)),
+                           n_images=meta['n_images'], n_captions=meta['n_captions'], n_regions=meta['n_regions']))
+        for c in ('images', 'captions', 'regions'):
+            counts[c] += meta[f'n_{c}']
+        counts['skipped_images'] += len(meta['skipped'])
+        counts['truncated_captions'] += meta['truncated_captions']
+        skipped += meta['skipped']
+    counts.update(missing_images=len(missing), dropped_boxes=n_boxes_dropped)
+    proc_out = os.path.join(split_dir, 'processor')
+    tok.save_pretrained(proc_out) # the student must tokenise exactly like the teacher: ship the files along
+    improc.save_pretrained(proc_out)
+    processor_info = dict(tokenizer=type(tok).__name__, vocab_size=len(tok), max_length=max_length, padding='right',
+                          pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, lowercase=lowercase, resample=int(resample),
+                          backend='pil', teacher_image_size=teacher_size)
+    manifest = dict(teacher=teacher, teacher_kind=kind, embed_dim=embed_dim, logit_scale=logit_scale, logit_bias=logit_bias,
+                    image_size=image_size, mean=mean, std=std, processor=processor_info,
+                    dataset=dict(name=os.path.basename(os.path.abspath(data_dir)), reader='karpathy' if karpathy else 'coco',
+                                 karpathy=os.path.basename(karpathy), instances=os.path.basename(instances) if instances else ''),
+                    data_dir=os.path.abspath(data_dir), split=split, counts=counts, skipped=skipped[:100], shards=shards)
+    tf = dict(teacher=teacher, embed_dim=embed_dim, image_size=image_size, mean=mean, std=std, processor=processor_info)
+    manifest['teacher_fingerprint'] = hashlib.sha256(json.dumps(tf, sort_keys=True).encode()).hexdigest()[:16]
+    manifest['fingerprint'] = cache_fingerprint(manifest)
+    path = os.path.join(split_dir, 'manifest.json')
+    with open(path + '.tmp', 'w') as f:
+        json.dump(manifest, f, indent=1)
+    os.replace(path + '.tmp', path)
+    print(f"wrote {path}: {counts}")
+if world > 1:
+    torch.distributed.destroy_process_group()
+# expected (synthetic train split, tiny teacher, 2 cores): "wrote cache/shapes/train/manifest.json: {'images': 1000, ...}"

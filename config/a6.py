@@ -1,0 +1,7 @@
+# A6 — A5 + the SigLIP 2 terms on the student: LocCa decoder (§2.2) and SILC/TIPS from 80% (§2.3).
+# 1 GPU: python train.py config/a6.py   (same cache as config/a1.py; ~1.5-2× the A5 step time, see README)
+exec(open('config/a5.py').read())
+out_dir = 'out/a6'
+lambda_locca = 1.0 # §2.2: equal weight with the sigmoid loss
+gamma = 0.25 # §2.3 size factor; a ViT-S student takes the smallest model's γ (B: 0.25), choice U25
+dino_dim = 16384 # choice U14: DINOv2's 65,536 prototypes are sized for 100M-image runs; COCO is small

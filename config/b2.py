@@ -1,0 +1,9 @@
+# B2 — teacher SigLIP 2 L (google/siglip2-large-patch16-256) × student vit_tiny_patch16_224, full method (A5 losses).
+# needs the cache: python cache_teacher.py --data_dir=/data/coco --karpathy=/data/coco/dataset_coco.json \
+#   --split=train+restval --teacher=google/siglip2-large-patch16-256 --out_dir=cache/coco-L --device=cuda --dtype=bfloat16  (and --split=val, --split=test)
+# 1 GPU: python train.py config/b2.py ; eval: python eval.py --cache=cache/coco-L/test --ckpt=out/b2
+exec(open('config/a5.py').read())
+out_dir = 'out/b2'
+train_cache = 'cache/coco-L/train+restval'
+val_cache = 'cache/coco-L/val'
+image_model = 'vit_tiny_patch16_224'

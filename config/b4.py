@@ -1,0 +1,9 @@
+# B4 — teacher SigLIP 2 B (google/siglip2-base-patch16-224) × student vit_small_patch16_224, full method (A5 losses).
+# needs the cache: python cache_teacher.py --data_dir=/data/coco --karpathy=/data/coco/dataset_coco.json \
+#   --split=train+restval --teacher=google/siglip2-base-patch16-224 --out_dir=cache/coco-B --device=cuda --dtype=bfloat16  (and --split=val, --split=test)
+# 1 GPU: python train.py config/b4.py ; eval: python eval.py --cache=cache/coco-B/test --ckpt=out/b4
+exec(open('config/a5.py').read())
+out_dir = 'out/b4'
+train_cache = 'cache/coco-B/train+restval'
+val_cache = 'cache/coco-B/val'
+image_model = 'vit_small_patch16_224'

@@ -1,0 +1,9 @@
+# B5 — teacher SigLIP 2 So400m (google/siglip2-so400m-patch14-384) × student vit_small_patch16_224, full method (A5 losses).
+# needs the cache: python cache_teacher.py --data_dir=/data/coco --karpathy=/data/coco/dataset_coco.json \
+#   --split=train+restval --teacher=google/siglip2-so400m-patch14-384 --out_dir=cache/coco-So --device=cuda --dtype=bfloat16  (and --split=val, --split=test)
+# 1 GPU: python train.py config/b5.py ; eval: python eval.py --cache=cache/coco-So/test --ckpt=out/b5
+exec(open('config/a5.py').read())
+out_dir = 'out/b5'
+train_cache = 'cache/coco-So/train+restval'
+val_cache = 'cache/coco-So/val'
+image_model = 'vit_small_patch16_224'

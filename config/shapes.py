@@ -1,0 +1,25 @@
+# Synthetic "shapes" world on a laptop CPU (add after an A/B/C config): tiny towers, 32 px, ~1k student images.
+#   python train.py config/a5.py config/shapes.py --out_dir=out/shapes/a5     (~1 min on 1 CPU thread)
+# Run by demo.sh after it has trained and cached the demo teacher (config/shapes_teacher.py).
+train_cache = 'cache/shapes/train'
+val_cache = 'cache/shapes/val'
+val_images = 500
+image_model = 'vit_tiny_patch16_224'
+image_kwargs = {'patch_size': 8, 'embed_dim': 64, 'depth': 2, 'num_heads': 2} # ≈ 1/6 of the demo teacher
+text_width = 64
+text_depth = 1
+text_heads = 2
+batch_size = 128
+max_iters = 600
+warmup_iters = 50
+learning_rate = 2e-3
+min_lr = 1e-4
+eval_interval = 200
+log_interval = 50
+device = 'cpu'
+dtype = 'float32'
+num_threads = 1 # demo.sh runs two students side by side on 2 cores
+dino_dim = 256 # A6 on the demo: small DINO heads
+dino_hidden = 256
+dino_bottleneck = 64
+n_local = 4

@@ -1,0 +1,318 @@
+"""
+Train a student from a teacher cache: distillation (feature MSE + affinity KL + contrastive) and/or the
+complete SigLIP 2 objective (sigmoid + LocCa + SILC/TIPS) — no teacher runs in the loop.
+
+    python train.py config/a5.py                                   # 1 GPU, COCO cache of SigLIP 2 L
+    torchrun --standalone --nproc_per_node=8 train.py config/a5.py # 8 GPUs (embeddings gathered across ranks)
+    python train.py config/a5.py --device=cpu --dtype=float32 --max_iters=20 --batch_size=16   # laptop smoke
+    python train.py config/a5.py --init_from=resume                # continue exactly where ckpt.pt stopped
+
+Writes out_dir/{ckpt.pt, model.safetensors, config.json, processor files, [decoder.*], meta.json, log.jsonl}.
+"""
+import os, sys, json, time, math, shutil, subprocess
+import torch
+import torch.nn.functional as F
+import torch.distributed as dist
+from model import Student, StudentConfig, LoccaDecoder, DINOHead
+from loss import SigLIP2Loss, feature_loss, affinity_loss
+from eval import load_cache, retrieval_metrics, check_no_leak
+
+# -----------------------------------------------------------------------------
+# I/O
+out_dir = 'out/a5'
+eval_interval = 500 # val retrieval + checkpoint every N iters (and at the last one)
+log_interval = 10
+init_from = 'scratch' # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+# data (teacher cache)
+train_cache = 'cache/coco-L/train+restval'
+val_cache = 'cache/coco-L/val'
+val_images = 1000 # fixed val subset (first N images, all their captions) -> deterministic R@1
+# student model
+image_model = 'vit_small_patch16_224' # any timm model: vit_tiny_patch16_224, resnet50, mobilenetv3_large_100, ...
+image_size = 0 # 0 = the cache's pixel resolution
+image_kwargs = {} # extra timm.create_model kwargs (tiny demo towers: patch_size, embed_dim, depth, num_heads)
+pretrained = False # timm ImageNet weights (downloaded from the hub on your machine)
+text_width = 384
+text_depth = 6
+text_heads = 6
+embed_dim = 0 # 0 = the teacher's embedding dim (manifest); set it for a cache without teacher
+# loss: total = λ_feat·L_feat + λ_affinity·L_affinity + SigLIP2Loss(λ_contrast·L_sig + λ_locca·L_LocCa + γ·(...))
+contrast = 'sigmoid' # 'sigmoid' (SigLIP) or 'infonce'
+lambda_contrast = 1.0
+lambda_feat = 0.0
+lambda_affinity = 0.0
+affinity_kind = 'softmax' # 'softmax' (KL over in-batch rows) or 'sigmoid' (per-pair Bernoulli KL)
+lambda_locca = 0.0 # 1.0 = SigLIP 2 (§2.2 equal weight with the sigmoid loss)
+decoder_depth = 0 # 0 = text_depth // 2 (SigLIP 2 §2.2)
+gamma = 0.0 # SILC/TIPS size factor γ (§2.3: 0.25 B, 0.5 L, 1.0 So400m); 0 = off
+lambda_silc = 1.0 # §2.3
+lambda_tips = 0.25 # §2.3
+switch = 0.8 # SILC/TIPS + EMA teacher from this training fraction on (§2.3)
+ema_momentum = 0.996
+n_local = 8 # SILC local crops (§2.3)
+local_size = 0 # 0 = image_size // 2
+dino_dim = 65536 # DINO head prototypes K (choice U14; small runs use fewer)
+dino_hidden = 2048
+dino_bottleneck = 256
+# optimizer
+batch_size = 256 # per rank per micro-step; the batch-level losses see batch_size * world_size pairs
+grad_accum = 1
+learning_rate = 1e-3
+weight_decay = 0.1 # torch AdamW (lr-coupled): 0.1 at lr 1e-3 = SigLIP 2's decoupled 1e-4 (§2.1)
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0 # §2.1
+# lr schedule
+max_iters = 5000
+warmup_iters = 250
+min_lr = 1e-5
+# system
+device = 'cuda'
+dtype = 'bfloat16' # autocast dtype on GPU; 'float32' on CPU
+compile = False
+seed = 0
+num_threads = 0 # CPU threads (0 = torch default); 1 when running jobs side by side on a small machine
+config_keys = [k for k,v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, dict))]
+exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+config = {k: globals()[k] for k in config_keys}
+# -----------------------------------------------------------------------------
+# distributed + system init
+ddp = int(os.environ.get('RANK', -1)) != -1
+rank, world = (int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])) if ddp else (0, 1)
+if ddp:
+    dist.init_process_group(backend='nccl' if device.startswith('cuda') else 'gloo')
+    if device.startswith('cuda'):
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+        torch.cuda.set_device(device)
+master = rank == 0
+def print0(*a, **k):
+    if master: print(*a, **k, flush=True)
+if num_threads:
+    torch.set_num_threads(num_threads)
+device_type = 'cuda' if 'cuda' in device else 'cpu'
+torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+autocast = torch.autocast(device_type=device_type, dtype=getattr(torch, dtype), enabled=dtype != 'float32')
+for k, ok in [('contrast', contrast in ('sigmoid', 'infonce')), ('affinity_kind', affinity_kind in ('softmax', 'sigmoid')),
+              ('init_from', init_from in ('scratch', 'resume')), ('batch_size', batch_size >= 2), ('max_iters', max_iters > 0)]:
+    if not ok: sys.exit(f"train.py: bad value {k}={globals()[k]!r}")
+ckpt = torch.load(os.path.join(out_dir, 'ckpt.pt'), map_location='cpu', weights_only=False) if init_from == 'resume' else None
+if init_from == 'resume' and ckpt['config']['train_cache'] != train_cache:
+    sys.exit(f"train.py: resume: {out_dir}/ckpt.pt was trained on {ckpt['config']['train_cache']}, not {train_cache}")
+
+# -----------------------------------------------------------------------------
+# data: the whole cache in memory (uint8 pixels, fp16 embeddings), checked before any long work
+data, man = load_cache(train_cache)
+val, vman = load_cache(val_cache)
+if vman['teacher_fingerprint'] != man['teacher_fingerprint']:
+    sys.exit(f"train.py: {val_cache} was cached with another teacher/processor than {train_cache}")
+check_no_leak(data['image_ids'], val['image_ids'], f'{train_cache} vs {val_cache}')
+if ckpt and ckpt['fingerprint'] != man['fingerprint']:
+    sys.exit(f"train.py: resume: {train_cache} changed since {out_dir}/ckpt.pt was written (fingerprint)")
+has_teacher = 'image_embeds' in data
+if (lambda_feat or lambda_affinity) and not has_teacher:
+    sys.exit(f"train.py: lambda_feat/lambda_affinity need teacher embeddings, but {train_cache} was cached with teacher=none")
+embed_dim = embed_dim or man['embed_dim'] or 0
+if not embed_dim:
+    sys.exit("train.py: the cache has no teacher: set --embed_dim")
+if has_teacher and embed_dim != man['embed_dim']:
+    sys.exit(f"train.py: embed_dim={embed_dim} but the teacher in {train_cache} has D={man['embed_dim']}")
+t_scale, t_bias = man['logit_scale'], man['logit_bias'] # the teacher's own similarity for the affinity targets
+
+def index(owner, ids): # rows of a per-caption/per-region table -> (start, count) per image, CSR style
+    pos = torch.searchsorted(ids, owner) # both sorted by image id as written by cache_teacher.py
+    count = torch.bincount(pos, minlength=len(ids))
+    return torch.cumsum(count, 0) - count, count
+cap_start, cap_count = index(data['caption_image_ids'], data['image_ids'])
+reg_start, reg_count = index(data['region_image_ids'], data['image_ids'])
+N = len(data['image_ids'])
+
+def get_batch(it, micro): # same global batch on every rank (seeded by step), each rank takes its slice
+    g = torch.Generator().manual_seed(seed * 1_000_003 + it * 101 + micro)
+    idx = torch.randperm(N, generator=g)[:batch_size * world]
+    cap = cap_start[idx] + (torch.rand(len(idx), generator=g) * cap_count[idx]).long() # one random caption
+    has_reg = reg_count[idx] > 0
+    aref = reg_start[idx] + (torch.rand(len(idx), generator=g) * reg_count[idx]).long() # one region for ARef,
+    gcap = reg_start[idx] + (torch.rand(len(idx), generator=g) * reg_count[idx]).long() # another for GCap (U11)
+    aref, gcap = aref.clamp(max=max(len(data['region_image_ids']) - 1, 0)), gcap.clamp(max=max(len(data['region_image_ids']) - 1, 0))
+    sl = slice(rank * batch_size, (rank + 1) * batch_size)
+    b = dict(pixels=data['pixels'][idx[sl]], ids=data['input_ids'][cap[sl]].long(), cap=cap[sl], aref=aref[sl], gcap=gcap[sl], has_reg=has_reg[sl])
+    if has_teacher:
+        b['t_img'] = data['image_embeds'][idx].float() # global batch: the affinity targets span all ranks
+        b['t_txt'] = data['text_embeds'][cap].float()
+    return b
+
+# -----------------------------------------------------------------------------
+# model: student (+ LocCa decoder and SILC/TIPS heads owned by the loss module)
+if ckpt:
+    model_args = ckpt['model_args']
+else:
+    kept = torch.unique(torch.cat([data[k].flatten() for k in ('input_ids', 'cap_ids', 'aref_ids', 'gcap_ids')] + [torch.arange(5)]))
+    model_args = dict(image_model=image_model, image_size=image_size or man['image_size'], image_kwargs=image_kwargs,
+                      pretrained=pretrained, text_width=text_width, text_depth=text_depth, text_heads=text_heads,
+                      kept_ids=kept.tolist(), embed_dim=embed_dim, image_mean=man['mean'], image_std=man['std'])
+student = Student(StudentConfig(**model_args)).to(device)
+vocab = len(model_args['kept_ids'])
+decoder_args = dict(vocab_size=vocab, width=text_width, depth=decoder_depth or max(text_depth // 2, 1), heads=text_heads,
+                    mlp_dim=4 * text_width, enc_dim=student.visual.enc_dim, max_len=data['cap_ids'].shape[1])
+decoder = LoccaDecoder(**decoder_args) if lambda_locca else None
+heads = dict(out_dim=dino_dim, hidden_dim=dino_hidden, bottleneck_dim=dino_bottleneck)
+silc_head = DINOHead(student.visual.pool_dim, **heads) if gamma and lambda_silc else None
+tips_head = DINOHead(student.visual.enc_dim, **heads) if gamma and lambda_tips else None
+loss_fn = SigLIP2Loss(student.visual, student.visual.patch_embed_proj, decoder=decoder, silc_head=silc_head, tips_head=tips_head,
+                      mask_id=vocab, sig_weight=lambda_contrast, locca_weight=lambda_locca, gamma=gamma, silc_weight=lambda_silc,
+                      tips_weight=lambda_tips, switch=switch, ema_momentum=ema_momentum, n_local=n_local,
+                      local_size=local_size or None, contrast=contrast).to(device)
+n_params, n_params_nt = student.num_params(), student.num_params(token_table=False)
+print0(f"student: {n_params / 1e6:.2f}M params ({n_params_nt / 1e6:.2f}M without the {vocab}-row token table); "
+       f"loss module: {sum(p.numel() for p in loss_fn.parameters() if p.requires_grad) / 1e6:.2f}M trainable")
+
+# -----------------------------------------------------------------------------
+# optimizer: AdamW, weight decay on matrices only (nanoGPT); lr schedule: warmup -> cosine -> min_lr
+params = [p for p in list(student.parameters()) + list(loss_fn.parameters()) if p.requires_grad]
+optimizer = torch.optim.AdamW([{'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
+                               {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}],
+                              lr=learning_rate, betas=(beta1, beta2), fused=device_type == 'cuda')
+iter_num, best_val = 0, -1.0
+if ckpt:
+    student.load_state_dict(ckpt['model'])
+    loss_fn.load_state_dict(ckpt['loss'])
+    optimizer.load_state_dict(ckpt['optimizer'])
+    iter_num, best_val = ckpt['iter_num'], ckpt['best_val']
+    del ckpt
+def get_lr(it):
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    ratio = min((it - warmup_iters) / max(max_iters - warmup_iters, 1), 1.0)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+model = torch.compile(student) if compile else student # checkpoints always save the uncompiled `student`
+
+def gather(x): # (B, D) per rank -> (B * world, D), gradient flows back to the owning rank
+    return torch.cat(torch.distributed.nn.functional.all_gather(x)) if ddp else x
+
+# -----------------------------------------------------------------------------
+# eval on a fixed val subset (first val_images images, all their captions) and checkpointing
+vn = min(val_images, len(val['image_ids']))
+vcap = val['caption_image_ids'] <= val['image_ids'][vn - 1]
+@torch.no_grad()
+def evaluate():
+    student.eval()
+    with autocast:
+        img = torch.cat([student.encode_image(student.preprocess(val['pixels'][i:i + 256].to(device))).float() for i in range(0, vn, 256)])
+        ids = val['input_ids'][vcap].long()
+        txt = torch.cat([student.encode_text(ids[i:i + 1024].to(device)).float() for i in range(0, len(ids), 1024)])
+    student.train()
+    img_index = torch.searchsorted(val['image_ids'][:vn], val['caption_image_ids'][vcap])
+    return {f'val/{k}': v for k, v in retrieval_metrics(img.cpu(), txt.cpu(), img_index).items()}
+
+def git_state():
+    try:
+        run = lambda *a: subprocess.run(['git', *a], capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+        return dict(commit=run('rev-parse', 'HEAD'), dirty=bool(run('status', '--porcelain')))
+    except OSError:
+        return {}
+
+def save(metrics):
+    os.makedirs(out_dir, exist_ok=True)
+    ck = dict(model=student.state_dict(), loss=loss_fn.state_dict(), optimizer=optimizer.state_dict(), model_args=model_args,
+              iter_num=iter_num, best_val=best_val, config=config, fingerprint=man['fingerprint'])
+    torch.save(ck, os.path.join(out_dir, 'ckpt.pt.tmp'))
+    os.replace(os.path.join(out_dir, 'ckpt.pt.tmp'), os.path.join(out_dir, 'ckpt.pt')) # atomic: a crash keeps the last one
+    student.save_pretrained(out_dir) # config.json + model.safetensors: all that Student.from_pretrained needs
+    if decoder is not None:
+        decoder.save_pretrained(out_dir)
+    proc = os.path.join(train_cache, 'processor') # the teacher's tokenizer + image settings travel with the student
+    for f in os.listdir(proc):
+        shutil.copy(os.path.join(proc, f), os.path.join(out_dir, f))
+    meta = dict(config=config, model_args=model_args, iter_num=iter_num, metrics=metrics, train_cache=train_cache,
+                val_cache=val_cache, fingerprint=man['fingerprint'], teacher_fingerprint=man['teacher_fingerprint'],
+                teacher=man['teacher'], teacher_eval=os.path.join(os.path.dirname(val_cache.rstrip('/')), 'test', 'eval.json'),
+                params=dict(total=n_params, without_token_table=n_params_nt), git=git_state(), world_size=world)
+    with open(os.path.join(out_dir, 'meta.json.tmp'), 'w') as f:
+        json.dump(meta, f, indent=1)
+    os.replace(os.path.join(out_dir, 'meta.json.tmp'), os.path.join(out_dir, 'meta.json'))
+
+def log(row):
+    with open(os.path.join(out_dir, 'log.jsonl'), 'a') as f:
+        f.write(json.dumps(row) + '\n')
+if master:
+    os.makedirs(out_dir, exist_ok=True)
+    logf = os.path.join(out_dir, 'log.jsonl')
+    if iter_num == 0 and os.path.exists(logf):
+        os.remove(logf)
+    elif os.path.exists(logf): # resume: drop rows logged after the checkpoint we continue from
+        rows = [l for l in open(logf) if json.loads(l)['iter'] <= iter_num]
+        open(logf, 'w').writelines(rows)
+
+# -----------------------------------------------------------------------------
+# training loop (runs max_iters + 1 times so the last step evaluates and saves, as nanochat does)
+t_start, t_last, start_iter = time.time(), time.time(), iter_num
+while True:
+    last = iter_num == max_iters
+    if master and (iter_num % eval_interval == 0 or last) and (iter_num != start_iter or init_from == 'scratch'):
+        metrics = evaluate()
+        best_val = max(best_val, metrics['val/i2t_r1'] + metrics['val/t2i_r1'])
+        print0(f"iter {iter_num}: val I→T R@1 {metrics['val/i2t_r1']:.2f}  T→I R@1 {metrics['val/t2i_r1']:.2f}")
+        log({'iter': iter_num, **metrics})
+        save(metrics)
+    if last:
+        break
+    progress = iter_num / max_iters
+    for p in loss_fn.maybe_switch(progress): # SigLIP 2 §2.3: new heads + mask token get fresh optimizer state
+        optimizer.state.pop(p, None)
+    lr = get_lr(iter_num)
+    for group in optimizer.param_groups:
+        group['lr'] = lr
+    terms_sum = {}
+    for micro in range(grad_accum):
+        b = get_batch(iter_num, micro)
+        torch.manual_seed(seed * 1_000_003 + iter_num * 101 + micro + 7919 * rank) # SigLIP2Loss's draws: exact resume
+        x = student.preprocess(b['pixels'].to(device))
+        locca = None
+        if decoder is not None: # teacher ids -> the student's compact vocabulary (decoder vocab)
+            m = lambda k, i: student.map_ids(data[f'{k}_ids'][i].long().to(device))
+            pre = lambda k, i: data[f'{k}_prefix'][i].long().to(device)
+            hr = b['has_reg'].to(device)
+            locca = {'cap': (m('cap', b['cap']), pre('cap', b['cap'])), 'aref': (m('aref', b['aref']), pre('aref', b['aref']), hr),
+                     'gcap': (m('gcap', b['gcap']), pre('gcap', b['gcap']), hr)}
+        with autocast:
+            img, txt, tokens = model(x, b['ids'].to(device))
+            img_all, txt_all = gather(img.float()), gather(txt.float())
+            total, terms = loss_fn(x, img_all, txt_all, tokens, student.logit_scale.exp(), student.logit_bias, progress, locca=locca)
+            if lambda_feat: # per example: local batch (grads are averaged over ranks)
+                sl = slice(rank * batch_size, (rank + 1) * batch_size)
+                terms['feat'] = feature_loss(img.float(), b['t_img'][sl].to(device)) + feature_loss(txt.float(), b['t_txt'][sl].to(device))
+                total = total + lambda_feat * terms['feat']
+            if lambda_affinity: # batch-level: global student rows vs teacher rows with the teacher's own scale
+                terms['affinity'] = affinity_loss(F.normalize(img_all, dim=-1), F.normalize(txt_all, dim=-1),
+                                                  F.normalize(b['t_img'].to(device), dim=-1), F.normalize(b['t_txt'].to(device), dim=-1),
+                                                  student.logit_scale.exp(), t_scale, student.logit_bias, t_bias, kind=affinity_kind)
+                total = total + lambda_affinity * terms['affinity']
+        (total / grad_accum).backward()
+        for k, v in [('loss', total)] + list(terms.items()):
+            terms_sum[k] = terms_sum.get(k, 0.0) + v.item() / grad_accum
+    if ddp: # average gradients over ranks in one flat all-reduce (no DDP wrapper: the loss module has params too)
+        grads = [p.grad for p in params if p.grad is not None]
+        flat = torch.cat([g.flatten() for g in grads])
+        dist.all_reduce(flat)
+        flat /= world
+        for g, f in zip(grads, flat.split([g.numel() for g in grads])):
+            g.copy_(f.view_as(g))
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    loss_fn.after_step() # EMA teacher + centres (after the step, as DINO does)
+    iter_num += 1
+    # logging: every term, step time, throughput, ETA
+    t_now = time.time()
+    dt, t_last = t_now - t_last, t_now
+    if master and (iter_num % log_interval == 0 or iter_num == max_iters):
+        sps = batch_size * world * grad_accum / dt
+        eta = (t_now - t_start) / (iter_num - start_iter) * (max_iters - iter_num)
+        extra = ' '.join(f"{k} {v:.4f}" for k, v in terms_sum.items() if k != 'loss')
+        print0(f"iter {iter_num}: loss {terms_sum['loss']:.4f} ({extra}) | lr {lr:.2e} | {dt * 1000:.0f}ms | {sps:.0f} samples/s | ETA {eta:.0f}s")
+        log({'iter': iter_num, 'lr': lr, 'dt_ms': dt * 1000, 'samples_per_s': sps, 'scale': student.logit_scale.exp().item(),
+             **{(k if k == 'loss' else f'loss/{k}'): v for k, v in terms_sum.items()}})
+print0(f"done: {max_iters} iters, best val R@1 sum {best_val:.2f}, {time.time() - t_start:.0f}s")
+if ddp:
+    dist.destroy_process_group()

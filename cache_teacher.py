@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tqdm import tqdm
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -224,6 +225,7 @@ todo = [k for k in range(rank, n_shards, world) if not os.path.isfile(shard_path
 print(f"{split}: {len(records)} images in {n_shards} shards, teacher={teacher} ({kind}), {image_size}px; "
       f"rank {rank} writes {len(todo)} shards ({n_shards - len(todo)} done before)")
 writer, pending, t0, n_done = ThreadPoolExecutor(1), [], time.time(), 0
+bar = tqdm(total=sum(len(records[k * shard_size:(k + 1) * shard_size]) for k in todo), unit='img', mininterval=2, disable=not todo)
 for k in todo:
     recs = records[k * shard_size:(k + 1) * shard_size]
     loader = torch.utils.data.DataLoader(Images(recs), batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
@@ -239,7 +241,7 @@ for k in todo:
         if model is not None:
             img_emb.append(embed_images(px, [b[2] for b in batch]).float().cpu())
         n_done += len(batch)
-        print(f"\r{split} shard {k}: {n_done} images, {n_done / (time.time() - t0):.1f} img/s", end='', flush=True)
+        bar.update(len(batch))
     recs = [recs[i] for i in kept]
     cap_img = [r['image_id'] for r in recs for _ in r['captions']]
     caps = [c for r in recs for c in r['captions']]
@@ -265,7 +267,8 @@ for k in todo:
 for p in pending:
     p.result()
 writer.shutdown()
-print(f"\nrank {rank}: {n_done} images in {time.time() - t0:.1f}s")
+bar.close()
+print(f"rank {rank}: {n_done} images in {time.time() - t0:.1f}s ({n_done / (time.time() - t0):.0f} img/s)")
 
 # -----------------------------------------------------------------------------
 # manifest (rank 0, after every rank's shards exist): counts, checksums, fingerprints

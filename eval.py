@@ -1,0 +1,161 @@
+"""
+COCO-style retrieval (CLIP_benchmark protocol, every caption kept) for the teacher straight from its cache
+or for a student checkpoint, plus the LocCa decoder's ARef box accuracy; writes eval.json.
+
+    python eval.py --cache=cache/shapes/test                      # teacher row -> cache/shapes/test/eval.json
+    python eval.py --cache=cache/shapes/test --ckpt=out/shapes/a5 # student -> out/shapes/a5/eval.json
+    python eval.py --cache=cache/coco-L/test --ckpt=out/a5 --device=cuda
+
+`from eval import retrieval_metrics, load_cache` has no side effects.
+"""
+import os, sys, json, hashlib
+import torch
+import torch.nn.functional as F
+
+FINGERPRINT_KEYS = ('teacher', 'embed_dim', 'image_size', 'processor', 'split', 'dataset', 'counts', 'shards')
+
+def cache_fingerprint(manifest): # what a cache is: teacher, preprocessing, data, and the exact shard bytes
+    return hashlib.sha256(json.dumps({k: manifest[k] for k in FINGERPRINT_KEYS}, sort_keys=True).encode()).hexdigest()[:16]
+
+def load_cache(split_dir, verify=True):
+    """-> (tensors concatenated over shards, manifest). Refuses incomplete or modified caches."""
+    from safetensors.torch import load_file
+    path = os.path.join(split_dir, 'manifest.json')
+    if not os.path.isfile(path):
+        raise SystemExit(f"no manifest.json in {split_dir}: cache incomplete or not a cache (run cache_teacher.py)")
+    man = json.load(open(path))
+    if man.get('fingerprint') != cache_fingerprint(man):
+        raise SystemExit(f"{path}: fingerprint mismatch (manifest edited?)")
+    parts = []
+    for s in man['shards']:
+        f = os.path.join(split_dir, s['file'])
+        if not os.path.isfile(f):
+            raise SystemExit(f"{split_dir}: shard {s['file']} listed in the manifest is missing")
+        if verify:
+            h = hashlib.sha256()
+            with open(f, 'rb') as fh:
+                for b in iter(lambda: fh.read(1 << 20), b''):
+                    h.update(b)
+            if h.hexdigest() != s['sha256']:
+                raise SystemExit(f"{f}: checksum differs from {path} (shard corrupted or rewritten)")
+        parts.append(load_file(f))
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}, man
+
+def check_no_leak(train_image_ids, eval_image_ids, what):
+    n = len(set(train_image_ids.tolist()) & set(eval_image_ids.tolist()))
+    if n:
+        raise SystemExit(f"{what}: {n} of {len(eval_image_ids)} evaluation images overlap the training images. Karpathy test "
+                         f"images come from COCO 2014 val, most of which is inside 2017 train: train on Karpathy "
+                         f"train+restval and evaluate on Karpathy test (or train 2017 train, evaluate 2017 val)")
+
+@torch.no_grad()
+def retrieval_metrics(image_embeds, text_embeds, text_image_index, chunk=1024):
+    """image_embeds (N, D), text_embeds (M, D), text_image_index (M,) -> recall@{1,5,10} in percent.
+    I→T: share of images with >= 1 of their captions in the top k of all M texts; T→I: share of the M captions
+    whose image is in the top k (CLIP_benchmark zeroshot_retrieval.py; ANCHORS §5). Chunked: small memory at 5k x 25k."""
+    img, txt = F.normalize(image_embeds.float(), dim=-1), F.normalize(text_embeds.float(), dim=-1)
+    idx = text_image_index.long()
+    out = {}
+    # T→I: rank of the true image for each caption = number of images scoring strictly higher
+    rank_t = torch.cat([((t @ img.T) > (t * img[i]).sum(-1, keepdim=True)).sum(1)
+                        for t, i in zip(txt.split(chunk), idx.split(chunk))])
+    # I→T: best rank among an image's captions = number of texts scoring above its best caption
+    rank_i = []
+    for s in range(0, len(img), chunk):
+        sim = img[s:s + chunk] @ txt.T # (c, M)
+        own = idx[None] == torch.arange(s, min(s + chunk, len(img)))[:, None]
+        best = sim.masked_fill(~own, -float('inf')).max(1, keepdim=True).values
+        rank_i.append((sim > best).sum(1))
+    rank_i = torch.cat(rank_i)
+    for k in (1, 5, 10):
+        out[f'i2t_r{k}'] = 100.0 * (rank_i < k).float().mean().item()
+        out[f't2i_r{k}'] = 100.0 * (rank_t < k).float().mean().item()
+    out['rsum'] = sum(out.values())
+    return out
+
+@torch.no_grad()
+def locca_metrics(student, decoder, data, tokenizer, device, max_images=500):
+    """ARef box accuracy (greedy decode from 'aref: <region caption> :', IoU >= 0.5) and caption token accuracy
+    (teacher-forced, autoregressive, target tokens only)."""
+    from model import text_to_box, box_iou
+    from loss import locca_inputs
+    kept = torch.tensor(student.config.kept_ids)
+    r = min(max_images, len(data['boxes']))
+    img_row = torch.searchsorted(data['image_ids'], data['region_image_ids'][:r])
+    enc = lambda rows: student.visual(student.preprocess(data['pixels'][rows].to(device)))[0]
+    hits, n = 0, 0
+    for s in range(0, r, 128):
+        ids, pre = data['aref_ids'][s:s + 128].long(), data['aref_prefix'][s:s + 128]
+        # the prompt ends with the region caption's ' :' piece: everything before the box digits
+        colon = tokenizer(' :', add_special_tokens=False)['input_ids'][-1]
+        ends = [int((row == colon).nonzero()[0]) + 1 for row in ids]
+        out = []
+        for p in sorted(set(ends)): # group rows with the same prompt length (no padding inside the prompt)
+            rows = [i for i, e in enumerate(ends) if e == p]
+            seq = decoder.greedy_decode(student.map_ids(ids[rows, :p].to(device)), enc(img_row[s:s + 128][rows]), 20)
+            out += [(i, kept[seq[j, p:].cpu()]) for j, i in enumerate(rows)]
+        for i, toks in out:
+            box = text_to_box(tokenizer.decode(toks[(toks != 0) & (toks != 1)].tolist()))
+            hits += box is not None and box_iou(torch.tensor([box]), data['boxes'][s + i][None]).item() >= 0.5
+            n += 1
+    m = min(max_images, len(data['cap_ids']))
+    seq, pre = data['cap_ids'][:m].long().to(device), data['cap_prefix'][:m].long().to(device)
+    cap_row = torch.searchsorted(data['image_ids'], data['caption_image_ids'][:m])
+    tgt = student.map_ids(seq)
+    inp, causal = locca_inputs(tgt, pre, torch.zeros(m, dtype=torch.bool, device=device), decoder.mask_id)
+    pred = decoder.head(decoder(inp, enc(cap_row), causal)).argmax(-1)
+    w = (seq != 0) & (torch.arange(seq.shape[1], device=device)[None] >= pre[:, None])
+    return dict(aref_acc_iou50=100.0 * hits / max(n, 1), n_regions=n, cap_token_acc=100.0 * (pred == tgt)[w].float().mean().item())
+
+if __name__ == '__main__':
+    # -----------------------------------------------------------------------------
+    cache = 'cache/shapes/test' # a cache split dir written by cache_teacher.py
+    ckpt = '' # a train.py out_dir; '' = evaluate the cached teacher embeddings
+    out = '' # '' = <ckpt>/eval.json, or <cache>/eval.json for the teacher
+    device = 'cpu'
+    batch_size = 256
+    locca = True # also evaluate the LocCa decoder when the checkpoint has one
+    max_locca = 500
+    config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
+    exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+    # -----------------------------------------------------------------------------
+    data, man = load_cache(cache)
+    index = torch.searchsorted(data['image_ids'], data['caption_image_ids'])
+    row = dict(split=man['split'], cache=cache, n_images=len(data['image_ids']), n_captions=len(index), fingerprint=man['fingerprint'])
+    if not ckpt:
+        if 'image_embeds' not in data:
+            sys.exit(f"eval.py: {cache} holds no teacher embeddings (cached with teacher=none): pass --ckpt")
+        metrics = retrieval_metrics(data['image_embeds'], data['text_embeds'], index)
+        row.update(model='teacher', run='teacher', teacher=man['teacher'], metrics=metrics)
+        out = out or os.path.join(cache, 'eval.json')
+    else:
+        from model import Student, LoccaDecoder
+        meta = json.load(open(os.path.join(ckpt, 'meta.json')))
+        if meta['teacher_fingerprint'] != man['teacher_fingerprint']:
+            sys.exit(f"eval.py: {ckpt} was trained on a cache of another teacher/processor than {cache}")
+        from safetensors import safe_open
+        train_dir = meta['train_cache']
+        train_ids = torch.cat([safe_open(os.path.join(train_dir, s['file']), 'pt').get_tensor('image_ids')
+                               for s in json.load(open(os.path.join(train_dir, 'manifest.json')))['shards']])
+        check_no_leak(train_ids, data['image_ids'], f'{ckpt} (trained on {train_dir}) vs {cache}')
+        student = Student.from_pretrained(ckpt).to(device)
+        with torch.inference_mode():
+            img = torch.cat([student.encode_image(student.preprocess(data['pixels'][i:i + batch_size].to(device))).float().cpu()
+                             for i in range(0, len(data['pixels']), batch_size)])
+            txt = torch.cat([student.encode_text(data['input_ids'][i:i + 4 * batch_size].long().to(device)).float().cpu()
+                             for i in range(0, len(index), 4 * batch_size)])
+        metrics = retrieval_metrics(img, txt, index)
+        row.update(model='student', run=os.path.basename(os.path.normpath(ckpt)), metrics=metrics,
+                   params=dict(total=student.num_params(), without_token_table=student.num_params(token_table=False)))
+        if locca and os.path.isfile(os.path.join(ckpt, 'decoder.safetensors')):
+            from transformers import AutoTokenizer
+            decoder = LoccaDecoder.from_pretrained(ckpt).to(device)
+            row['locca'] = locca_metrics(student, decoder, data, AutoTokenizer.from_pretrained(ckpt), device, max_locca)
+        out = out or os.path.join(ckpt, 'eval.json')
+    with open(out + '.tmp', 'w') as f:
+        json.dump(row, f, indent=1)
+    os.replace(out + '.tmp', out)
+    m = row['metrics']
+    print(f"{row['run']}: {man['split']} {row['n_images']} images / {row['n_captions']} captions | I→T R@1 {m['i2t_r1']:.2f} "
+          f"R@5 {m['i2t_r5']:.2f} R@10 {m['i2t_r10']:.2f} | T→I R@1 {m['t2i_r1']:.2f} R@5 {m['t2i_r5']:.2f} R@10 {m['t2i_r10']:.2f}"
+          + (f" | ARef acc@0.5 {row['locca']['aref_acc_iou50']:.1f}" if 'locca' in row else '') + f" -> {out}")

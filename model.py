@@ -1,0 +1,240 @@
+"""
+The student (timm image tower + compact text transformer on the teacher's tokenizer), the LocCa decoder and
+the DINO heads used by SILC/TIPS. No side effects on import; needs torch, timm, safetensors.
+
+    from model import Student
+    student = Student.from_pretrained('out/a5')                  # config.json + model.safetensors
+    img = student.encode_image(student.preprocess(uint8_pixels))  # (B, D), unnormalised
+    txt = student.encode_text(teacher_token_ids)                  # (M, D): ids from the teacher's tokenizer
+"""
+import os, json, math
+from dataclasses import dataclass, field, asdict
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import timm
+from safetensors.torch import save_file, load_file
+
+UNK = 3 # Gemma special ids: pad 0, eos 1, bos 2, unk 3, mask 4
+
+def save_weights(module, out_dir, name, cfg_name, cfg):
+    """config JSON + safetensors, each written to a temp name and renamed (a crash never leaves half a file)."""
+    os.makedirs(out_dir, exist_ok=True)
+    sd = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+    for fn, write in [(f'{name}.safetensors', lambda p: save_file(sd, p)),
+                      (cfg_name, lambda p: json.dump(cfg, open(p, 'w'), indent=1))]:
+        path = os.path.join(out_dir, fn)
+        write(path + '.tmp')
+        os.replace(path + '.tmp', path)
+
+# -----------------------------------------------------------------------------
+# image tower: any timm model, exposing pooled features AND un-pooled tokens (the LocCa decoder's input)
+class ImageTower(nn.Module):
+    def __init__(self, name, image_size, pretrained=False, kwargs=None):
+        super().__init__()
+        kw = dict(kwargs or {})
+        if name.startswith(('vit', 'deit', 'eva', 'beit')): # dynamic size: SILC's local crops run at a smaller size
+            kw.update(img_size=image_size, dynamic_img_size=True)
+        self.net = timm.create_model(name, pretrained=pretrained, num_classes=0, **kw)
+        self.is_vit = isinstance(self.net, timm.models.vision_transformer.VisionTransformer)
+        self.pool_dim = self.net.head_hidden_size # != num_features for MobileNets (1280 vs 960)
+        self.enc_dim = self.net.num_features
+
+    @property
+    def patch_embed_proj(self): # TIPS masks patch embeddings before position embeddings by a hook on this conv
+        return self.net.patch_embed.proj if self.is_vit else None
+
+    def forward(self, x): # x (B, 3, H, W) normalised -> tokens (B, N, D_enc), pooled (B, D_pool)
+        feats = self.net.forward_features(x)
+        pooled = self.net.forward_head(feats, pre_logits=True)
+        tokens = feats[:, self.net.num_prefix_tokens:] if self.is_vit else feats.flatten(2).transpose(1, 2)
+        return tokens, pooled
+
+# -----------------------------------------------------------------------------
+# transformer blocks shared by the text tower and the decoder (pre-LN, SDPA)
+class Attention(nn.Module):
+    def __init__(self, width, heads, kv_dim=None, bias=True):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(width, width, bias=bias)
+        self.kv = nn.Linear(kv_dim or width, 2 * width, bias=bias)
+        self.out = nn.Linear(width, width, bias=bias)
+
+    def forward(self, x, ctx=None, mask=None): # x (B, L, W), ctx (B, N, Dkv) or None (self-attention)
+        B, L, W = x.shape
+        q = self.q(x).view(B, L, self.heads, -1).transpose(1, 2) # (B, h, L, W/h)
+        k, v = self.kv(x if ctx is None else ctx).view(B, -1, 2, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask) # mask (B, 1, L, L) bool: True = may attend
+        return self.out(y.transpose(1, 2).reshape(B, L, W))
+
+class Block(nn.Module):
+    def __init__(self, width, heads, mlp_dim, cross_dim=None, bias=True):
+        super().__init__()
+        self.ln1, self.attn = nn.LayerNorm(width), Attention(width, heads, bias=bias)
+        self.cross = cross_dim is not None
+        if self.cross:
+            self.ln2, self.xattn = nn.LayerNorm(width), Attention(width, heads, kv_dim=cross_dim, bias=bias)
+        self.ln3 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, mlp_dim), nn.GELU(), nn.Linear(mlp_dim, width))
+
+    def forward(self, x, mask=None, enc=None):
+        x = x + self.attn(self.ln1(x), mask=mask)
+        if self.cross:
+            x = x + self.xattn(self.ln2(x), ctx=enc)
+        return x + self.mlp(self.ln3(x))
+
+# -----------------------------------------------------------------------------
+# the student
+@dataclass
+class StudentConfig:
+    image_model: str = 'vit_tiny_patch16_224'
+    image_size: int = 224
+    image_kwargs: dict = field(default_factory=dict) # extra timm kwargs (tiny demo towers)
+    pretrained: bool = False
+    text_width: int = 384
+    text_depth: int = 6
+    text_heads: int = 6
+    context_length: int = 64 # SigLIP text length
+    kept_ids: list = field(default_factory=lambda: list(range(5))) # compact vocab: the teacher ids we keep
+    embed_dim: int = 1024 # the teacher's embedding dim (projection target)
+    image_mean: list = field(default_factory=lambda: [0.5] * 3)
+    image_std: list = field(default_factory=lambda: [0.5] * 3)
+
+class Student(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = c = config
+        self.visual = ImageTower(c.image_model, c.image_size, c.pretrained, c.image_kwargs)
+        # compact vocabulary: Gemma's 256k rows would be a 98M-param table at width 384; keep only the ids that
+        # occur in the training captions, every other teacher id reads the UNK row
+        kept = torch.tensor(c.kept_ids)
+        assert UNK in c.kept_ids, "kept_ids must include the special ids 0..4"
+        table = torch.full((int(kept.max()) + 2,), c.kept_ids.index(UNK), dtype=torch.long) # last row: ids beyond
+        table[kept] = torch.arange(len(kept))
+        self.register_buffer('id_table', table, persistent=False) # rebuilt from kept_ids in config.json
+        self.tok_emb = nn.Embedding(len(kept), c.text_width)
+        self.pos_emb = nn.Parameter(torch.randn(c.context_length, c.text_width) * 0.01)
+        self.blocks = nn.ModuleList(Block(c.text_width, c.text_heads, 4 * c.text_width) for _ in range(c.text_depth))
+        self.ln_f = nn.LayerNorm(c.text_width)
+        self.img_proj = nn.Linear(self.visual.pool_dim, c.embed_dim)
+        self.txt_proj = nn.Linear(c.text_width, c.embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0))) # SigLIP §3.2 / Table 4: t = 10, b = -10
+        self.logit_bias = nn.Parameter(torch.tensor(-10.0))
+        nn.init.normal_(self.tok_emb.weight, std=0.02)
+        self.register_buffer('mean', torch.tensor(c.image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer('std', torch.tensor(c.image_std).view(1, 3, 1, 1), persistent=False)
+
+    def map_ids(self, ids): # teacher token ids (any shape) -> compact ids
+        return self.id_table[ids.clamp(0, len(self.id_table) - 1)] # ids past the table land on its last (UNK) row
+
+    def preprocess(self, pixels): # uint8 (B, 3, H, W) -> normalised float at the student's size
+        x = pixels.float().div(255)
+        if x.shape[-1] != self.config.image_size or x.shape[-2] != self.config.image_size:
+            x = F.interpolate(x, size=(self.config.image_size,) * 2, mode='bilinear', antialias=True, align_corners=False)
+        return (x - self.mean) / self.std
+
+    def encode_text(self, ids): # teacher ids (M, L) -> (M, D)
+        x = self.tok_emb(self.map_ids(ids)) + self.pos_emb[:ids.shape[1]]
+        for blk in self.blocks: # bidirectional, no padding mask: SigLIP's text tower pools the last position,
+            x = blk(x)          # a pad position under right padding (big_vision pool_type='last', HF)
+        return self.txt_proj(self.ln_f(x)[:, -1])
+
+    def encode_image(self, x): # normalised (B, 3, H, W) -> (B, D)
+        return self.img_proj(self.visual(x)[1])
+
+    def forward(self, x, ids): # -> img (B, D), txt (M, D), un-pooled image tokens (B, N, D_enc)
+        tokens, pooled = self.visual(x)
+        return self.img_proj(pooled), self.encode_text(ids), tokens
+
+    def num_params(self, token_table=True):
+        n = sum(p.numel() for p in self.parameters())
+        return n if token_table else n - self.tok_emb.weight.numel()
+
+    def save_pretrained(self, out_dir):
+        save_weights(self, out_dir, 'model', 'config.json', asdict(self.config))
+
+    @classmethod
+    def from_pretrained(cls, out_dir):
+        cfg = json.load(open(os.path.join(out_dir, 'config.json')))
+        model = cls(StudentConfig(**cfg))
+        model.load_state_dict(load_file(os.path.join(out_dir, 'model.safetensors')))
+        return model.eval()
+
+# -----------------------------------------------------------------------------
+# LocCa decoder (SigLIP 2 §2.2): standard transformer decoder with cross-attention to the UN-pooled image
+# tokens, text-tower shapes with half the layers; block structure from big_vision models/proj/cappa/cappa.py
+class LoccaDecoder(nn.Module):
+    def __init__(self, vocab_size, width, depth, heads, mlp_dim, enc_dim, max_len=64):
+        super().__init__()
+        self.args = dict(vocab_size=vocab_size, width=width, depth=depth, heads=heads, mlp_dim=mlp_dim, enc_dim=enc_dim, max_len=max_len)
+        self.mask_id = vocab_size # the extra embedding row: CapPa's parallel-prediction mask token
+        self.tok_emb = nn.Embedding(vocab_size + 1, width)
+        self.pos_emb = nn.Parameter(torch.randn(max_len, width) * 0.02)
+        # big_vision: attention without bias; any [B, N, D_enc] works (ViT patches, CNN maps, HF last_hidden_state)
+        self.blocks = nn.ModuleList(Block(width, heads, mlp_dim, cross_dim=enc_dim, bias=False) for _ in range(depth))
+        self.ln_f = nn.LayerNorm(width)
+        self.head = nn.Linear(width, vocab_size)
+        nn.init.normal_(self.tok_emb.weight, std=0.02) # choice: 0.02 rather than big_vision's N(0, 1) (pre-LN either way)
+        nn.init.zeros_(self.head.weight); nn.init.zeros_(self.head.bias) # big_vision cappa: zero-init LogitsDense
+
+    def forward(self, ids, enc, causal): # ids (B, L), enc (B, N, D_enc), causal (B,) bool -> hidden (B, L, W)
+        B, L = ids.shape
+        tri = torch.ones(L, L, dtype=torch.bool, device=ids.device).tril()
+        mask = tri | ~causal.view(B, 1, 1, 1) # (B, 1, L, L): causal rows, or full attention (parallel prediction)
+        x = self.tok_emb(ids) + self.pos_emb[:L]
+        for blk in self.blocks:
+            x = blk(x, mask=mask, enc=enc)
+        return self.ln_f(x) # logits = head(x), computed in chunks by loss.py
+
+    @torch.no_grad()
+    def greedy_decode(self, prefix, enc, max_new_tokens, eos_id=1): # prefix (B, P) -> (B, P + max_new_tokens)
+        seq, done = prefix, torch.zeros(len(prefix), dtype=torch.bool, device=prefix.device)
+        causal = torch.ones(len(prefix), dtype=torch.bool, device=prefix.device)
+        for _ in range(max_new_tokens): # input = shift_right(seq) with 0 as BOS, exactly as in training
+            inp = F.pad(seq, (1, 0))[:, :seq.shape[1] + 1]
+            nxt = self.head(self(inp, enc, causal)[:, -1]).argmax(-1).masked_fill(done, 0) # pad after eos
+            seq, done = torch.cat([seq, nxt[:, None]], 1), done | (nxt == eos_id)
+        return seq
+
+    def save_pretrained(self, out_dir):
+        save_weights(self, out_dir, 'decoder', 'decoder_config.json', self.args)
+
+    @classmethod
+    def from_pretrained(cls, out_dir):
+        dec = cls(**json.load(open(os.path.join(out_dir, 'decoder_config.json'))))
+        dec.load_state_dict(load_file(os.path.join(out_dir, 'decoder.safetensors')))
+        return dec.eval()
+
+# -----------------------------------------------------------------------------
+# DINO head for SILC (pooled) and TIPS (per patch): dinov2/layers/dino_head.py form (choice U14)
+class DINOHead(nn.Module):
+    def __init__(self, in_dim, out_dim=65536, hidden_dim=2048, bottleneck_dim=256):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
+                                 nn.Linear(hidden_dim, bottleneck_dim))
+        self.last = nn.Parameter(torch.empty(out_dim, bottleneck_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self): # also called at the SigLIP 2 switch point: the heads start fresh (§2.3)
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02); nn.init.zeros_(m.bias)
+        nn.init.trunc_normal_(self.last, std=0.02)
+
+    def forward(self, x): # (..., in_dim) -> (..., out_dim); last layer weight-normalised with g = 1 (DINOv2)
+        return F.normalize(self.mlp(x), dim=-1) @ F.normalize(self.last, dim=-1).T
+
+# -----------------------------------------------------------------------------
+# boxes as text for LocCa (choice U1/U2: xyxy normalised to [0, 1], integers 0..499, single spaces)
+def box_to_text(box):
+    return ' '.join(str(int(round(min(max(v, 0.0), 1.0) * 499))) for v in box)
+
+def text_to_box(s):
+    nums = [int(t) for t in s.replace(':', ' ').split() if t.isdigit()][:4]
+    return [n / 499 for n in nums] if len(nums) == 4 else None
+
+def box_iou(a, b): # (N, 4), (N, 4) xyxy -> (N,)
+    lt, rb = torch.max(a[:, :2], b[:, :2]), torch.min(a[:, 2:], b[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area = lambda x: (x[:, 2:] - x[:, :2]).clamp(min=0).prod(-1)
+    return inter / (area(a) + area(b) - inter).clamp(min=1e-9)

@@ -168,7 +168,7 @@ class Images(torch.utils.data.Dataset):
             img = img.convert('RGB') # grayscale / CMYK / palette JPEGs become RGB like the HF processor does
         except Exception as e:
             return i, None, f'{type(e).__name__}: {e}'
-        px = torch.from_numpy(np.asarray(img.resize((image_size, image_size), resample))).permute(2, 0, 1).contiguous()
+        px = torch.from_numpy(np.array(img.resize((image_size, image_size), resample))).permute(2, 0, 1).contiguous()
         if kind in ('siglip', 'siglip2'): # the teacher sees exactly its own processor's output
             return i, px, {k: v[0] for k, v in improc(img, return_tensors='pt').items()}
         return i, px, None

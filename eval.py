@@ -57,8 +57,11 @@ def retrieval_metrics(image_embeds, text_embeds, text_image_index, chunk=1024):
     idx = text_image_index.long()
     out = {}
     # T→I: rank of the true image for each caption = number of images scoring strictly higher
-    rank_t = torch.cat([((t @ img.T) > (t * img[i]).sum(-1, keepdim=True)).sum(1)
-                        for t, i in zip(txt.split(chunk), idx.split(chunk))])
+    rank_t = []
+    for t, i in zip(txt.split(chunk), idx.split(chunk)):
+        sim = t @ img.T # (c, N); the true score is read from the same matrix, so rounding cannot break ties
+        rank_t.append((sim > sim.gather(1, i[:, None])).sum(1))
+    rank_t = torch.cat(rank_t)
     # I→T: best rank among an image's captions = number of texts scoring above its best caption
     rank_i = []
     for s in range(0, len(img), chunk):

@@ -104,12 +104,12 @@ def teacher_probs(t_logits, center, temp):
 def dino_ce(s_logits, t_probs, temp): # -> per row (...,)
     return -(t_probs * F.log_softmax(s_logits / temp, dim=-1)).sum(-1)
 
-def random_resized_crops(x, n, scale, size, flip=True):
-    """n random crops per image (area fraction in `scale`, aspect in [3/4, 4/3]), resized to size: (n·B, C, size, size),
+def random_resized_crops(x, n, scale, size, flip=True, ratio=(3 / 4, 4 / 3)):
+    """n random crops per image (area fraction in `scale`, aspect in `ratio`), resized to size: (n·B, C, size, size),
     crop-major. Pure torch (affine_grid + grid_sample), so it runs on the GPU from the cached pixels."""
     B = len(x)
     area = torch.empty(n * B, device=x.device).uniform_(*scale)
-    logr = torch.empty(n * B, device=x.device).uniform_(math.log(3 / 4), math.log(4 / 3))
+    logr = torch.empty(n * B, device=x.device).uniform_(math.log(ratio[0]), math.log(ratio[1]))
     w, h = (area * logr.exp()).sqrt().clamp(max=1), (area / logr.exp()).sqrt().clamp(max=1) # fractions of the side
     cx, cy = (torch.rand(n * B, device=x.device) * 2 - 1) * (1 - w), (torch.rand(n * B, device=x.device) * 2 - 1) * (1 - h)
     sx = w * (torch.where(torch.rand(n * B, device=x.device) < 0.5, -1.0, 1.0) if flip else 1.0)

@@ -1,0 +1,377 @@
+"""
+TinySigLIP tests, CPU only (~4 min on 2 cores):  python test_smoke.py   or   python -m pytest -q test_smoke.py
+Unit tests call model.py / loss.py / eval.py directly; the rest runs the scripts through their command line.
+"""
+import os, sys, json, math, re, time, subprocess
+import pytest, torch
+import torch.nn.functional as F
+REPO = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, REPO)
+from model import Student, StudentConfig, LoccaDecoder, DINOHead, box_to_text, text_to_box, box_iou
+from loss import (sigmoid_loss, infonce_loss, feature_loss, affinity_loss, chunked_cross_entropy, locca_inputs, locca_loss,
+                  random_patch_mask, random_resized_crops, SigLIP2Loss)
+from eval import retrieval_metrics
+
+def tiny_student(**kw):
+    cfg = dict(image_model='vit_tiny_patch16_224', image_size=32, image_kwargs=dict(patch_size=8, embed_dim=32, depth=1, num_heads=2),
+               text_width=32, text_depth=1, text_heads=2, kept_ids=list(range(40)), embed_dim=16)
+    return Student(StudentConfig(**{**cfg, **kw}))
+
+# ----------------------------------------------------------------------------- losses: values, gradients, chunking
+def test_sigmoid_loss_hand_computed_2x2():
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0]]); txt = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    # cos = [[1, .6], [0, .8]]; logits = 10·cos - 10 = [[0, -4], [-10, -2]]; labels [[+,-],[-,+]]
+    ls = lambda z: math.log(1 / (1 + math.exp(-z)))
+    want = -(ls(0) + ls(4) + ls(10) + ls(-2)) / 2
+    assert sigmoid_loss(img, txt, 10.0, -10.0).item() == pytest.approx(want, rel=1e-6)
+
+def test_sigmoid_loss_multi_positive_3x3_brute_force():
+    g = torch.Generator().manual_seed(0)
+    img, txt = F.normalize(torch.randn(3, 4, generator=g), dim=-1), F.normalize(torch.randn(3, 4, generator=g), dim=-1)
+    img_ids, txt_ids = torch.tensor([0, 1, 2]), torch.tensor([0, 0, 2]) # caption 1 is a second caption of image 0
+    want = 0.0
+    for i in range(3):
+        for j in range(3):
+            z = 1.0 if img_ids[i] == txt_ids[j] else -1.0
+            want -= math.log(torch.sigmoid(torch.tensor(z * (5.0 * float(img[i] @ txt[j]) - 2.0))).item())
+    assert sigmoid_loss(img, txt, 5.0, -2.0, img_ids, txt_ids).item() == pytest.approx(want / 3, rel=1e-5)
+
+def test_gradients_match_autograd_float64():
+    g = torch.Generator().manual_seed(1)
+    r = lambda *s: F.normalize(torch.randn(*s, generator=g, dtype=torch.float64), dim=-1).requires_grad_()
+    a, b, c, d = r(4, 3), r(4, 3), r(4, 3), r(4, 3)
+    assert torch.autograd.gradcheck(lambda x, y: sigmoid_loss(x, y, 3.0, -1.0, chunk_size=3), (a, b))
+    assert torch.autograd.gradcheck(lambda x, y: feature_loss(x, y), (a, b))
+    for kind in ('softmax', 'sigmoid'):
+        assert torch.autograd.gradcheck(lambda x, y: affinity_loss(x, y, c, d, 4.0, 8.0, -1.0, -2.0, kind=kind), (a, b))
+
+def test_chunked_equals_unchunked():
+    g = torch.Generator().manual_seed(2)
+    img, txt = [F.normalize(torch.randn(10, 8, generator=g), dim=-1).requires_grad_() for _ in range(2)]
+    ga = torch.autograd.grad(sigmoid_loss(img, txt, 10.0, -10.0), (img, txt))
+    l2 = sigmoid_loss(img, txt, 10.0, -10.0, chunk_size=3)
+    assert l2.item() == pytest.approx(sigmoid_loss(img, txt, 10.0, -10.0).item(), rel=1e-6)
+    for x, y in zip(ga, torch.autograd.grad(l2, (img, txt))):
+        assert torch.allclose(x, y, atol=1e-6)
+    h, W, b = torch.randn(50, 8, generator=g, requires_grad=True), torch.randn(37, 8, generator=g, requires_grad=True), torch.randn(37, generator=g, requires_grad=True)
+    y = torch.randint(0, 37, (50,), generator=g)
+    ref = F.cross_entropy(F.linear(h, W, b), y, reduction='none')
+    got = chunked_cross_entropy(h, W, b, y, chunk_size=16) # 50 tokens: chunks of 16, 16, 16, 2
+    assert torch.allclose(ref, got, atol=1e-6)
+    w = torch.randn(50, generator=g)
+    for x, z in zip(torch.autograd.grad((ref * w).sum(), (h, W, b)), torch.autograd.grad((got * w).sum(), (h, W, b))):
+        assert torch.allclose(x, z, atol=1e-5)
+
+def test_infonce_and_distillation_minima():
+    g = torch.Generator().manual_seed(3)
+    img, txt = F.normalize(torch.randn(6, 5, generator=g), dim=-1), F.normalize(torch.randn(6, 5, generator=g), dim=-1)
+    logits = 7.0 * img @ txt.T
+    ref = (F.cross_entropy(logits, torch.arange(6)) + F.cross_entropy(logits.T, torch.arange(6))) / 2
+    assert infonce_loss(img, txt, 7.0).item() == pytest.approx(ref.item(), rel=1e-6)
+    assert feature_loss(img, img).item() == pytest.approx(0.0, abs=1e-6) and feature_loss(img, txt).item() > 0.1
+    for kind in ('softmax', 'sigmoid'): # 0 when the student equals the teacher (same scale), > 0 otherwise
+        assert affinity_loss(img, txt, img, txt, 7.0, 7.0, -3.0, -3.0, kind=kind).item() == pytest.approx(0.0, abs=1e-5)
+        assert affinity_loss(img, txt, txt, img, 7.0, 7.0, -3.0, -3.0, kind=kind).item() > 1e-3
+
+# ----------------------------------------------------------------------------- LocCa decoder
+def test_decoder_masks_by_perturbation_and_cross_attention():
+    torch.manual_seed(0)
+    dec = LoccaDecoder(vocab_size=20, width=32, depth=2, heads=2, mlp_dim=64, enc_dim=24)
+    torch.nn.init.normal_(dec.head.weight) # zero-init head: logits all 0 before training
+    ids, enc = torch.randint(0, 20, (2, 6)), torch.randn(2, 5, 24)
+    causal = torch.tensor([True, False]) # example 0 autoregressive, example 1 parallel, in one batch
+    h = dec(ids, enc, causal)
+    ids2 = ids.clone(); ids2[:, 4] = (ids[:, 4] + 1) % 20 # change a later token
+    h2 = dec(ids2, enc, causal)
+    assert torch.allclose(h[0, :4], h2[0, :4], atol=1e-6) and not torch.allclose(h[0, 4:], h2[0, 4:])  # causal: earlier unaffected
+    assert not torch.allclose(h[1, :4], h2[1, :4])                                                    # parallel: everything sees it
+    assert not torch.allclose(dec(ids, enc + 1, causal), h) # cross-attention reads the image tokens
+    assert (LoccaDecoder(20, 32, 1, 2, 64, 24).head(h) == 0).all()
+
+def test_locca_inputs_and_loss_masking():
+    seq = torch.tensor([[7, 8, 9, 1, 0], [7, 5, 6, 1, 0]]); pre = torch.tensor([1, 2])
+    inp, causal = locca_inputs(seq, pre, torch.tensor([False, True]), mask_id=20)
+    assert inp[0].tolist() == [0, 7, 8, 9, 1] and causal.tolist() == [True, False]    # AR: shift right, BOS 0
+    assert inp[1].tolist() == [7, 5, 20, 20, 20]                                      # parallel: prefix kept, rest masked
+    torch.manual_seed(0)
+    dec = LoccaDecoder(21, 16, 1, 2, 32, 8); torch.nn.init.normal_(dec.head.weight)
+    enc = torch.randn(2, 3, 8)
+    l = locca_loss(dec, enc, seq, pre, torch.tensor([False, False]), 20)
+    seq2 = seq.clone(); seq2[1, 0] = 3 # a prefix target: not in the loss ... but it is the input of position 1
+    seq3 = seq.clone(); seq3[:, 4] = 0 # pads stay pads
+    assert l.item() == pytest.approx(locca_loss(dec, enc, seq3, pre, torch.tensor([False, False]), 20).item())
+    # per-sequence normalisation: the loss equals the mean over examples of the mean CE over their target tokens
+    hidden = dec(*locca_inputs(seq, pre, torch.tensor([False, False]), 20)[:1], enc, torch.tensor([True, True]))
+    ce = F.cross_entropy(dec.head(hidden).transpose(1, 2), seq, reduction='none')
+    want = (ce[0, 1:4].mean() + ce[1, 2:4].mean()) / 2
+    assert l.item() == pytest.approx(want.item(), rel=1e-5)
+
+def test_box_text_round_trip():
+    for box in ([0.0, 0.1, 0.5, 1.0], [0.123, 0.456, 0.789, 0.999]):
+        back = text_to_box(box_to_text(box))
+        assert max(abs(a - b) for a, b in zip(box, back)) <= 0.5 / 499 + 1e-9
+    assert box_to_text([0, 0, 1, 1]) == '0 0 499 499' and text_to_box('12 40') is None
+    assert box_iou(torch.tensor([[0, 0, .5, .5]]), torch.tensor([[0, 0, .5, 1.]])).item() == pytest.approx(0.5)
+
+# ----------------------------------------------------------------------------- SILC / TIPS / EMA
+def sd_setup(**kw):
+    torch.manual_seed(0)
+    st = tiny_student()
+    v = st.visual
+    fn = SigLIP2Loss(v, v.patch_embed_proj, decoder=LoccaDecoder(40, 32, 1, 2, 64, v.enc_dim), silc_head=DINOHead(v.pool_dim, 64, 32, 16),
+                     tips_head=DINOHead(v.enc_dim, 64, 32, 16), mask_id=40, gamma=1.0, n_local=2, switch=0.5, **kw)
+    return st, fn
+
+def test_mask_token_replaces_patches_before_pos_embed():
+    st, fn = sd_setup()
+    fn.maybe_switch(0.6)
+    with torch.no_grad():
+        fn.mask_token.fill_(3.0)
+    seen = {}
+    h = st.visual.net.pos_drop.register_forward_hook(lambda m, i, o: seen.__setitem__('x', o)) # after pos-emb + cls
+    x = torch.randn(2, 3, 32, 32)
+    mask = random_patch_mask(2, 16, 0.5)
+    fn._masked_forward(x, mask)
+    h.remove()
+    net = st.visual.net
+    pos = net.pos_embed[:, net.num_prefix_tokens:] # learned pos-emb of the 16 patches
+    patches = seen['x'][:, net.num_prefix_tokens:] - pos
+    assert torch.allclose(patches[mask], torch.full_like(patches[mask], 3.0), atol=1e-5)       # masked: token, then + pos
+    clean = net.patch_embed(x)
+    assert torch.allclose(patches[~mask], clean.flatten(1, 2)[~mask] if clean.dim() == 4 else clean[~mask], atol=1e-5)
+    assert mask.sum(1).tolist() == [8, 8]
+
+def test_switch_ema_and_gradients_reach_the_right_parameters():
+    st, fn = sd_setup()
+    x, ids = torch.randn(4, 3, 32, 32), torch.randint(0, 40, (4, 8))
+    seq, pre, ok = torch.randint(5, 40, (4, 8)), torch.full((4,), 1), torch.ones(4, dtype=torch.bool)
+    locca = {'cap': (seq, pre), 'aref': (seq, pre, ok), 'gcap': (seq, pre, ok)}
+    assert fn.maybe_switch(0.4) == [] and not fn.switched
+    fresh = fn.maybe_switch(0.5)
+    assert set(map(id, fresh)) == set(map(id, fn.new_params())) and fn.maybe_switch(0.9) == [] # once
+    assert all(torch.equal(a, b) for a, b in zip(fn.teacher.state_dict().values(), st.visual.state_dict().values()))
+    img, txt, tok = st(x, ids)
+    total, terms = fn(x, img, txt, tok, st.logit_scale.exp(), st.logit_bias, 0.6, locca=locca)
+    assert {'sigmoid', 'locca', 'silc', 'tips'} <= set(terms) and all(torch.isfinite(v) for v in terms.values())
+    total.backward()
+    assert all(p.grad is None for p in fn.teacher.parameters()) and all(p.grad is None for p in fn.silc_head_t.parameters())
+    learners = list(st.parameters()) + list(fn.decoder.parameters()) + list(fn.silc_head.parameters()) + list(fn.tips_head.parameters()) + [fn.mask_token]
+    missing = [n for n, p in list(st.named_parameters()) + list(fn.named_parameters()) if p.requires_grad and p.grad is None]
+    assert not missing, missing
+    # EMA: after one step, teacher = m·teacher + (1 - m)·student, exactly
+    before = [p.clone() for p in fn.teacher.parameters()]
+    with torch.no_grad():
+        for p in st.visual.parameters(): p.add_(0.1)
+    fn.after_step()
+    for t0, t1, s in zip(before, fn.teacher.parameters(), st.visual.parameters()):
+        assert torch.allclose(t1, 0.996 * t0 + 0.004 * s, atol=1e-6)
+    sd = fn.state_dict()
+    _, fn2 = sd_setup(); fn2.load_state_dict(sd)
+    assert bool(fn2.switched) and int(fn2.step) == 1 and torch.equal(fn2.silc_center, fn.silc_center)
+
+def test_crops_and_mask_shapes():
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.allclose(random_resized_crops(x, 1, (1.0, 1.0), 16, flip=False, ratio=(1, 1)), x, atol=1e-5) # identity crop
+    assert random_resized_crops(x, 4, (0.05, 0.4), 8).shape == (8, 3, 8, 8)
+    with pytest.raises(ValueError, match='ViT'):
+        SigLIP2Loss(tiny_student(image_model='resnet18', image_kwargs={}).visual, None, tips_head=DINOHead(8, 8, 8, 8), gamma=1.0)
+
+# ----------------------------------------------------------------------------- student + retrieval
+def test_student_vocab_map_save_load(tmp_path):
+    st = tiny_student(kept_ids=[0, 1, 2, 3, 4, 10, 500]).eval()
+    assert st.map_ids(torch.tensor([0, 3, 10, 500, 11, 99999])).tolist() == [0, 3, 5, 6, 3, 3] # unknown -> UNK row
+    st.save_pretrained(str(tmp_path))
+    st2 = Student.from_pretrained(str(tmp_path))
+    x, ids = torch.randn(2, 3, 32, 32), torch.randint(0, 600, (2, 64))
+    assert torch.equal(st.encode_image(x), st2.encode_image(x)) and torch.equal(st.encode_text(ids), st2.encode_text(ids))
+    ids2 = ids.clone(); ids2[:, -1] = 4 # SigLIP pools the last position
+    assert not torch.equal(st.encode_text(ids), st.encode_text(ids2))
+    cnn = tiny_student(image_model='resnet18', image_kwargs={}).eval()
+    tok, pooled = cnn.visual(torch.randn(2, 3, 64, 64))
+    assert tok.shape == (2, 4, 512) and pooled.shape == (2, 512) and cnn.visual.patch_embed_proj is None
+
+def test_retrieval_metrics_vs_brute_force():
+    g = torch.Generator().manual_seed(4)
+    counts = [1, 7, 3, 5, 2, 6, 4, 1, 5, 5]
+    index = torch.tensor([i for i, c in enumerate(counts) for _ in range(c)])
+    img, txt = torch.randn(10, 6, generator=g), torch.randn(len(index), 6, generator=g)
+    sim = F.normalize(txt, dim=-1) @ F.normalize(img, dim=-1).T
+    want = {}
+    for k in (1, 5, 10):
+        want[f't2i_r{k}'] = 100 * sum(int(index[t]) in sim[t].topk(k).indices.tolist() for t in range(len(index))) / len(index)
+        want[f'i2t_r{k}'] = 100 * sum(any(int(index[t]) == i for t in sim[:, i].topk(k).indices.tolist()) for i in range(10)) / 10
+    got = retrieval_metrics(img, txt, index, chunk=3)
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v), k
+    perfect = retrieval_metrics(torch.eye(10), torch.eye(10)[index], index)
+    assert perfect['i2t_r1'] == perfect['t2i_r1'] == 100.0
+
+def test_configurator(tmp_path):
+    script = tmp_path / 's.py'
+    script.write_text("import os\nlearning_rate = 1e-3\nmax_iters = 10\nlr_decay_iters = 0\ncompile = True\nname = 'x'\nopt = None\n"
+                      "config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))]\n"
+                      f"exec(open({os.path.join(REPO, 'configurator.py')!r}).read())\nprint(repr((learning_rate, max_iters, lr_decay_iters, compile, name, opt)))\n")
+    cfg = tmp_path / 'c.py'
+    cfg.write_text("import math\nmax_iters = 20\nlr_decay_iters = max_iters * 2\n")
+    r = lambda *a: subprocess.run([sys.executable, str(script), *a], capture_output=True, text=True)
+    p = r(str(cfg), '--learning_rate=1', '--name=a=b', '--opt=(1,2)')
+    assert p.returncode == 0 and p.stdout.strip().endswith("(1.0, 20, 40, True, 'a=b', (1, 2))"), p.stderr
+    assert r('--name=123').stdout.strip().endswith("'123', None)")
+    for args, msg in [(['--lr=3'], "unknown config key 'lr'"), (['--compile=false'], 'expected bool'),
+                      (['--max_iters=1.5'], 'expected int')]:
+        p = r(*args)
+        assert p.returncode != 0 and msg in p.stderr, (args, p.stderr)
+    cfg.write_text("learnign_rate = 5e-4\n")
+    p = r(str(cfg))
+    assert p.returncode != 0 and 'learnign_rate' in p.stderr and str(cfg) in p.stderr
+ENV = dict(os.environ, HF_HUB_OFFLINE='1', OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+
+def run(*args, ok=True, timeout=600, env=None):
+    p = subprocess.run([sys.executable, *args], cwd=REPO, env=env or ENV, capture_output=True, text=True, timeout=timeout)
+    if ok and p.returncode != 0:
+        raise AssertionError(f"{args} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+@pytest.fixture(scope='session')
+def demo(tmp_path_factory):
+    """The quick demo once (world -> teacher -> cache -> A1-A5 -> eval -> report); other tests reuse its caches."""
+    d = tmp_path_factory.mktemp('demo')
+    t = time.time()
+    p = subprocess.run(['bash', 'demo.sh', '--quick'], cwd=REPO, env=dict(ENV, DEMO_DIR=str(d), PY=sys.executable),
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+    print(f"quick demo: {time.time() - t:.0f}s")
+    return d
+
+def test_demo_quick_writes_tables(demo):
+    report = open(demo / 'out/shapes/report.md').read()
+    assert 'Table 1' in report and 'Table 2' in report
+    t = json.load(open(demo / 'cache/shapes/test/eval.json'))
+    assert t['n_captions'] >= t['n_images'] * 5 and t['metrics']['i2t_r1'] > 2 * 100 / t['n_images'] # teacher beats chance
+    for a in ('a1', 'a2', 'a3', 'a4', 'a5'):
+        e = json.load(open(demo / f'out/shapes/{a}/eval.json'))
+        assert e['fingerprint'] == t['fingerprint'] and 0 <= e['metrics']['t2i_r1'] <= 100
+    m = json.load(open(demo / 'cache/shapes/train/manifest.json'))
+    assert m['embed_dim'] == 128 and m['counts']['images'] == 300
+
+def tiny_world(tmp, **kw):
+    args = dict(n_web=20, n_train=40, n_val=20, n_test=20, **kw)
+    run('data/shapes/prepare.py', f'--out_dir={tmp}', *[f'--{k}={v}' for k, v in args.items()])
+    return tmp
+
+@pytest.mark.parametrize('kind', ['siglip', 'siglip2'])
+def test_cache_matches_direct_hf_teacher(tmp_path, kind):
+    """Cached embeddings of a tiny random SiglipModel / Siglip2Model == direct get_*_features (cos >= 0.999)."""
+    from transformers import AutoModel, AutoProcessor
+    from PIL import Image
+    sys.path.insert(0, os.path.join(REPO, 'data', 'shapes'))
+    from prepare import make_tiny_hf_teacher
+    w = tiny_world(tmp_path / 'w')
+    make_tiny_hf_teacher(str(tmp_path / 't'), str(w / 'processor'), kind=kind)
+    run('cache_teacher.py', f'--data_dir={w}', '--split=val', f'--teacher={tmp_path / "t"}', f'--out_dir={tmp_path / "c"}',
+        '--num_workers=0', '--batch_size=7', '--shard_size=8')
+    from eval import load_cache
+    c, man = load_cache(str(tmp_path / 'c' / 'val'))
+    assert len(man['shards']) == 3 and man['teacher_kind'] == kind
+    model, proc = AutoModel.from_pretrained(str(tmp_path / 't')).eval(), AutoProcessor.from_pretrained(str(tmp_path / 't'))
+    caps = json.load(open(w / 'annotations/captions_val2017.json'))
+    files = {im['id']: im['file_name'] for im in caps['images']}
+    texts = [a['caption'].lower() for a in sorted(caps['annotations'], key=lambda a: (a['image_id'], a['id']))]
+    with torch.no_grad():
+        imgs = [Image.open(w / 'val2017' / files[int(i)]).convert('RGB') for i in c['image_ids']]
+        img = model.get_image_features(**proc.image_processor(imgs, return_tensors='pt')).pooler_output
+        ids = proc.tokenizer(texts, padding='max_length', max_length=64, truncation=True, return_tensors='pt')['input_ids']
+        txt = model.get_text_features(input_ids=ids).pooler_output
+    assert torch.equal(ids.int(), c['input_ids'])
+    cos = lambda a, b: torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1)
+    assert cos(img, c['image_embeds']).min() >= 0.999 and cos(txt, c['text_embeds']).min() >= 0.999
+
+def test_cache_bad_inputs_and_resume(tmp_path):
+    """Missing file -> clear error; corrupt/grayscale/CMYK/long caption/box outside -> counted; resume keeps shards."""
+    from PIL import Image
+    w = tiny_world(tmp_path / 'w')
+    caps_f, inst_f = w / 'annotations/captions_val2017.json', w / 'annotations/instances_val2017.json'
+    caps, inst = json.load(open(caps_f)), json.load(open(inst_f))
+    ims = caps['images']
+    (w / 'val2017' / ims[0]['file_name']).write_bytes(b'not a jpeg at all')                  # corrupt
+    Image.open(w / 'val2017' / ims[1]['file_name']).convert('L').save(w / 'val2017' / ims[1]['file_name'])     # grayscale
+    Image.open(w / 'val2017' / ims[2]['file_name']).convert('CMYK').save(w / 'val2017' / ims[2]['file_name'])  # CMYK JPEG
+    caps['annotations'][5]['caption'] = ' '.join(['red circle'] * 60)                       # > 64 tokens
+    json.dump(caps, open(caps_f, 'w'))
+    inst['annotations'][0]['bbox'] = [1000, 1000, 5, 5]                                     # entirely outside
+    inst['annotations'][1]['bbox'] = [-4, -4, 10, 10]                                       # partly outside: clipped
+    json.dump(inst, open(inst_f, 'w'))
+    args = [f'--data_dir={w}', '--split=val', '--teacher=none', f'--processor={w / "processor"}', f'--out_dir={tmp_path / "c"}',
+            '--num_workers=0', '--shard_size=8']
+    os.remove(w / 'val2017' / ims[3]['file_name'])
+    p = run('cache_teacher.py', *args, ok=False)
+    assert p.returncode != 0 and ims[3]['file_name'] in p.stderr + p.stdout and 'skip_missing' in p.stderr + p.stdout
+    run('cache_teacher.py', *args, '--skip_missing=True')
+    m = json.load(open(tmp_path / 'c/val/manifest.json'))
+    assert m['counts']['missing_images'] == 1 and m['counts']['skipped_images'] == 1 and m['counts']['images'] == 18
+    assert m['counts']['truncated_captions'] == 1 and m['counts']['dropped_boxes'] == 1
+    assert m['skipped'][0]['image_id'] == ims[0]['id']
+    # resume: drop the manifest and one shard (as after a crash), leave a half-written temp file; rerun
+    first = os.path.getmtime(tmp_path / 'c/val/val-00000.safetensors')
+    os.remove(tmp_path / 'c/val/manifest.json'); os.remove(tmp_path / 'c/val/val-00001.safetensors')
+    (tmp_path / 'c/val/val-00001.safetensors.tmp').write_bytes(b'half')
+    from eval import load_cache
+    with pytest.raises(SystemExit, match='manifest'):
+        load_cache(str(tmp_path / 'c/val'))
+    out = run('cache_teacher.py', *args, '--skip_missing=True').stdout
+    assert '1 done before' in out and os.path.getmtime(tmp_path / 'c/val/val-00000.safetensors') == first
+    assert json.load(open(tmp_path / 'c/val/manifest.json'))['fingerprint'] == m['fingerprint']
+    p = run('cache_teacher.py', *args, '--skip_missing=True', '--image_size=16', ok=False) # other settings: refuse to mix
+    assert p.returncode != 0 and 'other settings' in p.stderr
+    p = run('cache_teacher.py', *args, '--shard_sise=8', ok=False)
+    assert p.returncode != 0 and 'shard_sise' in p.stderr + p.stdout
+
+def student_args(demo, out, *extra):
+    return ['train.py', 'config/a5.py', 'config/shapes.py', f'--train_cache={demo}/cache/shapes/train',
+            f'--val_cache={demo}/cache/shapes/val', f'--out_dir={out}', '--batch_size=16', '--val_images=50',
+            '--log_interval=1', '--warmup_iters=2', *extra]
+
+def last_row(out):
+    rows = [json.loads(l) for l in open(os.path.join(out, 'log.jsonl'))]
+    return [r for r in rows if 'loss' in r][-1], [r for r in rows if 'val/i2t_r1' in r][-1]
+
+def test_train_resume_after_kill_is_exact(demo, tmp_path):
+    """Kill a run mid-way (SIGKILL after its iter-10 checkpoint), resume, and get the same final numbers."""
+    common = ['--max_iters=30', '--eval_interval=10']
+    run(*student_args(demo, tmp_path / 'full', *common))
+    p = subprocess.Popen([sys.executable, *student_args(demo, tmp_path / 'killed', *common)], cwd=REPO, env=ENV,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in p.stdout: # kill right after the iter-10 checkpoint was written
+        if line.startswith('iter 11:'):
+            p.kill(); break
+    p.wait()
+    assert json.load(open(tmp_path / 'killed/meta.json'))['iter_num'] == 10
+    run(*student_args(demo, tmp_path / 'killed', *common, '--init_from=resume'))
+    (a, va), (b, vb) = last_row(tmp_path / 'full'), last_row(tmp_path / 'killed')
+    assert a['iter'] == b['iter'] == 30 and a['loss'] == pytest.approx(b['loss'], rel=1e-5, abs=1e-6)
+    assert va == pytest.approx(vb, rel=1e-5, abs=1e-6)
+
+def test_ddp_two_cpu_processes_match_one(demo, tmp_path):
+    """torchrun --nproc_per_node=2 (gloo, batch 8 each) == 1 process with batch 16 (same global batch)."""
+    common = ['--max_iters=5', '--eval_interval=5', '--num_threads=1']
+    run(*student_args(demo, tmp_path / 'one', *common))
+    args = student_args(demo, tmp_path / 'two', *common)
+    args[args.index('--batch_size=16')] = '--batch_size=8'
+    run('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', *args)
+    (a, va), (b, vb) = last_row(tmp_path / 'one'), last_row(tmp_path / 'two')
+    for k in a:
+        if k.startswith('loss'):
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), k
+    assert va['val/i2t_r1'] == pytest.approx(vb['val/i2t_r1'], abs=1e-6) and json.load(open(tmp_path / 'two/meta.json'))['world_size'] == 2
+
+def test_train_rejects_bad_config(demo, tmp_path):
+    p = run(*student_args(demo, tmp_path / 'x', '--learnign_rate=1'), ok=False)
+    assert p.returncode != 0 and 'learnign_rate' in p.stderr + p.stdout
+    p = run(*student_args(demo, tmp_path / 'x', '--embed_dim=64'), ok=False)
+    assert p.returncode != 0 and 'embed_dim=64' in p.stderr + p.stdout
+    p = run(*student_args(demo, tmp_path / 'x', f'--val_cache={demo}/cache/shapes/train'), ok=False) # leak
+    assert p.returncode != 0 and 'overlap' in (p.stderr + p.stdout).lower()
+
+
+if __name__ == '__main__':
+    sys.exit(pytest.main([__file__, '-q']))

@@ -125,8 +125,8 @@ def random_patch_mask(B, N, ratio=0.5, device=None): # (B, N) bool, exactly floo
 class SigLIP2Loss(nn.Module):
     """L = w_sig·L_sig + w_locca·L_LocCa                                       before `switch` (§2.2)
        L = ... + γ·(1.0·L_SILC + 0.25·L_MP)   with an EMA teacher from `switch` on    (§2.3)
-    vision(x) -> (tokens (B, N, De), pooled (B, Dp)) is the student's image tower (held by reference, not
-    registered); patch_embed is its patch-embedding module (Conv2d or Linear) for TIPS masking (None: CNN)."""
+    vision(x) -> (tokens (B, N, De), pooled (B, Dp)), or an output with .last_hidden_state / .pooler_output (a
+    transformers vision model), is the student's image tower (held by reference, not registered); patch_embed is its patch-embedding module (Conv2d or Linear) for TIPS masking (None: CNN)."""
     def __init__(self, vision, patch_embed=None, decoder=None, silc_head=None, tips_head=None, mask_id=None,
                  sig_weight=1.0, locca_weight=1.0, gamma=0.25, silc_weight=1.0, tips_weight=0.25, switch=0.8,
                  ema_momentum=0.996, n_local=8, local_scale=(0.05, 0.4), global_scale=(0.4, 1.0), local_size=None,
@@ -159,6 +159,11 @@ class SigLIP2Loss(nn.Module):
         self.register_buffer('step', torch.tensor(0))
         self._batch_centers = {}
 
+    @staticmethod
+    def _run(tower, x): # our towers return (tokens, pooled); a transformers vision model returns both as fields
+        out = tower(x)
+        return (out.last_hidden_state, out.pooler_output) if hasattr(out, 'last_hidden_state') else out
+
     def new_params(self):
         mods = [m for m in (self.silc_head, self.tips_head) if m is not None]
         return [p for m in mods for p in m.parameters()] + ([self.mask_token] if self.sd else [])
@@ -185,7 +190,7 @@ class SigLIP2Loss(nn.Module):
             return torch.where(m, tok, out)
         handle = self._vision[1].register_forward_hook(hook)
         try:
-            return self._vision[0](x)
+            return self._run(self._vision[0], x)
         finally:
             handle.remove()
 
@@ -216,10 +221,10 @@ class SigLIP2Loss(nn.Module):
         t_temp = self.teacher_temp[0] + frac * (self.teacher_temp[1] - self.teacher_temp[0])
         glob = random_resized_crops(images, 1, self.global_scale, size) # 1 global view (§2.3), U20
         with torch.no_grad():
-            t_tok, t_pool = self.teacher.eval()(glob) # eval: BatchNorm statistics come from the student (after_step)
+            t_tok, t_pool = self._run(self.teacher.eval(), glob) # eval: BatchNorm statistics come from the student (after_step)
         if self.w['silc']: # local student views -> teacher's global view, on pooled features (§2.3)
             local = random_resized_crops(images, self.n_local, self.local_scale, self.local_size or size // 2) # U19
-            s_pool = self._vision[0](local)[1].view(self.n_local, B, -1)
+            s_pool = self._run(self._vision[0], local)[1].view(self.n_local, B, -1)
             with torch.no_grad():
                 t_logits = self.silc_head_t(t_pool)
                 pt = teacher_probs(t_logits, self.silc_center, t_temp)

@@ -52,7 +52,9 @@ def check_no_leak(train_image_ids, eval_image_ids, what):
 def retrieval_metrics(image_embeds, text_embeds, text_image_index, chunk=1024):
     """image_embeds (N, D), text_embeds (M, D), text_image_index (M,) -> recall@{1,5,10} in percent.
     I→T: share of images with >= 1 of their captions in the top k of all M texts; T→I: share of the M captions
-    whose image is in the top k (CLIP_benchmark zeroshot_retrieval.py; ANCHORS §5). Chunked: small memory at 5k x 25k."""
+    whose image is in the top k (CLIP_benchmark zeroshot_retrieval.py; ANCHORS §5). Chunked: small memory at 5k x 25k.
+    Exact ties (e.g. the same caption string on two images) count against the query, so rankings never depend on
+    index order and a shared caption cannot score for both images (topk would pick one arbitrarily)."""
     img, txt = F.normalize(image_embeds.float(), dim=-1), F.normalize(text_embeds.float(), dim=-1)
     idx = text_image_index.long()
     out = {}
@@ -60,7 +62,9 @@ def retrieval_metrics(image_embeds, text_embeds, text_image_index, chunk=1024):
     rank_t = []
     for t, i in zip(txt.split(chunk), idx.split(chunk)):
         sim = t @ img.T # (c, N); the true score is read from the same matrix, so rounding cannot break ties
-        rank_t.append((sim > sim.gather(1, i[:, None])).sum(1))
+        own = sim.gather(1, i[:, None])
+        other = torch.arange(len(img))[None] != i[:, None]
+        rank_t.append(((sim > own) | ((sim == own) & other)).sum(1)) # a tie counts against the query
     rank_t = torch.cat(rank_t)
     # I→T: best rank among an image's captions = number of texts scoring above its best caption
     rank_i = []
@@ -68,7 +72,7 @@ def retrieval_metrics(image_embeds, text_embeds, text_image_index, chunk=1024):
         sim = img[s:s + chunk] @ txt.T # (c, M)
         own = idx[None] == torch.arange(s, min(s + chunk, len(img)))[:, None]
         best = sim.masked_fill(~own, -float('inf')).max(1, keepdim=True).values
-        rank_i.append((sim > best).sum(1))
+        rank_i.append(((sim > best) | ((sim == best) & ~own)).sum(1)) # identical captions of two images: no free hit
     rank_i = torch.cat(rank_i)
     for k in (1, 5, 10):
         out[f'i2t_r{k}'] = 100.0 * (rank_i < k).float().mean().item()

@@ -122,6 +122,8 @@ def index(owner, ids): # rows of a per-caption/per-region table -> (start, count
     pos = torch.searchsorted(ids, owner) # both sorted by image id as written by cache_teacher.py
     count = torch.bincount(pos, minlength=len(ids))
     return torch.cumsum(count, 0) - count, count
+for k in ('cap', 'aref', 'gcap'): # LocCa targets are stored padded to 64: trim the all-pad tail once (decoder cost ∝ L)
+    data[f'{k}_ids'] = data[f'{k}_ids'][:, :max(int((data[f'{k}_ids'] != 0).sum(1).max()), 1)]
 cap_start, cap_count = index(data['caption_image_ids'], data['image_ids'])
 reg_start, reg_count = index(data['region_image_ids'], data['image_ids'])
 N = len(data['image_ids'])
@@ -153,7 +155,7 @@ else:
 student = Student(StudentConfig(**model_args)).to(device)
 vocab = len(model_args['kept_ids'])
 decoder_args = dict(vocab_size=vocab, width=text_width, depth=decoder_depth or max(text_depth // 2, 1), heads=text_heads,
-                    mlp_dim=4 * text_width, enc_dim=student.visual.enc_dim, max_len=data['cap_ids'].shape[1])
+                    mlp_dim=4 * text_width, enc_dim=student.visual.enc_dim, max_len=64)
 decoder = LoccaDecoder(**decoder_args) if lambda_locca else None
 heads = dict(out_dim=dino_dim, hidden_dim=dino_hidden, bottleneck_dim=dino_bottleneck)
 silc_head = DINOHead(student.visual.pool_dim, **heads) if gamma and lambda_silc else None

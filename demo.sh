@@ -29,9 +29,9 @@ step "1. synthetic world (COCO format + tokenizer)"
 $PY data/shapes/prepare.py --out_dir=$W "${WORLD[@]}"
 step "2. pack the web + val splits (pixels + tokens, no teacher) and train the demo teacher on web"
 for s in web val; do
-    $PY cache_teacher.py --data_dir=$W --split=$s --teacher=none --processor=$W/processor --out_dir=$R --num_workers=1
+    $PY cache_teacher.py --data_dir=$W --split=$s --teacher=none --processor=$W/processor --out_dir=$R --num_workers=2
 done
-$PY train.py config/shapes_teacher.py --train_cache=$R/web --val_cache=$R/val --out_dir=$O/teacher "${TEACH[@]}"
+$PY train.py config/shapes_teacher.py --train_cache=$R/web --val_cache=$R/val --out_dir=$O/teacher --num_threads=2 "${TEACH[@]}"
 step "3. cache the teacher on the student's train / val / test splits; teacher row on test"
 for s in train val test; do
     $PY cache_teacher.py --data_dir=$W --split=$s --teacher=$O/teacher --out_dir=$C --num_workers=1
@@ -56,8 +56,10 @@ for seed in $SEEDS; do
 done
 for p in $(jobs -p); do wait $p; done
 step "5. eval every student on the test split, then the tables"
-for run in "${runs[@]}"; do
-    $PY eval.py --cache=$C/test --ckpt=$O/$run --locca=False
+for run in "${runs[@]}"; do # two at a time, like the training runs
+    [ $(jobs -rp | wc -l) -lt 2 ] || wait -n
+    $PY eval.py --cache=$C/test --ckpt=$O/$run --locca=False &
 done
+for p in $(jobs -p); do wait $p; done
 $PY report.py --runs_dir=$O --teacher_eval=$C/test/eval.json --out=$O/report.md
 step "done in $(( $(date +%s) - t0 ))s: $O/report.md"

@@ -1,4 +1,4 @@
-# Synthetic "shapes" world on a laptop CPU (add after an A/B/C config): tiny towers, 32 px, ~1k student images.
+# Synthetic "shapes" world on a laptop CPU (add after an A/B/C config): tiny towers, 32 px, 500 student images.
 #   python train.py config/a5.py config/shapes.py --out_dir=out/shapes/a5     (~1 min on 1 CPU thread)
 # Run by demo.sh after it has trained and cached the demo teacher (config/shapes_teacher.py).
 train_cache = 'cache/shapes/train'
@@ -10,7 +10,7 @@ text_width = 64
 text_depth = 1
 text_heads = 2
 batch_size = 128
-max_iters = 600
+max_iters = 400
 warmup_iters = 50
 learning_rate = 2e-3
 min_lr = 1e-4

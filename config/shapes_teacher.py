@@ -1,4 +1,4 @@
-# The demo teacher: trained from scratch on the large synthetic "web" split (30k images), standing in for a
+# The demo teacher: trained from scratch on the large synthetic "web" split (20k images), standing in for a
 # SigLIP 2 checkpoint trained on billions of pairs. Then cached like any teacher (demo.sh).
 #   python train.py config/shapes_teacher.py      (~4 min on 2 CPU cores)
 out_dir = 'out/shapes/teacher'
@@ -13,11 +13,11 @@ text_depth = 2
 text_heads = 4
 lambda_contrast = 1.0
 batch_size = 128
-max_iters = 700
+max_iters = 800
 warmup_iters = 50
 learning_rate = 2e-3
 min_lr = 1e-4
-eval_interval = 350
+eval_interval = 400
 log_interval = 50
 device = 'cpu'
 dtype = 'float32'

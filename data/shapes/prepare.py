@@ -1,7 +1,7 @@
 """
 The embedded synthetic world, written in COCO 2017 format so the real readers run on it.
 
-    python data/shapes/prepare.py                       # ~30 s on 2 cores: web 30k, train 1k, val 500, test 500
+    python data/shapes/prepare.py                       # ~15 s on 2 cores: web 20k, train 500, val 500, test 500
     python data/shapes/prepare.py --n_web=4000 --n_train=300 --n_val=100 --n_test=100 --out_dir=/tmp/shapes
 
 Writes <out_dir>/{web,train,val,test}2017/*.jpg, annotations/{captions,instances}_<split>2017.json,
@@ -10,7 +10,7 @@ of the world's words + SigLIP image settings, loadable offline with AutoTokenize
 
 The world (DEMO_CALIBRATION.md): 1-3 objects of 8 colours x 6 shapes x 2 sizes on a 3x3 grid, 5 captions per
 image from varied templates (synonyms, order, relations, counts). A "web" split teaches the demo teacher;
-the student's 1k-image "train" split is the bottleneck, and 12 held-out colour-shape pairs are rare in it
+the student's 500-image "train" split is the bottleneck, and 12 held-out colour-shape pairs are rare in it
 (2% of their usual rate) but common in val/test: the teacher knows what the student's data cannot teach.
 """
 import os, sys, json, time, random
@@ -148,7 +148,7 @@ def make_image(out, split, sid, i, S, seed):
 
 if __name__ == '__main__':
     # -------------------------------------------------------------------------
-    cfg = dict(out_dir=os.path.dirname(os.path.abspath(__file__)), n_web=30000, n_train=1000, n_val=500, n_test=500,
+    cfg = dict(out_dir=os.path.dirname(os.path.abspath(__file__)), n_web=20000, n_train=500, n_val=500, n_test=500,
                image_size=32, seed=0)
     for a in sys.argv[1:]:
         k, sep, v = a[2:].partition('=')

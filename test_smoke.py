@@ -226,6 +226,9 @@ def test_configurator(tmp_path):
     cfg.write_text("learnign_rate = 5e-4\n")
     p = r(str(cfg))
     assert p.returncode != 0 and 'learnign_rate' in p.stderr and str(cfg) in p.stderr
+    cfg.write_text("compile = 'no'\n") # a config file's values are type-checked against the defaults too
+    p = r(str(cfg))
+    assert p.returncode != 0 and 'expected bool' in p.stderr and str(cfg) in p.stderr
 ENV = dict(os.environ, HF_HUB_OFFLINE='1', OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
 
 def run(*args, ok=True, timeout=600, env=None):

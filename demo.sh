@@ -6,6 +6,7 @@
 #   bash demo.sh            # full demo; sets up .venv first if it is missing
 #   bash demo.sh --quick    # < 2 min pipeline check on a smaller world, A1/A5 one seed (run by test_smoke.py)
 #   DEMO_DIR=/tmp/d bash demo.sh   # where data/, cache/, out/ go (default: this repo)
+#   SEEDS="0 1" bash demo.sh       # + a second seed of A1 and A5 (seed spread, ~2 min more)
 set -euo pipefail
 cd "$(dirname "$0")"
 if [ -z "${PY:-}" ]; then
@@ -14,7 +15,7 @@ if [ -z "${PY:-}" ]; then
 fi
 D=${DEMO_DIR:-.}
 W=$D/data/shapes; R=$D/cache/shapes-raw; C=$D/cache/shapes; O=$D/out/shapes
-WORLD=(); TEACH=(); STUD=(); SEEDS="0 1"; RUNS="a1 a2 a3 a4 a5"
+WORLD=(); TEACH=(); STUD=(); SEEDS=${SEEDS:-0}; RUNS="a1 a2 a3 a4 a5"
 if [ "${1:-}" = "--quick" ]; then # same pipeline, smaller world and budgets
     WORLD=(--n_web=2000 --n_train=300 --n_val=100 --n_test=100)
     TEACH=(--max_iters=100 --eval_interval=100 --batch_size=64 --val_images=100)

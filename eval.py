@@ -92,14 +92,15 @@ def locca_metrics(student, decoder, data, tokenizer, device, max_images=500):
     enc = lambda rows: student.visual(student.preprocess(data['pixels'][rows].to(device)))[0]
     hits, n = 0, 0
     for s in range(0, r, 128):
-        ids, pre = data['aref_ids'][s:s + 128].long(), data['aref_prefix'][s:s + 128]
+        e = min(s + 128, r)
+        ids = data['aref_ids'][s:e].long()
         # the prompt ends with the region caption's ' :' piece: everything before the box digits
         colon = tokenizer(' :', add_special_tokens=False)['input_ids'][-1]
         ends = [int((row == colon).nonzero()[0]) + 1 for row in ids]
         out = []
         for p in sorted(set(ends)): # group rows with the same prompt length (no padding inside the prompt)
             rows = [i for i, e in enumerate(ends) if e == p]
-            seq = decoder.greedy_decode(student.map_ids(ids[rows, :p].to(device)), enc(img_row[s:s + 128][rows]), 20)
+            seq = decoder.greedy_decode(student.map_ids(ids[rows, :p].to(device)), enc(img_row[s:e][rows]), 20)
             out += [(i, kept[seq[j, p:].cpu()]) for j, i in enumerate(rows)]
         for i, toks in out:
             box = text_to_box(tokenizer.decode(toks[(toks != 0) & (toks != 1)].tolist()))

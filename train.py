@@ -93,7 +93,7 @@ device_type = 'cuda' if 'cuda' in device else 'cpu'
 torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 autocast = torch.autocast(device_type=device_type, dtype=getattr(torch, dtype), enabled=dtype != 'float32')
 for k, ok in [('contrast', contrast in ('sigmoid', 'infonce')), ('affinity_kind', affinity_kind in ('softmax', 'sigmoid')),
-              ('init_from', init_from in ('scratch', 'resume')), ('batch_size', batch_size >= 2), ('max_iters', max_iters > 0)]:
+              ('init_from', init_from in ('scratch', 'resume')), ('batch_size', batch_size >= 2), ('max_iters', max_iters >= 0)]:
     if not ok: sys.exit(f"train.py: bad value {k}={globals()[k]!r}")
 ckpt = torch.load(os.path.join(out_dir, 'ckpt.pt'), map_location='cpu', weights_only=False) if init_from == 'resume' else None
 if init_from == 'resume' and ckpt['config']['train_cache'] != train_cache:
@@ -259,7 +259,7 @@ while True:
         save(metrics)
     if last:
         break
-    progress = iter_num / max_iters
+    progress = iter_num / max(max_iters, 1)
     for p in loss_fn.maybe_switch(progress): # SigLIP 2 §2.3: new heads + mask token get fresh optimizer state
         optimizer.state.pop(p, None)
     lr = get_lr(iter_num)

@@ -333,6 +333,17 @@ def test_cache_bad_inputs_and_resume(tmp_path):
     p = run('cache_teacher.py', *args, '--shard_sise=8', ok=False)
     assert p.returncode != 0 and 'shard_sise' in p.stderr + p.stdout
 
+def test_cache_karpathy_split_keeps_every_caption(tmp_path):
+    """The Karpathy reader (dataset_coco.json format): split selection incl. 'a+b', every caption kept."""
+    w = tiny_world(tmp_path / 'w')
+    k = json.load(open(w / 'annotations/dataset_shapes.json'))
+    k['images'][-1]['sentences'].append({'raw': 'a sixth caption', 'tokens': []}) # COCO has images with 6-7
+    json.dump(k, open(w / 'annotations/dataset_shapes.json', 'w'))
+    run('cache_teacher.py', f'--data_dir={w}', f'--karpathy={w}/annotations/dataset_shapes.json', '--split=val+test',
+        '--teacher=none', f'--processor={w / "processor"}', f'--out_dir={tmp_path / "c"}', '--num_workers=0')
+    m = json.load(open(tmp_path / 'c/val+test/manifest.json'))
+    assert m['counts']['images'] == 40 and m['counts']['captions'] == 201 and m['dataset']['reader'] == 'karpathy'
+
 def student_args(demo, out, *extra):
     return ['train.py', 'config/a5.py', 'config/shapes.py', f'--train_cache={demo}/cache/shapes/train',
             f'--val_cache={demo}/cache/shapes/val', f'--out_dir={out}', '--batch_size=16', '--val_images=50',

@@ -343,6 +343,16 @@ def test_cache_karpathy_split_keeps_every_caption(tmp_path):
         '--teacher=none', f'--processor={w / "processor"}', f'--out_dir={tmp_path / "c"}', '--num_workers=0')
     m = json.load(open(tmp_path / 'c/val+test/manifest.json'))
     assert m['counts']['images'] == 40 and m['counts']['captions'] == 201 and m['dataset']['reader'] == 'karpathy'
+    # torchrun: 2 ranks split the 5 shards (r, r+2, ...), rank 0 writes the manifest -> the same cache, byte for byte
+    run('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'cache_teacher.py', f'--data_dir={w}',
+        f'--karpathy={w}/annotations/dataset_shapes.json', '--split=val+test', '--teacher=none', f'--processor={w / "processor"}',
+        f'--out_dir={tmp_path / "c2"}', '--num_workers=0', '--shard_size=8')
+    m2 = json.load(open(tmp_path / 'c2/val+test/manifest.json'))
+    assert len(m2['shards']) == 5 and m2['counts'] == m['counts']
+    run('cache_teacher.py', f'--data_dir={w}', f'--karpathy={w}/annotations/dataset_shapes.json', '--split=val+test',
+        '--teacher=none', f'--processor={w / "processor"}', f'--out_dir={tmp_path / "c1"}', '--num_workers=0', '--shard_size=8')
+    m1 = json.load(open(tmp_path / 'c1/val+test/manifest.json'))
+    assert [s['sha256'] for s in m1['shards']] == [s['sha256'] for s in m2['shards']] and m1['fingerprint'] == m2['fingerprint']
 
 def student_args(demo, out, *extra):
     return ['train.py', 'config/a5.py', 'config/shapes.py', f'--train_cache={demo}/cache/shapes/train',
@@ -401,6 +411,21 @@ def test_ddp_two_cpu_processes_match_one(demo, tmp_path):
             assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), k
     assert va['val/i2t_r1'] == pytest.approx(vb['val/i2t_r1'], abs=1e-6) and json.load(open(tmp_path / 'two/meta.json'))['world_size'] == 2
 
+def test_train_val_subset_matches_an_independent_eval(demo, tmp_path):
+    """train.py's periodic val R@1 on the first val_images images (not a multiple of its 256-image chunks) ==
+    retrieval_metrics on the same images computed here from the saved student."""
+    from eval import load_cache
+    run(*student_args(demo, tmp_path / 'v', '--max_iters=3', '--eval_interval=3', '--val_images=37'))
+    _, row = last_row(tmp_path / 'v')
+    val, _ = load_cache(f'{demo}/cache/shapes/val')
+    s = Student.from_pretrained(str(tmp_path / 'v')).eval()
+    keep = val['caption_image_ids'] <= val['image_ids'][36]
+    with torch.no_grad():
+        img, txt = s.encode_image(s.preprocess(val['pixels'][:37])), s.encode_text(val['input_ids'][keep].long())
+    m = retrieval_metrics(img, txt, torch.searchsorted(val['image_ids'][:37], val['caption_image_ids'][keep]))
+    for k in ('i2t_r1', 't2i_r1', 'i2t_r10', 't2i_r10'):
+        assert row[f'val/{k}'] == pytest.approx(m[k], abs=1e-4), k
+
 def test_train_rejects_bad_config(demo, tmp_path):
     p = run(*student_args(demo, tmp_path / 'x', '--learnign_rate=1'), ok=False)
     assert p.returncode != 0 and 'learnign_rate' in p.stderr + p.stdout
@@ -409,9 +434,6 @@ def test_train_rejects_bad_config(demo, tmp_path):
     p = run(*student_args(demo, tmp_path / 'x', f'--val_cache={demo}/cache/shapes/train'), ok=False) # leak
     assert p.returncode != 0 and 'overlap' in (p.stderr + p.stdout).lower()
 
-
-if __name__ == '__main__':
-    sys.exit(pytest.main([__file__, '-q']))
 
 def test_readme_snippet_trains_a_tiny_siglip2(tmp_path):
     """The README's 15-line snippet, verbatim, on a tiny random Siglip2Model: every term finite, total going down."""
@@ -437,3 +459,7 @@ def test_readme_snippet_trains_a_tiny_siglip2(tmp_path):
         totals.append(total.item())
     assert {'sigmoid', 'locca', 'silc', 'tips'} <= set(terms)
     assert totals[-1] < totals[2] and totals[-1] < totals[0]
+
+
+if __name__ == '__main__':
+    sys.exit(pytest.main([__file__, '-q']))

@@ -200,7 +200,7 @@ vcap = val['caption_image_ids'] <= val['image_ids'][vn - 1]
 def evaluate():
     student.eval()
     with autocast:
-        img = torch.cat([student.encode_image(student.preprocess(val['pixels'][i:i + 256].to(device))).float() for i in range(0, vn, 256)])
+        img = torch.cat([student.encode_image(student.preprocess(val['pixels'][i:min(i + 256, vn)].to(device))).float() for i in range(0, vn, 256)])
         ids = val['input_ids'][vcap].long()
         txt = torch.cat([student.encode_text(ids[i:i + 1024].to(device)).float() for i in range(0, len(ids), 1024)])
     student.train()

@@ -1,5 +1,6 @@
 # A6 — A5 + the SigLIP 2 terms on the student: LocCa decoder (§2.2) and SILC/TIPS from 80% (§2.3).
-# 1 GPU: python train.py config/a6.py   (same cache as config/a1.py; ~1.5-2× the A5 step time, see README)
+# 1 GPU: python train.py config/a6.py   (same cache as config/a1.py; up to ~8× the A5 step time:
+#   bench.py on an H100 measured 8.7× sigmoid-only with a 256k-vocab decoder head; the compact vocabulary costs less)
 exec(open('config/a5.py').read())
 out_dir = 'out/a6'
 lambda_locca = 1.0 # §2.2: equal weight with the sigmoid loss

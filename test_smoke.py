@@ -426,6 +426,18 @@ def test_train_val_subset_matches_an_independent_eval(demo, tmp_path):
     for k in ('i2t_r1', 't2i_r1', 'i2t_r10', 't2i_r10'):
         assert row[f'val/{k}'] == pytest.approx(m[k], abs=1e-4), k
 
+def test_compile_switch_matches_eager(demo, tmp_path):
+    """--compile=True (torch.compile, inductor on CPU) trains like eager mode; the checkpoint holds the uncompiled
+    model, so Student.from_pretrained loads it."""
+    common = ['--max_iters=4', '--eval_interval=4', '--num_threads=2']
+    run(*student_args(demo, tmp_path / 'eager', *common))
+    run(*student_args(demo, tmp_path / 'comp', *common, '--compile=True'))
+    (a, va), (b, vb) = last_row(tmp_path / 'eager'), last_row(tmp_path / 'comp')
+    for k in a:
+        if k.startswith('loss'):
+            assert a[k] == pytest.approx(b[k], rel=1e-3), k
+    assert Student.from_pretrained(str(tmp_path / 'comp')).config.embed_dim == 128
+
 def test_train_rejects_bad_config(demo, tmp_path):
     p = run(*student_args(demo, tmp_path / 'x', '--learnign_rate=1'), ok=False)
     assert p.returncode != 0 and 'learnign_rate' in p.stderr + p.stdout

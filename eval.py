@@ -81,6 +81,14 @@ def retrieval_metrics(image_embeds, text_embeds, text_image_index, chunk=1024):
     return out
 
 @torch.no_grad()
+def embed_student(student, pixels, input_ids, device, batch_size=256):
+    """uint8 pixels (N, 3, H, W), teacher ids (M, L) -> student embeddings (N, D), (M, D), float32 on CPU.
+    Shared by eval.py and train.py's periodic val; .split() batches, so the last batch never reads past N."""
+    img = torch.cat([student.encode_image(student.preprocess(p.to(device))).float().cpu() for p in pixels.split(batch_size)])
+    txt = torch.cat([student.encode_text(t.long().to(device)).float().cpu() for t in input_ids.split(4 * batch_size)])
+    return img, txt
+
+@torch.no_grad()
 def locca_metrics(student, decoder, data, tokenizer, device, max_images=500):
     """ARef box accuracy (greedy decode from 'aref: <region caption> :', IoU >= 0.5) and caption token accuracy
     (teacher-forced, autoregressive, target tokens only)."""
@@ -147,11 +155,7 @@ if __name__ == '__main__':
                                for s in json.load(open(os.path.join(train_dir, 'manifest.json')))['shards']])
         check_no_leak(train_ids, data['image_ids'], f'{ckpt} (trained on {train_dir}) vs {cache}')
         student = Student.from_pretrained(ckpt).to(device)
-        with torch.inference_mode():
-            img = torch.cat([student.encode_image(student.preprocess(data['pixels'][i:i + batch_size].to(device))).float().cpu()
-                             for i in range(0, len(data['pixels']), batch_size)])
-            txt = torch.cat([student.encode_text(data['input_ids'][i:i + 4 * batch_size].long().to(device)).float().cpu()
-                             for i in range(0, len(index), 4 * batch_size)])
+        img, txt = embed_student(student, data['pixels'], data['input_ids'], device, batch_size)
         metrics = retrieval_metrics(img, txt, index)
         row.update(model='student', run=os.path.basename(os.path.normpath(ckpt)), metrics=metrics,
                    params=dict(total=student.num_params(), without_token_table=student.num_params(token_table=False)))

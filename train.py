@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import torch.distributed as dist
 from model import Student, StudentConfig, LoccaDecoder, DINOHead
 from loss import SigLIP2Loss, feature_loss, affinity_loss
-from eval import load_cache, retrieval_metrics, check_no_leak
+from eval import load_cache, retrieval_metrics, check_no_leak, embed_student
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -200,12 +200,10 @@ vcap = val['caption_image_ids'] <= val['image_ids'][vn - 1]
 def evaluate():
     student.eval()
     with autocast:
-        img = torch.cat([student.encode_image(student.preprocess(val['pixels'][i:min(i + 256, vn)].to(device))).float() for i in range(0, vn, 256)])
-        ids = val['input_ids'][vcap].long()
-        txt = torch.cat([student.encode_text(ids[i:i + 1024].to(device)).float() for i in range(0, len(ids), 1024)])
+        img, txt = embed_student(student, val['pixels'][:vn], val['input_ids'][vcap], device)
     student.train()
     img_index = torch.searchsorted(val['image_ids'][:vn], val['caption_image_ids'][vcap])
-    return {f'val/{k}': v for k, v in retrieval_metrics(img.cpu(), txt.cpu(), img_index).items()}
+    return {f'val/{k}': v for k, v in retrieval_metrics(img, txt, img_index).items()}
 
 def git_state():
     try:

@@ -33,12 +33,21 @@ instances = '' # instances json for boxes; '' = annotations/instances_<split>201
 out_dir = 'cache/shapes'
 max_images = 0 # 0 = all; else the first N images by id (smoke tests)
 skip_missing = False # missing image files: error (default) or drop and count them in the manifest
+# unpaired data (DIME-FM distils from unpaired images and texts): image-only and text-only caches
+images = True # False: a text-only cache (the split's captions, no pixels)
+captions = True # False: an image-only cache (captions ignored; COCO unlabeled2017 has none anyway)
+image_folder = '' # a folder of images (searched recursively, sorted by path) -> an image-only cache
+caption_file = '' # a text file, one caption per line -> a text-only cache
+# reinforced views (MobileCLIP's DataCompDR: augmentations stored with their teacher embeddings)
+views = 1 # K views per image: view 0 the full image, 1..K-1 random-resized crops (+ flips), seeded by image id
+view_scale = 0.35 # crop area fraction ~ U(view_scale, 1); aspect ~ log-U(3/4, 4/3) as torchvision's RandomResizedCrop
+view_flip = True # mirror half of the crops (a world whose captions say 'left of' may want False)
 # teacher
 teacher = 'none' # HF SigLIP/SigLIP 2 name or dir | a train.py out_dir | 'none' (pixels + tokens only)
 processor = '' # processor dir (tokenizer + image settings); '' = the teacher's own
 image_size = 0 # stored pixel resolution for the student; 0 = the teacher's input size
 lowercase = True # SigLIP 2 was trained on lowercased text (HF_TIMM_NOTES); the fixed-res tokenizer won't do it
-max_length = 64 # SigLIP text length: right-padded with 0 to 64; another length silently breaks the teacher
+max_length = 0 # text length, right-padded with 0: 0 = the teacher's own (64 for SigLIP; ours: the length it trained on)
 # system
 batch_size = 64
 shard_size = 2048 # images per shard
@@ -66,16 +75,30 @@ def read_json(path):
     with open(path) as f:
         return json.load(f)
 
-if karpathy: # Karpathy split file: keep ALL captions (COCO test has 25,010, not 25,000)
+IMAGE_EXT = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
+if image_folder: # any folder of images: ids are the positions in path order (stable for the same folder)
+    paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(image_folder) for f in fs if f.lower().endswith(IMAGE_EXT))
+    recs = {i: dict(image_id=i, path=p, captions=[], regions=[]) for i, p in enumerate(paths)}
+    captions = False
+elif caption_file: # one caption per line; a record per caption, so shards split the file
+    lines = [l.strip() for l in open(caption_file) if l.strip()] if os.path.isfile(caption_file) else \
+        sys.exit(f"cache_teacher: caption_file {caption_file} not found")
+    recs = {i: dict(image_id=i, path='', captions=[c], regions=[]) for i, c in enumerate(lines)}
+    images = False
+elif karpathy: # Karpathy split file: keep ALL captions (COCO test has 25,010, not 25,000)
     wanted = set(split.split('+'))
     recs = {im['cocoid']: dict(image_id=im['cocoid'], path=os.path.join(data_dir, im['filepath'], im['filename']),
                                captions=[s['raw'] for s in im['sentences']], regions=[])
             for im in read_json(karpathy)['images'] if im['split'] in wanted}
 else:
-    caps = read_json(os.path.join(data_dir, 'annotations', f'captions_{split}2017.json'))
+    caps_path = os.path.join(data_dir, 'annotations', f'captions_{split}2017.json')
+    info_path = os.path.join(data_dir, 'annotations', f'image_info_{split}2017.json')
+    if not os.path.isfile(caps_path) and os.path.isfile(info_path): # COCO unlabeled2017: images without captions
+        caps_path, captions = info_path, False
+    caps = read_json(caps_path)
     recs = {im['id']: dict(image_id=im['id'], path=os.path.join(data_dir, f'{split}2017', im['file_name']),
                            width=im['width'], height=im['height'], captions=[], regions=[]) for im in caps['images']}
-    for a in caps['annotations']:
+    for a in caps.get('annotations', []):
         recs[a['image_id']]['captions'].append(a['caption'])
     instances = instances or os.path.join(data_dir, 'annotations', f'instances_{split}2017.json')
 n_boxes_dropped = 0
@@ -97,11 +120,17 @@ records = [recs[k] for k in sorted(recs)]
 if not records:
     sys.exit(f"cache_teacher: split {split!r} of {karpathy or data_dir} has no images")
 records = records[:max_images] if max_images else records
-missing = [r['path'] for r in records if not os.path.isfile(r['path'])]
+if not captions: # image-only: the captions (and the LocCa targets built from them) are left out
+    records = [dict(r, captions=[], regions=[]) for r in records]
+if not images and not captions:
+    sys.exit("cache_teacher: images=False and captions=False leave nothing to cache")
+if views < 1 or not 0 < view_scale <= 1:
+    sys.exit(f"cache_teacher: views={views} must be >= 1 and view_scale={view_scale} in (0, 1]")
+missing = [r['path'] for r in records if images and not os.path.isfile(r['path'])]
 if missing and not skip_missing:
     sys.exit(f"cache_teacher: {len(missing)} of {len(records)} image files missing, e.g. {missing[:3]}; "
              f"fix data_dir or pass --skip_missing=True to drop them (counted in the manifest)")
-records = [r for r in records if os.path.isfile(r['path'])]
+records = [r for r in records if not images or os.path.isfile(r['path'])]
 
 # -----------------------------------------------------------------------------
 # teacher + processor: HF SigLIP (fixed res), HF SigLIP 2 NaFlex, one of our train.py runs, or none
@@ -112,6 +141,11 @@ if teacher != 'none' and os.path.isfile(os.path.join(teacher, 'model.safetensors
     from model import Student
     kind, model = 'ours', Student.from_pretrained(teacher)
     proc_dir = processor or teacher
+    meta_path = os.path.join(teacher, 'meta.json') # train.py records the text length the teacher trained on
+    trained_length = read_json(meta_path).get('text_length', 64) if os.path.isfile(meta_path) else 64
+    if max_length and max_length != trained_length: # the text tower pools the last (pad) position: length matters
+        sys.exit(f"cache_teacher: {teacher} was trained on text length {trained_length}, not max_length={max_length}")
+    max_length = trained_length
 elif teacher != 'none':
     from transformers import AutoModel
     model = AutoModel.from_pretrained(teacher, dtype=torch.float32)
@@ -121,6 +155,7 @@ else:
     proc_dir = processor
     if not proc_dir:
         sys.exit("cache_teacher: --teacher=none needs --processor=<dir> (tokenizer + image settings)")
+max_length = max_length or 64 # SigLIP / SigLIP 2 (§2.1): 64 tokens; another length silently breaks the teacher
 tok = AutoTokenizer.from_pretrained(proc_dir)
 tok.padding_side = 'right' # SigLIP pools the last position: left padding silently changes the embedding
 improc = AutoProcessor.from_pretrained(proc_dir).image_processor
@@ -136,6 +171,8 @@ image_size = image_size or teacher_size
 if model is not None:
     model.to(device).eval()
     logit_scale, logit_bias = model.logit_scale.exp().item(), model.logit_bias.item()
+if views > 1 and model is None:
+    sys.exit("cache_teacher: views > 1 stores teacher embeddings of crops: it needs a teacher (not --teacher=none)")
 
 # -----------------------------------------------------------------------------
 # text: teacher ids for the text tower, LocCa sequences for the decoder (tokenised once, here)
@@ -158,7 +195,26 @@ def encode_captions(caps):
 
 # -----------------------------------------------------------------------------
 # images: decoded in DataLoader workers; corrupt / unreadable files are skipped and counted
+def view_boxes(image_id, W, H):
+    """-> K (pixel box, flip) pairs: view 0 the whole image, then random-resized crops. Drawn from a generator seeded
+    by the image id (not by position or rank), so reruns and torchrun ranks store the same views. Boxes are whole
+    pixels of the original image: the stored normalised box is exactly the region the teacher saw."""
+    g = np.random.default_rng(abs(int(image_id)))
+    out = [((0, 0, W, H), False)]
+    for _ in range(views - 1):
+        area = g.uniform(view_scale, 1.0)
+        ratio = math.exp(g.uniform(math.log(3 / 4), math.log(4 / 3)))
+        w, h = min(math.sqrt(area * ratio), 1.0), min(math.sqrt(area / ratio), 1.0) # fractions of the side
+        x0, y0 = g.uniform(0, 1 - w), g.uniform(0, 1 - h)
+        flip = bool(view_flip and g.random() < 0.5)
+        left, top = round(x0 * W), round(y0 * H)
+        right, bottom = max(round((x0 + w) * W), left + 1), max(round((y0 + h) * H), top + 1)
+        out.append(((left, top, min(right, W), min(bottom, H)), flip))
+    return out
+
 class Images(torch.utils.data.Dataset):
+    """-> (i, pixels uint8 (3, S, S), teacher inputs for the K views, boxes (K, 4) normalised xyxy, flips (K,)),
+    or (i, None, reason) for an unreadable file."""
     def __init__(self, recs): self.recs = recs
     def __len__(self): return len(self.recs)
     def __getitem__(self, i):
@@ -168,10 +224,20 @@ class Images(torch.utils.data.Dataset):
             img = img.convert('RGB') # grayscale / CMYK / palette JPEGs become RGB like the HF processor does
         except Exception as e:
             return i, None, f'{type(e).__name__}: {e}'
-        px = torch.from_numpy(np.array(img.resize((image_size, image_size), resample))).permute(2, 0, 1).contiguous()
-        if kind in ('siglip', 'siglip2'): # the teacher sees exactly its own processor's output
-            return i, px, {k: v[0] for k, v in improc(img, return_tensors='pt').items()}
-        return i, px, None
+        to_px = lambda im: torch.from_numpy(np.array(im.resize((image_size, image_size), resample))).permute(2, 0, 1)
+        px = to_px(img).contiguous()
+        W, H = img.size
+        crops, boxes, flips = [img], [[0.0, 0.0, 1.0, 1.0]], [False]
+        for (x0, y0, x1, y1), flip in view_boxes(r['image_id'], W, H)[1:]: # views are cut from the ORIGINAL image
+            crop = img.crop((x0, y0, x1, y1))
+            crops.append(crop.transpose(Image.FLIP_LEFT_RIGHT) if flip else crop)
+            boxes.append([x0 / W, y0 / H, x1 / W, y1 / H])
+            flips.append(flip)
+        if kind in ('siglip', 'siglip2'): # the teacher sees exactly its own processor's output, per view
+            tin = dict(improc(crops, return_tensors='pt'))
+        else: # ours: every view at the cached resolution, as view 0 always was
+            tin = torch.stack([px] + [to_px(c) for c in crops[1:]])
+        return i, px, tin, torch.tensor(boxes), torch.tensor(flips)
 def collate(batch):
     return batch
 
@@ -179,13 +245,16 @@ def features(out): # transformers 5.x returns BaseModelOutputWithPooling; 4.x re
     return out if torch.is_tensor(out) else out.pooler_output
 
 autocast = torch.autocast(device_type=torch.device(device).type, dtype=getattr(torch, dtype), enabled=dtype != 'float32')
+def take_views(tin, views_slice): # (B, K, ...) teacher inputs (a tensor or the processor's dict) -> rows, image-major
+    pick = lambda x: x[:, views_slice].flatten(0, 1)
+    return pick(tin) if torch.is_tensor(tin) else {k: pick(v) for k, v in tin.items()}
+
 @torch.inference_mode()
-def embed_images(px, tin): # px (B,3,S,S) uint8, tin: list of processor outputs -> (B, D)
+def embed_images(tin): # ours: uint8 (B, 3, S, S); HF: the processor's batched outputs -> (B, D)
     with autocast:
         if kind == 'ours':
-            return model.encode_image(model.preprocess(px.to(device)))
-        batch = {k: torch.stack([t[k] for t in tin]).to(device) for k in tin[0]}
-        return features(model.get_image_features(**batch))
+            return model.encode_image(model.preprocess(tin.to(device)))
+        return features(model.get_image_features(**{k: v.to(device) for k, v in tin.items()}))
 @torch.inference_mode()
 def embed_texts(ids): # (M, L) -> (M, D)
     with autocast:
@@ -207,9 +276,11 @@ def save_shard(tensors, meta, path): # atomic: a half-written shard never carrie
 
 # -----------------------------------------------------------------------------
 # settings that shards on disk must share with this run (guards resume against mixing caches)
+contents = 'paired' if images and captions else ('images' if images else 'texts')
 settings = dict(teacher=teacher, kind=kind, processor=proc_dir, image_size=image_size, lowercase=lowercase,
                 max_length=max_length, split=split, karpathy=bool(karpathy), n_records=len(records),
-                shard_size=shard_size, max_images=max_images)
+                shard_size=shard_size, max_images=max_images, contents=contents, views=views, view_scale=view_scale,
+                view_flip=view_flip, image_folder=image_folder, caption_file=caption_file)
 settings_path = os.path.join(split_dir, 'settings.json')
 if os.path.isfile(settings_path) and read_json(settings_path) != settings:
     sys.exit(f"cache_teacher: {split_dir} holds shards written with other settings {read_json(settings_path)}; "
@@ -228,39 +299,60 @@ writer, pending, t0, n_done = ThreadPoolExecutor(1), [], time.time(), 0
 bar = tqdm(total=sum(len(records[k * shard_size:(k + 1) * shard_size]) for k in todo), unit='img', mininterval=2, disable=not todo)
 for k in todo:
     recs = records[k * shard_size:(k + 1) * shard_size]
+    pixels, view_emb, boxes, flips, kept, skipped = [], [], [], [], [], []
     loader = torch.utils.data.DataLoader(Images(recs), batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
-    pixels, img_emb, kept, skipped = [], [], [], []
-    for batch in loader:
-        skipped += [dict(image_id=recs[i]['image_id'], file=recs[i]['path'], reason=t) for i, px, t in batch if px is None]
+    for batch in (loader if images else []): # a text-only cache never opens an image
+        skipped += [dict(image_id=recs[b[0]]['image_id'], file=recs[b[0]]['path'], reason=b[2]) for b in batch if b[1] is None]
         batch = [b for b in batch if b[1] is not None]
         if not batch:
             continue
-        kept += [i for i, _, _ in batch]
-        px = torch.stack([b[1] for b in batch])
-        pixels.append(px)
+        kept += [b[0] for b in batch]
+        pixels.append(torch.stack([b[1] for b in batch]))
+        boxes.append(torch.stack([b[3] for b in batch]))
+        flips.append(torch.stack([b[4] for b in batch]))
         if model is not None:
-            img_emb.append(embed_images(px, [b[2] for b in batch]).float().cpu())
+            if kind == 'ours':
+                tin = torch.stack([b[2] for b in batch]) # (B, K, 3, S, S)
+            else:
+                tin = {key: torch.stack([b[2][key] for b in batch]) for key in batch[0][2]}
+            # view 0 alone, then the crops: the full images see exactly the batches of a cache without views
+            e = [embed_images(take_views(tin, slice(0, 1)))]
+            if views > 1:
+                e.append(embed_images(take_views(tin, slice(1, None))))
+            view_emb.append(torch.cat([x.float().cpu().view(len(batch), -1, embed_dim) for x in e], 1)) # (B, K, D)
         n_done += len(batch)
         bar.update(len(batch))
-    recs = [recs[i] for i in kept]
+    if images:
+        recs = [recs[i] for i in kept]
     cap_img = [r['image_id'] for r in recs for _ in r['captions']]
     caps = [c for r in recs for c in r['captions']]
-    regs = [(r['image_id'], b, n) for r in recs for b, n in r['regions']]
-    cap_seq = [locca_seq('cap:', c) for c in caps]
-    aref_seq = [locca_seq('aref:', n + ' :', box_to_text(b)) for _, b, n in regs]
-    gcap_seq = [locca_seq('gcap:', box_to_text(b) + ' :', n) for _, b, n in regs]
+    regs = [(r['image_id'], b, n) for r in recs for b, n in r['regions']] if images and captions else []
     L = lambda x, dt: torch.tensor(x, dtype=dt)
-    t = dict(image_ids=L([r['image_id'] for r in recs], torch.int64), pixels=torch.cat(pixels) if pixels else
-             torch.zeros(0, 3, image_size, image_size, dtype=torch.uint8),
-             caption_image_ids=L(cap_img, torch.int64), input_ids=L(encode_captions(caps), torch.int32).view(-1, max_length),
-             cap_ids=L([s for s, _ in cap_seq], torch.int32).view(-1, max_length), cap_prefix=L([p for _, p in cap_seq], torch.int32),
-             region_image_ids=L([i for i, _, _ in regs], torch.int64), boxes=L([b for _, b, _ in regs], torch.float32).view(-1, 4),
-             aref_ids=L([s for s, _ in aref_seq], torch.int32).view(-1, max_length), aref_prefix=L([p for _, p in aref_seq], torch.int32),
-             gcap_ids=L([s for s, _ in gcap_seq], torch.int32).view(-1, max_length), gcap_prefix=L([p for _, p in gcap_seq], torch.int32))
-    if model is not None:
-        t['image_embeds'] = torch.cat(img_emb).half()
-        t['text_embeds'] = torch.cat([embed_texts(t['input_ids'][i:i + 4 * batch_size].long()).float().cpu()
-                                      for i in range(0, len(caps), 4 * batch_size)]).half()
+    t = dict(image_ids=L([r['image_id'] for r in recs], torch.int64))
+    if images:
+        t['pixels'] = torch.cat(pixels) if pixels else torch.zeros(0, 3, image_size, image_size, dtype=torch.uint8)
+    if images and model is not None:
+        e = torch.cat(view_emb) if view_emb else torch.zeros(0, views, embed_dim)
+        t['image_embeds'] = e[:, 0].half() # view 0: the full image
+        if views > 1: # (N, K, D) fp16 + each view's box and flip, re-applied by train.py on the cached pixels
+            t['view_embeds'] = e.half()
+            t['view_boxes'] = torch.cat(boxes)
+            t['view_flips'] = torch.cat(flips).to(torch.uint8)
+    if captions:
+        t['caption_image_ids'] = L(cap_img, torch.int64)
+        t['input_ids'] = L(encode_captions(caps), torch.int32).view(-1, max_length)
+    if captions and model is not None:
+        ids = t['input_ids'].long()
+        t['text_embeds'] = torch.cat([embed_texts(ids[i:i + 4 * batch_size]).float().cpu()
+                                      for i in range(0, len(caps), 4 * batch_size)] + [torch.zeros(0, embed_dim)]).half()
+    if images and captions: # LocCa targets exist only where images and their captions / regions are paired
+        cap_seq = [locca_seq('cap:', c) for c in caps]
+        aref_seq = [locca_seq('aref:', n + ' :', box_to_text(b)) for _, b, n in regs]
+        gcap_seq = [locca_seq('gcap:', box_to_text(b) + ' :', n) for _, b, n in regs]
+        t.update(cap_ids=L([s for s, _ in cap_seq], torch.int32).view(-1, max_length), cap_prefix=L([p for _, p in cap_seq], torch.int32),
+                 region_image_ids=L([i for i, _, _ in regs], torch.int64), boxes=L([b for _, b, _ in regs], torch.float32).view(-1, 4),
+                 aref_ids=L([s for s, _ in aref_seq], torch.int32).view(-1, max_length), aref_prefix=L([p for _, p in aref_seq], torch.int32),
+                 gcap_ids=L([s for s, _ in gcap_seq], torch.int32).view(-1, max_length), gcap_prefix=L([p for _, p in gcap_seq], torch.int32))
     meta = dict(skipped=skipped, truncated_captions=n_truncated, n_images=len(recs), n_captions=len(caps), n_regions=len(regs))
     n_truncated = 0
     pending.append(writer.submit(save_shard, t, meta, shard_path(k))) # next shard's compute overlaps this write
@@ -294,10 +386,12 @@ if rank == 0:
     processor_info = dict(tokenizer=type(tok).__name__, vocab_size=len(tok), max_length=max_length, padding='right',
                           pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, lowercase=lowercase, resample=int(resample),
                           backend='pil', teacher_image_size=teacher_size)
+    reader = 'folder' if image_folder else 'caption_file' if caption_file else 'karpathy' if karpathy else 'coco'
     manifest = dict(teacher=teacher, teacher_kind=kind, embed_dim=embed_dim, logit_scale=logit_scale, logit_bias=logit_bias,
                     image_size=image_size, mean=mean, std=std, processor=processor_info,
-                    dataset=dict(name=os.path.basename(os.path.abspath(data_dir)), reader='karpathy' if karpathy else 'coco',
-                                 karpathy=os.path.basename(karpathy), instances=os.path.basename(instances) if instances else ''),
+                    dataset=dict(name=os.path.basename(os.path.abspath(data_dir)), reader=reader,
+                                 karpathy=os.path.basename(karpathy), instances=os.path.basename(instances) if instances else '',
+                                 contents=contents, views=views, view_scale=view_scale, view_flip=view_flip),
                     data_dir=os.path.abspath(data_dir), split=split, counts=counts, skipped=skipped[:100], shards=shards)
     tf = dict(teacher=teacher, embed_dim=embed_dim, image_size=image_size, mean=mean, std=std, processor=processor_info)
     manifest['teacher_fingerprint'] = hashlib.sha256(json.dumps(tf, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The whole experiment on the embedded synthetic world, on a laptop CPU (2 cores, ≤ 10 min):
-#   prepare the world -> train a demo teacher on the big "web" split -> cache it -> train the A1-A5 students
-#   on the small split (two at a time, one thread each) -> eval on the test split -> report.md
+#   prepare the world -> cache the demo teacher (data/shapes/teacher, kept in the repo like a google/siglip2-*
+#   checkpoint) on the student's splits with K views, and on the web split as unpaired images and unpaired captions
+#   -> train the students (A1-A5 and the TinySigLIP recipe; two at a time, one thread each) -> eval -> report.md
 #
 #   bash demo.sh            # full demo; sets up .venv first if it is missing
-#   bash demo.sh --quick    # < 2 min pipeline check on a smaller world, A1/A5 one seed (run by test_smoke.py)
+#   bash demo.sh --quick    # < 3 min pipeline check on a smaller world, A1/A5/recipe one seed (run by test_smoke.py)
 #   DEMO_DIR=/tmp/d bash demo.sh   # where data/, cache/, out/ go (default: this repo)
-#   SEEDS="0 1" bash demo.sh       # + a second seed of A1 and A5 (seed spread, ~2 min more)
+#   SEEDS="0 1" bash demo.sh       # + a second seed of A1, A5 and the recipe (seed spread)
+#   PARTS=1 bash demo.sh           # + what each part of the recipe adds (views / unpaired images / texts), 2 seeds
+#   RETRAIN_TEACHER=1 bash demo.sh # train the demo teacher from scratch first (config/shapes_teacher.py, ~15 min)
 set -euo pipefail
 cd "$(dirname "$0")"
 if [ -z "${PY:-}" ]; then
@@ -15,46 +18,68 @@ if [ -z "${PY:-}" ]; then
 fi
 D=${DEMO_DIR:-.}
 W=$D/data/shapes; R=$D/cache/shapes-raw; C=$D/cache/shapes; O=$D/out/shapes
-WORLD=(); TEACH=(); STUD=(); SEEDS=${SEEDS:-0}; RUNS="a1 a2 a3 a4 a5"
+WORLD=(); TEACH=(); STUD=(); RECIPE=(); SEEDS=${SEEDS:-0}; RUNS="a1 a2 a3 a4 a5 tinysiglip"; K=8
 if [ "${1:-}" = "--quick" ]; then # same pipeline, smaller world and budgets
     WORLD=(--n_web=2000 --n_train=300 --n_val=100 --n_test=100)
     TEACH=(--max_iters=100 --eval_interval=100 --batch_size=64 --val_images=100)
     STUD=(--max_iters=40 --eval_interval=40 --log_interval=20 --batch_size=64 --val_images=100)
-    SEEDS="0"; RUNS="a1 a5"
+    RECIPE=(--max_iters=40 --eval_interval=40)
+    SEEDS="0"; RUNS="a1 a5 tinysiglip"; K=3
 fi
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
 t0=$(date +%s)
 step() { echo; echo "== [$(( $(date +%s) - t0 ))s] $*"; }
+cache() { $PY cache_teacher.py --data_dir=$W --teacher=$T --num_workers=1 "$@" | grep -v "img/s\]" || true; }
 
 step "1. synthetic world (COCO format + tokenizer)"
 $PY data/shapes/prepare.py --out_dir=$W "${WORLD[@]}"
-step "2. pack the web + val splits (pixels + tokens, no teacher) and train the demo teacher on web"
-for s in web val; do
-    $PY cache_teacher.py --data_dir=$W --split=$s --teacher=none --processor=$W/processor --out_dir=$R --num_workers=1
-done
-$PY train.py config/shapes_teacher.py --train_cache=$R/web --val_cache=$R/val --out_dir=$O/teacher --num_threads=2 "${TEACH[@]}"
-step "3. cache the teacher on the student's train / val / test splits; teacher row on test"
-for s in train val test; do
-    $PY cache_teacher.py --data_dir=$W --split=$s --teacher=$O/teacher --out_dir=$C --num_workers=1
-done
+T=data/shapes/teacher # trained once by the command below (log.jsonl beside it); cached like any SigLIP 2 checkpoint
+if [ -n "${RETRAIN_TEACHER:-}" ]; then
+    step "2. retrain the demo teacher on the web split (pixels + tokens packed without a teacher)"
+    for s in web val; do
+        $PY cache_teacher.py --data_dir=$W --split=$s --teacher=none --processor=$W/processor --out_dir=$R \
+            --max_length=32 --num_workers=1
+    done
+    $PY train.py config/shapes_teacher.py --train_cache=$R/web --val_cache=$R/val --out_dir=$O/teacher "${TEACH[@]}"
+    T=$O/teacher
+fi
+step "3. cache the teacher: train split with K=$K views, val, test; the web split as unpaired images (K views) and captions"
+cache --split=train --out_dir=$C --views=$K
+for s in val test; do cache --split=$s --out_dir=$C; done
+cache --split=web --out_dir=$D/cache/shapes-img --captions=False --views=$K
+cache --split=web --out_dir=$D/cache/shapes-txt --images=False
 $PY eval.py --cache=$C/test
-step "4. students A1-A5 (two at a time, one thread each)"
+step "4. students (two at a time, one thread each)"
 runs=()
-student() { # $1 config, $2 run name, $3 seed
-    if $PY train.py config/$1.py config/shapes.py --train_cache=$C/train --val_cache=$C/val --out_dir=$O/$2 \
-            --seed=$3 "${STUD[@]}" > $O/$2.log 2>&1; then tail -n 1 $O/$2.log | sed "s/^/$2: /"
-    else echo "FAILED: $2"; tail -n 20 $O/$2.log; return 1; fi
+student() { # $1 config, $2 run name, $3 seed, then extra flags
+    local cfg=$1 run=$2 seed=$3; shift 3
+    if $PY train.py config/$cfg.py config/shapes.py --train_cache=$C/train --val_cache=$C/val --out_dir=$O/$run \
+            --seed=$seed "${STUD[@]}" "$@" > $O/$run.log 2>&1; then tail -n 1 $O/$run.log | sed "s/^/$run: /"
+    else echo "FAILED: $run"; tail -n 20 $O/$run.log; return 1; fi
 }
+launch() { # at most two jobs at a time on 2 cores
+    [ $(jobs -rp | wc -l) -lt 2 ] || wait -n
+    runs+=($2)
+    student "$@" &
+}
+EXTRA=(--extra_image_cache=$D/cache/shapes-img/web --extra_text_cache=$D/cache/shapes-txt/web)
 mkdir -p $O
 for seed in $SEEDS; do
     for a in $RUNS; do
-        [ "$seed" = 0 ] || [ "$a" = a1 ] || [ "$a" = a5 ] || continue # seed spread: A1 and A5 only
+        [ "$seed" = 0 ] || [ "$a" = a1 ] || [ "$a" = a5 ] || [ "$a" = tinysiglip ] || continue # spread: A1, A5, recipe
         run=$a; [ "$seed" = 0 ] || run=$a-s$seed
-        runs+=($run)
-        [ $(jobs -rp | wc -l) -lt 2 ] || wait -n
-        student $a $run $seed &
+        if [ $a = tinysiglip ]; then launch shapes_tinysiglip $run $seed "${EXTRA[@]}" --views=$K "${RECIPE[@]}"
+        else launch $a $run $seed; fi
     done
 done
+if [ -n "${PARTS:-}" ]; then # what each part of the recipe adds, two seeds each
+    for seed in 0 1; do
+        launch shapes_tinysiglip parts-views-s$seed $seed --views=$K --extra_image_cache= --extra_text_cache= "${RECIPE[@]}"
+        launch shapes_tinysiglip parts-images-s$seed $seed --views=1 "${EXTRA[0]}" --extra_text_cache= "${RECIPE[@]}"
+        launch shapes_tinysiglip parts-texts-s$seed $seed --views=1 --extra_image_cache= "${EXTRA[1]}" "${RECIPE[@]}"
+        launch shapes_tinysiglip parts-all-s$seed $seed --views=$K "${EXTRA[@]}" "${RECIPE[@]}"
+    done
+fi
 for p in $(jobs -p); do wait $p; done
 step "5. eval every student on the test split, then the tables"
 for run in "${runs[@]}"; do # two at a time, like the training runs

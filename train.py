@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 import torch.distributed as dist
 from model import Student, StudentConfig, LoccaDecoder, DINOHead
-from loss import SigLIP2Loss, feature_loss, affinity_loss
+from loss import SigLIP2Loss, feature_loss, affinity_loss, crop_boxes
 from eval import load_cache, retrieval_metrics, check_no_leak, embed_student
 
 # -----------------------------------------------------------------------------
@@ -27,6 +27,10 @@ init_from = 'scratch' # 'scratch' or 'resume' (from out_dir/ckpt.pt)
 train_cache = 'cache/coco-L/train+restval'
 val_cache = 'cache/coco-L/val'
 val_images = 1000 # fixed val subset (first N images, all their captions) -> deterministic R@1
+views = 1 # reinforced views: each step one of the cache's first `views` stored views per image; 1 = the full image only
+extra_image_cache = '' # unpaired images (an image-only cache, same teacher): feature + image-image affinity terms
+extra_text_cache = '' # unpaired captions (a text-only cache, same teacher): feature + text-text affinity terms
+extra_batch_size = 0 # unpaired images and captions per step, each; 0 = batch_size
 # student model
 image_model = 'vit_small_patch16_224' # any timm model: vit_tiny_patch16_224, resnet50, mobilenetv3_large_100, ...
 image_size = 0 # 0 = the cache's pixel resolution
@@ -42,6 +46,8 @@ lambda_contrast = 1.0
 lambda_feat = 0.0
 lambda_affinity = 0.0
 affinity_kind = 'softmax' # 'softmax' (KL over in-batch rows) or 'sigmoid' (per-pair Bernoulli KL)
+lambda_extra_feat = 1.0 # on the unpaired batches (DIME-FM): feature MSE to the teacher, per tower
+lambda_extra_affinity = 1.0 # ... and KL of the in-batch image-image / text-text similarity rows
 lambda_locca = 0.0 # 1.0 = SigLIP 2 (§2.2 equal weight with the sigmoid loss)
 decoder_depth = 0 # 0 = text_depth // 2 (SigLIP 2 §2.2)
 gamma = 0.0 # SILC/TIPS size factor γ (§2.3: 0.25 B, 0.5 L, 1.0 So400m); 0 = off
@@ -117,6 +123,26 @@ if not embed_dim:
 if has_teacher and embed_dim != man['embed_dim']:
     sys.exit(f"train.py: embed_dim={embed_dim} but the teacher in {train_cache} has D={man['embed_dim']}")
 t_scale, t_bias = man['logit_scale'], man['logit_bias'] # the teacher's own similarity for the affinity targets
+n_views = data['view_embeds'].shape[1] if 'view_embeds' in data else 1
+if views < 1 or views > n_views:
+    sys.exit(f"train.py: views={views} but {train_cache} stores {n_views} view(s) per image (cache_teacher.py --views=K)")
+
+def load_extra(path, keys): # an unpaired cache: same teacher, never the val images
+    if not path:
+        return None
+    d, m = load_cache(path)
+    if m['teacher_fingerprint'] != man['teacher_fingerprint']:
+        sys.exit(f"train.py: {path} was cached with another teacher/processor than {train_cache}")
+    if not all(k in d for k in keys):
+        sys.exit(f"train.py: {path} holds no {' / '.join(keys)}: cache it with the teacher "
+                 f"({'images' if 'pixels' in keys else 'captions'} kept)")
+    if m['dataset']['reader'] in ('coco', 'karpathy'): # ids of a folder or a caption file are positions, not COCO ids
+        check_no_leak(d['image_ids'], val['image_ids'], f'{path} vs {val_cache}')
+    return d
+extra_img = load_extra(extra_image_cache, ['pixels', 'image_embeds'])
+extra_txt = load_extra(extra_text_cache, ['input_ids', 'text_embeds'])
+if extra_img is not None and 'view_embeds' in extra_img and extra_img['view_embeds'].shape[1] < views:
+    sys.exit(f"train.py: views={views} but {extra_image_cache} stores {extra_img['view_embeds'].shape[1]} views per image")
 
 def index(owner, ids): # rows of a per-caption/per-region table -> (start, count) per image, CSR style
     pos = torch.searchsorted(ids, owner) # both sorted by image id as written by cache_teacher.py
@@ -141,14 +167,43 @@ def get_batch(it, micro): # same global batch on every rank (seeded by step), ea
     if has_teacher:
         b['t_img'] = data['image_embeds'][idx].float() # global batch: the affinity targets span all ranks
         b['t_txt'] = data['text_embeds'][cap].float()
+    if views > 1: # drawn last, so views=1 draws exactly what it always drew
+        pick_view(b, data, idx, sl, g)
     return b
+
+def pick_view(b, d, idx, sl, g): # one stored view per image: its box + flip (this rank's rows), its teacher embedding (all)
+    v = (torch.rand(len(idx), generator=g) * views).long()
+    b['box'] = d['view_boxes'][idx[sl], v[sl]]
+    b['flip'] = d['view_flips'][idx[sl], v[sl]].bool()
+    b['t_img'] = d['view_embeds'][idx, v].float()
+
+def get_extra(d, it, micro, stream): # an unpaired batch (stream 1: images, 2: captions), the same on every rank
+    g = torch.Generator().manual_seed(seed * 1_000_003 + it * 101 + micro + stream * 7_777_777)
+    n = extra_batch_size or batch_size
+    idx = torch.randint(len(d['image_ids']) if stream == 1 else len(d['input_ids']), (n * world,), generator=g)
+    sl = slice(rank * n, (rank + 1) * n)
+    if stream == 2:
+        return dict(ids=d['input_ids'][idx[sl]].long(), t=d['text_embeds'][idx].float())
+    b = dict(pixels=d['pixels'][idx[sl]], t_img=d['image_embeds'][idx].float())
+    if views > 1 and 'view_embeds' in d:
+        pick_view(b, d, idx, sl, g)
+    return dict(b, t=b['t_img'])
+
+def student_input(b): # uint8 pixels (+ a stored view's box / flip) -> normalised student input on the device
+    px = b['pixels'].to(device)
+    if 'box' in b: # re-apply the view's crop to the cached pixels, at the student's resolution (no decode)
+        px = crop_boxes(px.float(), b['box'].to(device), b['flip'].to(device), student.config.image_size)
+    return student.preprocess(px)
 
 # -----------------------------------------------------------------------------
 # model: student (+ LocCa decoder and SILC/TIPS heads owned by the loss module)
 if ckpt:
     model_args = ckpt['model_args']
 else:
-    kept = torch.unique(torch.cat([data[k].flatten() for k in ('input_ids', 'cap_ids', 'aref_ids', 'gcap_ids')] + [torch.arange(5)]))
+    texts = [data[k].flatten() for k in ('input_ids', 'cap_ids', 'aref_ids', 'gcap_ids')]
+    if extra_txt is not None: # the unpaired captions' words belong to the student's vocabulary too
+        texts.append(extra_txt['input_ids'].flatten())
+    kept = torch.unique(torch.cat(texts + [torch.arange(5)]))
     model_args = dict(image_model=image_model, image_size=image_size or man['image_size'], image_kwargs=image_kwargs,
                       pretrained=pretrained, text_width=text_width, text_depth=text_depth, text_heads=text_heads,
                       kept_ids=kept.tolist(), embed_dim=embed_dim, image_mean=man['mean'], image_std=man['std'])
@@ -227,7 +282,8 @@ def save(metrics):
     meta = dict(config=config, model_args=model_args, iter_num=iter_num, metrics=metrics, train_cache=train_cache,
                 val_cache=val_cache, fingerprint=man['fingerprint'], teacher_fingerprint=man['teacher_fingerprint'],
                 teacher=man['teacher'], teacher_eval=os.path.join(os.path.dirname(val_cache.rstrip('/')), 'test', 'eval.json'),
-                params=dict(total=n_params, without_token_table=n_params_nt), git=git_state(), world_size=world)
+                params=dict(total=n_params, without_token_table=n_params_nt), git=git_state(), world_size=world,
+                text_length=data['input_ids'].shape[1]) # a teacher of ours must be cached at this length
     with open(os.path.join(out_dir, 'meta.json.tmp'), 'w') as f:
         json.dump(meta, f, indent=1)
     os.replace(os.path.join(out_dir, 'meta.json.tmp'), os.path.join(out_dir, 'meta.json'))
@@ -267,7 +323,7 @@ while True:
     for micro in range(grad_accum):
         b = get_batch(iter_num, micro)
         torch.manual_seed(seed * 1_000_003 + iter_num * 101 + micro + 7919 * rank) # SigLIP2Loss's draws: exact resume
-        x = student.preprocess(b['pixels'].to(device))
+        x = student_input(b)
         locca = None
         if decoder is not None: # teacher ids -> the student's compact vocabulary (decoder vocab)
             m = lambda k, i: student.map_ids(data[f'{k}_ids'][i].long().to(device))
@@ -288,6 +344,17 @@ while True:
                                                   F.normalize(b['t_img'].to(device), dim=-1), F.normalize(b['t_txt'].to(device), dim=-1),
                                                   student.logit_scale.exp(), t_scale, student.logit_bias, t_bias, kind=affinity_kind)
                 total = total + lambda_affinity * terms['affinity']
+            for d, stream, name in ((extra_img, 1, 'extra_img'), (extra_txt, 2, 'extra_txt')):
+                if d is None: # unpaired batches: each tower alone against the teacher (DIME-FM)
+                    continue
+                e = get_extra(d, iter_num, micro, stream)
+                s = student.encode_image(student_input(e)) if stream == 1 else student.encode_text(e['ids'].to(device))
+                s_all, t_all = F.normalize(gather(s.float()), dim=-1), F.normalize(e['t'].to(device), dim=-1)
+                n = len(s)
+                terms[f'{name}/feat'] = feature_loss(s.float(), e['t'][rank * n:(rank + 1) * n].to(device))
+                # similarity of each unpaired item to the others, at the teacher's scale for both (U: our choice)
+                terms[f'{name}/affinity'] = affinity_loss(s_all, s_all, t_all, t_all, t_scale, t_scale)
+                total = total + lambda_extra_feat * terms[f'{name}/feat'] + lambda_extra_affinity * terms[f'{name}/affinity']
         (total / grad_accum).backward()
         for k, v in [('loss', total)] + list(terms.items()):
             terms_sum[k] = terms_sum.get(k, 0.0) + v.detach() / grad_accum

@@ -1,0 +1,21 @@
+# TinySigLIP — the recipe (Table 1's "Student (TinySigLIP)"): the A5 losses, fed like MobileCLIP's reinforced
+# data (DataCompDR: stored augmented views, each with its teacher embedding) plus unpaired data (DIME-FM):
+#   - COCO Karpathy train+restval pairs, K = 8 teacher views per image (view 0 the full image);
+#   - COCO unlabeled2017 (123k images, no captions) as unpaired images, K = 8 views each;
+#   - a caption corpus as unpaired texts (any text file, one caption per line: e.g. CC3M's captions).
+# caches (one GPU, once; the val/test caches as for config/a1.py):
+#   python cache_teacher.py --data_dir=/data/coco --karpathy=/data/coco/dataset_coco.json --split=train+restval \
+#       --views=8 --teacher=google/siglip2-large-patch16-256 --out_dir=cache/coco-L --device=cuda --dtype=bfloat16
+#   python cache_teacher.py --data_dir=/data/coco --split=unlabeled --views=8 --out_dir=cache/coco-L-img ...   (same teacher flags)
+#   python cache_teacher.py --caption_file=/data/cc3m/captions.txt --split=cc3m --out_dir=cache/coco-L-txt ...
+# 1 GPU: python train.py config/tinysiglip.py ; eval: python eval.py --cache=cache/coco-L/test --ckpt=out/tinysiglip
+# Cost: each step runs the student on 3 batches (pairs, unpaired images, unpaired captions). No COCO number yet:
+# weights and COCO cannot be downloaded where this was written; the demo twin is config/shapes_tinysiglip.py.
+exec(open('config/a5.py').read())
+out_dir = 'out/tinysiglip'
+views = 8 # MobileCLIP stores 10-30 views per image; 8 keeps the COCO cache at ~1.9 GB of fp16 embeddings (L, D=1024)
+extra_image_cache = 'cache/coco-L-img/unlabeled'
+extra_text_cache = 'cache/coco-L-txt/cc3m'
+lambda_extra_feat = 1.0
+lambda_extra_affinity = 1.0
+max_iters = 20000 # 4x A5: the unpaired sets are larger than the paired one

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole experiment on the embedded synthetic world, on a laptop CPU (2 cores, ≤ 10 min):
-#   prepare the world -> train a demo teacher on the big "web" split -> cache it -> train the A1-A5 students
+#   prepare the world -> train a demo teacher on the big "web" split -> cache it -> train the A1-A5, A7 students
 #   on the small split (two at a time, one thread each) -> eval on the test split -> report.md
 #
 #   bash demo.sh            # full demo; sets up .venv first if it is missing
@@ -15,7 +15,7 @@ if [ -z "${PY:-}" ]; then
 fi
 D=${DEMO_DIR:-.}
 W=$D/data/shapes; R=$D/cache/shapes-raw; C=$D/cache/shapes; O=$D/out/shapes
-WORLD=(); TEACH=(); STUD=(); SEEDS=${SEEDS:-0}; RUNS="a1 a2 a3 a4 a5"
+WORLD=(); TEACH=(); STUD=(); SEEDS=${SEEDS:-0}; RUNS="a1 a2 a3 a4 a5 a7"
 if [ "${1:-}" = "--quick" ]; then # same pipeline, smaller world and budgets
     WORLD=(--n_web=2000 --n_train=300 --n_val=100 --n_test=100)
     TEACH=(--max_iters=100 --eval_interval=100 --batch_size=64 --val_images=100)
@@ -38,7 +38,7 @@ for s in train val test; do
     $PY cache_teacher.py --data_dir=$W --split=$s --teacher=$O/teacher --out_dir=$C --num_workers=1
 done
 $PY eval.py --cache=$C/test
-step "4. students A1-A5 (two at a time, one thread each)"
+step "4. students A1-A5, A7 (two at a time, one thread each)"
 runs=()
 student() { # $1 config, $2 run name, $3 seed
     if $PY train.py config/$1.py config/shapes.py --train_cache=$C/train --val_cache=$C/val --out_dir=$O/$2 \

@@ -29,7 +29,7 @@ val_cache = 'cache/coco-L/val'
 val_images = 1000 # fixed val subset (first N images, all their captions) -> deterministic R@1
 # student model
 image_model = 'vit_small_patch16_224' # any timm model: vit_tiny_patch16_224, resnet50, mobilenetv3_large_100, ...
-image_size = 0 # 0 = the cache's pixel resolution
+image_size = 224 # seed: students at 224x224; cached pixels (the teacher's 256/384) resized on the fly; 0 = the cache's
 image_kwargs = {} # extra timm.create_model kwargs (tiny demo towers: patch_size, embed_dim, depth, num_heads)
 pretrained = False # timm ImageNet weights (downloaded from the hub on your machine)
 text_width = 384

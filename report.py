@@ -53,7 +53,7 @@ def short(name): # an HF id (org/name) as it is; a local teacher dir by its last
     parts = os.path.normpath(name).split(os.sep)
     return name if len(parts) <= 2 and not os.path.isabs(name) else '/'.join(parts[-2:])
 
-def r1(evals, k): # mean ± half-range of one R@1 over a run's seeds
+def stat(evals, k): # one metric of a run: mean ± half-range over its seeds
     return fmt([e['metrics'][k] for e in evals])
 
 KEYS = ['i2t_r1', 'i2t_r5', 'i2t_r10', 't2i_r1', 't2i_r5', 't2i_r10']
@@ -72,7 +72,7 @@ lines += ['', '## Table 1: teacher vs students', '',
 for label, evals in [(f'Teacher ({t_name})', [teacher] if teacher else []),
                      ('Student (No KD)', seeds('a1')),
                      (f'Student (TinySigLIP, run {tiny})', seeds(tiny))]:
-    cells = [fmt([e['metrics'][k] for e in evals]) for k in KEYS]
+    cells = [stat(evals, k) for k in KEYS]
     lines.append(f"| {label} | {params(evals[0] if evals else None)} | {' | '.join(cells)} |")
 
 # Table 2 as the seed writes it: the full method and one term removed at a time
@@ -90,7 +90,7 @@ lines += ['', '## Table 2: ablation (delta vs the full method)', '',
 for label, n in SEED_ABLATION:
     ev = seeds(n)
     gap = '' if ev else f"  (missing: {os.path.join(runs_dir, n)})"
-    lines.append(f"| {label} | {r1(ev, 'i2t_r1')} | {r1(ev, 't2i_r1')} | {'—' if n == 'a5' else delta(ev)} |{gap}")
+    lines.append(f"| {label} | {stat(ev, 'i2t_r1')} | {stat(ev, 't2i_r1')} | {'—' if n == 'a5' else delta(ev)} |{gap}")
 
 LOSSES = {'a1': 'contrastive only (no KD)', 'a2': 'feature', 'a3': 'feature + contrastive', 'a4': 'affinity + contrastive',
           'a5': 'feature + affinity + contrastive', 'a6': 'a5 + LocCa + SILC/TIPS', 'a7': 'feature + affinity'}
@@ -102,7 +102,7 @@ for n, what in LOSSES.items():
         lines.append(f"| {n} | {what} | — | — | — | — |  (missing: {os.path.join(runs_dir, n)})")
         continue
     d = delta(ev).split(' / ') if full else ['—', '—']
-    lines.append(f"| {n} | {what} | {r1(ev, 'i2t_r1')} | {r1(ev, 't2i_r1')} | {d[0]} | {d[1]} |")
+    lines.append(f"| {n} | {what} | {stat(ev, 'i2t_r1')} | {stat(ev, 't2i_r1')} | {d[0]} | {d[1]} |")
 
 def arch_table(title, names): # one row per run; teacher and student names from the run's meta.json
     rows = ['', f'## {title}', '', 'Ratio: student R@1 / its teacher\'s R@1 (teacher row: the cache\'s test eval.json).', '',
@@ -116,7 +116,7 @@ def arch_table(title, names): # one row per run; teacher and student names from 
         t = read(meta.get('teacher_eval', ''))
         ratio = ['—' if not t else f"{mean(ev, k) / max(t['metrics'][k], 1e-9):.2f}" for k in ('i2t_r1', 't2i_r1')]
         rows.append(f"| {n} | {short(meta.get('teacher', '—'))} | {meta.get('config', {}).get('image_model', '—')} | "
-                    f"{r1(ev, 'i2t_r1')} | {r1(ev, 't2i_r1')} | {params(ev[0])} | {ratio[0]} | {ratio[1]} |")
+                    f"{stat(ev, 'i2t_r1')} | {stat(ev, 't2i_r1')} | {params(ev[0])} | {ratio[0]} | {ratio[1]} |")
     return rows
 lines += arch_table('Table B: teacher × student (full method)', ['b1', 'b2', 'b3', 'b4', 'b5'])
 
@@ -124,7 +124,7 @@ lines += arch_table('Table B: teacher × student (full method)', ['b1', 'b2', 'b
 GRID = [('SigLIP 2 B', 'b1', 'b3'), ('SigLIP 2 L', 'b2', 'b4'), ('SigLIP 2 So400m', None, 'b5')]
 def cell(n):
     ev = seeds(n) if n else []
-    return f"{r1(ev, 'i2t_r1')} / {r1(ev, 't2i_r1')} ({n})" if ev else '—'
+    return f"{stat(ev, 'i2t_r1')} / {stat(ev, 't2i_r1')} ({n})" if ev else '—'
 lines += ['', '### Table B as the seed\'s grid (I→T / T→I R@1, run)', '',
           '| teacher \\ student | ViT-Tiny | ViT-Small |', '|---|---|---|']
 lines += [f"| {t} | {cell(tiny_run)} | {cell(small_run)} |" for t, tiny_run, small_run in GRID]

@@ -375,6 +375,14 @@ def test_demo_quick_writes_tables(demo):
     m = json.load(open(demo / 'cache/shapes/train/manifest.json'))
     assert m['embed_dim'] == 128 and m['counts']['images'] == 300 and m['teacher_kind'] == 'ours'
     assert os.path.exists(demo / 'out/shapes/a5/curves.png') and os.path.exists(demo / 'out/shapes/ablation.png')
+    # the seed's tables: the teacher row carries its name and the parameter counts taken at cache time
+    teacher = Student.from_pretrained(str(demo / 'out/shapes/teacher'))
+    image = sum(p.numel() for m in (teacher.visual, teacher.img_proj) for p in m.parameters())
+    assert t['params'] == dict(image=image, total=teacher.num_params()) and image < teacher.num_params()
+    assert f"| Teacher (shapes/teacher) | {image / 1e6:.2f}M image / {teacher.num_params() / 1e6:.2f}M total |" in report
+    assert '| Student (No KD) | ' in report and '| Student (TinySigLIP, run a5) | ' in report
+    assert '| Full Method | ' in report and '| w/o Contrastive | — | — | — |' in report # --quick: no A7 run
+    assert json.load(open(demo / 'out/shapes/a5/meta.json'))['model_args']['image_size'] == 32 # config/shapes.py
 
 def tiny_world(tmp, **kw):
     args = dict(n_web=20, n_train=40, n_val=20, n_test=20, **kw)
@@ -405,6 +413,8 @@ def test_cache_matches_direct_hf_teacher(tmp_path, kind):
         ids = proc.tokenizer(texts, padding='max_length', max_length=64, truncation=True, return_tensors='pt')['input_ids']
         txt = model.get_text_features(input_ids=ids).pooler_output
     assert torch.equal(ids.int(), c['input_ids'])
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert man['teacher_params'] == dict(image=count(model.vision_model), total=count(model)) # Table 1's teacher row
     cos = lambda a, b: torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1)
     assert cos(img, c['image_embeds']).min() >= 0.999 and cos(txt, c['text_embeds']).min() >= 0.999
 
@@ -548,6 +558,18 @@ def test_compile_switch_matches_eager(demo, tmp_path):
         if k.startswith('loss'):
             assert a[k] == pytest.approx(b[k], rel=1e-3), k
     assert Student.from_pretrained(str(tmp_path / 'comp')).config.embed_dim == 128
+
+def test_a7_without_contrastive_trains(demo, tmp_path):
+    """A7, the seed's "w/o Contrastive": feature + affinity, no sigmoid term. Both terms go down, and the student's
+    logit scale still learns (through the affinity rows it must match)."""
+    out = tmp_path / 'a7'
+    run(*['train.py', 'config/a7.py', *student_args(demo, out, '--max_iters=30', '--eval_interval=30')[2:]])
+    rows = [json.loads(l) for l in open(out / 'log.jsonl') if '"loss"' in l]
+    assert 'loss/sigmoid' not in rows[0] and {'loss/feat', 'loss/affinity'} <= set(rows[0])
+    for k in ('loss/feat', 'loss/affinity'):
+        assert sum(r[k] for r in rows[-5:]) < sum(r[k] for r in rows[:5]), k
+    assert rows[-1]['scale'] != pytest.approx(10.0, rel=1e-3) # init t = 10 (SigLIP)
+    assert json.load(open(out / 'meta.json'))['config']['lambda_contrast'] == 0.0
 
 def test_train_rejects_bad_config(demo, tmp_path):
     p = run(*student_args(demo, tmp_path / 'x', '--learnign_rate=1'), ok=False)

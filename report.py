@@ -4,11 +4,11 @@ Paper-style tables from the JSON the other scripts wrote (read-only; no torch): 
     python report.py --runs_dir=out --teacher_eval=cache/coco-L/test/eval.json --out=report.md
     python report.py --runs_dir=out/shapes --teacher_eval=cache/shapes/test/eval.json --out=out/shapes/report.md
 
-The seed's tables: Table 1 teacher / Student (No KD) = a1 / Student (TinySigLIP) = the run `tinysiglip`, else a5;
-Table 2 Full Method (a5), w/o Feature Loss (a4), w/o Affinity Loss (a3), w/o Contrastive (a7), Delta vs Full;
-then every loss combination a1-a7; Table B teacher x student (b1-b5, also as the seed's 2x3 grid) and Table C
-(c1, c2) with student/teacher R@1 ratios. Runs named <name>-s<seed> are extra seeds, shown as mean ± half-range.
-A missing run is a row of '—', never a crash.
+The seed's tables: Table 1 Teacher (name) / Student (No KD) = a1 / Student (TinySigLIP) = the run
+`tinysiglip`, else a5; Table 2 Full Method (a5), w/o Feature Loss (a4), w/o Affinity Loss (a3),
+w/o Contrastive (a7), Delta vs Full. Then every loss combination a1-a7, Table B teacher x student (b1-b5,
+also as the seed's 2x3 grid) and Table C (c1, c2) with student/teacher R@1 ratios. Runs named
+<name>-s<seed> are extra seeds, shown as mean ± half-range. A missing run is a row of '—', never a crash.
 With matplotlib: <run>/curves.png (every loss term vs iteration) and ablation.png next to the report.
 """
 import os, json, glob
@@ -56,78 +56,83 @@ def short(name): # an HF id (org/name) as it is; a local teacher dir by its last
 def stat(evals, k): # one metric of a run: mean ± half-range over its seeds
     return fmt([e['metrics'][k] for e in evals])
 
+def row(*cells, missing=None): # a markdown table row; a missing run is named after it
+    note = f"  (missing: {os.path.join(runs_dir, missing)})" if missing else ''
+    return '| ' + ' | '.join(cells) + ' |' + note
+
+def header(*cols):
+    return [row(*cols), '|' + '---|' * len(cols)]
+
 KEYS = ['i2t_r1', 'i2t_r5', 'i2t_r10', 't2i_r1', 't2i_r5', 't2i_r10']
+R1 = ('i2t_r1', 't2i_r1')
 teacher = read(teacher_eval)
 lines = [f"# TinySigLIP report ({runs_dir})", '']
 if teacher:
-    lines.append(f"Test split `{teacher['split']}`: {teacher['n_images']} images, {teacher['n_captions']} captions "
-                 f"(CLIP_benchmark protocol: every caption kept). R@k in %.")
+    lines.append(f"Test split `{teacher['split']}`: {teacher['n_images']} images, "
+                 f"{teacher['n_captions']} captions (CLIP_benchmark protocol: every caption kept). R@k in %.")
 
 # Table 1, the seed's rows; "TinySigLIP" is the recipe run if there is one, else the full method (a5)
 tiny = 'tinysiglip' if seeds('tinysiglip') else 'a5'
 t_name = short(teacher.get('teacher', 'teacher')) if teacher else 'not evaluated'
 lines += ['', '## Table 1: teacher vs students', '',
-          'Params: the teacher\'s image tower / total; a student\'s total (without the token table).', '',
-          '| Model | Params | I→T R@1 | R@5 | R@10 | T→I R@1 | R@5 | R@10 |', '|---|---|---|---|---|---|---|---|']
+          "Params: the teacher's image tower / total; a student's total (without the token table).", '']
+lines += header('Model', 'Params', 'I→T R@1', 'R@5', 'R@10', 'T→I R@1', 'R@5', 'R@10')
 for label, evals in [(f'Teacher ({t_name})', [teacher] if teacher else []),
                      ('Student (No KD)', seeds('a1')),
                      (f'Student (TinySigLIP, run {tiny})', seeds(tiny))]:
-    cells = [stat(evals, k) for k in KEYS]
-    lines.append(f"| {label} | {params(evals[0] if evals else None)} | {' | '.join(cells)} |")
+    lines.append(row(label, params(evals[0] if evals else None), *[stat(evals, k) for k in KEYS]))
 
-# Table 2 as the seed writes it: the full method and one term removed at a time
+# Table 2 as the seed writes it: the full method, then one term removed at a time
 SEED_ABLATION = [('Full Method', 'a5'), ('w/o Feature Loss', 'a4'), ('w/o Affinity Loss', 'a3'),
                  ('w/o Contrastive', 'a7')]
 full = seeds('a5')
-def delta(ev): # 'ΔI→T / ΔT→I' in R@1 points vs the full method (means over seeds)
+def delta(ev): # [ΔI→T, ΔT→I] in R@1 points vs the full method (means over seeds)
     if not ev or not full:
-        return '—'
-    return ' / '.join(f"{mean(ev, k) - mean(full, k):+.1f}" for k in ('i2t_r1', 't2i_r1'))
+        return ['—', '—']
+    return [f"{mean(ev, k) - mean(full, k):+.1f}" for k in R1]
 lines += ['', '## Table 2: ablation (delta vs the full method)', '',
           'Delta vs Full: I→T / T→I R@1 points. Rows: ' +
-          ', '.join(f'{label} = {n}' for label, n in SEED_ABLATION) + '.', '',
-          '| Configuration | I→T R@1 | T→I R@1 | Delta vs Full |', '|---|---|---|---|']
+          ', '.join(f'{label} = {n}' for label, n in SEED_ABLATION) + '.', '']
+lines += header('Configuration', 'I→T R@1', 'T→I R@1', 'Delta vs Full')
 for label, n in SEED_ABLATION:
     ev = seeds(n)
-    gap = '' if ev else f"  (missing: {os.path.join(runs_dir, n)})"
-    lines.append(f"| {label} | {stat(ev, 'i2t_r1')} | {stat(ev, 't2i_r1')} | {'—' if n == 'a5' else delta(ev)} |{gap}")
+    d = '—' if n == 'a5' or not ev else ' / '.join(delta(ev))
+    lines.append(row(label, *[stat(ev, k) for k in R1], d, missing=None if ev else n))
 
-LOSSES = {'a1': 'contrastive only (no KD)', 'a2': 'feature', 'a3': 'feature + contrastive', 'a4': 'affinity + contrastive',
-          'a5': 'feature + affinity + contrastive', 'a6': 'a5 + LocCa + SILC/TIPS', 'a7': 'feature + affinity'}
-lines += ['', '## Table 2b: every loss combination (delta vs the full method a5)', '',
-          '| run | losses | I→T R@1 | T→I R@1 | Δ I→T | Δ T→I |', '|---|---|---|---|---|---|']
+LOSSES = {'a1': 'contrastive only (no KD)', 'a2': 'feature', 'a3': 'feature + contrastive',
+          'a4': 'affinity + contrastive', 'a5': 'feature + affinity + contrastive',
+          'a6': 'a5 + LocCa + SILC/TIPS', 'a7': 'feature + affinity'}
+lines += ['', '## Table 2b: every loss combination (delta vs the full method a5)', '']
+lines += header('run', 'losses', 'I→T R@1', 'T→I R@1', 'Δ I→T', 'Δ T→I')
 for n, what in LOSSES.items():
     ev = seeds(n)
-    if not ev:
-        lines.append(f"| {n} | {what} | — | — | — | — |  (missing: {os.path.join(runs_dir, n)})")
-        continue
-    d = delta(ev).split(' / ') if full else ['—', '—']
-    lines.append(f"| {n} | {what} | {stat(ev, 'i2t_r1')} | {stat(ev, 't2i_r1')} | {d[0]} | {d[1]} |")
+    lines.append(row(n, what, *[stat(ev, k) for k in R1], *delta(ev), missing=None if ev else n))
 
 def arch_table(title, names): # one row per run; teacher and student names from the run's meta.json
-    rows = ['', f'## {title}', '', 'Ratio: student R@1 / its teacher\'s R@1 (teacher row: the cache\'s test eval.json).', '',
-            '| run | teacher | student | I→T R@1 | T→I R@1 | params | I→T ratio | T→I ratio |',
-            '|---|---|---|---|---|---|---|---|']
+    rows = ['', f'## {title}', '', "Ratio: student R@1 / its teacher's R@1 (the cache's test eval.json).", '']
+    rows += header('run', 'teacher', 'student', 'I→T R@1', 'T→I R@1', 'params', 'I→T ratio', 'T→I ratio')
     for n in names:
         ev, meta = seeds(n), read(os.path.join(runs_dir, n, 'meta.json')) or {}
         if not ev:
-            rows.append(f"| {n} | — | — | — | — | — | — | — |  (missing: {os.path.join(runs_dir, n)})")
+            rows.append(row(n, *['—'] * 7, missing=n))
             continue
         t = read(meta.get('teacher_eval', ''))
-        ratio = ['—' if not t else f"{mean(ev, k) / max(t['metrics'][k], 1e-9):.2f}" for k in ('i2t_r1', 't2i_r1')]
-        rows.append(f"| {n} | {short(meta.get('teacher', '—'))} | {meta.get('config', {}).get('image_model', '—')} | "
-                    f"{stat(ev, 'i2t_r1')} | {stat(ev, 't2i_r1')} | {params(ev[0])} | {ratio[0]} | {ratio[1]} |")
+        ratio = [f"{mean(ev, k) / max(t['metrics'][k], 1e-9):.2f}" if t else '—' for k in R1]
+        student = meta.get('config', {}).get('image_model', '—')
+        rows.append(row(n, short(meta.get('teacher', '—')), student, *[stat(ev, k) for k in R1],
+                        params(ev[0]), *ratio))
     return rows
 lines += arch_table('Table B: teacher × student (full method)', ['b1', 'b2', 'b3', 'b4', 'b5'])
 
-# the seed's 2×3 grid of the same runs: B1 B×Tiny, B2 L×Tiny, B3 B×Small, B4 L×Small (core target), B5 So400m×Small
+# the seed's 2×3 grid of the same runs: B1 B×Tiny, B2 L×Tiny, B3 B×Small, B4 L×Small (core target),
+# B5 So400m×Small; So400m×Tiny is not in the plan
 GRID = [('SigLIP 2 B', 'b1', 'b3'), ('SigLIP 2 L', 'b2', 'b4'), ('SigLIP 2 So400m', None, 'b5')]
 def cell(n):
     ev = seeds(n) if n else []
     return f"{stat(ev, 'i2t_r1')} / {stat(ev, 't2i_r1')} ({n})" if ev else '—'
-lines += ['', '### Table B as the seed\'s grid (I→T / T→I R@1, run)', '',
-          '| teacher \\ student | ViT-Tiny | ViT-Small |', '|---|---|---|']
-lines += [f"| {t} | {cell(tiny_run)} | {cell(small_run)} |" for t, tiny_run, small_run in GRID]
+lines += ['', "### Table B as the seed's grid (I→T / T→I R@1, run)", '']
+lines += header('teacher \\ student', 'ViT-Tiny', 'ViT-Small')
+lines += [row(t, cell(tiny_run), cell(small_run)) for t, tiny_run, small_run in GRID]
 lines += arch_table('Table C: student architectures (full method)', ['c1', 'c2'])
 
 # -----------------------------------------------------------------------------

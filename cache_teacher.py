@@ -168,6 +168,12 @@ elif kind == 'ours':
 else:
     teacher_size = improc.size['height']
 image_size = image_size or teacher_size
+count = lambda *mods: sum(p.numel() for m in mods for p in m.parameters())
+teacher_params = None # Table 1's teacher row: image tower and total, counted on the loaded weights
+if kind == 'ours': # our image path: timm tower + projection (HF's vision_model holds its pooling head)
+    teacher_params = dict(image=count(model.visual, model.img_proj), total=count(model))
+elif model is not None:
+    teacher_params = dict(image=count(model.vision_model), total=count(model))
 if model is not None:
     model.to(device).eval()
     logit_scale, logit_bias = model.logit_scale.exp().item(), model.logit_bias.item()
@@ -387,7 +393,8 @@ if rank == 0:
                           pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, lowercase=lowercase, resample=int(resample),
                           backend='pil', teacher_image_size=teacher_size)
     reader = 'folder' if image_folder else 'caption_file' if caption_file else 'karpathy' if karpathy else 'coco'
-    manifest = dict(teacher=teacher, teacher_kind=kind, embed_dim=embed_dim, logit_scale=logit_scale, logit_bias=logit_bias,
+    manifest = dict(teacher=teacher, teacher_kind=kind, teacher_params=teacher_params, embed_dim=embed_dim,
+                    logit_scale=logit_scale, logit_bias=logit_bias,
                     image_size=image_size, mean=mean, std=std, processor=processor_info,
                     dataset=dict(name=os.path.basename(os.path.abspath(data_dir)), reader=reader,
                                  karpathy=os.path.basename(karpathy), instances=os.path.basename(instances) if instances else '',

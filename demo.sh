@@ -2,7 +2,7 @@
 # The whole experiment on the embedded synthetic world, on a laptop CPU (2 cores, ≤ 10 min):
 #   prepare the world -> cache the demo teacher (data/shapes/teacher, kept in the repo like a google/siglip2-*
 #   checkpoint) on the student's splits with K views, and on the web split as unpaired images and unpaired captions
-#   -> train the students (A1-A5 and the TinySigLIP recipe; two at a time, one thread each) -> eval -> report.md
+#   -> train the students (A1-A5, A7 and the TinySigLIP recipe; two at a time, one thread each) -> eval -> report.md
 #
 #   bash demo.sh            # full demo; sets up .venv first if it is missing
 #   bash demo.sh --quick    # < 3 min pipeline check on a smaller world, A1/A5/recipe one seed (run by test_smoke.py)
@@ -18,7 +18,7 @@ if [ -z "${PY:-}" ]; then
 fi
 D=${DEMO_DIR:-.}
 W=$D/data/shapes; R=$D/cache/shapes-raw; C=$D/cache/shapes; O=$D/out/shapes
-WORLD=(); TEACH=(); STUD=(); RECIPE=(); SEEDS=${SEEDS:-0}; RUNS="a1 a2 a3 a4 a5 tinysiglip"; K=8
+WORLD=(); TEACH=(); STUD=(); RECIPE=(); SEEDS=${SEEDS:-0}; RUNS="a1 a2 a3 a4 a5 a7 tinysiglip"; K=8
 if [ "${1:-}" = "--quick" ]; then # same pipeline, smaller world and budgets
     WORLD=(--n_web=2000 --n_train=300 --n_val=100 --n_test=100)
     TEACH=(--max_iters=100 --eval_interval=100 --batch_size=64 --val_images=100)

@@ -142,7 +142,8 @@ if __name__ == '__main__':
         if 'image_embeds' not in data:
             sys.exit(f"eval.py: {cache} holds no teacher embeddings (cached with teacher=none): pass --ckpt")
         metrics = retrieval_metrics(data['image_embeds'], data['text_embeds'], index)
-        row.update(model='teacher', run='teacher', teacher=man['teacher'], metrics=metrics)
+        row.update(model='teacher', run='teacher', teacher=man['teacher'], metrics=metrics,
+                   params=man.get('teacher_params')) # {image, total} counted at cache time (None: older caches)
         out = out or os.path.join(cache, 'eval.json')
     else:
         from model import Student, LoccaDecoder

@@ -4,8 +4,10 @@ Paper-style tables from the JSON the other scripts wrote (read-only; no torch): 
     python report.py --runs_dir=out --teacher_eval=cache/coco-L/test/eval.json --out=report.md
     python report.py --runs_dir=out/shapes --teacher_eval=cache/shapes/test/eval.json --out=out/shapes/report.md
 
-Table 1: teacher / no-KD student (a1) / best distilled student; Table 2: loss ablation a1-a6 vs the full
-method (a5); Table B: teacher x student (b1-b5); Table C: student architectures (c1, c2). Runs named
+The seed's tables: Table 1 Teacher (name) / Student (No KD) = a1 / Student (TinySigLIP) = the run
+`tinysiglip`, else a5; Table 2 Full Method (a5), w/o Feature Loss (a4), w/o Affinity Loss (a3),
+w/o Contrastive (a7), Delta vs Full. Then every loss combination a1-a7, Table B teacher x student (b1-b5,
+also as the seed's 2x3 grid) and Table C (c1, c2) with student/teacher R@1 ratios. Runs named
 <name>-s<seed> are extra seeds, shown as mean ± half-range. A missing run is a row of '—', never a crash.
 With matplotlib: <run>/curves.png (every loss term vs iteration) and ablation.png next to the report.
 """
@@ -36,51 +38,101 @@ def fmt(vals, digits=1): # mean ± half-range over seeds
 def mean(evals, k):
     return sum(e['metrics'][k] for e in evals) / len(evals) if evals else None
 
-def params(e):
+def M(n): # parameter count in millions, 2 decimals below 10M (demo models), 1 above
+    return f"{n / 1e6:.{2 if n < 1e7 else 1}f}M"
+
+def params(e): # the teacher: image tower / total (manifest); a student: total (without the token table)
     p = (e or {}).get('params')
-    return f"{p['total'] / 1e6:.2f}M ({p['without_token_table'] / 1e6:.2f}M)" if p else '—'
+    if not p:
+        return '—'
+    if 'image' in p:
+        return f"{M(p['image'])} image / {M(p['total'])} total"
+    return f"{M(p['total'])} ({M(p['without_token_table'])})"
+
+def short(name): # an HF id (org/name) as it is; a local teacher dir by its last two parts
+    parts = os.path.normpath(name).split(os.sep)
+    return name if len(parts) <= 2 and not os.path.isabs(name) else '/'.join(parts[-2:])
+
+def stat(evals, k): # one metric of a run: mean ± half-range over its seeds
+    return fmt([e['metrics'][k] for e in evals])
+
+def row(*cells, missing=None): # a markdown table row; a missing run is named after it
+    note = f"  (missing: {os.path.join(runs_dir, missing)})" if missing else ''
+    return '| ' + ' | '.join(cells) + ' |' + note
+
+def header(*cols):
+    return [row(*cols), '|' + '---|' * len(cols)]
 
 KEYS = ['i2t_r1', 'i2t_r5', 'i2t_r10', 't2i_r1', 't2i_r5', 't2i_r10']
+R1 = ('i2t_r1', 't2i_r1')
 teacher = read(teacher_eval)
 lines = [f"# TinySigLIP report ({runs_dir})", '']
 if teacher:
-    lines.append(f"Test split `{teacher['split']}`: {teacher['n_images']} images, {teacher['n_captions']} captions "
-                 f"(CLIP_benchmark protocol: every caption kept). R@k in %. Params: total (without the token table).")
-lines += ['', '## Table 1: teacher vs students', '', '| model | I→T R@1 | R@5 | R@10 | T→I R@1 | R@5 | R@10 | params |', '|---|---|---|---|---|---|---|---|']
-distilled = [n for n in ('a2', 'a3', 'a4', 'a5', 'a6') if seeds(n)]
-best = max(distilled, key=lambda n: mean(seeds(n), 'i2t_r1') + mean(seeds(n), 't2i_r1'), default=None)
-for label, evals in [('teacher', [teacher] if teacher else []), ('student, no KD (a1)', seeds('a1')),
-                     (f'student, best distilled ({best})' if best else 'student, best distilled', seeds(best) if best else [])]:
-    cells = [fmt([e['metrics'][k] for e in evals]) for k in KEYS]
-    lines.append(f"| {label} | {' | '.join(cells)} | {params(evals[0]) if evals and label != 'teacher' else '—'} |")
+    lines.append(f"Test split `{teacher['split']}`: {teacher['n_images']} images, "
+                 f"{teacher['n_captions']} captions (CLIP_benchmark protocol: every caption kept). R@k in %.")
 
-lines += ['', '## Table 2: loss ablation (delta vs the full method a5)', '',
-          '| run | losses | I→T R@1 | T→I R@1 | Δ I→T | Δ T→I |', '|---|---|---|---|---|---|']
-LOSSES = {'a1': 'contrastive only (no KD)', 'a2': 'feature', 'a3': 'feature + contrastive', 'a4': 'affinity + contrastive',
-          'a5': 'feature + affinity + contrastive', 'a6': 'a5 + LocCa + SILC/TIPS'}
+# Table 1, the seed's rows; "TinySigLIP" is the recipe run if there is one, else the full method (a5)
+tiny = 'tinysiglip' if seeds('tinysiglip') else 'a5'
+t_name = short(teacher.get('teacher', 'teacher')) if teacher else 'not evaluated'
+lines += ['', '## Table 1: teacher vs students', '',
+          "Params: the teacher's image tower / total; a student's total (without the token table).", '']
+lines += header('Model', 'Params', 'I→T R@1', 'R@5', 'R@10', 'T→I R@1', 'R@5', 'R@10')
+for label, evals in [(f'Teacher ({t_name})', [teacher] if teacher else []),
+                     ('Student (No KD)', seeds('a1')),
+                     (f'Student (TinySigLIP, run {tiny})', seeds(tiny))]:
+    lines.append(row(label, params(evals[0] if evals else None), *[stat(evals, k) for k in KEYS]))
+
+# Table 2 as the seed writes it: the full method, then one term removed at a time
+SEED_ABLATION = [('Full Method', 'a5'), ('w/o Feature Loss', 'a4'), ('w/o Affinity Loss', 'a3'),
+                 ('w/o Contrastive', 'a7')]
 full = seeds('a5')
+def delta(ev): # [ΔI→T, ΔT→I] in R@1 points vs the full method (means over seeds)
+    if not ev or not full:
+        return ['—', '—']
+    return [f"{mean(ev, k) - mean(full, k):+.1f}" for k in R1]
+lines += ['', '## Table 2: ablation (delta vs the full method)', '',
+          'Delta vs Full: I→T / T→I R@1 points. Rows: ' +
+          ', '.join(f'{label} = {n}' for label, n in SEED_ABLATION) + '.', '']
+lines += header('Configuration', 'I→T R@1', 'T→I R@1', 'Delta vs Full')
+for label, n in SEED_ABLATION:
+    ev = seeds(n)
+    d = '—' if n == 'a5' or not ev else ' / '.join(delta(ev))
+    lines.append(row(label, *[stat(ev, k) for k in R1], d, missing=None if ev else n))
+
+LOSSES = {'a1': 'contrastive only (no KD)', 'a2': 'feature', 'a3': 'feature + contrastive',
+          'a4': 'affinity + contrastive', 'a5': 'feature + affinity + contrastive',
+          'a6': 'a5 + LocCa + SILC/TIPS', 'a7': 'feature + affinity'}
+lines += ['', '## Table 2b: every loss combination (delta vs the full method a5)', '']
+lines += header('run', 'losses', 'I→T R@1', 'T→I R@1', 'Δ I→T', 'Δ T→I')
 for n, what in LOSSES.items():
     ev = seeds(n)
-    if not ev:
-        lines.append(f"| {n} | {what} | — | — | — | — |  (missing: {os.path.join(runs_dir, n)})")
-        continue
-    d = [f"{mean(ev, k) - mean(full, k):+.1f}" if full else '—' for k in ('i2t_r1', 't2i_r1')]
-    lines.append(f"| {n} | {what} | {fmt([e['metrics']['i2t_r1'] for e in ev])} | {fmt([e['metrics']['t2i_r1'] for e in ev])} | {d[0]} | {d[1]} |")
+    lines.append(row(n, what, *[stat(ev, k) for k in R1], *delta(ev), missing=None if ev else n))
 
-def arch_table(title, names): # teacher x student rows; the teacher row is found through the run's meta.json
-    rows = ['', f'## {title}', '', '| run | teacher | student | I→T R@1 | T→I R@1 | params | student/teacher R@1 |', '|---|---|---|---|---|---|---|']
+def arch_table(title, names): # one row per run; teacher and student names from the run's meta.json
+    rows = ['', f'## {title}', '', "Ratio: student R@1 / its teacher's R@1 (the cache's test eval.json).", '']
+    rows += header('run', 'teacher', 'student', 'I→T R@1', 'T→I R@1', 'params', 'I→T ratio', 'T→I ratio')
     for n in names:
         ev, meta = seeds(n), read(os.path.join(runs_dir, n, 'meta.json')) or {}
-        t = read(meta.get('teacher_eval', '')) if meta else None
-        student = meta.get('config', {}).get('image_model', '—')
         if not ev:
-            rows.append(f"| {n} | — | — | — | — | — | — |  (missing: {os.path.join(runs_dir, n)})")
+            rows.append(row(n, *['—'] * 7, missing=n))
             continue
-        ratio = '—' if not t else f"{(mean(ev, 'i2t_r1') + mean(ev, 't2i_r1')) / max(t['metrics']['i2t_r1'] + t['metrics']['t2i_r1'], 1e-9):.2f}"
-        rows.append(f"| {n} | {meta.get('teacher', '—')} | {student} | {fmt([e['metrics']['i2t_r1'] for e in ev])} | "
-                    f"{fmt([e['metrics']['t2i_r1'] for e in ev])} | {params(ev[0])} | {ratio} |")
+        t = read(meta.get('teacher_eval', ''))
+        ratio = [f"{mean(ev, k) / max(t['metrics'][k], 1e-9):.2f}" if t else '—' for k in R1]
+        student = meta.get('config', {}).get('image_model', '—')
+        rows.append(row(n, short(meta.get('teacher', '—')), student, *[stat(ev, k) for k in R1],
+                        params(ev[0]), *ratio))
     return rows
 lines += arch_table('Table B: teacher × student (full method)', ['b1', 'b2', 'b3', 'b4', 'b5'])
+
+# the seed's 2×3 grid of the same runs: B1 B×Tiny, B2 L×Tiny, B3 B×Small, B4 L×Small (core target),
+# B5 So400m×Small; So400m×Tiny is not in the plan
+GRID = [('SigLIP 2 B', 'b1', 'b3'), ('SigLIP 2 L', 'b2', 'b4'), ('SigLIP 2 So400m', None, 'b5')]
+def cell(n):
+    ev = seeds(n) if n else []
+    return f"{stat(ev, 'i2t_r1')} / {stat(ev, 't2i_r1')} ({n})" if ev else '—'
+lines += ['', "### Table B as the seed's grid (I→T / T→I R@1, run)", '']
+lines += header('teacher \\ student', 'ViT-Tiny', 'ViT-Small')
+lines += [row(t, cell(tiny_run), cell(small_run)) for t, tiny_run, small_run in GRID]
 lines += arch_table('Table C: student architectures (full method)', ['c1', 'c2'])
 
 # -----------------------------------------------------------------------------

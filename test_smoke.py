@@ -237,6 +237,121 @@ def run(*args, ok=True, timeout=600, env=None):
         raise AssertionError(f"{args} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p
 
+# ----------------------------------------------------------------------------- the seed's plan and tables
+def md_table(text, start): # the first run of '|' rows from the line starting with `start` on
+    lines = text.split('\n')
+    i = next(i for i, l in enumerate(lines) if l.startswith(start))
+    while not lines[i].startswith('|'):
+        i += 1
+    rows = []
+    while i < len(lines) and lines[i].startswith('|'):
+        rows.append(lines[i])
+        i += 1
+    return rows
+
+def test_report_prints_the_seeds_tables(tmp_path):
+    """Runs carrying the seed's numbers (SigLIP 2 L teacher 71.5 / 54.7, full method 62.4 / 44.1) -> report.py
+    prints Table 1, Table 2 (Delta vs Full), Table B and its 2x3 grid with exactly these rows and values."""
+    def write(path, obj):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        json.dump(obj, open(path, 'w'))
+    def ev(i2t, t2i, params):
+        m = dict(zip(['i2t_r1', 'i2t_r5', 'i2t_r10', 't2i_r1', 't2i_r5', 't2i_r10'], i2t + t2i))
+        return dict(split='test', n_images=5000, n_captions=25010, metrics=m, params=params)
+    student_p = dict(total=33_200_000, without_token_table=31_800_000)
+    tl = tmp_path / 'cache/coco-L/test/eval.json'
+    write(tl, dict(ev([71.5, 89.9, 94.6], [54.7, 78.9, 86.2], dict(image=303_179_776, total=881_527_040)),
+                   teacher='google/siglip2-large-patch16-256'))
+    tb = tmp_path / 'cache/coco-B/test/eval.json'
+    write(tb, dict(ev([68.9, 88.0, 93.0], [52.1, 77.0, 85.0], dict(image=92_884_224, total=375_187_970)),
+                   teacher='google/siglip2-base-patch16-224'))
+    runs = {'a1': ([48.0, 75.2, 84.1], [33.5, 61.0, 72.3]), 'a1-s1': ([47.0, 74.2, 83.1], [34.5, 62.0, 73.3]),
+            'a3': ([61.0, 85.0, 91.0], [43.0, 70.0, 80.0]), 'a4': ([58.3, 83.0, 90.0], [40.2, 68.0, 78.0]),
+            'a5': ([62.4, 86.0, 92.0], [44.1, 71.0, 81.0]), 'a7': ([60.5, 84.0, 90.5], [42.9, 69.0, 79.0]),
+            'b1': ([50.0, 76.0, 85.0], [36.0, 63.0, 74.0]), 'b4': ([62.4, 86.0, 92.0], [44.1, 71.0, 81.0])}
+    for n, (i2t, t2i) in runs.items():
+        write(tmp_path / 'out' / n / 'eval.json', ev(i2t, t2i, student_p))
+    for n, t, tev, model in [('b1', 'google/siglip2-base-patch16-224', tb, 'vit_tiny_patch16_224'),
+                             ('b4', 'google/siglip2-large-patch16-256', tl, 'vit_small_patch16_224')]:
+        write(tmp_path / 'out' / n / 'meta.json', dict(teacher=t, teacher_eval=str(tev), config=dict(image_model=model)))
+    report = lambda: run('report.py', f'--runs_dir={tmp_path / "out"}', f'--teacher_eval={tl}',
+                         f'--out={tmp_path / "report.md"}').stdout
+    text = report()
+    assert md_table(text, '## Table 1: teacher vs students') == [
+        '| Model | Params | I→T R@1 | R@5 | R@10 | T→I R@1 | R@5 | R@10 |', '|---|---|---|---|---|---|---|---|',
+        '| Teacher (google/siglip2-large-patch16-256) | 303.2M image / 881.5M total | 71.5 | 89.9 | 94.6 | 54.7 | 78.9 | 86.2 |',
+        '| Student (No KD) | 33.2M (31.8M) | 47.5 ± 0.5 | 74.7 ± 0.5 | 83.6 ± 0.5 | 34.0 ± 0.5 | 61.5 ± 0.5 | 72.8 ± 0.5 |',
+        '| Student (TinySigLIP, run a5) | 33.2M (31.8M) | 62.4 | 86.0 | 92.0 | 44.1 | 71.0 | 81.0 |']
+    assert md_table(text, '## Table 2: ablation (delta vs the full method)') == [
+        '| Configuration | I→T R@1 | T→I R@1 | Delta vs Full |', '|---|---|---|---|',
+        '| Full Method | 62.4 | 44.1 | — |',
+        '| w/o Feature Loss | 58.3 | 40.2 | -4.1 / -3.9 |',
+        '| w/o Affinity Loss | 61.0 | 43.0 | -1.4 / -1.1 |',
+        '| w/o Contrastive | 60.5 | 42.9 | -1.9 / -1.2 |']
+    assert 'Rows: Full Method = a5, w/o Feature Loss = a4, w/o Affinity Loss = a3, w/o Contrastive = a7.' in text
+    b = md_table(text, '## Table B: teacher × student (full method)')
+    assert b[2] == ('| b1 | google/siglip2-base-patch16-224 | vit_tiny_patch16_224 | 50.0 | 36.0 | 33.2M (31.8M) '
+                    '| 0.73 | 0.69 |') # 50.0 / 68.9, 36.0 / 52.1
+    assert b[5] == ('| b4 | google/siglip2-large-patch16-256 | vit_small_patch16_224 | 62.4 | 44.1 | 33.2M (31.8M) '
+                    '| 0.87 | 0.81 |') # 62.4 / 71.5, 44.1 / 54.7
+    assert b[3].startswith('| b2 | — |') and '(missing: ' in b[3]
+    assert md_table(text, "### Table B as the seed's grid (I→T / T→I R@1, run)")[2:] == [
+        '| SigLIP 2 B | 50.0 / 36.0 (b1) | — |', '| SigLIP 2 L | — | 62.4 / 44.1 (b4) |', '| SigLIP 2 So400m | — | — |']
+    a2 = [l for l in md_table(text, '## Table 2b: every loss combination (delta vs the full method a5)') if l.startswith('| a')]
+    assert [l.split(' | ')[0] for l in a2] == ['| a1', '| a2', '| a3', '| a4', '| a5', '| a6', '| a7']
+    assert a2[6] == '| a7 | feature + affinity | 60.5 | 42.9 | -1.9 | -1.2 |'
+    write(tmp_path / 'out/tinysiglip/eval.json', ev([63.0, 87.0, 93.0], [45.0, 72.0, 82.0], student_p))
+    assert '| Student (TinySigLIP, run tinysiglip) | 33.2M (31.8M) | 63.0 | 87.0 | 93.0 | 45.0 |' in report()
+
+def config_defaults(): # train.py's config block, executed: the namespace configurator.py starts from
+    src = open(os.path.join(REPO, 'train.py')).read()
+    block = src[src.index('\n# I/O\n'):src.index('\nconfig_keys = ')]
+    ns = {}
+    exec(block, ns)
+    return ns
+
+def losses_of(c):
+    on = [('feature', c['lambda_feat']), ('affinity', c['lambda_affinity']), ('contrastive', c['lambda_contrast']),
+          ('LocCa', c['lambda_locca']), ('SILC/TIPS', c['gamma'])]
+    return ' + '.join(name for name, w in on if w)
+
+def readme_table(header): # the README table whose header row starts with `header` -> rows of stripped cells
+    rows = md_table(open(os.path.join(REPO, 'README.md')).read(), header)[2:]
+    return [[c.strip() for c in r.strip('|').split('|')] for r in rows]
+
+def test_every_config_resolves_to_the_seeds_teacher_and_student(monkeypatch):
+    """Each README experiment row (config chain -> teacher -> student -> px -> losses) is what exec'ing its configs
+    over train.py's defaults gives (teacher via train_cache -> cache dir -> the README's cache table), every config
+    in config/ is in a row, and the seed's plan holds: A1-A7 L x ViT-S, B1 B x Tiny, B2 L x Tiny, B3 B x Small,
+    B4 L x Small, B5 So400m x Small, C1/C2 L x ResNet-50 / MobileNetV3; every A/B/C student at 224 px."""
+    monkeypatch.chdir(REPO) # configs exec 'config/a5.py' relative to the repo, as train.py is run
+    L, B, So = 'google/siglip2-large-patch16-256', 'google/siglip2-base-patch16-224', 'google/siglip2-so400m-patch14-384'
+    S, T, full = 'vit_small_patch16_224', 'vit_tiny_patch16_224', 'feature + affinity + contrastive'
+    seed = {'a1': (L, S, 'contrastive'), 'a2': (L, S, 'feature'), 'a3': (L, S, 'feature + contrastive'),
+            'a4': (L, S, 'affinity + contrastive'), 'a5': (L, S, full), 'a6': (L, S, full + ' + LocCa + SILC/TIPS'),
+            'a7': (L, S, 'feature + affinity'), 'b1': (B, T, full), 'b2': (L, T, full), 'b3': (B, S, full),
+            'b4': (L, S, full), 'b5': (So, S, full), 'c1': (L, 'resnet50', full), 'c2': (L, 'mobilenetv3_large_100', full)}
+    caches = {r[0].strip('`'): r[1].split('`')[1] for r in readme_table('| cache dir |')}
+    assert caches['cache/coco-L'] == L and caches['cache/coco-B'] == B and caches['cache/coco-So'] == So
+    rows = readme_table('| experiment |')
+    named = set()
+    for exp, chain, teacher, student, px, losses in rows:
+        files = re.findall(r'`(\w+)`', chain)
+        named |= set(files)
+        c = config_defaults()
+        for f in files:
+            exec(compile(open(f'config/{f}.py').read(), f'config/{f}.py', 'exec'), c)
+        cache = os.path.dirname(c['train_cache'])
+        assert cache in caches, f"{exp}: {c['train_cache']} is in no row of the README's cache table"
+        got = (caches[cache], c['image_model'], str(c['image_size']), losses_of(c))
+        assert got == (teacher.strip('`'), student.strip('`'), px, losses), (exp, got)
+        if len(files) == 1 and files[0] in seed:
+            assert got[:2] + got[3:] == seed[files[0]] and c['image_size'] == 224, (exp, got)
+            assert c['out_dir'] == f'out/{files[0]}' and exp == files[0].upper()
+    have = {os.path.basename(f)[:-3] for f in os.listdir('config') if f.endswith('.py')}
+    assert have <= named, f"configs without a README experiment row: {sorted(have - named)}"
+    assert set(seed) <= named
+
 @pytest.fixture(scope='session')
 def demo(tmp_path_factory):
     """The quick demo once (world -> teacher -> cache -> A1-A5 -> eval -> report); other tests reuse its caches."""
@@ -260,6 +375,14 @@ def test_demo_quick_writes_tables(demo):
     m = json.load(open(demo / 'cache/shapes/train/manifest.json'))
     assert m['embed_dim'] == 128 and m['counts']['images'] == 300 and m['teacher_kind'] == 'ours'
     assert os.path.exists(demo / 'out/shapes/a5/curves.png') and os.path.exists(demo / 'out/shapes/ablation.png')
+    # the seed's tables: the teacher row carries its name and the parameter counts taken at cache time
+    teacher = Student.from_pretrained(str(demo / 'out/shapes/teacher'))
+    image = sum(p.numel() for m in (teacher.visual, teacher.img_proj) for p in m.parameters())
+    assert t['params'] == dict(image=image, total=teacher.num_params()) and image < teacher.num_params()
+    assert f"| Teacher (shapes/teacher) | {image / 1e6:.2f}M image / {teacher.num_params() / 1e6:.2f}M total |" in report
+    assert '| Student (No KD) | ' in report and '| Student (TinySigLIP, run a5) | ' in report
+    assert '| Full Method | ' in report and '| w/o Contrastive | — | — | — |' in report # --quick: no A7 run
+    assert json.load(open(demo / 'out/shapes/a5/meta.json'))['model_args']['image_size'] == 32 # config/shapes.py
 
 def tiny_world(tmp, **kw):
     args = dict(n_web=20, n_train=40, n_val=20, n_test=20, **kw)
@@ -290,6 +413,8 @@ def test_cache_matches_direct_hf_teacher(tmp_path, kind):
         ids = proc.tokenizer(texts, padding='max_length', max_length=64, truncation=True, return_tensors='pt')['input_ids']
         txt = model.get_text_features(input_ids=ids).pooler_output
     assert torch.equal(ids.int(), c['input_ids'])
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert man['teacher_params'] == dict(image=count(model.vision_model), total=count(model)) # Table 1's teacher row
     cos = lambda a, b: torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1)
     assert cos(img, c['image_embeds']).min() >= 0.999 and cos(txt, c['text_embeds']).min() >= 0.999
 
@@ -433,6 +558,18 @@ def test_compile_switch_matches_eager(demo, tmp_path):
         if k.startswith('loss'):
             assert a[k] == pytest.approx(b[k], rel=1e-3), k
     assert Student.from_pretrained(str(tmp_path / 'comp')).config.embed_dim == 128
+
+def test_a7_without_contrastive_trains(demo, tmp_path):
+    """A7, the seed's "w/o Contrastive": feature + affinity, no sigmoid term. Both terms go down, and the student's
+    logit scale still learns (through the affinity rows it must match)."""
+    out = tmp_path / 'a7'
+    run(*['train.py', 'config/a7.py', *student_args(demo, out, '--max_iters=30', '--eval_interval=30')[2:]])
+    rows = [json.loads(l) for l in open(out / 'log.jsonl') if '"loss"' in l]
+    assert 'loss/sigmoid' not in rows[0] and {'loss/feat', 'loss/affinity'} <= set(rows[0])
+    for k in ('loss/feat', 'loss/affinity'):
+        assert sum(r[k] for r in rows[-5:]) < sum(r[k] for r in rows[:5]), k
+    assert rows[-1]['scale'] != pytest.approx(10.0, rel=1e-3) # init t = 10 (SigLIP)
+    assert json.load(open(out / 'meta.json'))['config']['lambda_contrast'] == 0.0
 
 def test_train_rejects_bad_config(demo, tmp_path):
     p = run(*student_args(demo, tmp_path / 'x', '--learnign_rate=1'), ok=False)

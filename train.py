@@ -33,7 +33,7 @@ extra_text_cache = '' # unpaired captions (a text-only cache, same teacher): fea
 extra_batch_size = 0 # unpaired images and captions per step, each; 0 = batch_size
 # student model
 image_model = 'vit_small_patch16_224' # any timm model: vit_tiny_patch16_224, resnet50, mobilenetv3_large_100, ...
-image_size = 0 # 0 = the cache's pixel resolution
+image_size = 224 # seed: students at 224x224; cached pixels (the teacher's 256/384) resized on the fly; 0 = the cache's
 image_kwargs = {} # extra timm.create_model kwargs (tiny demo towers: patch_size, embed_dim, depth, num_heads)
 pretrained = False # timm ImageNet weights (downloaded from the hub on your machine)
 text_width = 384

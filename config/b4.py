@@ -1,9 +1,16 @@
-# B4 — teacher SigLIP 2 B (google/siglip2-base-patch16-224) × student vit_small_patch16_224, full method (A5 losses).
-# needs the cache: python cache_teacher.py --data_dir=/data/coco --karpathy=/data/coco/dataset_coco.json \
-#   --split=train+restval --teacher=google/siglip2-base-patch16-224 --out_dir=cache/coco-B --device=cuda --dtype=bfloat16  (and --split=val, --split=test)
-# 1 GPU: python train.py config/b4.py ; eval: python eval.py --cache=cache/coco-B/test --ckpt=out/b4
+# B4 — teacher SigLIP 2 L (google/siglip2-large-patch16-256)
+#   × student ViT-Small (vit_small_patch16_224), full method (A5 losses).
+# The seed's "core target" (the same run as A5 under another name).
+# Seed plan B: B1 Base×Tiny, B2 Large×Tiny, B3 Base×Small, B4 Large×Small, B5 So400m×Small.
+# The student trains at 224 px (train.py's default) whatever size the cache stores (README).
+# needs the cache (and the same with --split=val, --split=test):
+#   python cache_teacher.py --data_dir=/data/coco --karpathy=/data/coco/dataset_coco.json \
+#   --split=train+restval --teacher=google/siglip2-large-patch16-256 \
+#   --out_dir=cache/coco-L --device=cuda --dtype=bfloat16
+# 1 GPU: python train.py config/b4.py
+# eval: python eval.py --cache=cache/coco-L/test --ckpt=out/b4
 exec(open('config/a5.py').read())
 out_dir = 'out/b4'
-train_cache = 'cache/coco-B/train+restval'
-val_cache = 'cache/coco-B/val'
+train_cache = 'cache/coco-L/train+restval'
+val_cache = 'cache/coco-L/val'
 image_model = 'vit_small_patch16_224'

@@ -1,7 +1,13 @@
-# B5 — teacher SigLIP 2 So400m (google/siglip2-so400m-patch14-384) × student vit_small_patch16_224, full method (A5 losses).
-# needs the cache: python cache_teacher.py --data_dir=/data/coco --karpathy=/data/coco/dataset_coco.json \
-#   --split=train+restval --teacher=google/siglip2-so400m-patch14-384 --out_dir=cache/coco-So --device=cuda --dtype=bfloat16  (and --split=val, --split=test)
-# 1 GPU: python train.py config/b5.py ; eval: python eval.py --cache=cache/coco-So/test --ckpt=out/b5
+# B5 — teacher SigLIP 2 So400m (google/siglip2-so400m-patch14-384)
+#   × student ViT-Small (vit_small_patch16_224), full method (A5 losses).
+# Seed plan B: B1 Base×Tiny, B2 Large×Tiny, B3 Base×Small, B4 Large×Small, B5 So400m×Small.
+# The student trains at 224 px (train.py's default) whatever size the cache stores (README).
+# needs the cache (and the same with --split=val, --split=test):
+#   python cache_teacher.py --data_dir=/data/coco --karpathy=/data/coco/dataset_coco.json \
+#   --split=train+restval --teacher=google/siglip2-so400m-patch14-384 \
+#   --out_dir=cache/coco-So --device=cuda --dtype=bfloat16
+# 1 GPU: python train.py config/b5.py
+# eval: python eval.py --cache=cache/coco-So/test --ckpt=out/b5
 exec(open('config/a5.py').read())
 out_dir = 'out/b5'
 train_cache = 'cache/coco-So/train+restval'

@@ -4,6 +4,7 @@
 train_cache = 'cache/shapes/train'
 val_cache = 'cache/shapes/val'
 val_images = 500
+image_size = 32 # the world's own resolution (the A/B/C configs' students use train.py's 224)
 image_model = 'vit_tiny_patch16_224'
 image_kwargs = {'patch_size': 8, 'embed_dim': 64, 'depth': 2, 'num_heads': 2} # ≈ 1/6 of the demo teacher
 text_width = 64

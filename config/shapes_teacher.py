@@ -5,6 +5,7 @@ out_dir = 'out/shapes/teacher'
 train_cache = 'cache/shapes-raw/web'
 val_cache = 'cache/shapes-raw/val'
 val_images = 500
+image_size = 32 # the world's own resolution, not train.py's 224 student default
 embed_dim = 128
 image_model = 'vit_tiny_patch16_224'
 image_kwargs = {'patch_size': 8, 'embed_dim': 128, 'depth': 3, 'num_heads': 4}

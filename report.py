@@ -99,6 +99,19 @@ for label, n in SEED_ABLATION:
     d = '—' if n == 'a5' or not ev else ' / '.join(delta(ev))
     lines.append(row(label, *[stat(ev, k) for k in R1], d, missing=None if ev else n))
 
+# the TinySigLIP recipe, part by part (demo.sh PARTS=1): the same 500 pairs and losses as a5, plus ...
+PARTS = [('pairs only (a5)', 'a5'), ('+ K views', 'parts-views'), ('+ unpaired images', 'parts-images'),
+         ('+ unpaired texts', 'parts-texts'), ('+ all three', 'parts-all'), ('the recipe run', 'tinysiglip')]
+def ratio(ev, k): # student R@1 / the teacher's
+    return f"{mean(ev, k) / max(teacher['metrics'][k], 1e-9):.2f}" if ev and teacher else '—'
+if any(seeds(n) for _, n in PARTS[1:]):
+    lines += ['', '## Table R: what each part of the recipe adds', '',
+              'Same student, same paired images and losses as a5; ratio = student R@1 / teacher R@1.', '']
+    lines += header('data', 'run', 'seeds', 'I→T R@1', 'T→I R@1', 'I→T ratio', 'T→I ratio')
+    for label, n in PARTS:
+        ev = seeds(n)
+        lines.append(row(label, n, str(len(ev)), *[stat(ev, k) for k in R1], *[ratio(ev, k) for k in R1]))
+
 LOSSES = {'a1': 'contrastive only (no KD)', 'a2': 'feature', 'a3': 'feature + contrastive',
           'a4': 'affinity + contrastive', 'a5': 'feature + affinity + contrastive',
           'a6': 'a5 + LocCa + SILC/TIPS', 'a7': 'feature + affinity'}

@@ -571,6 +571,107 @@ def test_a7_without_contrastive_trains(demo, tmp_path):
     assert rows[-1]['scale'] != pytest.approx(10.0, rel=1e-3) # init t = 10 (SigLIP)
     assert json.load(open(out / 'meta.json'))['config']['lambda_contrast'] == 0.0
 
+# ----------------------------------------------------------------------------- reinforced distillation (views, unpaired)
+TEACHER = os.path.join(REPO, 'data', 'shapes', 'teacher') # the demo teacher kept in the repo
+
+def test_views_crops_match_the_stored_teacher_embeddings(tmp_path):
+    """cache_teacher.py --views=4: view 0 is the full image; the crop train.py cuts from the cached pixels with a stored
+    box + flip, re-embedded by the teacher, agrees with that view's stored embedding (cos >= 0.99), while the
+    neighbouring view's box does not. Views are seeded by image id: a rerun on fewer images draws the same boxes."""
+    from eval import load_cache
+    from loss import crop_boxes
+    w = tiny_world(tmp_path / 'w')
+    base = ['cache_teacher.py', f'--data_dir={w}', '--split=val', f'--teacher={TEACHER}', '--num_workers=0', '--views=4']
+    run(*base, f'--out_dir={tmp_path / "c"}')
+    run(*base, f'--out_dir={tmp_path / "c5"}', '--max_images=5')
+    d, m = load_cache(str(tmp_path / 'c/val'))
+    assert m['dataset']['views'] == 4 and d['view_embeds'].shape == (20, 4, 128)
+    assert (d['view_boxes'][:, 0] == torch.tensor([0.0, 0.0, 1.0, 1.0])).all() and not d['view_flips'][:, 0].any()
+    assert torch.equal(d['view_embeds'][:, 0], d['image_embeds']) and d['view_flips'].any()
+    assert torch.equal(load_cache(str(tmp_path / 'c5/val'))[0]['view_boxes'], d['view_boxes'][:5])
+    teacher = Student.from_pretrained(TEACHER)
+    cos = lambda a, b: F.cosine_similarity(a.float(), b.float(), dim=-1)
+    with torch.no_grad():
+        for v in range(1, 4):
+            x = crop_boxes(d['pixels'].float(), d['view_boxes'][:, v], d['view_flips'][:, v].bool(), 32)
+            e = teacher.encode_image(teacher.preprocess(x))
+            right, wrong = cos(e, d['view_embeds'][:, v]), cos(e, d['view_embeds'][:, v % 3 + 1])
+            assert right.min() >= 0.99, (v, right.min())
+            assert wrong.mean() < right.mean() - 0.02, (v, wrong.mean(), right.mean()) # the check can fail
+
+def test_views_1_trains_exactly_like_a_cache_without_views(demo, tmp_path):
+    """The demo's train cache stores K=3 views; with views=1 train.py draws and computes exactly what it does on the
+    same split cached without views (view 0 is embedded in the same batches as before), to the last bit."""
+    from eval import load_cache
+    run('cache_teacher.py', f'--data_dir={demo}/data/shapes', '--split=train', f'--teacher={TEACHER}',
+        f'--out_dir={tmp_path / "c1"}', '--num_workers=1')
+    a, b = load_cache(f'{demo}/cache/shapes/train')[0], load_cache(str(tmp_path / 'c1/train'))[0]
+    assert a['view_embeds'].shape[1] == 3 and 'view_embeds' not in b
+    assert all(torch.equal(a[k], b[k]) for k in b), [k for k in b if not torch.equal(a[k], b[k])]
+    common = ['--max_iters=3', '--eval_interval=3']
+    run(*student_args(demo, tmp_path / 'k3', *common, '--views=1'))
+    run(*student_args(demo, tmp_path / 'k1', *common)[:3], f'--train_cache={tmp_path / "c1/train"}',
+        *student_args(demo, tmp_path / 'k1', *common)[4:])
+    rows = lambda o: [json.loads(l) for l in open(o / 'log.jsonl')]
+    strip = lambda rs: [{k: v for k, v in r.items() if k != 'dt_ms' and k != 'samples_per_s'} for r in rs]
+    assert strip(rows(tmp_path / 'k3')) == strip(rows(tmp_path / 'k1'))
+
+def test_recipe_resume_after_kill_is_exact_with_views_and_unpaired_batches(demo, tmp_path):
+    """The TinySigLIP recipe (K views + unpaired image and caption batches): SIGKILL after the iter-6 checkpoint,
+    resume, and every loss term and val number equals the uninterrupted run's."""
+    extra = [f'--extra_image_cache={demo}/cache/shapes-img/web', f'--extra_text_cache={demo}/cache/shapes-txt/web',
+             '--views=3', '--max_iters=12', '--eval_interval=6', '--extra_batch_size=8']
+    args = lambda out, *a: ['train.py', 'config/shapes_tinysiglip.py', *student_args(demo, out, *extra, *a)[2:]]
+    run(*args(tmp_path / 'full'))
+    p = subprocess.Popen([sys.executable, *args(tmp_path / 'killed')], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    for line in p.stdout: # kill right after the iter-6 checkpoint was written
+        if line.startswith('iter 7:'):
+            p.kill()
+            break
+    p.wait()
+    assert json.load(open(tmp_path / 'killed/meta.json'))['iter_num'] == 6
+    run(*args(tmp_path / 'killed', '--init_from=resume'))
+    (a, va), (b, vb) = last_row(tmp_path / 'full'), last_row(tmp_path / 'killed')
+    want = {'loss/feat', 'loss/extra_img/feat', 'loss/extra_img/affinity', 'loss/extra_txt/feat', 'loss/extra_txt/affinity'}
+    assert a['iter'] == b['iter'] == 12 and want <= set(a)
+    for k in a:
+        if k.startswith('loss'):
+            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), k
+    assert va == pytest.approx(vb, rel=1e-5, abs=1e-6)
+
+def test_unpaired_caches_from_a_folder_a_caption_file_and_coco_unlabeled(demo, tmp_path):
+    """Image-only caches from a folder of images and from a COCO image_info (unlabeled2017-style) file, a text-only
+    cache from a caption file; train.py takes them as extra caches (and refuses a cache of the wrong kind)."""
+    import shutil
+    from eval import load_cache
+    w = tiny_world(tmp_path / 'w')
+    (tmp_path / 'f/sub').mkdir(parents=True)
+    for i, f in enumerate(sorted(os.listdir(w / 'web2017'))[:6]):
+        shutil.copy(w / 'web2017' / f, tmp_path / 'f' / ('sub' if i % 2 else '') / f)
+    (tmp_path / 'caps.txt').write_text('a red circle\n\nthree objects: a blue box, a green ring, a bar\n')
+    caps = json.load(open(w / 'annotations/captions_web2017.json'))
+    json.dump({'images': caps['images']}, open(w / 'annotations/image_info_unlabeled2017.json', 'w'))
+    shutil.copytree(w / 'web2017', w / 'unlabeled2017')
+    common = [f'--teacher={TEACHER}', '--num_workers=0', f'--out_dir={tmp_path / "c"}']
+    run('cache_teacher.py', f'--image_folder={tmp_path / "f"}', '--split=folder', '--views=2', *common)
+    run('cache_teacher.py', f'--caption_file={tmp_path / "caps.txt"}', '--split=corpus', *common)
+    run('cache_teacher.py', f'--data_dir={w}', '--split=unlabeled', *common)
+    f, fm = load_cache(str(tmp_path / 'c/folder'))
+    t, tm = load_cache(str(tmp_path / 'c/corpus'))
+    u, um = load_cache(str(tmp_path / 'c/unlabeled'))
+    assert fm['dataset']['contents'] == um['dataset']['contents'] == 'images' and tm['dataset']['contents'] == 'texts'
+    assert f['pixels'].shape[0] == 6 and f['view_embeds'].shape[:2] == (6, 2) and 'input_ids' not in f
+    assert t['input_ids'].shape[0] == 2 and 'pixels' not in t and t['text_embeds'].shape == (2, 128)
+    assert u['pixels'].shape[0] == 20 and 'input_ids' not in u
+    extra = [f'--extra_image_cache={tmp_path / "c/folder"}', f'--extra_text_cache={tmp_path / "c/corpus"}',
+             '--max_iters=2', '--eval_interval=2', '--extra_batch_size=4']
+    run(*student_args(demo, tmp_path / 'o', *extra))
+    row, _ = last_row(tmp_path / 'o')
+    assert {'loss/extra_img/feat', 'loss/extra_txt/affinity'} <= set(row)
+    p = run(*student_args(demo, tmp_path / 'x', f'--extra_image_cache={tmp_path / "c/corpus"}'), ok=False)
+    assert p.returncode != 0 and 'pixels' in p.stdout + p.stderr
+
 def test_train_rejects_bad_config(demo, tmp_path):
     p = run(*student_args(demo, tmp_path / 'x', '--learnign_rate=1'), ok=False)
     assert p.returncode != 0 and 'learnign_rate' in p.stderr + p.stdout

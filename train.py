@@ -352,7 +352,7 @@ while True:
                 s_all, t_all = F.normalize(gather(s.float()), dim=-1), F.normalize(e['t'].to(device), dim=-1)
                 n = len(s)
                 terms[f'{name}/feat'] = feature_loss(s.float(), e['t'][rank * n:(rank + 1) * n].to(device))
-                # similarity of each unpaired item to the others, at the teacher's scale for both (U: our choice)
+                # image-image / text-text rows, both at the teacher's scale (choice): 0 when student == teacher
                 terms[f'{name}/affinity'] = affinity_loss(s_all, s_all, t_all, t_all, t_scale, t_scale)
                 total = total + lambda_extra_feat * terms[f'{name}/feat'] + lambda_extra_affinity * terms[f'{name}/affinity']
         (total / grad_accum).backward()

@@ -443,6 +443,57 @@ def test_train_rejects_bad_config(demo, tmp_path):
     assert p.returncode != 0 and 'overlap' in (p.stderr + p.stdout).lower()
 
 
+# ----------------------------------------------------------------------------- the student as a product
+WORLD_TEMPLATES = '--templates=a {c}|a picture of a {c}|there is a {c}' # the world's caption words ('photo' is not one)
+
+def test_speed_zeroshot_folder_with_tiny_hf_teacher(tmp_path):
+    """Speed of a student vs a tiny HF SigLIP 2 teacher (read from the cache manifest) in one run; zero-shot with
+    the HF teacher and the student from a COCO instances json and from an ImageFolder of the same images."""
+    import shutil
+    sys.path.insert(0, os.path.join(REPO, 'data', 'shapes'))
+    from prepare import make_tiny_hf_teacher
+    w = tiny_world(tmp_path / 'w')
+    make_tiny_hf_teacher(str(tmp_path / 't'), str(w / 'processor'), kind='siglip2')
+    run('cache_teacher.py', f'--data_dir={w}', '--split=val', f'--teacher={tmp_path / "t"}', f'--out_dir={tmp_path / "c"}', '--num_workers=0')
+    st = tiny_student(kept_ids=list(range(249)), embed_dim=32) # a student dir as train.py leaves it: weights + processor
+    st.save_pretrained(str(tmp_path / 's'))
+    for f in os.listdir(tmp_path / 'c/val/processor'):
+        shutil.copy(tmp_path / 'c/val/processor' / f, tmp_path / 's' / f)
+    inst = w / 'annotations/instances_val2017.json'
+    out = run('eval.py', f'--cache={tmp_path / "c/val"}', f'--ckpt={tmp_path / "s"}', '--speed=True', '--speed_seconds=0.2',
+              f'--zeroshot={inst}', WORLD_TEMPLATES).stdout
+    e = json.load(open(tmp_path / 's/eval.json'))
+    sp, zs = e['speed'], e['zeroshot']
+    assert sp['teacher'] == str(tmp_path / 't') and sp['batch'] == 20 and 'img/s' in out, out
+    for k in ('img', 'txt'):
+        assert sp[f'{k}_per_s'] > 0 and sp[f'teacher_{k}_per_s'] > 0
+        assert sp[f'{k}_ratio'] == pytest.approx(sp[f'{k}_per_s'] / sp[f'teacher_{k}_per_s'])
+    singles = [i for i in json.load(open(inst))['images']
+               if sum(a['image_id'] == i['id'] for a in json.load(open(inst))['annotations']) == 1]
+    assert zs['n_images'] == len(singles) > 0 and zs['n_classes'] == 48 and 0 <= zs['top1'] <= zs['top5'] <= 100
+    # the same images as an ImageFolder (class = subfolder): the same classifier gives the same answers per image
+    cats = {c['id']: c['name'] for c in json.load(open(inst))['categories']}
+    anns = {a['image_id']: a['category_id'] for a in json.load(open(inst))['annotations']}
+    for c in cats.values(): # every class a folder, as in the json (empty ones too)
+        os.makedirs(tmp_path / 'f' / c.replace(' ', '_'), exist_ok=True)
+    for i in singles:
+        shutil.copy(w / 'val2017' / i['file_name'], tmp_path / 'f' / cats[anns[i['id']]].replace(' ', '_') / i['file_name'])
+    for model in ('s', 't'): # the student and the HF teacher
+        run('eval.py', f'--ckpt={tmp_path / model}', f'--zeroshot={inst}', WORLD_TEMPLATES, f'--out={tmp_path / model}-a.json')
+        run('eval.py', f'--ckpt={tmp_path / model}', f'--zeroshot={tmp_path / "f"}', WORLD_TEMPLATES, f'--out={tmp_path / model}-b.json')
+        a, b = [json.load(open(tmp_path / f'{model}-{x}.json'))['zeroshot'] for x in 'ab']
+        assert a['n_images'] == b['n_images'] and a['top1'] == pytest.approx(b['top1']) and a['top5'] == pytest.approx(b['top5'])
+    p = run('eval.py', f'--ckpt={tmp_path / "s"}', f'--zeroshot={inst}', ok=False) # CLIP's templates: 'photo' is <unk>
+    assert p.returncode != 0 and 'tokenizes to <unk>' in p.stderr
+    # folder search with the HF teacher: an image query finds itself first (cosine 1), the index is reused
+    q = tmp_path / 'f' / cats[anns[singles[0]['id']]].replace(' ', '_') / singles[0]['file_name']
+    out = run('eval.py', f'--ckpt={tmp_path / "t"}', f'--folder={tmp_path / "f"}', f'--query_image={q}', '--topk=3').stdout
+    lines = out.strip().splitlines()
+    assert 'indexed' in out and lines[-3].split()[1] == str(q) and float(lines[-3].split()[0]) == pytest.approx(1.0, abs=1e-4), out
+    out = run('eval.py', f'--ckpt={tmp_path / "t"}', f'--folder={tmp_path / "f"}', '--query=a red circle', '--topk=2').stdout
+    assert 'reusing index' in out and len(out.strip().splitlines()) == 4, out
+
+
 def test_readme_snippet_trains_a_tiny_siglip2(tmp_path):
     """The README's 15-line snippet, verbatim, on a tiny random Siglip2Model: every term finite, total going down."""
     from transformers import AutoModel

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole experiment on the embedded synthetic world, on a laptop CPU (2 cores, ≤ 10 min):
 #   prepare the world -> train a demo teacher on the big "web" split -> cache it -> train the A1-A5 students
-#   on the small split (two at a time, one thread each) -> eval on the test split -> report.md
+#   on the small split (two at a time, one thread each) -> eval on the test split (retrieval, zero-shot,
+#   speed vs the teacher) -> report.md
 #
 #   bash demo.sh            # full demo; sets up .venv first if it is missing
 #   bash demo.sh --quick    # < 2 min pipeline check on a smaller world, A1/A5 one seed (run by test_smoke.py)
@@ -62,5 +63,11 @@ for run in "${runs[@]}"; do # two at a time, like the training runs
     $PY eval.py --cache=$C/test --ckpt=$O/$run --locca=False &
 done
 for p in $(jobs -p); do wait $p; done
+step "6. zero-shot on the single-object test images (the world's caption templates), student vs teacher speed"
+ZS=(--zeroshot=$W/annotations/instances_test2017.json "--templates=a {c}|a picture of a {c}|there is a {c}")
+$PY eval.py --ckpt=$O/teacher "${ZS[@]}" --out=$C/test/eval.json
+for run in "${runs[@]}"; do # one at a time: the timings share the CPU with nothing of ours
+    $PY eval.py --cache=$C/test --ckpt=$O/$run "${ZS[@]}" --speed=True --speed_seconds=0.5
+done
 $PY report.py --runs_dir=$O --teacher_eval=$C/test/eval.json --out=$O/report.md
 step "done in $(( $(date +%s) - t0 ))s: $O/report.md"

@@ -40,19 +40,25 @@ def params(e):
     p = (e or {}).get('params')
     return f"{p['total'] / 1e6:.2f}M ({p['without_token_table'] / 1e6:.2f}M)" if p else '—'
 
+def speed(e): # eval.py --speed: student / teacher throughput, same machine, one run
+    s = (e or {}).get('speed')
+    return f"{s['img_ratio']:.1f}× img, {s['txt_ratio']:.1f}× txt" if s else '—'
+
 KEYS = ['i2t_r1', 'i2t_r5', 'i2t_r10', 't2i_r1', 't2i_r5', 't2i_r10']
 teacher = read(teacher_eval)
 lines = [f"# TinySigLIP report ({runs_dir})", '']
 if teacher:
     lines.append(f"Test split `{teacher['split']}`: {teacher['n_images']} images, {teacher['n_captions']} captions "
                  f"(CLIP_benchmark protocol: every caption kept). R@k in %. Params: total (without the token table).")
-lines += ['', '## Table 1: teacher vs students', '', '| model | I→T R@1 | R@5 | R@10 | T→I R@1 | R@5 | R@10 | params |', '|---|---|---|---|---|---|---|---|']
+lines += ['', '## Table 1: teacher vs students', '', '| model | I→T R@1 | R@5 | R@10 | T→I R@1 | R@5 | R@10 | params | speed vs teacher |',
+          '|---|---|---|---|---|---|---|---|---|']
 distilled = [n for n in ('a2', 'a3', 'a4', 'a5', 'a6') if seeds(n)]
 best = max(distilled, key=lambda n: mean(seeds(n), 'i2t_r1') + mean(seeds(n), 't2i_r1'), default=None)
 for label, evals in [('teacher', [teacher] if teacher else []), ('student, no KD (a1)', seeds('a1')),
                      (f'student, best distilled ({best})' if best else 'student, best distilled', seeds(best) if best else [])]:
     cells = [fmt([e['metrics'][k] for e in evals]) for k in KEYS]
-    lines.append(f"| {label} | {' | '.join(cells)} | {params(evals[0]) if evals and label != 'teacher' else '—'} |")
+    lines.append(f"| {label} | {' | '.join(cells)} | {params(evals[0]) if evals and label != 'teacher' else '—'} | "
+                 f"{speed(evals[0]) if evals else '—'} |")
 
 lines += ['', '## Table 2: loss ablation (delta vs the full method a5)', '',
           '| run | losses | I→T R@1 | T→I R@1 | Δ I→T | Δ T→I |', '|---|---|---|---|---|---|']
@@ -80,6 +86,17 @@ def arch_table(title, names): # teacher x student rows; the teacher row is found
         rows.append(f"| {n} | {meta.get('teacher', '—')} | {student} | {fmt([e['metrics']['i2t_r1'] for e in ev])} | "
                     f"{fmt([e['metrics']['t2i_r1'] for e in ev])} | {params(ev[0])} | {ratio} |")
     return rows
+# zero-shot classification (eval.py --zeroshot): the teacher's row and every run that has one
+zs_rows = [('teacher', teacher)] + [(os.path.basename(os.path.dirname(p)), read(p))
+                                    for p in sorted(glob.glob(os.path.join(runs_dir, '*', 'eval.json')))]
+zs_rows = [(n, e['zeroshot']) for n, e in zs_rows if e and 'zeroshot' in e]
+if zs_rows:
+    z = zs_rows[0][1]
+    lines += ['', '## Zero-shot classification', '', f"`{os.path.basename(z['source'].rstrip('/'))}`: {z['n_images']} images, "
+              f"{z['n_classes']} classes, prompts {' / '.join(repr(t) for t in z['templates'])} (mean of normalised "
+              f"prompt embeddings per class, CLIP_benchmark). Accuracy in %.", '', '| run | top-1 | top-5 |', '|---|---|---|']
+    lines += [f"| {n} | {z['top1']:.1f} | {z['top5']:.1f} |" for n, z in zs_rows]
+
 lines += arch_table('Table B: teacher × student (full method)', ['b1', 'b2', 'b3', 'b4', 'b5'])
 lines += arch_table('Table C: student architectures (full method)', ['c1', 'c2'])
 

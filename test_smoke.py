@@ -494,6 +494,40 @@ def test_speed_zeroshot_folder_with_tiny_hf_teacher(tmp_path):
     assert 'reusing index' in out and len(out.strip().splitlines()) == 4, out
 
 
+def test_student_dir_onnx_export_reload_query(demo):
+    """A trained student dir is self-contained (AutoTokenizer / AutoProcessor load it and tokenise like the cache);
+    ONNX export, reload in onnxruntime, query: same embeddings and the same answers as PyTorch on the test split;
+    the demo report has the zero-shot rows (teacher + students) and the speed-vs-teacher column."""
+    from transformers import AutoTokenizer, AutoProcessor
+    import onnxruntime as ort
+    from eval import load_cache
+    a5 = demo / 'out/shapes/a5'
+    test, _ = load_cache(str(demo / 'cache/shapes/test'))
+    caps = json.load(open(demo / 'data/shapes/annotations/captions_test2017.json'))
+    texts = [a['caption'].lower() for a in sorted(caps['annotations'], key=lambda a: (a['image_id'], a['id']))]
+    ids = AutoTokenizer.from_pretrained(str(a5))(texts, padding='max_length', max_length=64, truncation=True, return_tensors='pt')
+    assert torch.equal(ids['input_ids'].int(), test['input_ids'])
+    assert AutoProcessor.from_pretrained(str(a5)).image_processor.size == {'height': 32, 'width': 32}
+    out = run('eval.py', f'--ckpt={a5}', '--export_onnx=True').stdout
+    parity = json.load(open(a5 / 'onnx/export.json'))['parity']
+    assert set(parity) == {'image', 'image_uint8', 'text'} and all(v['min_cos'] >= 0.9999 for v in parity.values()), out
+    img_s, txt_s = ort.InferenceSession(str(a5 / 'onnx/image_uint8.onnx')), ort.InferenceSession(str(a5 / 'onnx/text.onnx'))
+    img = torch.from_numpy(img_s.run(None, {'pixels': test['pixels'].numpy()})[0])                 # 100 images
+    txt = torch.from_numpy(txt_s.run(None, {'input_ids': test['input_ids'].long().numpy()})[0])    # 500 captions
+    s = Student.from_pretrained(str(a5))
+    with torch.no_grad():
+        img_pt, txt_pt = s.encode_image(s.preprocess(test['pixels'])), s.encode_text(test['input_ids'].long())
+    assert F.cosine_similarity(img, img_pt).min() >= 0.9999 and F.cosine_similarity(txt, txt_pt).min() >= 0.9999
+    sim = F.normalize(txt, dim=-1) @ F.normalize(img, dim=-1).T # caption -> image queries
+    sim_pt = F.normalize(txt_pt, dim=-1) @ F.normalize(img_pt, dim=-1).T
+    assert (sim.argmax(1) == sim_pt.argmax(1)).float().mean() >= 0.99
+    report = open(demo / 'out/shapes/report.md').read()
+    zs = report.split('## Zero-shot classification')[1].split('##')[0]
+    assert all(f'| {n} | ' in zs for n in ('teacher', 'a1', 'a5')) and 'speed vs teacher' in report
+    e = json.load(open(a5 / 'eval.json'))
+    assert e['speed']['img_ratio'] > 0 and 'metrics' in e and f"{e['speed']['img_ratio']:.1f}× img" in report
+
+
 def test_readme_snippet_trains_a_tiny_siglip2(tmp_path):
     """The README's 15-line snippet, verbatim, on a tiny random Siglip2Model: every term finite, total going down."""
     from transformers import AutoModel

@@ -50,15 +50,16 @@ lines = [f"# TinySigLIP report ({runs_dir})", '']
 if teacher:
     lines.append(f"Test split `{teacher['split']}`: {teacher['n_images']} images, {teacher['n_captions']} captions "
                  f"(CLIP_benchmark protocol: every caption kept). R@k in %. Params: total (without the token table).")
-lines += ['', '## Table 1: teacher vs students', '', '| model | I→T R@1 | R@5 | R@10 | T→I R@1 | R@5 | R@10 | params | speed vs teacher |',
+lines += ['', '## Table 1: teacher vs students', '',
+          '| model | I→T R@1 | R@5 | R@10 | T→I R@1 | R@5 | R@10 | params | speed vs teacher |',
           '|---|---|---|---|---|---|---|---|---|']
 distilled = [n for n in ('a2', 'a3', 'a4', 'a5', 'a6') if seeds(n)]
 best = max(distilled, key=lambda n: mean(seeds(n), 'i2t_r1') + mean(seeds(n), 't2i_r1'), default=None)
 for label, evals in [('teacher', [teacher] if teacher else []), ('student, no KD (a1)', seeds('a1')),
                      (f'student, best distilled ({best})' if best else 'student, best distilled', seeds(best) if best else [])]:
     cells = [fmt([e['metrics'][k] for e in evals]) for k in KEYS]
-    lines.append(f"| {label} | {' | '.join(cells)} | {params(evals[0]) if evals and label != 'teacher' else '—'} | "
-                 f"{speed(evals[0]) if evals else '—'} |")
+    p = params(evals[0]) if evals and label != 'teacher' else '—'
+    lines.append(f"| {label} | {' | '.join(cells)} | {p} | {speed(evals[0]) if evals else '—'} |")
 
 lines += ['', '## Table 2: loss ablation (delta vs the full method a5)', '',
           '| run | losses | I→T R@1 | T→I R@1 | Δ I→T | Δ T→I |', '|---|---|---|---|---|---|']
@@ -87,14 +88,18 @@ def arch_table(title, names): # teacher x student rows; the teacher row is found
                     f"{fmt([e['metrics']['t2i_r1'] for e in ev])} | {params(ev[0])} | {ratio} |")
     return rows
 # zero-shot classification (eval.py --zeroshot): the teacher's row and every run that has one
-zs_rows = [('teacher', teacher)] + [(os.path.basename(os.path.dirname(p)), read(p))
-                                    for p in sorted(glob.glob(os.path.join(runs_dir, '*', 'eval.json')))]
+zs_rows = [('teacher', teacher)]
+for p in sorted(glob.glob(os.path.join(runs_dir, '*', 'eval.json'))):
+    zs_rows.append((os.path.basename(os.path.dirname(p)), read(p)))
 zs_rows = [(n, e['zeroshot']) for n, e in zs_rows if e and 'zeroshot' in e]
 if zs_rows:
     z = zs_rows[0][1]
-    lines += ['', '## Zero-shot classification', '', f"`{os.path.basename(z['source'].rstrip('/'))}`: {z['n_images']} images, "
-              f"{z['n_classes']} classes, prompts {' / '.join(repr(t) for t in z['templates'])} (mean of normalised "
-              f"prompt embeddings per class, CLIP_benchmark). Accuracy in %.", '', '| run | top-1 | top-5 |', '|---|---|---|']
+    prompts = ' / '.join(repr(t) for t in z['templates'])
+    lines += ['', '## Zero-shot classification', '',
+              f"`{os.path.basename(z['source'].rstrip('/'))}`: {z['n_images']} images, "
+              f"{z['n_classes']} classes, prompts {prompts} (a class = the mean of its normalised "
+              f"prompt embeddings, CLIP_benchmark). Accuracy in %.",
+              '', '| run | top-1 | top-5 |', '|---|---|---|']
     lines += [f"| {n} | {z['top1']:.1f} | {z['top5']:.1f} |" for n, z in zs_rows]
 
 lines += arch_table('Table B: teacher × student (full method)', ['b1', 'b2', 'b3', 'b4', 'b5'])

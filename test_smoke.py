@@ -446,6 +446,30 @@ def test_train_rejects_bad_config(demo, tmp_path):
 # ----------------------------------------------------------------------------- the student as a product
 WORLD_TEMPLATES = '--templates=a {c}|a picture of a {c}|there is a {c}' # the world's caption words ('photo' is not one)
 
+def test_zeroshot_classify_known_answer(tmp_path):
+    """zeroshot_items (ImageFolder) + zeroshot_classify with a stand-in encoder whose answer is known:
+    text = one-hot of the colour word in the prompt, image = one-hot of its strongest channel."""
+    from PIL import Image
+    from eval import zeroshot_items, zeroshot_classify
+    colours = {'red': (200, 10, 10), 'green': (10, 200, 10), 'blue': (10, 10, 200)}
+    for k, (c, rgb) in enumerate(colours.items()):
+        os.makedirs(tmp_path / c)
+        for i in range(k + 1): # 1, 2, 3 images
+            Image.new('RGB', (8, 8), rgb).save(tmp_path / c / f'{i}.png')
+    class Stub:
+        tokenize = staticmethod(lambda texts: texts)
+        prep = staticmethod(lambda ims: torch.tensor([im.getpixel((0, 0)) for im in ims]).float())
+        images = staticmethod(lambda x: F.one_hot(x.argmax(1), 3).float())
+        texts = staticmethod(lambda ts: torch.stack([torch.tensor([float(c in t) for c in colours]) for t in ts]))
+    paths, labels, classes = zeroshot_items(str(tmp_path))
+    assert classes == ['blue', 'green', 'red'] and labels == [0, 0, 0, 1, 1, 2] # sorted folders
+    zs = zeroshot_classify(Stub(), paths, labels, classes, ['a {c}', 'a picture of a {c}'], batch_size=4)
+    assert zs['top1'] == 100.0 and zs['top5'] == 100.0 and zs['n_images'] == 6
+    wrong = [(y + 1) % 3 for y in labels] # every label shifted: top-1 0, but within the top 3 of 3 classes
+    zs = zeroshot_classify(Stub(), paths, wrong, classes, ['a {c}'], batch_size=4)
+    assert zs['top1'] == 0.0 and zs['top5'] == 100.0
+
+
 def test_speed_zeroshot_folder_with_tiny_hf_teacher(tmp_path):
     """Speed of a student vs a tiny HF SigLIP 2 teacher (read from the cache manifest) in one run; zero-shot with
     the HF teacher and the student from a COCO instances json and from an ImageFolder of the same images."""

@@ -5,8 +5,9 @@ Paper-style tables from the JSON the other scripts wrote (read-only; no torch): 
     python report.py --runs_dir=out/shapes --teacher_eval=cache/shapes/test/eval.json --out=out/shapes/report.md
 
 Table 1: teacher / no-KD student (a1) / best distilled student; Table 2: loss ablation a1-a6 vs the full
-method (a5); Table B: teacher x student (b1-b5); Table C: student architectures (c1, c2). Runs named
-<name>-s<seed> are extra seeds, shown as mean ± half-range. A missing run is a row of '—', never a crash.
+method (a5); zero-shot top-1/top-5 of the teacher and every run that has it (eval.py --zeroshot); Table 1's
+speed column is eval.py --speed's student/teacher ratio; Table B: teacher x student (b1-b5); Table C: student
+architectures (c1, c2). Runs named <name>-s<seed> are extra seeds, shown as mean ± half-range. A missing run is a row of '—', never a crash.
 With matplotlib: <run>/curves.png (every loss term vs iteration) and ablation.png next to the report.
 """
 import os, json, glob

@@ -2,7 +2,8 @@
 # The whole experiment on the embedded synthetic world, on a laptop CPU (2 cores, ≤ 10 min):
 #   prepare the world -> cache the demo teacher (data/shapes/teacher, kept in the repo like a google/siglip2-*
 #   checkpoint) on the student's splits with K views, and on the web split as unpaired images and unpaired captions
-#   -> train the students (A1-A5, A7 and the TinySigLIP recipe; two at a time, one thread each) -> eval -> report.md
+#   -> train the students (A1-A5, A7 and the TinySigLIP recipe; two at a time, one thread each) -> eval on the test
+#   split (retrieval, zero-shot, speed vs the teacher) -> report.md
 #
 #   bash demo.sh            # full demo; sets up .venv first if it is missing
 #   bash demo.sh --quick    # < 3 min pipeline check on a smaller world, A1/A5/recipe one seed (run by test_smoke.py)
@@ -87,5 +88,11 @@ for run in "${runs[@]}"; do # two at a time, like the training runs
     $PY eval.py --cache=$C/test --ckpt=$O/$run --locca=False &
 done
 for p in $(jobs -p); do wait $p; done
+step "6. zero-shot on the single-object test images (the world's caption templates), student vs teacher speed"
+ZS=(--zeroshot=$W/annotations/instances_test2017.json "--templates=a {c}|a picture of a {c}|there is a {c}")
+$PY eval.py --ckpt=$T "${ZS[@]}" --out=$C/test/eval.json
+for run in "${runs[@]}"; do # one at a time: the timings share the CPU with nothing of ours
+    $PY eval.py --cache=$C/test --ckpt=$O/$run "${ZS[@]}" --speed=True --speed_seconds=0.5
+done
 $PY report.py --runs_dir=$O --teacher_eval=$C/test/eval.json --out=$O/report.md
 step "done in $(( $(date +%s) - t0 ))s: $O/report.md"

@@ -8,7 +8,7 @@ or for a student checkpoint, plus the LocCa decoder's ARef box accuracy; writes 
 
 `from eval import retrieval_metrics, load_cache` has no side effects.
 """
-import os, sys, json, hashlib
+import os, sys, json, time, hashlib, statistics
 import torch
 import torch.nn.functional as F
 
@@ -123,6 +123,259 @@ def locca_metrics(student, decoder, data, tokenizer, device, max_images=500):
     w = (seq != 0) & (torch.arange(seq.shape[1], device=device)[None] >= pre[:, None])
     return dict(aref_acc_iou50=100.0 * hits / max(n, 1), n_regions=n, cap_token_acc=100.0 * (pred == tgt)[w].float().mean().item())
 
+# -----------------------------------------------------------------------------
+# the student as a product: any model dir behind one interface (zero-shot, folder search, speed)
+CONTEXT = 64 # SigLIP text length: ids right-padded to 64, as cache_teacher.py tokenises
+# the 7-template ensemble of CLIP's ImageNet prompt-engineering notebook
+CLIP_TEMPLATES = ['itap of a {c}.', 'a bad photo of the {c}.', 'a origami {c}.',
+                  'a photo of the large {c}.', 'a {c} in a video game.', 'art of the {c}.',
+                  'a photo of the small {c}.']
+IMAGE_EXT = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
+
+def pooled(out): # transformers 5.x returns BaseModelOutputWithPooling; 4.x returned the tensor
+    return (out if torch.is_tensor(out) else out.pooler_output).float()
+
+class Encoder:
+    """A Student dir (our students, the demo teacher) or an HF SigLIP / SigLIP 2 dir or name:
+    PIL images and strings in, unnormalised embeddings out, preprocessed as the cache does."""
+    def __init__(self, path, device='cpu'):
+        from transformers import AutoTokenizer, AutoProcessor
+        cfg = os.path.join(path, 'config.json')
+        if os.path.isdir(path) and not os.path.isfile(cfg):
+            sys.exit(f"eval.py: no config.json in {path!r}: not a student / teacher directory")
+        self.path, self.device = path, device
+        self.tok = AutoTokenizer.from_pretrained(path)
+        # NaFlex: the processor's saved values, not Siglip2Processor's class defaults
+        self.improc = AutoProcessor.from_pretrained(path).image_processor
+        self.is_student = os.path.isfile(cfg) and 'kept_ids' in json.load(open(cfg))
+        if self.is_student:
+            from model import Student
+            self.model = Student.from_pretrained(path).to(device)
+        else:
+            from transformers import AutoModel
+            self.model = AutoModel.from_pretrained(path).to(device).eval()
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+
+    def prep(self, images): # PIL RGB images -> the model's inputs
+        if not self.is_student:
+            inputs = self.improc(images, return_tensors='pt')
+            return {k: v.to(self.device) for k, v in inputs.items()}
+        # the student: cache_teacher.py's resize (processor's filter), then its normalisation
+        import numpy as np
+        S = self.model.config.image_size
+        rs = getattr(self.improc, 'resample', 2) # 2 = PIL bilinear
+        px = np.stack([np.asarray(im.resize((S, S), rs)) for im in images]) # (B, S, S, 3)
+        px = torch.from_numpy(px).permute(0, 3, 1, 2).to(self.device)
+        return self.model.preprocess(px)
+
+    @torch.no_grad()
+    def images(self, inputs): # -> (B, D)
+        if self.is_student:
+            return self.model.encode_image(inputs).float()
+        return pooled(self.model.get_image_features(**inputs))
+
+    def tokenize(self, texts): # -> (M, 64) int64, lowercased like the cache (lowercase=True)
+        texts = [' '.join(t.lower().split()) for t in texts]
+        enc = self.tok(texts, padding='max_length', max_length=CONTEXT, truncation=True,
+                       return_tensors='pt')
+        return enc['input_ids']
+
+    @torch.no_grad()
+    def texts(self, ids): # (M, 64) -> (M, D)
+        ids = ids.long().to(self.device)
+        if self.is_student:
+            return self.model.encode_text(ids).float()
+        return pooled(self.model.get_text_features(input_ids=ids))
+
+def embed_files(enc, paths, batch_size):
+    """-> (N, D) normalised on CPU, indices of the files read (unreadable ones: named, skipped)."""
+    from PIL import Image
+    embs, keep = [], []
+    for s in range(0, len(paths), batch_size):
+        ims = []
+        for i in range(s, min(s + batch_size, len(paths))):
+            try:
+                ims.append(Image.open(paths[i]).convert('RGB'))
+                keep.append(i)
+            except Exception as e:
+                print(f"skipped {paths[i]}: {type(e).__name__}: {e}")
+        if ims:
+            embs.append(F.normalize(enc.images(enc.prep(ims)), dim=-1).cpu())
+    if not embs:
+        sys.exit(f"eval.py: none of {len(paths)} image files could be read")
+    return torch.cat(embs), keep
+
+def list_images(folder): # every image file under folder: sorted relative paths
+    out = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for f in sorted(files):
+            if f.lower().endswith(IMAGE_EXT):
+                out.append(os.path.relpath(os.path.join(root, f), folder))
+    return out
+
+def zeroshot_items(src):
+    """ImageFolder dir (class = subfolder) or a COCO instances json (the images with exactly
+    one object, class = its category; images in <root>/<split> for
+    <root>/annotations/instances_<split>.json) -> (paths, labels, class names)."""
+    if os.path.isdir(src):
+        classes = sorted(d for d in os.listdir(src) if os.path.isdir(os.path.join(src, d)))
+        paths, labels = [], []
+        for k, c in enumerate(classes):
+            files = list_images(os.path.join(src, c))
+            paths += [os.path.join(src, c, f) for f in files]
+            labels += [k] * len(files)
+        return paths, labels, [c.replace('_', ' ') for c in classes]
+    if not (src.endswith('.json') and os.path.isfile(src)):
+        sys.exit(f"eval.py: --zeroshot={src!r} is neither an ImageFolder dir nor an instances json")
+    inst = json.load(open(src))
+    cats = sorted(inst['categories'], key=lambda c: c['id'])
+    row = {c['id']: k for k, c in enumerate(cats)}
+    objects = {} # image id -> its category ids
+    for a in inst['annotations']:
+        objects.setdefault(a['image_id'], []).append(a['category_id'])
+    split = os.path.basename(src)[len('instances_'):-len('.json')]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(src)))
+    ims = sorted(inst['images'], key=lambda im: im['id'])
+    ims = [im for im in ims if len(objects.get(im['id'], [])) == 1]
+    paths = [os.path.join(root, split, im['file_name']) for im in ims]
+    labels = [row[objects[im['id']][0]] for im in ims]
+    return paths, labels, [c['name'] for c in cats]
+
+@torch.no_grad()
+def zeroshot_classify(enc, paths, labels, classes, templates, batch_size):
+    """CLIP_benchmark zero-shot: a class is the normalised mean of its normalised prompt
+    embeddings; an image gets the class of highest cosine."""
+    weights = []
+    for c in classes:
+        t = F.normalize(enc.texts(enc.tokenize([t.format(c=c) for t in templates])), dim=-1)
+        weights.append(F.normalize(t.mean(0), dim=-1).cpu())
+    img, keep = embed_files(enc, paths, batch_size)
+    y = torch.tensor(labels)[keep]
+    sim = img @ torch.stack(weights).T # (N, C)
+    top = sim.topk(min(5, len(classes)), dim=1).indices # (N, 5)
+    top1 = 100.0 * (top[:, 0] == y).float().mean().item()
+    top5 = 100.0 * (top == y[:, None]).any(1).float().mean().item()
+    return dict(top1=top1, top5=top5, n_images=len(keep), n_classes=len(classes),
+                templates=templates)
+
+def model_hash(path): # config + weights bytes: a retrained checkpoint gets a new index
+    h = hashlib.sha256(path.encode())
+    files = sorted(os.listdir(path)) if os.path.isdir(path) else [] # an HF name: the name alone
+    for f in files:
+        if f == 'config.json' or (f.startswith('model') and f.endswith('.safetensors')):
+            with open(os.path.join(path, f), 'rb') as fh:
+                for b in iter(lambda: fh.read(1 << 20), b''):
+                    h.update(b)
+    return h.hexdigest()[:16]
+
+def folder_index(enc, folder, batch_size):
+    """Every image under folder -> (relative paths, (N, D) normalised embeddings), saved as
+    index-<hash of folder + model>.safetensors in the model dir (in the folder for an HF name) and
+    reused while the folder's file list, sizes, mtimes and the model's bytes are unchanged."""
+    from safetensors.torch import save_file, safe_open
+    folder = os.path.abspath(folder)
+    if not os.path.isdir(folder):
+        sys.exit(f"eval.py: --folder={folder!r} is not a directory")
+    rel = list_images(folder)
+    stat = [os.stat(os.path.join(folder, r)) for r in rel]
+    state = [[r, s.st_size, s.st_mtime_ns] for r, s in zip(rel, stat)]
+    sig = hashlib.sha256(json.dumps([state, model_hash(enc.path)]).encode()).hexdigest()[:16]
+    where = enc.path if os.path.isdir(enc.path) else folder
+    name = hashlib.sha256((folder + enc.path).encode()).hexdigest()[:12]
+    path = os.path.join(where, f"index-{name}.safetensors")
+    if os.path.isfile(path):
+        with safe_open(path, 'pt') as f:
+            meta = f.metadata()
+            if meta.get('signature') == sig:
+                paths = json.loads(meta['paths'])
+                print(f"reusing index {path} ({len(paths)} images)")
+                return paths, f.get_tensor('embeds')
+    emb, keep = embed_files(enc, [os.path.join(folder, r) for r in rel], batch_size)
+    paths = [rel[i] for i in keep]
+    meta = dict(signature=sig, folder=folder, paths=json.dumps(paths))
+    save_file({'embeds': emb.contiguous()}, path + '.tmp', metadata=meta)
+    os.replace(path + '.tmp', path)
+    print(f"indexed {len(paths)} images of {folder} -> {path}")
+    return paths, emb
+
+def export_and_check(enc, out_dir):
+    """Student.export_onnx, then onnxruntime vs PyTorch at batch 5 (the graphs were traced at 2):
+    random pixels, real prompts and a row of random ids over the whole teacher vocabulary (mostly
+    UNK inside the graph) -> {graph: min cos, max |diff|}."""
+    import onnxruntime as ort
+    st = enc.model.cpu()
+    paths = st.export_onnx(out_dir)
+    g = torch.Generator().manual_seed(0)
+    S = st.config.image_size
+    px = torch.randint(0, 256, (5, 3, S, S), dtype=torch.uint8, generator=g)
+    prompts = ['a red circle', 'a small blue square in the top left', 'a photo of a cat.', '']
+    noise = torch.randint(0, len(enc.tok), (1, CONTEXT), generator=g)
+    ids = torch.cat([enc.tokenize(prompts), noise])
+    x = st.preprocess(px)
+    feeds = dict(image=x, image_uint8=px, text=ids)
+    with torch.no_grad():
+        img, txt = st.encode_image(x), st.encode_text(ids)
+    want = dict(image=img, image_uint8=img, text=txt)
+    parity = {}
+    for name, p in paths.items():
+        sess = ort.InferenceSession(p, providers=['CPUExecutionProvider'])
+        got = sess.run(None, {sess.get_inputs()[0].name: feeds[name].numpy()})[0]
+        got = torch.from_numpy(got)
+        cos = F.cosine_similarity(got, want[name], dim=-1).min().item()
+        diff = (got - want[name]).abs().max().item()
+        parity[name] = dict(min_cos=cos, max_abs_diff=diff, batch=len(got))
+        print(f"onnx {name}: {p} | batch {len(got)}: min cos {cos:.7f}, max |diff| {diff:.2e}")
+    info = dict(paths=paths, parity=parity, image_size=S, mean=st.config.image_mean,
+                std=st.config.image_std, context_length=CONTEXT, padding='right', lowercase=True)
+    write_json(os.path.join(out_dir, 'export.json'), info)
+    st.to(enc.device)
+    return parity
+
+def throughput(fns, n, seconds, device):
+    """{name: fn} each processing n items -> {name: items/s}: the median over rounds that call every
+    fn in turn, so a load change on a shared machine hits the student and the teacher alike."""
+    sync = torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
+    times = {k: [] for k in fns}
+    for f in fns.values(): # warm-up
+        f()
+    end = time.time() + seconds
+    while time.time() < end or len(times[next(iter(fns))]) < 3:
+        for k, f in fns.items():
+            sync()
+            t = time.perf_counter()
+            f()
+            sync()
+            times[k].append(time.perf_counter() - t)
+    return {k: n / statistics.median(v) for k, v in times.items()}
+
+def speed_vs_teacher(enc, cache, batch_size, seconds, device):
+    """Images/s and texts/s of enc and of the cache's teacher (its manifest's 'teacher'): the same
+    cached images and captions, inputs prepared beforehand, only the forward passes timed."""
+    from PIL import Image
+    data, man = load_cache(cache, verify=False)
+    teacher = Encoder(man['teacher'], device)
+    n = min(batch_size, len(data['pixels']))
+    ims = [Image.fromarray(p.permute(1, 2, 0).numpy()) for p in data['pixels'][:n]]
+    ids = data['input_ids'][:n]
+    x_s, x_t = enc.prep(ims), teacher.prep(ims)
+    fns = dict(img=lambda: enc.images(x_s), txt=lambda: enc.texts(ids),
+               teacher_img=lambda: teacher.images(x_t), teacher_txt=lambda: teacher.texts(ids))
+    r = throughput(fns, n, 4 * seconds, device)
+    sp = {f'{k}_per_s': v for k, v in r.items()}
+    sp.update(img_ratio=r['img'] / r['teacher_img'], txt_ratio=r['txt'] / r['teacher_txt'])
+    sp.update(batch=n, device=device, threads=torch.get_num_threads(), teacher=man['teacher'],
+              params=enc.n_params, teacher_params=teacher.n_params)
+    return sp
+
+def write_json(path, row):
+    with open(path + '.tmp', 'w') as f:
+        json.dump(row, f, indent=1)
+    os.replace(path + '.tmp', path)
+
+def read_json(path):
+    return json.load(open(path)) if os.path.isfile(path) else {}
+
 if __name__ == '__main__':
     # -----------------------------------------------------------------------------
     cache = 'cache/shapes/test' # a cache split dir written by cache_teacher.py
@@ -132,9 +385,76 @@ if __name__ == '__main__':
     batch_size = 256
     locca = True # also evaluate the LocCa decoder when the checkpoint has one
     max_locca = 500
+    # the student as a product (these replace the retrieval eval; --ckpt may be an HF SigLIP)
+    export_onnx = False # <ckpt>/onnx/{image,image_uint8,text}.onnx, checked with onnxruntime
+    zeroshot = '' # ImageFolder dir or COCO instances json -> top-1/top-5 into eval.json
+    templates = '' # '|'-separated prompts with {c}; '' = CLIP's 7-template ensemble
+    speed = False # images/s, texts/s of --ckpt and of --cache's teacher (its manifest), one run
+    speed_seconds = 2.0 # timing budget per tower (rounds alternate student and teacher)
+    folder = '' # image folder to search: embedded once, index cached in the model dir
+    query = '' # text query for --folder
+    query_image = '' # image query for --folder
+    topk = 5
     config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
     # -----------------------------------------------------------------------------
+    # product modes: export, zero-shot, speed, folder search (combinable; no retrieval eval)
+    if export_onnx or zeroshot or speed or folder:
+        if not ckpt:
+            sys.exit("eval.py: --export_onnx / --zeroshot / --speed / --folder need --ckpt")
+        enc = Encoder(ckpt, device)
+        out = out or os.path.join(ckpt, 'eval.json')
+        run = os.path.basename(os.path.normpath(ckpt))
+        if export_onnx and not enc.is_student:
+            sys.exit(f"eval.py: --export_onnx exports a Student; {ckpt} is an HF model")
+        if export_onnx:
+            parity = export_and_check(enc, os.path.join(ckpt, 'onnx'))
+            if min(v['min_cos'] for v in parity.values()) < 0.9999:
+                sys.exit("eval.py: the ONNX graphs differ from PyTorch (cos < 0.9999)")
+        if zeroshot:
+            temps = templates.split('|') if templates else CLIP_TEMPLATES
+            paths, labels, classes = zeroshot_items(zeroshot)
+            if not paths:
+                sys.exit(f"eval.py: no images to classify in {zeroshot}")
+            # a word the tokenizer can't spell makes every class's prompts alike: refuse early
+            unk = enc.tok.unk_token_id
+            for t in temps:
+                ids = enc.tokenize([t.format(c=c) for c in classes])
+                if unk is not None and (ids == unk).any():
+                    sys.exit(f"eval.py: template {t!r} tokenizes to <unk> with {ckpt}'s "
+                             f"tokenizer: pass --templates")
+            zs = zeroshot_classify(enc, paths, labels, classes, temps, batch_size)
+            zs['source'] = zeroshot
+            row = read_json(out)
+            row.update(zeroshot=zs, run=row.get('run', run))
+            write_json(out, row)
+            print(f"{run}: zero-shot on {zeroshot}: {zs['n_images']} images, "
+                  f"{zs['n_classes']} classes, {len(temps)} templates | "
+                  f"top-1 {zs['top1']:.2f} top-5 {zs['top5']:.2f} -> {out}")
+        if speed:
+            sp = speed_vs_teacher(enc, cache, batch_size, speed_seconds, device)
+            row = read_json(out)
+            row.update(speed=sp, run=row.get('run', run))
+            write_json(out, row)
+            print(f"{run}: {sp['img_per_s']:.0f} img/s, {sp['txt_per_s']:.0f} txt/s | "
+                  f"teacher {sp['teacher']}: {sp['teacher_img_per_s']:.0f} img/s, "
+                  f"{sp['teacher_txt_per_s']:.0f} txt/s | student/teacher "
+                  f"x{sp['img_ratio']:.2f} images, x{sp['txt_ratio']:.2f} texts "
+                  f"(batch {sp['batch']}, {device}, {sp['threads']} threads) -> {out}")
+        if folder:
+            paths, emb = folder_index(enc, folder, batch_size)
+            if query_image:
+                from PIL import Image
+                q = enc.images(enc.prep([Image.open(query_image).convert('RGB')]))
+            elif query:
+                q = enc.texts(enc.tokenize([query]))
+            if query or query_image:
+                scores = (F.normalize(q.cpu(), dim=-1) @ emb.T)[0]
+                top = scores.topk(min(topk, len(paths)))
+                print(f"top {len(top.indices)} of {len(paths)} for {query_image or repr(query)}:")
+                for s, i in zip(top.values.tolist(), top.indices.tolist()):
+                    print(f"{s:8.4f}  {os.path.join(folder, paths[i])}")
+        sys.exit(0)
     data, man = load_cache(cache)
     index = torch.searchsorted(data['image_ids'], data['caption_image_ids'])
     row = dict(split=man['split'], cache=cache, n_images=len(data['image_ids']), n_captions=len(index), fingerprint=man['fingerprint'])
@@ -165,9 +485,8 @@ if __name__ == '__main__':
             decoder = LoccaDecoder.from_pretrained(ckpt).to(device)
             row['locca'] = locca_metrics(student, decoder, data, AutoTokenizer.from_pretrained(ckpt), device, max_locca)
         out = out or os.path.join(ckpt, 'eval.json')
-    with open(out + '.tmp', 'w') as f:
-        json.dump(row, f, indent=1)
-    os.replace(out + '.tmp', out)
+    old = read_json(out) # the product modes' fields survive a new retrieval eval
+    write_json(out, {**{k: old[k] for k in ('zeroshot', 'speed') if k in old}, **row})
     m = row['metrics']
     print(f"{row['run']}: {man['split']} {row['n_images']} images / {row['n_captions']} captions | I→T R@1 {m['i2t_r1']:.2f} "
           f"R@5 {m['i2t_r5']:.2f} R@10 {m['i2t_r10']:.2f} | T→I R@1 {m['t2i_r1']:.2f} R@5 {m['t2i_r5']:.2f} R@10 {m['t2i_r10']:.2f}"

@@ -6,6 +6,7 @@ the DINO heads used by SILC/TIPS. No side effects on import; needs torch, safete
     student = Student.from_pretrained('out/a5')                  # config.json + model.safetensors
     img = student.encode_image(student.preprocess(uint8_pixels))  # (B, D), unnormalised
     txt = student.encode_text(teacher_token_ids)                  # (M, D): ids from the teacher's tokenizer
+    student.export_onnx('out/a5/onnx')  # {image,image_uint8,text}.onnx (needs onnx)
 """
 import os, json, math
 from dataclasses import dataclass, field, asdict
@@ -159,6 +160,44 @@ class Student(nn.Module):
         model = cls(StudentConfig(**cfg))
         model.load_state_dict(load_file(os.path.join(out_dir, 'model.safetensors')))
         return model.eval()
+
+    def export_onnx(self, out_dir, opset=17):
+        """Both towers as ONNX graphs with a dynamic batch axis -> {name: path}. image.onnx:
+        normalised float pixels (B, 3, S, S) -> (B, D); image_uint8.onnx: uint8 (B, 3, S, S) at
+        the student's size S, /255 and mean/std inside; text.onnx: teacher ids (B, 64) int64 ->
+        (B, D), the compact-vocabulary lookup inside. Unnormalised, as encode_image/encode_text."""
+        import warnings
+        os.makedirs(out_dir, exist_ok=True)
+        S, L = self.config.image_size, self.config.context_length
+        examples = dict(image=torch.zeros(2, 3, S, S),
+                        image_uint8=torch.zeros(2, 3, S, S, dtype=torch.uint8),
+                        text=torch.zeros(2, L, dtype=torch.long))
+        paths = {}
+        for name, x in examples.items():
+            inp = 'input_ids' if name == 'text' else 'pixels'
+            path = os.path.join(out_dir, f'{name}.onnx')
+            axes = {inp: {0: 'batch'}, 'embeds': {0: 'batch'}}
+            # the TorchScript exporter: the dynamo one needs onnxscript, one more dependency
+            with warnings.catch_warnings(): # tracer warnings on shapes: only the batch varies
+                warnings.simplefilter('ignore')
+                torch.onnx.export(OnnxTower(self, name).eval(), (x,), path + '.tmp',
+                                  input_names=[inp], output_names=['embeds'],
+                                  opset_version=opset, dynamo=False, dynamic_axes=axes)
+            os.replace(path + '.tmp', path)
+            paths[name] = path
+        return paths
+
+class OnnxTower(nn.Module): # one tower of a Student, one input: what torch.onnx.export traces
+    def __init__(self, student, name):
+        super().__init__()
+        self.student, self.name = student, name
+
+    def forward(self, x):
+        if self.name == 'text':
+            return self.student.encode_text(x)
+        if self.name == 'image_uint8':
+            x = self.student.preprocess(x)
+        return self.student.encode_image(x)
 
 # -----------------------------------------------------------------------------
 # LocCa decoder (SigLIP 2 §2.2): standard transformer decoder with cross-attention to the UN-pooled image

@@ -5,10 +5,12 @@ Paper-style tables from the JSON the other scripts wrote (read-only; no torch): 
     python report.py --runs_dir=out/shapes --teacher_eval=cache/shapes/test/eval.json --out=out/shapes/report.md
 
 The seed's tables: Table 1 Teacher (name) / Student (No KD) = a1 / Student (TinySigLIP) = the run
-`tinysiglip`, else a5; Table 2 Full Method (a5), w/o Feature Loss (a4), w/o Affinity Loss (a3),
-w/o Contrastive (a7), Delta vs Full. Then every loss combination a1-a7, Table B teacher x student (b1-b5,
-also as the seed's 2x3 grid) and Table C (c1, c2) with student/teacher R@1 ratios. Runs named
-<name>-s<seed> are extra seeds, shown as mean ± half-range. A missing run is a row of '—', never a crash.
+`tinysiglip`, else a5, with params and speed vs the teacher (eval.py --speed); Table 2 Full Method (a5),
+w/o Feature Loss (a4), w/o Affinity Loss (a3), w/o Contrastive (a7), Delta vs Full. Then Table R (the
+recipe part by part), every loss combination a1-a7, zero-shot top-1/top-5 (eval.py --zeroshot), Table B
+teacher x student (b1-b5, also as the seed's 2x3 grid) and Table C (c1, c2) with student/teacher R@1
+ratios. Runs named <name>-s<seed> are extra seeds, shown as mean ± half-range. A missing run is a row of
+'—', never a crash.
 With matplotlib: <run>/curves.png (every loss term vs iteration) and ablation.png next to the report.
 """
 import os, json, glob
@@ -63,6 +65,10 @@ def row(*cells, missing=None): # a markdown table row; a missing run is named af
 def header(*cols):
     return [row(*cols), '|' + '---|' * len(cols)]
 
+def speed(e): # eval.py --speed: student / teacher throughput, same machine, one run
+    s = (e or {}).get('speed')
+    return f"{s['img_ratio']:.1f}× img, {s['txt_ratio']:.1f}× txt" if s else '—'
+
 KEYS = ['i2t_r1', 'i2t_r5', 'i2t_r10', 't2i_r1', 't2i_r5', 't2i_r10']
 R1 = ('i2t_r1', 't2i_r1')
 teacher = read(teacher_eval)
@@ -76,11 +82,12 @@ tiny = 'tinysiglip' if seeds('tinysiglip') else 'a5'
 t_name = short(teacher.get('teacher', 'teacher')) if teacher else 'not evaluated'
 lines += ['', '## Table 1: teacher vs students', '',
           "Params: the teacher's image tower / total; a student's total (without the token table).", '']
-lines += header('Model', 'Params', 'I→T R@1', 'R@5', 'R@10', 'T→I R@1', 'R@5', 'R@10')
+lines += header('Model', 'Params', 'I→T R@1', 'R@5', 'R@10', 'T→I R@1', 'R@5', 'R@10', 'Speed vs teacher')
 for label, evals in [(f'Teacher ({t_name})', [teacher] if teacher else []),
                      ('Student (No KD)', seeds('a1')),
                      (f'Student (TinySigLIP, run {tiny})', seeds(tiny))]:
-    lines.append(row(label, params(evals[0] if evals else None), *[stat(evals, k) for k in KEYS]))
+    first = evals[0] if evals else None
+    lines.append(row(label, params(first), *[stat(evals, k) for k in KEYS], speed(first)))
 
 # Table 2 as the seed writes it: the full method, then one term removed at a time
 SEED_ABLATION = [('Full Method', 'a5'), ('w/o Feature Loss', 'a4'), ('w/o Affinity Loss', 'a3'),
@@ -135,6 +142,21 @@ def arch_table(title, names): # one row per run; teacher and student names from 
         rows.append(row(n, short(meta.get('teacher', '—')), student, *[stat(ev, k) for k in R1],
                         params(ev[0]), *ratio))
     return rows
+# zero-shot classification (eval.py --zeroshot): the teacher's row and every run that has one
+zs_rows = [('teacher', teacher)]
+for p in sorted(glob.glob(os.path.join(runs_dir, '*', 'eval.json'))):
+    zs_rows.append((os.path.basename(os.path.dirname(p)), read(p)))
+zs_rows = [(n, e['zeroshot']) for n, e in zs_rows if e and 'zeroshot' in e]
+if zs_rows:
+    z = zs_rows[0][1]
+    prompts = ' / '.join(repr(t) for t in z['templates'])
+    lines += ['', '## Zero-shot classification', '',
+              f"`{os.path.basename(z['source'].rstrip('/'))}`: {z['n_images']} images, "
+              f"{z['n_classes']} classes, prompts {prompts} (a class = the mean of its normalised "
+              f"prompt embeddings, CLIP_benchmark). Accuracy in %.",
+              '', '| run | top-1 | top-5 |', '|---|---|---|']
+    lines += [f"| {n} | {z['top1']:.1f} | {z['top5']:.1f} |" for n, z in zs_rows]
+
 lines += arch_table('Table B: teacher × student (full method)', ['b1', 'b2', 'b3', 'b4', 'b5'])
 
 # the seed's 2×3 grid of the same runs: B1 B×Tiny, B2 L×Tiny, B3 B×Small, B4 L×Small (core target),

@@ -681,6 +681,115 @@ def test_train_rejects_bad_config(demo, tmp_path):
     assert p.returncode != 0 and 'overlap' in (p.stderr + p.stdout).lower()
 
 
+# ----------------------------------------------------------------------------- the student as a product
+WORLD_TEMPLATES = '--templates=a {c}|a picture of a {c}|there is a {c}' # the world's caption words ('photo' is not one)
+
+def test_zeroshot_classify_known_answer(tmp_path):
+    """zeroshot_items (ImageFolder) + zeroshot_classify with a stand-in encoder whose answer is known:
+    text = one-hot of the colour word in the prompt, image = one-hot of its strongest channel."""
+    from PIL import Image
+    from eval import zeroshot_items, zeroshot_classify
+    colours = {'red': (200, 10, 10), 'green': (10, 200, 10), 'blue': (10, 10, 200)}
+    for k, (c, rgb) in enumerate(colours.items()):
+        os.makedirs(tmp_path / c)
+        for i in range(k + 1): # 1, 2, 3 images
+            Image.new('RGB', (8, 8), rgb).save(tmp_path / c / f'{i}.png')
+    class Stub:
+        tokenize = staticmethod(lambda texts: texts)
+        prep = staticmethod(lambda ims: torch.tensor([im.getpixel((0, 0)) for im in ims]).float())
+        images = staticmethod(lambda x: F.one_hot(x.argmax(1), 3).float())
+        texts = staticmethod(lambda ts: torch.stack([torch.tensor([float(c in t) for c in colours]) for t in ts]))
+    paths, labels, classes = zeroshot_items(str(tmp_path))
+    assert classes == ['blue', 'green', 'red'] and labels == [0, 0, 0, 1, 1, 2] # sorted folders
+    zs = zeroshot_classify(Stub(), paths, labels, classes, ['a {c}', 'a picture of a {c}'], batch_size=4)
+    assert zs['top1'] == 100.0 and zs['top5'] == 100.0 and zs['n_images'] == 6
+    wrong = [(y + 1) % 3 for y in labels] # every label shifted: top-1 0, but within the top 3 of 3 classes
+    zs = zeroshot_classify(Stub(), paths, wrong, classes, ['a {c}'], batch_size=4)
+    assert zs['top1'] == 0.0 and zs['top5'] == 100.0
+
+
+def test_speed_zeroshot_folder_with_tiny_hf_teacher(tmp_path):
+    """Speed of a student vs a tiny HF SigLIP 2 teacher (read from the cache manifest) in one run; zero-shot with
+    the HF teacher and the student from a COCO instances json and from an ImageFolder of the same images."""
+    import shutil
+    sys.path.insert(0, os.path.join(REPO, 'data', 'shapes'))
+    from prepare import make_tiny_hf_teacher
+    w = tiny_world(tmp_path / 'w')
+    make_tiny_hf_teacher(str(tmp_path / 't'), str(w / 'processor'), kind='siglip2')
+    run('cache_teacher.py', f'--data_dir={w}', '--split=val', f'--teacher={tmp_path / "t"}', f'--out_dir={tmp_path / "c"}', '--num_workers=0')
+    st = tiny_student(kept_ids=list(range(249)), embed_dim=32) # a student dir as train.py leaves it: weights + processor
+    st.save_pretrained(str(tmp_path / 's'))
+    for f in os.listdir(tmp_path / 'c/val/processor'):
+        shutil.copy(tmp_path / 'c/val/processor' / f, tmp_path / 's' / f)
+    inst = w / 'annotations/instances_val2017.json'
+    out = run('eval.py', f'--cache={tmp_path / "c/val"}', f'--ckpt={tmp_path / "s"}', '--speed=True', '--speed_seconds=0.2',
+              f'--zeroshot={inst}', WORLD_TEMPLATES).stdout
+    e = json.load(open(tmp_path / 's/eval.json'))
+    sp, zs = e['speed'], e['zeroshot']
+    assert sp['teacher'] == str(tmp_path / 't') and sp['batch'] == 20 and 'img/s' in out, out
+    for k in ('img', 'txt'):
+        assert sp[f'{k}_per_s'] > 0 and sp[f'teacher_{k}_per_s'] > 0
+        assert sp[f'{k}_ratio'] == pytest.approx(sp[f'{k}_per_s'] / sp[f'teacher_{k}_per_s'])
+    singles = [i for i in json.load(open(inst))['images']
+               if sum(a['image_id'] == i['id'] for a in json.load(open(inst))['annotations']) == 1]
+    assert zs['n_images'] == len(singles) > 0 and zs['n_classes'] == 48 and 0 <= zs['top1'] <= zs['top5'] <= 100
+    # the same images as an ImageFolder (class = subfolder): the same classifier gives the same answers per image
+    cats = {c['id']: c['name'] for c in json.load(open(inst))['categories']}
+    anns = {a['image_id']: a['category_id'] for a in json.load(open(inst))['annotations']}
+    for c in cats.values(): # every class a folder, as in the json (empty ones too)
+        os.makedirs(tmp_path / 'f' / c.replace(' ', '_'), exist_ok=True)
+    for i in singles:
+        shutil.copy(w / 'val2017' / i['file_name'], tmp_path / 'f' / cats[anns[i['id']]].replace(' ', '_') / i['file_name'])
+    for model in ('s', 't'): # the student and the HF teacher
+        run('eval.py', f'--ckpt={tmp_path / model}', f'--zeroshot={inst}', WORLD_TEMPLATES, f'--out={tmp_path / model}-a.json')
+        run('eval.py', f'--ckpt={tmp_path / model}', f'--zeroshot={tmp_path / "f"}', WORLD_TEMPLATES, f'--out={tmp_path / model}-b.json')
+        a, b = [json.load(open(tmp_path / f'{model}-{x}.json'))['zeroshot'] for x in 'ab']
+        assert a['n_images'] == b['n_images'] and a['top1'] == pytest.approx(b['top1']) and a['top5'] == pytest.approx(b['top5'])
+    p = run('eval.py', f'--ckpt={tmp_path / "s"}', f'--zeroshot={inst}', ok=False) # CLIP's templates: 'photo' is <unk>
+    assert p.returncode != 0 and 'tokenizes to <unk>' in p.stderr
+    # folder search with the HF teacher: an image query finds itself first (cosine 1), the index is reused
+    q = tmp_path / 'f' / cats[anns[singles[0]['id']]].replace(' ', '_') / singles[0]['file_name']
+    out = run('eval.py', f'--ckpt={tmp_path / "t"}', f'--folder={tmp_path / "f"}', f'--query_image={q}', '--topk=3').stdout
+    lines = out.strip().splitlines()
+    assert 'indexed' in out and lines[-3].split()[1] == str(q) and float(lines[-3].split()[0]) == pytest.approx(1.0, abs=1e-4), out
+    out = run('eval.py', f'--ckpt={tmp_path / "t"}', f'--folder={tmp_path / "f"}', '--query=a red circle', '--topk=2').stdout
+    assert 'reusing index' in out and len(out.strip().splitlines()) == 4, out
+
+
+def test_student_dir_onnx_export_reload_query(demo):
+    """A trained student dir is self-contained (AutoTokenizer / AutoProcessor load it and tokenise like the cache);
+    ONNX export, reload in onnxruntime, query: same embeddings and the same answers as PyTorch on the test split;
+    the demo report has the zero-shot rows (teacher + students) and the speed-vs-teacher column."""
+    from transformers import AutoTokenizer, AutoProcessor
+    import onnxruntime as ort
+    from eval import load_cache
+    a5 = demo / 'out/shapes/a5'
+    test, _ = load_cache(str(demo / 'cache/shapes/test'))
+    caps = json.load(open(demo / 'data/shapes/annotations/captions_test2017.json'))
+    texts = [a['caption'].lower() for a in sorted(caps['annotations'], key=lambda a: (a['image_id'], a['id']))]
+    ids = AutoTokenizer.from_pretrained(str(a5))(texts, padding='max_length', max_length=64, truncation=True, return_tensors='pt')
+    assert torch.equal(ids['input_ids'].int(), test['input_ids'])
+    assert AutoProcessor.from_pretrained(str(a5)).image_processor.size == {'height': 32, 'width': 32}
+    out = run('eval.py', f'--ckpt={a5}', '--export_onnx=True').stdout
+    parity = json.load(open(a5 / 'onnx/export.json'))['parity']
+    assert set(parity) == {'image', 'image_uint8', 'text'} and all(v['min_cos'] >= 0.9999 for v in parity.values()), out
+    img_s, txt_s = ort.InferenceSession(str(a5 / 'onnx/image_uint8.onnx')), ort.InferenceSession(str(a5 / 'onnx/text.onnx'))
+    img = torch.from_numpy(img_s.run(None, {'pixels': test['pixels'].numpy()})[0])                 # 100 images
+    txt = torch.from_numpy(txt_s.run(None, {'input_ids': test['input_ids'].long().numpy()})[0])    # 500 captions
+    s = Student.from_pretrained(str(a5))
+    with torch.no_grad():
+        img_pt, txt_pt = s.encode_image(s.preprocess(test['pixels'])), s.encode_text(test['input_ids'].long())
+    assert F.cosine_similarity(img, img_pt).min() >= 0.9999 and F.cosine_similarity(txt, txt_pt).min() >= 0.9999
+    sim = F.normalize(txt, dim=-1) @ F.normalize(img, dim=-1).T # caption -> image queries
+    sim_pt = F.normalize(txt_pt, dim=-1) @ F.normalize(img_pt, dim=-1).T
+    assert (sim.argmax(1) == sim_pt.argmax(1)).float().mean() >= 0.99
+    report = open(demo / 'out/shapes/report.md').read()
+    zs = report.split('## Zero-shot classification')[1].split('##')[0]
+    assert all(f'| {n} | ' in zs for n in ('teacher', 'a1', 'a5')) and 'speed vs teacher' in report
+    e = json.load(open(a5 / 'eval.json'))
+    assert e['speed']['img_ratio'] > 0 and 'metrics' in e and f"{e['speed']['img_ratio']:.1f}× img" in report
+
+
 def test_readme_snippet_trains_a_tiny_siglip2(tmp_path):
     """The README's 15-line snippet, verbatim, on a tiny random Siglip2Model: every term finite, total going down."""
     from transformers import AutoModel

@@ -6,6 +6,7 @@ import os, sys, json, math, re, time, subprocess
 import pytest, torch
 import torch.nn.functional as F
 REPO = os.path.dirname(os.path.abspath(__file__))
+TEACHER = os.path.join(REPO, 'data', 'shapes', 'teacher') # the demo teacher kept in the repo
 sys.path.insert(0, REPO)
 from model import Student, StudentConfig, LoccaDecoder, DINOHead, box_to_text, text_to_box, box_iou
 from loss import (sigmoid_loss, infonce_loss, feature_loss, affinity_loss, chunked_cross_entropy, locca_inputs, locca_loss,
@@ -376,7 +377,7 @@ def test_demo_quick_writes_tables(demo):
     assert m['embed_dim'] == 128 and m['counts']['images'] == 300 and m['teacher_kind'] == 'ours'
     assert os.path.exists(demo / 'out/shapes/a5/curves.png') and os.path.exists(demo / 'out/shapes/ablation.png')
     # the seed's tables: the teacher row carries its name and the parameter counts taken at cache time
-    teacher = Student.from_pretrained(str(demo / 'out/shapes/teacher'))
+    teacher = Student.from_pretrained(TEACHER) # the demo teacher kept in the repo
     image = sum(p.numel() for m in (teacher.visual, teacher.img_proj) for p in m.parameters())
     assert t['params'] == dict(image=image, total=teacher.num_params()) and image < teacher.num_params()
     assert f"| Teacher (shapes/teacher) | {image / 1e6:.2f}M image / {teacher.num_params() / 1e6:.2f}M total |" in report
@@ -572,7 +573,6 @@ def test_a7_without_contrastive_trains(demo, tmp_path):
     assert json.load(open(out / 'meta.json'))['config']['lambda_contrast'] == 0.0
 
 # ----------------------------------------------------------------------------- reinforced distillation (views, unpaired)
-TEACHER = os.path.join(REPO, 'data', 'shapes', 'teacher') # the demo teacher kept in the repo
 
 def test_views_crops_match_the_stored_teacher_embeddings(tmp_path):
     """cache_teacher.py --views=4: view 0 is the full image; the crop train.py cuts from the cached pixels with a stored

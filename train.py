@@ -72,6 +72,7 @@ grad_clip = 1.0 # §2.1
 max_iters = 5000
 warmup_iters = 250
 min_lr = 1e-5
+lr_decay_iters = 0 # cosine reaches min_lr here, then stays flat (nanoGPT); 0 = max_iters
 # system
 device = 'cuda'
 dtype = 'bfloat16' # autocast dtype on GPU; 'float32' on CPU
@@ -240,7 +241,8 @@ if ckpt:
 def get_lr(it):
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
-    ratio = min((it - warmup_iters) / max(max_iters - warmup_iters, 1), 1.0)
+    decay = lr_decay_iters or max_iters
+    ratio = min((it - warmup_iters) / max(decay - warmup_iters, 1), 1.0)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
 model = torch.compile(student) if compile else student # checkpoints always save the uncompiled `student`
 

@@ -6,10 +6,12 @@ Paper-style tables from the JSON the other scripts wrote (read-only; no torch): 
 
 Table 1: teacher / no-KD student (a1) / best distilled student; Table 2: loss ablation a1-a6 vs the full
 method (a5); Table B: teacher x student (b1-b5); Table C: student architectures (c1, c2). Runs named
-<name>-s<seed> are extra seeds, shown as mean ± half-range. A missing run is a row of '—', never a crash.
+<name>-s<seed> are extra seeds, shown as mean ± half-range. A missing run is a row of '—', never a crash; so is an
+eval.json that is corrupt, non-finite, scored on another cache than the teacher row, or stale (it scored another
+model.safetensors than the run holds now): the row names the file and why.
 With matplotlib: <run>/curves.png (every loss term vs iteration) and ablation.png next to the report.
 """
-import os, json, glob
+import os, json, glob, math, hashlib, functools
 
 runs_dir = 'out'
 teacher_eval = 'cache/coco-L/test/eval.json'
@@ -17,16 +19,46 @@ out = 'report.md'
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
-def read(path):
+NOTES = {} # run name -> why some of its eval.json were refused (printed in its rows)
+def read(path, notes=None): # -> the JSON, or None when missing; a corrupt file is noted, not a crash
     try:
         with open(path) as f:
             return json.load(f)
-    except (OSError, ValueError):
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        if notes is not None:
+            notes.append(f"corrupt: {path} ({type(e).__name__})")
         return None
 
-def seeds(name): # eval.json of a run and its extra seeds
+def sha256(path):
+    with open(path, 'rb') as f:
+        return hashlib.file_digest(f, 'sha256').hexdigest()
+
+def refused(e, path, run_dir=None): # -> why this eval.json must not be shown, or None
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in e.get('metrics', {}).values()):
+        return f"non-finite metrics: {path} (a diverged model)"
+    if teacher and e.get('fingerprint') != teacher.get('fingerprint'):
+        return f"scored on another cache than the teacher row (split {e.get('split')}): {path}"
+    model = os.path.join(run_dir or '', 'model.safetensors')
+    if run_dir and os.path.isfile(model) and (e.get('checkpoint') or {}).get('model_sha256') != sha256(model):
+        return f"stale: {path} scored another checkpoint than {model}; rerun eval.py"
+    return None
+
+@functools.cache
+def seeds(name): # valid eval.json of a run and its extra seeds; refusals go to NOTES[name]
     dirs = [os.path.join(runs_dir, name)] + sorted(glob.glob(os.path.join(runs_dir, f'{name}-s*')))
-    return [e for e in (read(os.path.join(d, 'eval.json')) for d in dirs) if e]
+    out, notes = [], NOTES.setdefault(name, [])
+    for d in dirs:
+        path = os.path.join(d, 'eval.json')
+        e = read(path, notes)
+        why = refused(e, path, d) if e else None
+        notes += [why] if why else []
+        out += [e] if e and not why else []
+    return out
+
+def gap(name): # the note of a row without numbers: why, or that the run is missing
+    return f"  ({'; '.join(NOTES[name])})" if NOTES.get(name) else f"  (missing: {os.path.join(runs_dir, name)})"
 
 def fmt(vals, digits=1): # mean ± half-range over seeds
     if not vals: return '—'
@@ -41,7 +73,15 @@ def params(e):
     return f"{p['total'] / 1e6:.2f}M ({p['without_token_table'] / 1e6:.2f}M)" if p else '—'
 
 KEYS = ['i2t_r1', 'i2t_r5', 'i2t_r10', 't2i_r1', 't2i_r5', 't2i_r10']
-teacher = read(teacher_eval)
+teacher_notes = []
+teacher = read(teacher_eval, teacher_notes)
+man = read(os.path.join(os.path.dirname(teacher_eval), 'manifest.json')) # the cache the teacher row was scored on
+if teacher and refused(teacher, teacher_eval):
+    teacher_notes.append(refused(teacher, teacher_eval))
+    teacher = None
+elif teacher and man and man.get('fingerprint') != teacher.get('fingerprint'):
+    teacher_notes.append(f"stale: {teacher_eval} scored an older version of that cache; rerun eval.py --cache=...")
+    teacher = None
 lines = [f"# TinySigLIP report ({runs_dir})", '']
 if teacher:
     lines.append(f"Test split `{teacher['split']}`: {teacher['n_images']} images, {teacher['n_captions']} captions "
@@ -52,7 +92,8 @@ best = max(distilled, key=lambda n: mean(seeds(n), 'i2t_r1') + mean(seeds(n), 't
 for label, evals in [('teacher', [teacher] if teacher else []), ('student, no KD (a1)', seeds('a1')),
                      (f'student, best distilled ({best})' if best else 'student, best distilled', seeds(best) if best else [])]:
     cells = [fmt([e['metrics'][k] for e in evals]) for k in KEYS]
-    lines.append(f"| {label} | {' | '.join(cells)} | {params(evals[0]) if evals and label != 'teacher' else '—'} |")
+    lines.append(f"| {label} | {' | '.join(cells)} | {params(evals[0]) if evals and label != 'teacher' else '—'} |"
+                 + (f"  ({'; '.join(teacher_notes)})" if label == 'teacher' and teacher_notes else ''))
 
 lines += ['', '## Table 2: loss ablation (delta vs the full method a5)', '',
           '| run | losses | I→T R@1 | T→I R@1 | Δ I→T | Δ T→I |', '|---|---|---|---|---|---|']
@@ -62,10 +103,11 @@ full = seeds('a5')
 for n, what in LOSSES.items():
     ev = seeds(n)
     if not ev:
-        lines.append(f"| {n} | {what} | — | — | — | — |  (missing: {os.path.join(runs_dir, n)})")
+        lines.append(f"| {n} | {what} | — | — | — | — |{gap(n)}")
         continue
     d = [f"{mean(ev, k) - mean(full, k):+.1f}" if full else '—' for k in ('i2t_r1', 't2i_r1')]
-    lines.append(f"| {n} | {what} | {fmt([e['metrics']['i2t_r1'] for e in ev])} | {fmt([e['metrics']['t2i_r1'] for e in ev])} | {d[0]} | {d[1]} |")
+    lines.append(f"| {n} | {what} | {fmt([e['metrics']['i2t_r1'] for e in ev])} | {fmt([e['metrics']['t2i_r1'] for e in ev])} | {d[0]} | {d[1]} |"
+                 + (gap(n) if NOTES.get(n) else '')) # some seeds refused
 
 def arch_table(title, names): # teacher x student rows; the teacher row is found through the run's meta.json
     rows = ['', f'## {title}', '', '| run | teacher | student | I→T R@1 | T→I R@1 | params | student/teacher R@1 |', '|---|---|---|---|---|---|---|']
@@ -74,7 +116,7 @@ def arch_table(title, names): # teacher x student rows; the teacher row is found
         t = read(meta.get('teacher_eval', '')) if meta else None
         student = meta.get('config', {}).get('image_model', '—')
         if not ev:
-            rows.append(f"| {n} | — | — | — | — | — | — |  (missing: {os.path.join(runs_dir, n)})")
+            rows.append(f"| {n} | — | — | — | — | — | — |{gap(n)}")
             continue
         ratio = '—' if not t else f"{(mean(ev, 'i2t_r1') + mean(ev, 't2i_r1')) / max(t['metrics']['i2t_r1'] + t['metrics']['t2i_r1'], 1e-9):.2f}"
         rows.append(f"| {n} | {meta.get('teacher', '—')} | {student} | {fmt([e['metrics']['i2t_r1'] for e in ev])} | "
@@ -92,9 +134,14 @@ try:
 except ImportError:
     plt = None
     lines += ['', '(matplotlib not installed: plots skipped)']
+logs = {} # log.jsonl -> rows; a corrupt line is reported, not a crash
+for log in sorted(glob.glob(os.path.join(runs_dir, '*', 'log.jsonl'))):
+    try:
+        logs[log] = [json.loads(l) for l in open(log)]
+    except (OSError, ValueError) as e:
+        lines += ['', f"(corrupt: {log} ({type(e).__name__}: {e}); its curves are not plotted)"]
 if plt:
-    for log in sorted(glob.glob(os.path.join(runs_dir, '*', 'log.jsonl'))):
-        rows = [json.loads(l) for l in open(log)]
+    for log, rows in logs.items():
         terms = sorted({k for r in rows for k in r if k.startswith('loss')})
         fig, ax = plt.subplots(figsize=(6, 4))
         for k in terms:

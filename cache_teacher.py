@@ -245,14 +245,19 @@ def hash_files(paths): # content, never paths: `./out/t` and `out/t` hash the sa
 # -----------------------------------------------------------------------------
 # content the shards on disk must share with this run (guards resume against mixing caches): hashes of the
 # teacher's weights + config, of the processor files and of every annotation file read, and the settings
+def local_dir(name): # an HF hub name -> its local snapshot (from_pretrained above has downloaded it)
+    if os.path.isdir(name):
+        return name
+    from huggingface_hub import snapshot_download
+    return snapshot_download(name, local_files_only=True)
 if kind == 'ours':
     teacher_files = [os.path.join(teacher, f) for f in ('model.safetensors', 'config.json')]
 elif model is not None:
-    from huggingface_hub import snapshot_download
-    hf_dir = teacher if os.path.isdir(teacher) else snapshot_download(teacher, local_files_only=True) # loaded above
+    hf_dir = local_dir(teacher)
     teacher_files = [os.path.join(hf_dir, f) for f in sorted(os.listdir(hf_dir))
                      if f == 'config.json' or f.endswith(('.safetensors', '.bin'))]
-proc_files = [os.path.join(proc_dir, f) for f in sorted(os.listdir(proc_dir)) # tokenizer + image settings only:
+proc_local = local_dir(proc_dir)
+proc_files = [os.path.join(proc_local, f) for f in sorted(os.listdir(proc_local)) # tokenizer + image settings only:
               if f.startswith(('tokenizer', 'special_tokens', 'added_tokens', 'preprocessor', 'processor', 'vocab',
                                'merges', 'spiece')) or f.endswith('.model')] # not eval.json, logs, ...
 settings = dict(kind=kind, image_size=image_size, lowercase=lowercase, max_length=max_length, split=split,

@@ -323,8 +323,10 @@ while True:
     if last:
         break
     progress = iter_num / max(max_iters, 1)
-    torch.manual_seed(seed * 1_000_003 + iter_num * 101 + 100) # the switch's fresh heads depend on (seed, step) only:
-    for p in loss_fn.maybe_switch(progress):                   # exact resume from a checkpoint at the switch step # SigLIP 2 §2.3: new heads + mask token get fresh optimizer state
+    # the switch's fresh heads are drawn from (seed, step) only, the same on every rank: a checkpoint written
+    # exactly at the switch step resumes like the uninterrupted run (the global RNG state there is not saved)
+    torch.manual_seed(seed * 1_000_003 + iter_num * 101 + 100)
+    for p in loss_fn.maybe_switch(progress): # SigLIP 2 §2.3: new heads + mask token get fresh optimizer state
         optimizer.state.pop(p, None)
     lr = get_lr(iter_num)
     for group in optimizer.param_groups:

@@ -29,7 +29,8 @@ from tqdm import tqdm
 data_dir = 'data/shapes' # COCO-2017 layout: annotations/captions_<split>2017.json, <split>2017/*.jpg
 split = 'train' # COCO: train/val/test/web...; with --karpathy: train, restval, train+restval, val, test
 karpathy = '' # path to a Karpathy split file (dataset_coco.json); images are looked up under data_dir
-instances = '' # instances json for boxes; '' = annotations/instances_<split>2017.json if it exists
+instances = '' # instances json(s) for boxes, comma-separated (Karpathy train+restval: COCO 2014 train + val);
+                # '' = annotations/instances_<split>2017.json if it exists (Karpathy: no boxes)
 out_dir = 'cache/shapes'
 max_images = 0 # 0 = all; else the first N images by id (smoke tests)
 skip_missing = False # missing image files: error (default) or drop and count them in the manifest
@@ -59,7 +60,11 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 config = {k: globals()[k] for k in config_keys}
 # -----------------------------------------------------------------------------
 from model import box_to_text
-from eval import cache_fingerprint
+from eval import cache_fingerprint, sha256, what_changed, replace_durably
+for k, ok in [('max_images', max_images >= 0), ('batch_size', batch_size > 0), ('shard_size', shard_size > 0),
+              ('max_length', max_length > 1), ('num_workers', num_workers >= 0)]:
+    if not ok:
+        sys.exit(f"cache_teacher: bad value {k}={globals()[k]!r}")
 
 rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
 if world > 1:
@@ -69,21 +74,30 @@ os.makedirs(split_dir, exist_ok=True)
 
 # -----------------------------------------------------------------------------
 # read the dataset into one record format: {image_id, path, width, height, captions, regions}
-def read_json(path):
+annotations = {} # basename -> sha256 of every annotation file read: the cache fingerprint hashes content
+def read_json(path, annotation=True):
     if not os.path.isfile(path):
         sys.exit(f"cache_teacher: {path} not found (data_dir={data_dir!r}, split={split!r})")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except ValueError as e:
+        sys.exit(f"cache_teacher: {path} is not valid JSON ({e})")
+    if annotation:
+        annotations[os.path.basename(path)] = sha256(path)
+    return obj
 
 IMAGE_EXT = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
 if image_folder: # any folder of images: ids are the positions in path order (stable for the same folder)
     paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(image_folder) for f in fs if f.lower().endswith(IMAGE_EXT))
     recs = {i: dict(image_id=i, path=p, captions=[], regions=[]) for i, p in enumerate(paths)}
+    annotations['image_folder'] = hashlib.sha256('\n'.join(paths).encode()).hexdigest() # which files, in which order
     captions = False
 elif caption_file: # one caption per line; a record per caption, so shards split the file
     lines = [l.strip() for l in open(caption_file) if l.strip()] if os.path.isfile(caption_file) else \
         sys.exit(f"cache_teacher: caption_file {caption_file} not found")
     recs = {i: dict(image_id=i, path='', captions=[c], regions=[]) for i, c in enumerate(lines)}
+    annotations[os.path.basename(caption_file)] = sha256(caption_file)
     images = False
 elif karpathy: # Karpathy split file: keep ALL captions (COCO test has 25,010, not 25,000)
     wanted = set(split.split('+'))
@@ -100,14 +114,18 @@ else:
                            width=im['width'], height=im['height'], captions=[], regions=[]) for im in caps['images']}
     for a in caps.get('annotations', []):
         recs[a['image_id']]['captions'].append(a['caption'])
-    instances = instances or os.path.join(data_dir, 'annotations', f'instances_{split}2017.json')
-n_boxes_dropped = 0
-if instances and os.path.isfile(instances): # boxes + category names feed the LocCa ARef/GCap targets
-    inst = read_json(instances)
+    default = os.path.join(data_dir, 'annotations', f'instances_{split}2017.json')
+    instances = instances or (default if os.path.isfile(default) else '')
+n_boxes_dropped, n_crowd = 0, 0
+for path in filter(None, instances.split(',')): # boxes + category names feed the LocCa ARef/GCap targets
+    inst = read_json(path) # a file named by --instances must exist: no silent cache without boxes
     names = {c['id']: c['name'] for c in inst['categories']}
     sizes = {im['id']: (im['width'], im['height']) for im in inst['images']}
     for a in inst['annotations']:
-        if a['image_id'] not in recs or a.get('iscrowd', 0):
+        if a['image_id'] not in recs:
+            continue
+        if a.get('iscrowd', 0): # crowd regions have no single-object caption: dropped, counted
+            n_crowd += 1
             continue
         W, H = sizes[a['image_id']]
         x, y, w, h = a['bbox']
@@ -137,12 +155,12 @@ records = [r for r in records if not images or os.path.isfile(r['path'])]
 from transformers import AutoTokenizer, AutoProcessor
 model, kind, logit_scale, logit_bias, embed_dim = None, 'none', None, None, None
 if teacher != 'none' and os.path.isfile(os.path.join(teacher, 'model.safetensors')) \
-        and 'kept_ids' in read_json(os.path.join(teacher, 'config.json')):
+        and 'kept_ids' in read_json(os.path.join(teacher, 'config.json'), annotation=False):
     from model import Student
     kind, model = 'ours', Student.from_pretrained(teacher)
     proc_dir = processor or teacher
     meta_path = os.path.join(teacher, 'meta.json') # train.py records the text length the teacher trained on
-    trained_length = read_json(meta_path).get('text_length', 64) if os.path.isfile(meta_path) else 64
+    trained_length = read_json(meta_path, annotation=False).get('text_length', 64) if os.path.isfile(meta_path) else 64
     if max_length and max_length != trained_length: # the text tower pools the last (pad) position: length matters
         sys.exit(f"cache_teacher: {teacher} was trained on text length {trained_length}, not max_length={max_length}")
     max_length = trained_length
@@ -157,6 +175,18 @@ else:
         sys.exit("cache_teacher: --teacher=none needs --processor=<dir> (tokenizer + image settings)")
 max_length = max_length or 64 # SigLIP / SigLIP 2 (§2.1): 64 tokens; another length silently breaks the teacher
 tok = AutoTokenizer.from_pretrained(proc_dir)
+# the teacher must read the ids this tokenizer writes: checked here, before any image is read
+if kind == 'ours' and proc_dir != teacher and os.path.isfile(os.path.join(teacher, 'tokenizer_config.json')):
+    own = AutoTokenizer.from_pretrained(teacher) # train.py saves the tokenizer it was trained with beside the weights
+    if own.get_vocab() != tok.get_vocab():
+        sys.exit(f"cache_teacher: --processor={processor} has another vocabulary ({len(tok)} tokens) than the tokenizer "
+                 f"teacher {teacher} was trained with ({len(own)} tokens): its embeddings would be garbage; drop --processor")
+if kind == 'ours' and max(model.config.kept_ids) >= len(tok):
+    sys.exit(f"cache_teacher: teacher {teacher} knows token ids up to {max(model.config.kept_ids)}, but the tokenizer "
+             f"in {proc_dir} has only {len(tok)}: another vocabulary")
+if kind in ('siglip', 'siglip2') and model.config.text_config.vocab_size < len(tok):
+    sys.exit(f"cache_teacher: teacher {teacher} has a text vocabulary of {model.config.text_config.vocab_size} tokens, "
+             f"the tokenizer in {proc_dir} has {len(tok)}: ids past the table would crash or embed garbage")
 tok.padding_side = 'right' # SigLIP pools the last position: left padding silently changes the embedding
 improc = AutoProcessor.from_pretrained(proc_dir).image_processor
 mean, std = list(improc.image_mean), list(improc.image_std)
@@ -270,40 +300,76 @@ def embed_texts(ids): # (M, L) -> (M, D)
 if model is not None: # read D off the model's own output rather than guessing which config field holds it
     embed_dim = embed_texts(torch.zeros(1, max_length, dtype=torch.long)).shape[-1]
 
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for b in iter(lambda: f.read(1 << 20), b''):
-            h.update(b)
-    return h.hexdigest()
-def save_shard(tensors, meta, path): # atomic: a half-written shard never carries the final name
+def save_shard(tensors, meta, path): # atomic and durable: a half-written shard never carries the final name
     save_file(tensors, path + '.tmp', metadata={'info': json.dumps(meta)})
-    os.replace(path + '.tmp', path)
+    replace_durably(path + '.tmp', path)
+def save_json(obj, path):
+    with open(path + '.tmp', 'w') as f:
+        json.dump(obj, f, indent=1)
+    replace_durably(path + '.tmp', path)
+def shard_ok(path): # a 0-byte / truncated shard (power loss, full disk) must be recomputed, not trusted
+    try:
+        with open(path, 'rb') as f:
+            n = int.from_bytes(f.read(8), 'little')
+            header = json.loads(f.read(n))
+        end = max([v['data_offsets'][1] for k, v in header.items() if k != '__metadata__'], default=0)
+        return '__metadata__' in header and os.path.getsize(path) == 8 + n + end
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+def hash_files(paths): # content, never paths: `./out/t` and `out/t` hash the same, new weights at one path do not
+    return hashlib.sha256(json.dumps(sorted((os.path.basename(p), sha256(p)) for p in paths)).encode()).hexdigest()
 
 # -----------------------------------------------------------------------------
-# settings that shards on disk must share with this run (guards resume against mixing caches)
+# content the shards on disk must share with this run (guards resume against mixing caches): hashes of the
+# teacher's weights + config, of the processor files and of every annotation file read, and the settings
+def local_dir(name): # an HF hub name -> its local snapshot (from_pretrained above has downloaded it)
+    if os.path.isdir(name):
+        return name
+    from huggingface_hub import snapshot_download
+    return snapshot_download(name, local_files_only=True)
+if kind == 'ours':
+    teacher_files = [os.path.join(teacher, f) for f in ('model.safetensors', 'config.json')]
+elif model is not None:
+    hf_dir = local_dir(teacher)
+    teacher_files = [os.path.join(hf_dir, f) for f in sorted(os.listdir(hf_dir))
+                     if f == 'config.json' or f.endswith(('.safetensors', '.bin'))]
+proc_local = local_dir(proc_dir)
+proc_files = [os.path.join(proc_local, f) for f in sorted(os.listdir(proc_local)) # tokenizer + image settings only:
+              if f.startswith(('tokenizer', 'special_tokens', 'added_tokens', 'preprocessor', 'processor', 'vocab',
+                               'merges', 'spiece')) or f.endswith('.model')] # not eval.json, logs, ...
 contents = 'paired' if images and captions else ('images' if images else 'texts')
-settings = dict(teacher=teacher, kind=kind, processor=proc_dir, image_size=image_size, lowercase=lowercase,
-                max_length=max_length, split=split, karpathy=bool(karpathy), n_records=len(records),
-                shard_size=shard_size, max_images=max_images, contents=contents, views=views, view_scale=view_scale,
-                view_flip=view_flip, image_folder=image_folder, caption_file=caption_file)
+settings = dict(kind=kind, image_size=image_size, lowercase=lowercase, max_length=max_length, split=split,
+                karpathy=bool(karpathy), n_records=len(records), shard_size=shard_size, max_images=max_images,
+                contents=contents, views=views, view_scale=view_scale, view_flip=view_flip)
+content = dict(teacher=hash_files(teacher_files) if model is not None else 'none', processor=hash_files(proc_files),
+               annotations=annotations, settings=settings)
 settings_path = os.path.join(split_dir, 'settings.json')
-if os.path.isfile(settings_path) and read_json(settings_path) != settings:
-    sys.exit(f"cache_teacher: {split_dir} holds shards written with other settings {read_json(settings_path)}; "
-             f"delete it or choose another out_dir")
+if os.path.isfile(settings_path) and read_json(settings_path, annotation=False) != content:
+    sys.exit(f"cache_teacher: {split_dir} holds shards written with other settings or content: "
+             f"{what_changed(read_json(settings_path, annotation=False), content)}; delete it or choose another out_dir")
 if rank == 0:
-    with open(settings_path + '.tmp', 'w') as f:
-        json.dump(settings, f, indent=1)
-    os.replace(settings_path + '.tmp', settings_path)
+    save_json(content, settings_path)
 
 n_shards = math.ceil(len(records) / shard_size)
 shard_path = lambda k: os.path.join(split_dir, f'{split}-{k:05d}.safetensors')
+for k in range(rank, n_shards, world):
+    if os.path.isfile(shard_path(k)) and not shard_ok(shard_path(k)):
+        print(f"{shard_path(k)}: truncated or unreadable ({os.path.getsize(shard_path(k))} bytes): recomputing it")
+        os.remove(shard_path(k))
 todo = [k for k in range(rank, n_shards, world) if not os.path.isfile(shard_path(k))]
 print(f"{split}: {len(records)} images in {n_shards} shards, teacher={teacher} ({kind}), {image_size}px; "
       f"rank {rank} writes {len(todo)} shards ({n_shards - len(todo)} done before)")
-writer, pending, t0, n_done = ThreadPoolExecutor(1), [], time.time(), 0
+def wait_write(job): # a writer error (disk full, permission) stops the run here, naming the shard
+    path, future = job
+    try:
+        future.result()
+    except Exception as e:
+        sys.exit(f"cache_teacher: writing {path} failed ({type(e).__name__}: {e}); fix it and rerun (finished shards are kept)")
+writer, pending, t0, n_done = ThreadPoolExecutor(1), None, time.time(), 0
 bar = tqdm(total=sum(len(records[k * shard_size:(k + 1) * shard_size]) for k in todo), unit='img', mininterval=2, disable=not todo)
 for k in todo:
+    if pending and pending[1].done(): # the previous shard's write failed already: stop before computing this one
+        wait_write(pending)
     recs = records[k * shard_size:(k + 1) * shard_size]
     pixels, view_emb, boxes, flips, kept, skipped = [], [], [], [], [], []
     loader = torch.utils.data.DataLoader(Images(recs), batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
@@ -361,9 +427,11 @@ for k in todo:
                  gcap_ids=L([s for s, _ in gcap_seq], torch.int32).view(-1, max_length), gcap_prefix=L([p for _, p in gcap_seq], torch.int32))
     meta = dict(skipped=skipped, truncated_captions=n_truncated, n_images=len(recs), n_captions=len(caps), n_regions=len(regs))
     n_truncated = 0
-    pending.append(writer.submit(save_shard, t, meta, shard_path(k))) # next shard's compute overlaps this write
-for p in pending:
-    p.result()
+    if pending: # at most one write in flight: its error surfaces one shard later, not after all of them
+        wait_write(pending)
+    pending = (shard_path(k), writer.submit(save_shard, t, meta, shard_path(k))) # next shard's compute overlaps this write
+if pending:
+    wait_write(pending)
 writer.shutdown()
 bar.close()
 print(f"rank {rank}: {n_done} images in {time.time() - t0:.1f}s ({n_done / (time.time() - t0):.0f} img/s)")
@@ -385,7 +453,7 @@ if rank == 0:
         counts['skipped_images'] += len(meta['skipped'])
         counts['truncated_captions'] += meta['truncated_captions']
         skipped += meta['skipped']
-    counts.update(missing_images=len(missing), dropped_boxes=n_boxes_dropped)
+    counts.update(missing_images=len(missing), dropped_boxes=n_boxes_dropped, crowd_boxes=n_crowd)
     proc_out = os.path.join(split_dir, 'processor')
     tok.save_pretrained(proc_out) # the student must tokenise exactly like the teacher: ship the files along
     improc.save_pretrained(proc_out)
@@ -397,16 +465,19 @@ if rank == 0:
                     logit_scale=logit_scale, logit_bias=logit_bias,
                     image_size=image_size, mean=mean, std=std, processor=processor_info,
                     dataset=dict(name=os.path.basename(os.path.abspath(data_dir)), reader=reader,
-                                 karpathy=os.path.basename(karpathy), instances=os.path.basename(instances) if instances else '',
+                                 karpathy=os.path.basename(karpathy),
+                                 instances=','.join(os.path.basename(p) for p in instances.split(',') if p),
                                  contents=contents, views=views, view_scale=view_scale, view_flip=view_flip),
-                    data_dir=os.path.abspath(data_dir), split=split, counts=counts, skipped=skipped[:100], shards=shards)
-    tf = dict(teacher=teacher, embed_dim=embed_dim, image_size=image_size, mean=mean, std=std, processor=processor_info)
+                    data_dir=os.path.abspath(data_dir), split=split, counts=counts, skipped=skipped[:100], shards=shards,
+                    content=content)
+    # the teacher: its weights + processor (content hashes) and everything train.py takes from it; the same for
+    # every split, so train.py can check that train and val caches share a teacher
+    tf = dict(teacher=content['teacher'], processor_files=content['processor'], embed_dim=embed_dim, image_size=image_size,
+              mean=mean, std=std, processor=processor_info, logit_scale=logit_scale, logit_bias=logit_bias)
     manifest['teacher_fingerprint'] = hashlib.sha256(json.dumps(tf, sort_keys=True).encode()).hexdigest()[:16]
     manifest['fingerprint'] = cache_fingerprint(manifest)
     path = os.path.join(split_dir, 'manifest.json')
-    with open(path + '.tmp', 'w') as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(path + '.tmp', path)
+    save_json(manifest, path) # last, durably: a directory with a manifest is a finished cache
     print(f"wrote {path}: {counts}")
 if world > 1:
     torch.distributed.destroy_process_group()

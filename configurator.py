@@ -8,6 +8,7 @@ ast.literal_eval, else the raw string. Arguments apply in argv order; unknown ke
 with a message naming the key and the file or flag.
 """
 import builtins as _builtins, os as _os, sys as _sys, types as _types # builtins: a `compile` key shadows compile()
+import traceback as _traceback
 from ast import literal_eval as _literal_eval
 from difflib import get_close_matches as _close
 
@@ -41,7 +42,15 @@ for _arg in _sys.argv[1:]:
         if int(_os.environ.get('RANK', 0)) == 0: # torchrun: only rank 0 echoes
             print(f"Overriding config with {_arg}:\n{_src}")
         _before = dict(globals())
-        exec(_builtins.compile(_src, _arg, 'exec'), globals()) # tracebacks name the file
+        try:
+            _code = _builtins.compile(_src, _arg, 'exec')
+        except SyntaxError as _e: # one line naming the file and line, not a traceback
+            _fail(f"{_arg}, line {_e.lineno}: {_e.msg}")
+        try:
+            exec(_code, globals())
+        except Exception as _e: # NameError, ZeroDivisionError, ... raised by the config file itself
+            _lines = [_f.lineno for _f in _traceback.extract_tb(_e.__traceback__) if _f.filename == _arg]
+            _fail(f"{_arg}, line {_lines[-1] if _lines else '?'}: {type(_e).__name__}: {_e}")
         for _k, _v in list(globals().items()):
             if _k.startswith('_') or (_k in _before and _before[_k] is _v):
                 continue # private helpers and untouched names

@@ -12,10 +12,42 @@ import os, sys, json, time, hashlib, statistics
 import torch
 import torch.nn.functional as F
 
-FINGERPRINT_KEYS = ('teacher', 'embed_dim', 'image_size', 'processor', 'split', 'dataset', 'counts', 'shards')
+# what a cache is: teacher + processor + annotation files (content hashes, never paths), the settings, the
+# teacher's own scale/bias and the pixel normalisation train.py uses, and the exact shard bytes
+FINGERPRINT_KEYS = ('teacher_fingerprint', 'content', 'embed_dim', 'image_size', 'processor', 'split', 'dataset', 'counts',
+                    'shards', 'logit_scale', 'logit_bias', 'mean', 'std')
 
-def cache_fingerprint(manifest): # what a cache is: teacher, preprocessing, data, and the exact shard bytes
-    return hashlib.sha256(json.dumps({k: manifest[k] for k in FINGERPRINT_KEYS}, sort_keys=True).encode()).hexdigest()[:16]
+def cache_fingerprint(manifest):
+    return hashlib.sha256(json.dumps({k: manifest.get(k) for k in FINGERPRINT_KEYS}, sort_keys=True).encode()).hexdigest()[:16]
+
+def sha256(path): # hashlib reads the file in blocks: teacher weights of GBs stay out of memory
+    with open(path, 'rb') as f:
+        return hashlib.file_digest(f, 'sha256').hexdigest()
+
+def what_changed(old, new):
+    """Two `content` records (cache_teacher.py: teacher / processor / annotations / settings hashes) -> what differs,
+    in words, so a refusal says whether the teacher weights, the tokenizer, a caption file or a setting changed."""
+    if not old or not new:
+        return 'content hashes missing (written by an older version): re-cache or start a new out_dir'
+    out = [what for key, what in (('teacher', 'teacher weights/config'), ('processor', 'processor/tokenizer files'))
+           if old.get(key) != new.get(key)]
+    a, b = old.get('annotations', {}), new.get('annotations', {})
+    out += [f"annotation file {f} {'changed' if f in a and f in b else 'added' if f in b else 'removed'}"
+            for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]
+    a, b = old.get('settings', {}), new.get('settings', {})
+    out += [f"setting {k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return '; '.join(out) or 'the shards (same teacher, annotations and settings)'
+
+def replace_durably(tmp, path):
+    """fsync the data, rename, fsync the directory: after a power loss `path` is the old or the new file, never
+    a 0-byte one (a rename can reach the disk before the data does)."""
+    fd = os.open(tmp, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    os.replace(tmp, path)
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
 
 def load_cache(split_dir, verify=True):
     """-> (tensors concatenated over shards, manifest). Refuses incomplete or modified caches."""
@@ -23,7 +55,10 @@ def load_cache(split_dir, verify=True):
     path = os.path.join(split_dir, 'manifest.json')
     if not os.path.isfile(path):
         raise SystemExit(f"no manifest.json in {split_dir}: cache incomplete or not a cache (run cache_teacher.py)")
-    man = json.load(open(path))
+    try:
+        man = json.load(open(path))
+    except ValueError as e: # truncated or hand-edited: name the file instead of a JSONDecodeError traceback
+        raise SystemExit(f"{path}: corrupt manifest ({e}); re-run cache_teacher.py for this split")
     if man.get('fingerprint') != cache_fingerprint(man):
         raise SystemExit(f"{path}: fingerprint mismatch (manifest edited?)")
     parts = []
@@ -31,14 +66,12 @@ def load_cache(split_dir, verify=True):
         f = os.path.join(split_dir, s['file'])
         if not os.path.isfile(f):
             raise SystemExit(f"{split_dir}: shard {s['file']} listed in the manifest is missing")
-        if verify:
-            h = hashlib.sha256()
-            with open(f, 'rb') as fh:
-                for b in iter(lambda: fh.read(1 << 20), b''):
-                    h.update(b)
-            if h.hexdigest() != s['sha256']:
-                raise SystemExit(f"{f}: checksum differs from {path} (shard corrupted or rewritten)")
-        parts.append(load_file(f))
+        if verify and sha256(f) != s['sha256']:
+            raise SystemExit(f"{f}: checksum differs from {path} (shard corrupted or rewritten)")
+        try:
+            parts.append(load_file(f))
+        except Exception as e: # verify=False on a truncated shard
+            raise SystemExit(f"{f}: unreadable shard ({type(e).__name__}: {e})")
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}, man
 
 def check_no_leak(train_image_ids, eval_image_ids, what):
@@ -55,7 +88,15 @@ def retrieval_metrics(image_embeds, text_embeds, text_image_index, chunk=1024):
     whose image is in the top k (CLIP_benchmark zeroshot_retrieval.py; ANCHORS §5). Chunked: small memory at 5k x 25k.
     Exact ties (e.g. the same caption string on two images) count against the query, so rankings never depend on
     index order and a shared caption cannot score for both images (topk would pick one arbitrarily)."""
+    # a diverged model must not score: NaN makes every comparison below false, i.e. rank 0 = R@1 of 100 %
+    for name, x in (('image', image_embeds), ('text', text_embeds)):
+        if not torch.isfinite(x).all():
+            raise SystemExit(f"retrieval_metrics: {int((~torch.isfinite(x)).any(1).sum())} of {len(x)} {name} embeddings "
+                             f"are non-finite (NaN/inf): the model diverged; no score is computed")
     img, txt = F.normalize(image_embeds.float(), dim=-1), F.normalize(text_embeds.float(), dim=-1)
+    for name, x in (('image', img), ('text', txt)):
+        if len(x) > 1 and (x - x[0]).abs().max() <= 1e-6:
+            raise SystemExit(f"retrieval_metrics: all {len(x)} {name} embeddings are identical: the model collapsed")
     idx = text_image_index.long()
     out = {}
     # T→I: rank of the true image for each caption = number of images scoring strictly higher
@@ -371,7 +412,7 @@ def speed_vs_teacher(enc, cache, batch_size, seconds, device):
 def write_json(path, row):
     with open(path + '.tmp', 'w') as f:
         json.dump(row, f, indent=1)
-    os.replace(path + '.tmp', path)
+    replace_durably(path + '.tmp', path)
 
 def read_json(path):
     return json.load(open(path)) if os.path.isfile(path) else {}
@@ -467,14 +508,21 @@ if __name__ == '__main__':
         out = out or os.path.join(cache, 'eval.json')
     else:
         from model import Student, LoccaDecoder
+        missing = [f for f in ('meta.json', 'config.json', 'model.safetensors') if not os.path.isfile(os.path.join(ckpt, f))]
+        if missing:
+            sys.exit(f"eval.py: {ckpt} is not a finished train.py out_dir: missing {', '.join(missing)}")
         meta = json.load(open(os.path.join(ckpt, 'meta.json')))
         if meta['teacher_fingerprint'] != man['teacher_fingerprint']:
             sys.exit(f"eval.py: {ckpt} was trained on a cache of another teacher/processor than {cache}")
         from safetensors import safe_open
         train_dir = meta['train_cache']
+        if not os.path.isfile(os.path.join(train_dir, 'manifest.json')):
+            sys.exit(f"eval.py: {train_dir} (the training cache in {ckpt}/meta.json) is gone: cannot check train/test overlap")
         train_ids = torch.cat([safe_open(os.path.join(train_dir, s['file']), 'pt').get_tensor('image_ids')
                                for s in json.load(open(os.path.join(train_dir, 'manifest.json')))['shards']])
         check_no_leak(train_ids, data['image_ids'], f'{ckpt} (trained on {train_dir}) vs {cache}')
+        # the checkpoint scored: report.py refuses this eval.json once the run's model.safetensors has changed
+        row['checkpoint'] = dict(iter_num=meta['iter_num'], model_sha256=sha256(os.path.join(ckpt, 'model.safetensors')))
         student = Student.from_pretrained(ckpt).to(device)
         img, txt = embed_student(student, data['pixels'], data['input_ids'], device, batch_size)
         metrics = retrieval_metrics(img, txt, index)

@@ -223,6 +223,9 @@ class SigLIP2Loss(nn.Module):
             ids, pre = locca['cap']
             par = torch.rand(len(ids), device=ids.device) < self.p_parallel # parallel prediction per example, p = 0.5 (§2.2)
             for task in ('cap', 'aref', 'gcap'):
+                if task not in locca: # a cache without boxes: no ARef/GCap targets, weight 0 (train.py says so once)
+                    terms[f'locca/{task}'] = torch.zeros((), device=tokens.device)
+                    continue
                 ids, pre, *valid = locca[task]
                 p = par if task == 'cap' else torch.zeros_like(par) # ARef / GCap stay autoregressive
                 terms[f'locca/{task}'] = locca_loss(self.decoder, tokens, ids, pre, p, self.mask_id, valid[0] if valid else None, self.ce_chunk)

@@ -11,9 +11,11 @@ recipe part by part), every loss combination a1-a7, zero-shot top-1/top-5 (eval.
 teacher x student (b1-b5, also as the seed's 2x3 grid) and Table C (c1, c2) with student/teacher R@1
 ratios. Runs named <name>-s<seed> are extra seeds, shown as mean ± half-range. A missing run is a row of
 '—', never a crash.
+An eval.json that is corrupt, non-finite, scored on another cache than the teacher row, or stale (it scored
+another model.safetensors than the run holds now) is refused like a missing run: the row names the file and why.
 With matplotlib: <run>/curves.png (every loss term vs iteration) and ablation.png next to the report.
 """
-import os, json, glob
+import os, json, glob, math, hashlib, functools
 
 runs_dir = 'out'
 teacher_eval = 'cache/coco-L/test/eval.json'
@@ -21,16 +23,46 @@ out = 'report.md'
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
-def read(path):
+NOTES = {} # run name -> why some of its eval.json were refused (printed in its rows)
+def read(path, notes=None): # -> the JSON, or None when missing; a corrupt file is noted, not a crash
     try:
         with open(path) as f:
             return json.load(f)
-    except (OSError, ValueError):
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        if notes is not None:
+            notes.append(f"corrupt: {path} ({type(e).__name__})")
         return None
 
-def seeds(name): # eval.json of a run and its extra seeds
+def sha256(path):
+    with open(path, 'rb') as f:
+        return hashlib.file_digest(f, 'sha256').hexdigest()
+
+def refused(e, path, run_dir=None): # -> why this eval.json must not be shown, or None
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in e.get('metrics', {}).values()):
+        return f"non-finite metrics: {path} (a diverged model)"
+    if teacher and e.get('fingerprint') != teacher.get('fingerprint'):
+        return f"scored on another cache than the teacher row (split {e.get('split')}): {path}"
+    model = os.path.join(run_dir or '', 'model.safetensors')
+    if run_dir and os.path.isfile(model) and (e.get('checkpoint') or {}).get('model_sha256') != sha256(model):
+        return f"stale: {path} scored another checkpoint than {model}; rerun eval.py"
+    return None
+
+@functools.cache
+def seeds(name): # valid eval.json of a run and its extra seeds; refusals go to NOTES[name]
     dirs = [os.path.join(runs_dir, name)] + sorted(glob.glob(os.path.join(runs_dir, f'{name}-s*')))
-    return [e for e in (read(os.path.join(d, 'eval.json')) for d in dirs) if e]
+    out, notes = [], NOTES.setdefault(name, [])
+    for d in dirs:
+        path = os.path.join(d, 'eval.json')
+        e = read(path, notes)
+        why = refused(e, path, d) if e else None
+        notes += [why] if why else []
+        out += [e] if e and not why else []
+    return out
+
+def gap(name): # the note of a row without numbers: why, or that the run is missing
+    return f"  ({'; '.join(NOTES[name])})" if NOTES.get(name) else f"  (missing: {os.path.join(runs_dir, name)})"
 
 def fmt(vals, digits=1): # mean ± half-range over seeds
     if not vals: return '—'
@@ -58,8 +90,8 @@ def short(name): # an HF id (org/name) as it is; a local teacher dir by its last
 def stat(evals, k): # one metric of a run: mean ± half-range over its seeds
     return fmt([e['metrics'][k] for e in evals])
 
-def row(*cells, missing=None): # a markdown table row; a missing run is named after it
-    note = f"  (missing: {os.path.join(runs_dir, missing)})" if missing else ''
+def row(*cells, run=None): # a markdown table row; a run's missing or refused eval.json is named after it
+    note = gap(run) if run and (NOTES.get(run) or not seeds(run)) else ''
     return '| ' + ' | '.join(cells) + ' |' + note
 
 def header(*cols):
@@ -71,7 +103,15 @@ def speed(e): # eval.py --speed: student / teacher throughput, same machine, one
 
 KEYS = ['i2t_r1', 'i2t_r5', 'i2t_r10', 't2i_r1', 't2i_r5', 't2i_r10']
 R1 = ('i2t_r1', 't2i_r1')
-teacher = read(teacher_eval)
+teacher_notes = []
+teacher = read(teacher_eval, teacher_notes)
+man = read(os.path.join(os.path.dirname(teacher_eval), 'manifest.json')) # the cache the teacher row was scored on
+if teacher and refused(teacher, teacher_eval):
+    teacher_notes.append(refused(teacher, teacher_eval))
+    teacher = None
+elif teacher and man and man.get('fingerprint') != teacher.get('fingerprint'):
+    teacher_notes.append(f"stale: {teacher_eval} scored an older version of that cache; rerun eval.py --cache=...")
+    teacher = None
 lines = [f"# TinySigLIP report ({runs_dir})", '']
 if teacher:
     lines.append(f"Test split `{teacher['split']}`: {teacher['n_images']} images, "
@@ -87,7 +127,8 @@ for label, evals in [(f'Teacher ({t_name})', [teacher] if teacher else []),
                      ('Student (No KD)', seeds('a1')),
                      (f'Student (TinySigLIP, run {tiny})', seeds(tiny))]:
     first = evals[0] if evals else None
-    lines.append(row(label, params(first), *[stat(evals, k) for k in KEYS], speed(first)))
+    note = f"  ({'; '.join(teacher_notes)})" if label.startswith('Teacher') and teacher_notes else ''
+    lines.append(row(label, params(first), *[stat(evals, k) for k in KEYS], speed(first)) + note)
 
 # Table 2 as the seed writes it: the full method, then one term removed at a time
 SEED_ABLATION = [('Full Method', 'a5'), ('w/o Feature Loss', 'a4'), ('w/o Affinity Loss', 'a3'),
@@ -104,7 +145,7 @@ lines += header('Configuration', 'I→T R@1', 'T→I R@1', 'Delta vs Full')
 for label, n in SEED_ABLATION:
     ev = seeds(n)
     d = '—' if n == 'a5' or not ev else ' / '.join(delta(ev))
-    lines.append(row(label, *[stat(ev, k) for k in R1], d, missing=None if ev else n))
+    lines.append(row(label, *[stat(ev, k) for k in R1], d, run=n))
 
 # the TinySigLIP recipe, part by part (demo.sh PARTS=1): the same 500 pairs and losses as a5, plus ...
 PARTS = [('pairs only (a5)', 'a5'), ('+ K views', 'parts-views'), ('+ unpaired images', 'parts-images'),
@@ -117,7 +158,7 @@ if any(seeds(n) for _, n in PARTS[1:]):
     lines += header('data', 'run', 'seeds', 'I→T R@1', 'T→I R@1', 'I→T ratio', 'T→I ratio')
     for label, n in PARTS:
         ev = seeds(n)
-        lines.append(row(label, n, str(len(ev)), *[stat(ev, k) for k in R1], *[ratio(ev, k) for k in R1]))
+        lines.append(row(label, n, str(len(ev)), *[stat(ev, k) for k in R1], *[ratio(ev, k) for k in R1], run=n))
 
 LOSSES = {'a1': 'contrastive only (no KD)', 'a2': 'feature', 'a3': 'feature + contrastive',
           'a4': 'affinity + contrastive', 'a5': 'feature + affinity + contrastive',
@@ -126,7 +167,7 @@ lines += ['', '## Table 2b: every loss combination (delta vs the full method a5)
 lines += header('run', 'losses', 'I→T R@1', 'T→I R@1', 'Δ I→T', 'Δ T→I')
 for n, what in LOSSES.items():
     ev = seeds(n)
-    lines.append(row(n, what, *[stat(ev, k) for k in R1], *delta(ev), missing=None if ev else n))
+    lines.append(row(n, what, *[stat(ev, k) for k in R1], *delta(ev), run=n))
 
 def arch_table(title, names): # one row per run; teacher and student names from the run's meta.json
     rows = ['', f'## {title}', '', "Ratio: student R@1 / its teacher's R@1 (the cache's test eval.json).", '']
@@ -134,7 +175,7 @@ def arch_table(title, names): # one row per run; teacher and student names from 
     for n in names:
         ev, meta = seeds(n), read(os.path.join(runs_dir, n, 'meta.json')) or {}
         if not ev:
-            rows.append(row(n, *['—'] * 7, missing=n))
+            rows.append(row(n, *['—'] * 7, run=n))
             continue
         t = read(meta.get('teacher_eval', ''))
         ratio = [f"{mean(ev, k) / max(t['metrics'][k], 1e-9):.2f}" if t else '—' for k in R1]
@@ -179,9 +220,14 @@ try:
 except ImportError:
     plt = None
     lines += ['', '(matplotlib not installed: plots skipped)']
+logs = {} # log.jsonl -> rows; a corrupt line is reported, not a crash
+for log in sorted(glob.glob(os.path.join(runs_dir, '*', 'log.jsonl'))):
+    try:
+        logs[log] = [json.loads(l) for l in open(log)]
+    except (OSError, ValueError) as e:
+        lines += ['', f"(corrupt: {log} ({type(e).__name__}: {e}); its curves are not plotted)"]
 if plt:
-    for log in sorted(glob.glob(os.path.join(runs_dir, '*', 'log.jsonl'))):
-        rows = [json.loads(l) for l in open(log)]
+    for log, rows in logs.items():
         terms = sorted({k for r in rows for k in r if k.startswith('loss')})
         fig, ax = plt.subplots(figsize=(6, 4))
         for k in terms:

@@ -2,7 +2,7 @@
 TinySigLIP tests, CPU only (~4 min on 2 cores):  python test_smoke.py   or   python -m pytest -q test_smoke.py
 Unit tests call model.py / loss.py / eval.py directly; the rest runs the scripts through their command line.
 """
-import os, sys, json, math, re, time, subprocess
+import os, sys, json, math, re, time, shutil, hashlib, subprocess
 import pytest, torch
 import torch.nn.functional as F
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -206,8 +206,8 @@ def test_retrieval_metrics_vs_brute_force():
         assert got[k] == pytest.approx(v), k
     perfect = retrieval_metrics(torch.eye(10), torch.eye(10)[index], index)
     assert perfect['i2t_r1'] == perfect['t2i_r1'] == 100.0
-    tie = retrieval_metrics(torch.eye(2), torch.tensor([[1.0, 1.0], [1.0, 1.0]]), torch.tensor([0, 1])) # one caption for both
-    assert tie['i2t_r1'] == tie['t2i_r1'] == 0.0 and tie['i2t_r5'] == 100.0
+    tie = retrieval_metrics(torch.eye(3), torch.tensor([[1.0, 1.0, 0], [1.0, 1.0, 0], [0, 0, 1.0]]), torch.tensor([0, 1, 2]))
+    assert tie['i2t_r1'] == tie['t2i_r1'] == pytest.approx(100 / 3) and tie['i2t_r5'] == 100.0 # 0, 1 share a caption: no hit
 
 def test_configurator(tmp_path):
     script = tmp_path / 's.py'
@@ -355,7 +355,11 @@ def test_every_config_resolves_to_the_seeds_teacher_and_student(monkeypatch):
 
 @pytest.fixture(scope='session')
 def demo(tmp_path_factory):
-    """The quick demo once (world -> teacher -> cache -> A1-A5 -> eval -> report); other tests reuse its caches."""
+    """The quick demo once (world -> teacher -> cache -> A1-A5 -> eval -> report); other tests reuse its caches.
+    TEST_DEMO_DIR=<dir> reuses a `DEMO_DIR=<dir> bash demo.sh --quick` made by this same code (faster iterations)."""
+    if os.environ.get('TEST_DEMO_DIR'):
+        import pathlib
+        return pathlib.Path(os.environ['TEST_DEMO_DIR'])
     d = tmp_path_factory.mktemp('demo')
     t = time.time()
     p = subprocess.run(['bash', 'demo.sh', '--quick'], cwd=REPO, env=dict(ENV, DEMO_DIR=str(d), PY=sys.executable),
@@ -485,10 +489,11 @@ def last_row(out):
     rows = [json.loads(l) for l in open(os.path.join(out, 'log.jsonl'))]
     return [r for r in rows if 'loss' in r][-1], [r for r in rows if 'val/i2t_r1' in r][-1]
 
-def test_train_resume_after_kill_is_exact_across_the_switch(demo, tmp_path):
-    """A6 (A5 + LocCa + SILC/TIPS, switch at iter 15): SIGKILL right after the iter-10 checkpoint, resume across the
-    switch point, and get the same losses and val numbers as the uninterrupted run."""
-    common = ['--max_iters=30', '--eval_interval=10', '--switch=0.5']
+@pytest.mark.parametrize('max_iters', [30, 20]) # switch at iter 15 (after the checkpoint) / 10 (exactly at it)
+def test_train_resume_after_kill_is_exact_across_the_switch(demo, tmp_path, max_iters):
+    """A6 (A5 + LocCa + SILC/TIPS, switch at half the run): SIGKILL right after the iter-10 checkpoint, resume across
+    (or exactly at) the switch point, and get the same losses and val numbers as the uninterrupted run."""
+    common = [f'--max_iters={max_iters}', '--eval_interval=10', '--switch=0.5']
     args = lambda out, *a: ['train.py', 'config/a6.py', *student_args(demo, out, *common, *a)[2:]]
     run(*args(tmp_path / 'full'))
     p = subprocess.Popen([sys.executable, *args(tmp_path / 'killed')], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
@@ -500,7 +505,7 @@ def test_train_resume_after_kill_is_exact_across_the_switch(demo, tmp_path):
     assert json.load(open(tmp_path / 'killed/meta.json'))['iter_num'] == 10
     run(*args(tmp_path / 'killed', '--init_from=resume'))
     (a, va), (b, vb) = last_row(tmp_path / 'full'), last_row(tmp_path / 'killed')
-    assert a['iter'] == b['iter'] == 30 and {'loss/silc', 'loss/tips', 'loss/locca'} <= set(a)
+    assert a['iter'] == b['iter'] == max_iters and {'loss/silc', 'loss/tips', 'loss/locca'} <= set(a)
     for k in a:
         if k.startswith('loss'):
             assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), k
@@ -814,6 +819,242 @@ def test_readme_snippet_trains_a_tiny_siglip2(tmp_path):
         totals.append(total.item())
     assert {'sigmoid', 'locca', 'silc', 'tips'} <= set(terms)
     assert totals[-1] < totals[2] and totals[-1] < totals[0]
+
+
+# ----------------------------------------------------------------------------- reliability: bad inputs and faults
+# (issue 9) every test here reproduced its failure on the code before the fix: a silent wrong result or a traceback
+def clean_error(p, *needles): # a one-line error naming what is wrong: non-zero exit, no traceback
+    err = p.stderr + p.stdout
+    return p.returncode != 0 and 'Traceback' not in err and all(n in err for n in needles)
+
+def test_rel_retrieval_metrics_refuses_nonfinite_and_collapsed():
+    """NaN embeddings used to score R@1 = 100 (every comparison false -> rank 0): refused, as is a collapsed model."""
+    img, index = torch.eye(4), torch.arange(4)
+    for bad in (float('nan'), float('inf')):
+        x = img.clone()
+        x[2, 1] = bad
+        for a, b in ((x, img), (img, x)):
+            with pytest.raises(SystemExit, match='non-finite'):
+                retrieval_metrics(a, b, index)
+    for a, b in ((torch.ones(4, 4), img), (img, torch.ones(4, 4))):
+        with pytest.raises(SystemExit, match='collapsed'):
+            retrieval_metrics(a, b, index)
+    assert retrieval_metrics(img, img, index)['i2t_r1'] == 100.0
+
+def test_rel_report_refuses_nan_stale_and_corrupt(tmp_path):
+    """report.py: a NaN run is never 'best', an eval.json of another checkpoint or cache is refused by name (stale),
+    a corrupt eval.json / log.jsonl is reported as corrupt; the report is still written."""
+    runs = tmp_path / 'out'
+    sha = lambda b: hashlib.sha256(b).hexdigest()
+    def make(name, r1, scored=b'w', fp='f'):
+        d = runs / name
+        d.mkdir(parents=True)
+        (d / 'model.safetensors').write_bytes(b'w')
+        json.dump(dict(iter_num=10, config={}), open(d / 'meta.json', 'w'))
+        ev = dict(split='test', n_images=2, n_captions=2, fingerprint=fp, run=name, model='student',
+                  checkpoint=dict(iter_num=10, model_sha256=sha(scored)), metrics={k: r1 for k in
+                  ('i2t_r1', 'i2t_r5', 'i2t_r10', 't2i_r1', 't2i_r5', 't2i_r10')})
+        json.dump(ev, open(d / 'eval.json', 'w'))
+        return d
+    teacher = dict(split='test', n_images=2, n_captions=2, fingerprint='f', metrics={k: 50.0 for k in
+                   ('i2t_r1', 'i2t_r5', 'i2t_r10', 't2i_r1', 't2i_r5', 't2i_r10')})
+    json.dump(teacher, open(tmp_path / 'teacher.json', 'w'))
+    (make('a1', 10.0) / 'log.jsonl').write_text('{"iter": 1, "loss": 1.0}\n{"iter": 2, "lo')
+    make('a2', float('nan'))            # diverged
+    make('a3', 20.0, scored=b'old')     # eval.json of an older model.safetensors
+    (make('a4', 25.0) / 'eval.json').write_text('{"metrics": ')
+    make('a5', 15.0)
+    make('a6', 40.0, fp='g')            # scored on another cache / split
+    p = run('report.py', f'--runs_dir={runs}', f'--teacher_eval={tmp_path / "teacher.json"}', f'--out={tmp_path / "r.md"}')
+    rep = open(tmp_path / 'r.md').read()
+    assert 'best distilled (a5)' in rep, rep
+    row = lambda n: [l for l in rep.splitlines() if l.startswith(f'| {n} |')][0]
+    assert 'non-finite' in row('a2') and all(c.strip() == '—' for c in row('a2').split('|')[3:7])
+    assert 'stale' in row('a3') and str(runs / 'a3' / 'eval.json') in row('a3') and '20.0' not in row('a3')
+    assert 'corrupt' in row('a4') and str(runs / 'a4' / 'eval.json') in row('a4')
+    assert 'another cache' in row('a6') and '40.0' not in row('a6')
+    assert 'corrupt' in rep and str(runs / 'a1' / 'log.jsonl') in rep and p.returncode == 0
+
+def test_rel_configurator_syntax_error_names_file_and_line(tmp_path):
+    cfg = tmp_path / 'bad.py'
+    cfg.write_text("batch_size = 16\nmax_iters = (\n")
+    p = run('train.py', str(cfg), ok=False)
+    assert clean_error(p, str(cfg), 'line 2'), p.stderr[-2000:]
+
+def test_rel_cache_fingerprint_hashes_content(tmp_path):
+    """The teacher fingerprint hashes files, not the path: `<dir>/./t` == `<dir>/t`; retrained weights or edited
+    captions at the same paths make a rerun into the old out_dir refuse, saying what changed."""
+    from safetensors.torch import load_file, save_file
+    sys.path.insert(0, os.path.join(REPO, 'data', 'shapes'))
+    from prepare import make_tiny_hf_teacher
+    w = tiny_world(tmp_path / 'w')
+    make_tiny_hf_teacher(str(tmp_path / 't'), str(w / 'processor'))
+    args = lambda t, out: ['cache_teacher.py', f'--data_dir={w}', '--split=val', f'--teacher={t}', f'--out_dir={out}',
+                           '--num_workers=0', '--shard_size=8']
+    run(*args(tmp_path / 't', tmp_path / 'c1'))
+    run(*args(f'{tmp_path}/./t', tmp_path / 'c2'))
+    m1, m2 = [json.load(open(tmp_path / c / 'val/manifest.json')) for c in ('c1', 'c2')]
+    assert m1['teacher_fingerprint'] == m2['teacher_fingerprint'] and m1['fingerprint'] == m2['fingerprint']
+    caps_f = w / 'annotations/captions_val2017.json'
+    good = caps_f.read_text()
+    caps = json.loads(good)
+    caps['annotations'][0]['caption'] = 'a fixed caption'
+    caps_f.write_text(json.dumps(caps))
+    p = run(*args(tmp_path / 't', tmp_path / 'c1'), ok=False)
+    assert clean_error(p, 'captions_val2017.json') and 'teacher weights' not in p.stderr, p.stderr[-2000:]
+    caps_f.write_text(good)
+    wf = tmp_path / 't/model.safetensors' # "retrained in place": new weights at the same path
+    sd = load_file(str(wf))
+    k = next(k for k, v in sd.items() if v.is_floating_point())
+    sd[k] = sd[k] + 1.0
+    save_file(sd, str(wf), metadata={'format': 'pt'})
+    p = run(*args(tmp_path / 't', tmp_path / 'c2'), ok=False)
+    assert clean_error(p, 'teacher weights') and 'captions' not in p.stderr, p.stderr[-2000:]
+
+def test_rel_cache_refuses_foreign_tokenizer(tmp_path):
+    """--processor with another vocabulary than the teacher's: refused before any image is read (no shard written),
+    for one of our teachers (tokenizer saved beside it) and for an HF teacher with a smaller text vocabulary."""
+    from transformers import AutoTokenizer
+    sys.path.insert(0, os.path.join(REPO, 'data', 'shapes'))
+    from prepare import make_tiny_hf_teacher
+    w = tiny_world(tmp_path / 'w')
+    foreign = tmp_path / 'foreign'
+    shutil.copytree(w / 'processor', foreign)
+    tok = AutoTokenizer.from_pretrained(str(w / 'processor'))
+    n = len(tok)
+    tok.add_tokens(['zzunseen', 'qqunseen'])
+    tok.save_pretrained(str(foreign))
+    ours = tmp_path / 'ours'
+    tiny_student(kept_ids=list(range(n))).save_pretrained(str(ours))
+    for f in os.listdir(w / 'processor'): # as train.py does: the teacher's tokenizer travels with it
+        shutil.copy(w / 'processor' / f, ours / f)
+    make_tiny_hf_teacher(str(tmp_path / 'hf'), str(w / 'processor'))
+    for t, needles in ((ours, ['vocabulary', str(foreign)]), (tmp_path / 'hf', [str(n), str(n + 2)])):
+        out = tmp_path / f'c-{t.name}'
+        p = run('cache_teacher.py', f'--data_dir={w}', '--split=val', f'--teacher={t}', f'--processor={foreign}',
+                f'--out_dir={out}', '--num_workers=0', ok=False)
+        assert clean_error(p, *needles), p.stderr[-2000:]
+        assert not any(f.endswith('.safetensors') for f in os.listdir(out / 'val'))
+    run('cache_teacher.py', f'--data_dir={w}', '--split=val', f'--teacher={ours}', f'--out_dir={tmp_path / "ok"}', '--num_workers=0')
+
+def test_rel_cache_writer_error_early_and_truncated_shard(tmp_path):
+    """A shard that cannot be written stops the run at the next shard (not after all of them), naming the file;
+    a 0-byte or truncated shard left by a power loss is recomputed on rerun (named), giving the same cache."""
+    w = tiny_world(tmp_path / 'w')
+    c = tmp_path / 'c/val'
+    args = ['cache_teacher.py', f'--data_dir={w}', '--split=val', '--teacher=none', f'--processor={w / "processor"}',
+            f'--out_dir={tmp_path / "c"}', '--num_workers=0', '--shard_size=4'] # 20 images -> 5 shards
+    c.mkdir(parents=True)
+    (c / 'val-00000.safetensors.tmp').mkdir() # the writer cannot create shard 0's file (like a full disk)
+    p = run(*args, ok=False)
+    assert clean_error(p, 'val-00000.safetensors'), p.stderr[-2000:]
+    assert not os.path.exists(c / 'val-00002.safetensors') # stopped early: shards 2-4 were never computed
+    (c / 'val-00000.safetensors.tmp').rmdir()
+    run(*args)
+    m = json.load(open(c / 'manifest.json'))
+    open(c / 'val-00001.safetensors', 'wb').close()
+    data = (c / 'val-00003.safetensors').read_bytes()
+    (c / 'val-00003.safetensors').write_bytes(data[:len(data) // 2])
+    os.remove(c / 'manifest.json')
+    out = run(*args).stdout
+    assert 'val-00001.safetensors' in out and 'val-00003.safetensors' in out and '3 done before' in out
+    assert json.load(open(c / 'manifest.json'))['fingerprint'] == m['fingerprint']
+
+def test_rel_karpathy_two_instances_files_and_no_boxes_training(tmp_path):
+    """Karpathy train+restval spans two COCO instances files: --instances=a.json,b.json finds boxes for every image
+    (crowd boxes counted). A Karpathy cache without boxes trains A6 (ARef/GCap skipped, said once), and a resume
+    after the captions changed refuses, naming the annotation file."""
+    w = tiny_world(tmp_path / 'w')
+    kf = w / 'annotations/dataset_shapes.json'
+    a = w / 'annotations'
+    iv, it = json.load(open(a / 'instances_val2017.json')), json.load(open(a / 'instances_test2017.json'))
+    it['annotations'][0]['iscrowd'] = 1
+    json.dump(it, open(a / 'instances_test2017.json', 'w'))
+    args = lambda split, out, *x: ['cache_teacher.py', f'--data_dir={w}', f'--karpathy={kf}', f'--split={split}', '--teacher=none',
+                                   f'--processor={w / "processor"}', f'--out_dir={tmp_path / out}', '--num_workers=0', *x]
+    run(*args('val+test', 'b', f'--instances={a / "instances_val2017.json"},{a / "instances_test2017.json"}'))
+    from eval import load_cache
+    d, m = load_cache(str(tmp_path / 'b/val+test'))
+    want = {x['image_id'] for x in iv['annotations'] + it['annotations'][1:]}
+    assert set(d['region_image_ids'].tolist()) == want and m['counts']['crowd_boxes'] == 1
+    assert m['counts']['regions'] == len(iv['annotations']) + len(it['annotations']) - 1
+    for s in ('train', 'val'): # no --instances: no boxes at all
+        run(*args(s, 'k'))
+    tr = ['train.py', 'config/a6.py', 'config/shapes.py', f'--train_cache={tmp_path}/k/train', f'--val_cache={tmp_path}/k/val',
+          f'--out_dir={tmp_path / "o"}', '--lambda_feat=0.0', '--lambda_affinity=0.0', '--embed_dim=32', '--batch_size=8',
+          '--val_images=20', '--max_iters=4', '--eval_interval=2', '--log_interval=1', '--switch=0.5', '--warmup_iters=1']
+    out = run(*tr).stdout
+    assert out.count('no regions') == 1, out
+    rows = [json.loads(l) for l in open(tmp_path / 'o/log.jsonl') if '"loss"' in l]
+    assert all(r['loss/locca/aref'] == 0 and r['loss/locca/cap'] > 0 and math.isfinite(r['loss']) for r in rows)
+    k = json.load(open(kf))
+    k['images'][0]['sentences'][0]['raw'] = 'a fixed caption'
+    json.dump(k, open(kf, 'w'))
+    shutil.rmtree(tmp_path / 'k/train')
+    run(*args('train', 'k'))
+    p = run(*tr, '--init_from=resume', '--max_iters=6', ok=False)
+    assert clean_error(p, 'dataset_shapes.json'), p.stderr[-2000:]
+
+def test_rel_demo_train_stops_on_nonfinite_loss(demo, tmp_path):
+    """A diverging run stops at the first non-finite loss, naming the iteration and the terms; ckpt.pt / model.safetensors
+    keep the last good (finite) checkpoint and no NaN val row is logged."""
+    from safetensors.torch import load_file
+    out = tmp_path / 'nan'
+    p = run(*student_args(demo, out, '--max_iters=6', '--eval_interval=3', '--learning_rate=1e30'), ok=False)
+    err = p.stderr + p.stdout
+    assert clean_error(p, 'non-finite') and re.search(r'iter \d+: non-finite', err), err[-2000:]
+    assert json.load(open(out / 'meta.json'))['iter_num'] == 0
+    assert all(torch.isfinite(v).all() for v in load_file(str(out / 'model.safetensors')).values())
+    assert all(math.isfinite(v) for l in open(out / 'log.jsonl') for k, v in json.loads(l).items() if k.startswith('val/'))
+
+def test_rel_demo_lock_and_stale_eval(demo, tmp_path):
+    """One train.py per out_dir (a live lock refuses, a dead pid's lock is taken over); eval.json records the checkpoint
+    it scored, and report.py refuses it once the run has trained further."""
+    out = tmp_path / 'runs/a5'
+    run(*student_args(demo, out, '--max_iters=2', '--eval_interval=2'))
+    (out / 'lock').write_text(str(os.getpid())) # a live process holds the out_dir
+    p = run(*student_args(demo, out, '--max_iters=4', '--eval_interval=2', '--init_from=resume'), ok=False)
+    assert clean_error(p, str(os.getpid()), 'lock'), p.stderr[-2000:]
+    dead = subprocess.Popen(['true'])
+    dead.wait()
+    (out / 'lock').write_text(str(dead.pid))
+    run('eval.py', f'--cache={demo}/cache/shapes/test', f'--ckpt={out}')
+    e = json.load(open(out / 'eval.json'))
+    assert e['checkpoint']['iter_num'] == 2 and e['split'] == 'test'
+    assert e['checkpoint']['model_sha256'] == hashlib.sha256((out / 'model.safetensors').read_bytes()).hexdigest()
+    p = run(*student_args(demo, out, '--max_iters=4', '--eval_interval=2', '--init_from=resume'))
+    assert 'stale lock' in p.stdout and not os.path.exists(out / 'lock')
+    rep = tmp_path / 'r.md'
+    run('report.py', f'--runs_dir={tmp_path / "runs"}', f'--teacher_eval={demo}/cache/shapes/test/eval.json', f'--out={rep}')
+    row = [l for l in open(rep) if l.startswith('| a5 |')][0]
+    assert 'stale' in row and str(out / 'eval.json') in row, row
+
+def test_rel_demo_one_line_errors(demo, tmp_path):
+    """Bad values and broken files get one line naming the key / file, before any training starts."""
+    x = tmp_path / 'x'
+    for arg, key in [('--eval_interval=0', 'eval_interval'), ('--log_interval=0', 'log_interval'), ('--val_images=0', 'val_images'),
+                     ('--grad_accum=0', 'grad_accum'), ('--warmup_iters=-1', 'warmup_iters'), ('--batch_size=100000', 'batch_size'),
+                     ('--image_model=vit_nonexistent_patch16', 'vit_nonexistent_patch16')]:
+        p = run(*student_args(demo, x, '--max_iters=2', arg), ok=False)
+        assert clean_error(p, key), (arg, p.stderr[-2000:])
+    f = tmp_path / 'a_file'
+    f.write_text('x')
+    assert clean_error(run(*student_args(demo, f, '--max_iters=2'), ok=False), str(f))
+    vc = tmp_path / 'vc'
+    shutil.copytree(f'{demo}/cache/shapes/val', vc)
+    (vc / 'manifest.json').write_text((vc / 'manifest.json').read_text()[:100])
+    assert clean_error(run(*student_args(demo, x, '--max_iters=2', f'--val_cache={vc}'), ok=False), str(vc / 'manifest.json'))
+    r = tmp_path / 'r'
+    run(*student_args(demo, r, '--max_iters=1', '--eval_interval=1'))
+    data = (r / 'ckpt.pt').read_bytes()
+    (r / 'ckpt.pt').write_bytes(data[:len(data) // 2])
+    p = run(*student_args(demo, r, '--max_iters=2', '--init_from=resume'), ok=False)
+    assert clean_error(p, str(r / 'ckpt.pt')), p.stderr[-2000:]
+    os.remove(r / 'model.safetensors')
+    p = run('eval.py', f'--cache={demo}/cache/shapes/test', f'--ckpt={r}', ok=False)
+    assert clean_error(p, 'model.safetensors'), p.stderr[-2000:]
+    p = run('cache_teacher.py', f'--data_dir={demo}/data/shapes', f'--out_dir={x}', '--max_images=-1', ok=False)
+    assert clean_error(p, 'max_images'), p.stderr[-2000:]
 
 
 if __name__ == '__main__':

@@ -9,13 +9,14 @@ complete SigLIP 2 objective (sigmoid + LocCa + SILC/TIPS) — no teacher runs in
 
 Writes out_dir/{ckpt.pt, model.safetensors, config.json, processor files, [decoder.*], meta.json, log.jsonl}.
 """
-import os, sys, json, time, math, shutil, subprocess
+import os, sys, json, time, math, shutil, atexit, subprocess
+import timm
 import torch
 import torch.nn.functional as F
 import torch.distributed as dist
 from model import Student, StudentConfig, LoccaDecoder, DINOHead
 from loss import SigLIP2Loss, feature_loss, affinity_loss, crop_boxes
-from eval import load_cache, retrieval_metrics, check_no_leak, embed_student
+from eval import load_cache, retrieval_metrics, check_no_leak, embed_student, what_changed, replace_durably
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -100,11 +101,57 @@ device_type = 'cuda' if 'cuda' in device else 'cpu'
 torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 autocast = torch.autocast(device_type=device_type, dtype=getattr(torch, dtype), enabled=dtype != 'float32')
 for k, ok in [('contrast', contrast in ('sigmoid', 'infonce')), ('affinity_kind', affinity_kind in ('softmax', 'sigmoid')),
-              ('init_from', init_from in ('scratch', 'resume')), ('batch_size', batch_size >= 2), ('max_iters', max_iters >= 0)]:
+              ('init_from', init_from in ('scratch', 'resume')), ('batch_size', batch_size >= 2), ('max_iters', max_iters >= 0),
+              ('eval_interval', eval_interval > 0), ('log_interval', log_interval > 0), ('val_images', val_images > 0),
+              ('grad_accum', grad_accum > 0), ('warmup_iters', warmup_iters >= 0)]:
     if not ok: sys.exit(f"train.py: bad value {k}={globals()[k]!r}")
-ckpt = torch.load(os.path.join(out_dir, 'ckpt.pt'), map_location='cpu', weights_only=False) if init_from == 'resume' else None
-if init_from == 'resume' and ckpt['config']['train_cache'] != train_cache:
-    sys.exit(f"train.py: resume: {out_dir}/ckpt.pt was trained on {ckpt['config']['train_cache']}, not {train_cache}")
+if not timm.is_model(image_model):
+    sys.exit(f"train.py: unknown timm model image_model={image_model!r} (see timm.list_models('vit_*'))")
+
+# -----------------------------------------------------------------------------
+# one train.py per out_dir: an O_EXCL lock file with our pid (two runs would interleave log.jsonl, overwrite ckpt.pt)
+lock = os.path.join(out_dir, 'lock')
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError: # someone else's live process
+        return True
+    return True
+if master:
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        fd = None
+        while fd is None:
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                txt = open(lock).read().strip()
+                pid = int(txt) if txt.isdigit() else None # empty: killed between create and write
+                if pid is not None and pid_alive(pid):
+                    sys.exit(f"train.py: {out_dir} is in use by a run with pid {pid} (lock file {lock}); wait for it or "
+                             f"choose another out_dir (delete the lock only if pid {pid} is not a train.py run)")
+                print0(f"train.py: taking over the stale lock {lock} of pid {pid}, which is no longer running")
+                os.remove(lock)
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+    except OSError as e: # out_dir is a file, read-only, on a full disk, ...
+        sys.exit(f"train.py: cannot use out_dir={out_dir!r}: {e.strerror or e}")
+    def release_lock(): # on every exit but kill -9, which leaves a stale lock the next run takes over
+        if os.path.isfile(lock) and open(lock).read() == str(os.getpid()):
+            os.remove(lock)
+    atexit.register(release_lock)
+ckpt, saved_iter = None, None
+if init_from == 'resume':
+    path = os.path.join(out_dir, 'ckpt.pt')
+    if not os.path.isfile(path):
+        sys.exit(f"train.py: --init_from=resume, but there is no {path}")
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as e: # truncated copy, disk error: name the file instead of a zip-reader traceback
+        sys.exit(f"train.py: cannot read {path}, truncated or corrupt ({type(e).__name__}: {str(e).splitlines()[0]})")
+    saved_iter = ckpt['iter_num']
 
 # -----------------------------------------------------------------------------
 # data: the whole cache in memory (uint8 pixels, fp16 embeddings), checked before any long work
@@ -113,8 +160,9 @@ val, vman = load_cache(val_cache)
 if vman['teacher_fingerprint'] != man['teacher_fingerprint']:
     sys.exit(f"train.py: {val_cache} was cached with another teacher/processor than {train_cache}")
 check_no_leak(data['image_ids'], val['image_ids'], f'{train_cache} vs {val_cache}')
-if ckpt and ckpt['fingerprint'] != man['fingerprint']:
-    sys.exit(f"train.py: resume: {train_cache} changed since {out_dir}/ckpt.pt was written (fingerprint)")
+if ckpt and ckpt['fingerprint'] != man['fingerprint']: # content, not paths: `./cache/x` and `cache/x` are one cache
+    sys.exit(f"train.py: resume: {train_cache} is not the cache {out_dir}/ckpt.pt was trained on: "
+             f"{what_changed(ckpt.get('cache_content'), man.get('content'))}")
 has_teacher = 'image_embeds' in data
 if (lambda_feat or lambda_affinity) and not has_teacher:
     sys.exit(f"train.py: lambda_feat/lambda_affinity need teacher embeddings, but {train_cache} was cached with teacher=none")
@@ -150,10 +198,19 @@ def index(owner, ids): # rows of a per-caption/per-region table -> (start, count
     count = torch.bincount(pos, minlength=len(ids))
     return torch.cumsum(count, 0) - count, count
 for k in ('cap', 'aref', 'gcap'): # LocCa targets are stored padded to 64: trim the all-pad tail once (decoder cost ∝ L)
-    data[f'{k}_ids'] = data[f'{k}_ids'][:, :max(int((data[f'{k}_ids'] != 0).sum(1).max()), 1)]
+    ids = data[f'{k}_ids']
+    longest = int((ids != 0).sum(1).max()) if len(ids) else 1 # a cache without boxes has 0 ARef/GCap rows
+    data[f'{k}_ids'] = ids[:, :max(longest, 1)]
 cap_start, cap_count = index(data['caption_image_ids'], data['image_ids'])
 reg_start, reg_count = index(data['region_image_ids'], data['image_ids'])
 N = len(data['image_ids'])
+n_regions = len(data['region_image_ids'])
+if batch_size * world > N:
+    sys.exit(f"train.py: batch_size={batch_size} x {world} ranks > the {N} images in {train_cache}")
+no_reg = int((reg_count == 0).sum()) # LocCa ARef/GCap need a box: images without one get weight 0 there
+if lambda_locca and no_reg:
+    print0(f"LocCa: {no_reg} of {N} images in {train_cache} have no regions (boxes): their ARef/GCap terms are skipped "
+           f"(weight 0)" + ('; cache with --instances for ARef/GCap' if no_reg == N else ''))
 
 def get_batch(it, micro): # same global batch on every rank (seeded by step), each rank takes its slice
     g = torch.Generator().manual_seed(seed * 1_000_003 + it * 101 + micro)
@@ -162,7 +219,7 @@ def get_batch(it, micro): # same global batch on every rank (seeded by step), ea
     has_reg = reg_count[idx] > 0
     aref = reg_start[idx] + (torch.rand(len(idx), generator=g) * reg_count[idx]).long() # one region for ARef,
     gcap = reg_start[idx] + (torch.rand(len(idx), generator=g) * reg_count[idx]).long() # another for GCap (U11)
-    aref, gcap = aref.clamp(max=max(len(data['region_image_ids']) - 1, 0)), gcap.clamp(max=max(len(data['region_image_ids']) - 1, 0))
+    aref, gcap = aref.clamp(max=max(n_regions - 1, 0)), gcap.clamp(max=max(n_regions - 1, 0))
     sl = slice(rank * batch_size, (rank + 1) * batch_size)
     b = dict(pixels=data['pixels'][idx[sl]], ids=data['input_ids'][cap[sl]].long(), cap=cap[sl], aref=aref[sl], gcap=gcap[sl], has_reg=has_reg[sl])
     if has_teacher:
@@ -270,11 +327,14 @@ def git_state():
         return {}
 
 def save(metrics):
-    os.makedirs(out_dir, exist_ok=True)
+    global saved_iter
+    if not all(torch.isfinite(p).all() for p in list(student.parameters()) + list(loss_fn.parameters())):
+        sys.exit(f"train.py: iter {iter_num}: non-finite weights, not saved; {out_dir}/ckpt.pt keeps iter {saved_iter}")
     ck = dict(model=student.state_dict(), loss=loss_fn.state_dict(), optimizer=optimizer.state_dict(), model_args=model_args,
-              iter_num=iter_num, best_val=best_val, config=config, fingerprint=man['fingerprint'])
+              iter_num=iter_num, best_val=best_val, config=config, fingerprint=man['fingerprint'], cache_content=man.get('content'))
     torch.save(ck, os.path.join(out_dir, 'ckpt.pt.tmp'))
-    os.replace(os.path.join(out_dir, 'ckpt.pt.tmp'), os.path.join(out_dir, 'ckpt.pt')) # atomic: a crash keeps the last one
+    replace_durably(os.path.join(out_dir, 'ckpt.pt.tmp'), os.path.join(out_dir, 'ckpt.pt')) # a crash keeps the last one
+    saved_iter = iter_num
     student.save_pretrained(out_dir) # config.json + model.safetensors: all that Student.from_pretrained needs
     if decoder is not None:
         decoder.save_pretrained(out_dir)
@@ -285,6 +345,7 @@ def save(metrics):
                 val_cache=val_cache, fingerprint=man['fingerprint'], teacher_fingerprint=man['teacher_fingerprint'],
                 teacher=man['teacher'], teacher_eval=os.path.join(os.path.dirname(val_cache.rstrip('/')), 'test', 'eval.json'),
                 params=dict(total=n_params, without_token_table=n_params_nt), git=git_state(), world_size=world,
+                locca_images_without_regions=no_reg,
                 text_length=data['input_ids'].shape[1]) # a teacher of ours must be cached at this length
     with open(os.path.join(out_dir, 'meta.json.tmp'), 'w') as f:
         json.dump(meta, f, indent=1)
@@ -293,13 +354,17 @@ def save(metrics):
 def log(row):
     with open(os.path.join(out_dir, 'log.jsonl'), 'a') as f:
         f.write(json.dumps(row) + '\n')
+def row_iter(line): # a line cut by a kill mid-write parses as nothing: dropped on resume
+    try:
+        return json.loads(line)['iter']
+    except (ValueError, KeyError, TypeError):
+        return None
 if master:
-    os.makedirs(out_dir, exist_ok=True)
     logf = os.path.join(out_dir, 'log.jsonl')
     if iter_num == 0 and os.path.exists(logf):
         os.remove(logf)
     elif os.path.exists(logf): # resume: drop rows logged after the checkpoint we continue from
-        rows = [l for l in open(logf) if json.loads(l)['iter'] <= iter_num]
+        rows = [l for l in open(logf) if row_iter(l) is not None and row_iter(l) <= iter_num]
         open(logf, 'w').writelines(rows)
 
 # -----------------------------------------------------------------------------
@@ -316,6 +381,9 @@ while True:
     if last:
         break
     progress = iter_num / max(max_iters, 1)
+    # the switch's fresh heads are drawn from (seed, step) only, the same on every rank: a checkpoint written
+    # exactly at the switch step resumes like the uninterrupted run (the global RNG state there is not saved)
+    torch.manual_seed(seed * 1_000_003 + iter_num * 101 + 100)
     for p in loss_fn.maybe_switch(progress): # SigLIP 2 §2.3: new heads + mask token get fresh optimizer state
         optimizer.state.pop(p, None)
     lr = get_lr(iter_num)
@@ -331,8 +399,10 @@ while True:
             m = lambda k, i: student.map_ids(data[f'{k}_ids'][i].long().to(device))
             pre = lambda k, i: data[f'{k}_prefix'][i].long().to(device)
             hr = b['has_reg'].to(device)
-            locca = {'cap': (m('cap', b['cap']), pre('cap', b['cap'])), 'aref': (m('aref', b['aref']), pre('aref', b['aref']), hr),
-                     'gcap': (m('gcap', b['gcap']), pre('gcap', b['gcap']), hr)}
+            locca = {'cap': (m('cap', b['cap']), pre('cap', b['cap']))}
+            if n_regions: # no boxes in the cache: ARef/GCap are skipped (weight 0), said once above
+                locca['aref'] = (m('aref', b['aref']), pre('aref', b['aref']), hr)
+                locca['gcap'] = (m('gcap', b['gcap']), pre('gcap', b['gcap']), hr)
         with autocast:
             img, txt, tokens = model(x, b['ids'].to(device))
             img_all, txt_all = gather(img.float()), gather(txt.float())
@@ -372,8 +442,11 @@ while True:
         dist.all_reduce(vals)
         vals /= world
     terms_sum = dict(zip(terms_sum, vals.tolist()))
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or math.inf).item() # inf: no clipping, norm only
+    bad = [k for k, v in [*terms_sum.items(), ('grad_norm', grad_norm)] if not math.isfinite(v)] # same on every rank
+    if bad: # stop before the step: the weights stay finite and ckpt.pt keeps the last good checkpoint
+        sys.exit(f"train.py: iter {iter_num}: non-finite {', '.join(bad)} (loss {terms_sum['loss']}); stopped without "
+                 f"saving: {out_dir}/ckpt.pt keeps iter {saved_iter}. Lower learning_rate or check the cache" if master else 1)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     loss_fn.after_step() # EMA teacher + centres (after the step, as DINO does)

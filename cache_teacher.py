@@ -62,7 +62,7 @@ config = {k: globals()[k] for k in config_keys}
 from model import box_to_text
 from eval import cache_fingerprint, sha256, what_changed, replace_durably
 for k, ok in [('max_images', max_images >= 0), ('batch_size', batch_size > 0), ('shard_size', shard_size > 0),
-              ('max_length', max_length > 1), ('num_workers', num_workers >= 0)]:
+              ('max_length', max_length == 0 or max_length > 1), ('num_workers', num_workers >= 0)]:
     if not ok:
         sys.exit(f"cache_teacher: bad value {k}={globals()[k]!r}")
 

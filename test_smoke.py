@@ -681,6 +681,64 @@ def test_train_rejects_bad_config(demo, tmp_path):
     assert p.returncode != 0 and 'overlap' in (p.stderr + p.stdout).lower()
 
 
+def hf_caches(tmp, **world): # a tiny world + a tiny random SiglipModel cached: train (K=3 views, 3 shards), val, web images
+    sys.path.insert(0, os.path.join(REPO, 'data', 'shapes'))
+    from prepare import make_tiny_hf_teacher
+    w = tiny_world(tmp / 'w', **world)
+    make_tiny_hf_teacher(str(tmp / 't'), str(w / 'processor'))
+    base = ['cache_teacher.py', f'--data_dir={w}', f'--teacher={tmp / "t"}', '--num_workers=0', f'--out_dir={tmp / "c"}']
+    run(*base, '--split=train', '--views=3', '--shard_size=16')
+    run(*base, '--split=val')
+    run(*base, '--split=web', '--captions=False', '--views=3', '--shard_size=8')
+    return w
+
+def test_mmap_cache_gathers_what_the_loaded_cache_holds_and_training_resumes_exactly(tmp_path):
+    """load_cache(mmap=True): every key of a 3-shard cache with views gives, for x[idx], x[idx, v], x[mask], x[a:b],
+    x[i], x[:, :L][idx] and .split(n), exactly the loaded tensors; train.py (memory-mapped caches, prefetch thread)
+    with views, unpaired images and every SigLIP 2 term, SIGKILLed after the iter-4 checkpoint and resumed, equals
+    the uninterrupted run."""
+    from eval import load_cache, Rows
+    hf_caches(tmp_path)
+    a, _ = load_cache(str(tmp_path / 'c/train'))
+    b, man = load_cache(str(tmp_path / 'c/train'), mmap=True)
+    assert len(man['shards']) == 3 and isinstance(b['pixels'], Rows) and isinstance(b['view_embeds'], Rows)
+    assert set(a) == set(b) and torch.equal(a['image_ids'], b['image_ids']) # 1-D metadata: plain tensors
+    g = torch.Generator().manual_seed(0)
+    for k in a:
+        n = len(a[k])
+        idx = torch.randint(n, (50,), generator=g) # crosses shard boundaries, repeats rows
+        mask = torch.rand(n, generator=g) < 0.5
+        assert a[k].shape == b[k].shape and a[k].dtype == b[k].dtype, k
+        for key in (idx, mask, slice(5, 23), slice(None, 0), -1, 17):
+            assert torch.equal(a[k][key], b[k][key]), (k, key)
+        if a[k].dim() > 1:
+            assert torch.equal(a[k][:, :2][idx], b[k][:, :2][idx]) and isinstance(b[k][:, :2], Rows), k
+            assert torch.equal(torch.cat(list(a[k].split(7))), torch.cat(list(b[k].split(7)))), k
+    v = torch.randint(3, (50,), generator=g)
+    for k in ('view_embeds', 'view_boxes', 'view_flips'):
+        assert torch.equal(a[k][idx, v], b[k][idx, v]), k
+    args = lambda out, *x: ['train.py', 'config/a6.py', 'config/shapes.py', f'--train_cache={tmp_path / "c/train"}',
+                            f'--val_cache={tmp_path / "c/val"}', f'--extra_image_cache={tmp_path / "c/web"}', '--views=3',
+                            '--extra_batch_size=8', f'--out_dir={out}', '--batch_size=16', '--val_images=20', '--log_interval=1',
+                            '--warmup_iters=2', '--max_iters=8', '--eval_interval=4', '--switch=0.75', *x]
+    out = run(*args(tmp_path / 'full')).stdout
+    assert 'memory after loading the caches' in out
+    p = subprocess.Popen([sys.executable, *args(tmp_path / 'killed')], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    for line in p.stdout: # kill right after the iter-4 checkpoint, while the thread may be gathering iter 5
+        if line.startswith('iter 5:'):
+            p.kill()
+            break
+    p.wait()
+    assert json.load(open(tmp_path / 'killed/meta.json'))['iter_num'] == 4
+    run(*args(tmp_path / 'killed', '--init_from=resume'))
+    (r, vr), (q, vq) = last_row(tmp_path / 'full'), last_row(tmp_path / 'killed')
+    assert r['iter'] == q['iter'] == 8 and {'loss/locca/aref', 'loss/silc', 'loss/extra_img/feat'} <= set(r)
+    for k in r:
+        if k.startswith('loss'):
+            assert r[k] == pytest.approx(q[k], rel=1e-5, abs=1e-6), k
+    assert vr == pytest.approx(vq, rel=1e-5, abs=1e-6)
+
 def test_readme_snippet_trains_a_tiny_siglip2(tmp_path):
     """The README's 15-line snippet, verbatim, on a tiny random Siglip2Model: every term finite, total going down."""
     from transformers import AutoModel

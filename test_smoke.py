@@ -739,6 +739,59 @@ def test_mmap_cache_gathers_what_the_loaded_cache_holds_and_training_resumes_exa
             assert r[k] == pytest.approx(q[k], rel=1e-5, abs=1e-6), k
     assert vr == pytest.approx(vq, rel=1e-5, abs=1e-6)
 
+def test_webdataset_tars_cached_and_trained_on(tmp_path):
+    """Two img2dataset-style tars (key.jpg|png + key.txt + key.json, one key with only a .txt) from the synthetic
+    world, read by a brace list: each image's pixels equal the COCO-reader cache of the same file; a missing
+    caption is refused unless --captions=False; train.py trains on the tar cache (memory-mapped)."""
+    import io, tarfile
+    from eval import load_cache
+    w = tiny_world(tmp_path / 'w')
+    caps = json.load(open(w / 'annotations/captions_train2017.json'))
+    files = {im['id']: im['file_name'] for im in sorted(caps['images'], key=lambda im: im['id'])}
+    first = {}
+    for a in sorted(caps['annotations'], key=lambda a: a['id']):
+        first.setdefault(a['image_id'], a['caption'])
+    def add(tf, name, data):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    ids = list(files)
+    for t, part in enumerate((ids[:25], ids[25:])):
+        with tarfile.open(tmp_path / f'shard-{t:02d}.tar', 'w') as tf:
+            for i in part:
+                key = f'{i:09d}'
+                add(tf, f'{key}.png', (w / 'train2017' / files[i]).read_bytes())
+                add(tf, f'{key}.txt', first[i].encode())
+                add(tf, f'{key}.json', json.dumps(dict(key=key)).encode())
+            add(tf, 'orphan.txt', b'a caption whose download failed') # no image: skipped
+    base = ['cache_teacher.py', f'--tars={tmp_path}/shard-{{00..01}}.tar', f'--processor={w / "processor"}', '--teacher=none',
+            '--num_workers=0', '--shard_size=16', f'--out_dir={tmp_path / "c"}']
+    run(*base, '--split=tar')
+    run('cache_teacher.py', f'--data_dir={w}', '--split=train', '--teacher=none', f'--processor={w / "processor"}',
+        '--num_workers=0', f'--out_dir={tmp_path / "c"}')
+    run('cache_teacher.py', f'--data_dir={w}', '--split=val', '--teacher=none', f'--processor={w / "processor"}',
+        '--num_workers=0', f'--out_dir={tmp_path / "c"}')
+    d, m = load_cache(str(tmp_path / 'c/tar'))
+    ref, _ = load_cache(str(tmp_path / 'c/train'))
+    assert m['dataset']['reader'] == 'webdataset' and m['counts']['images'] == 40 and m['counts']['captions'] == 40
+    assert torch.equal(d['pixels'], ref['pixels']) # the same images in the same (id) order, decoded from the tars
+    from transformers import AutoTokenizer
+    t = AutoTokenizer.from_pretrained(str(w / 'processor'))
+    for j in (0, 3, 39): # key order = id order: image j carries its own first caption
+        assert t.decode(d['input_ids'][j], skip_special_tokens=True).strip() == ' '.join(first[ids[j]].lower().split())
+    with tarfile.open(tmp_path / 'shard-00.tar', 'a') as tf:
+        add(tf, 'nocap.png', (w / 'train2017' / files[ids[0]]).read_bytes())
+    p = run(*base, '--split=tar2', ok=False)
+    assert p.returncode != 0 and '1 of 41' in p.stderr and 'captions=False' in p.stderr
+    run(*base, '--split=tar2', '--captions=False')
+    d2, m2 = load_cache(str(tmp_path / 'c/tar2'))
+    assert m2['dataset']['contents'] == 'images' and len(d2['pixels']) == 41 and 'input_ids' not in d2
+    out = tmp_path / 'o'
+    run('train.py', 'config/a1.py', 'config/shapes.py', f'--train_cache={tmp_path / "c/tar"}', f'--val_cache={tmp_path / "c/val"}',
+        f'--out_dir={out}', '--embed_dim=16', '--batch_size=16', '--max_iters=3', '--eval_interval=3', '--val_images=20')
+    row, val = last_row(out)
+    assert row['iter'] == 3 and math.isfinite(row['loss']) and 'val/i2t_r1' in val
+
 def test_readme_snippet_trains_a_tiny_siglip2(tmp_path):
     """The README's 15-line snippet, verbatim, on a tiny random Siglip2Model: every term finite, total going down."""
     from transformers import AutoModel

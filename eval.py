@@ -56,7 +56,7 @@ class Rows:
         return (self[i:i + n] for i in range(0, len(self), n))
     def __getitem__(self, key):
         key, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
-        if isinstance(key, slice) and key == slice(None) and all(isinstance(r, slice) for r in rest):
+        if isinstance(key, slice) and key == slice(None) and rest and all(isinstance(r, slice) for r in rest):
             return Rows([p[(key, *rest)] for p in self.parts]) # column slice: still mapped, nothing read
         if isinstance(key, int):
             return self[(torch.tensor([key % len(self)]), *rest)][0]

@@ -432,7 +432,8 @@ if rank == 0:
     processor_info = dict(tokenizer=type(tok).__name__, vocab_size=len(tok), max_length=max_length, padding='right',
                           pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, lowercase=lowercase, resample=int(resample),
                           backend='pil', teacher_image_size=teacher_size)
-    reader = 'folder' if image_folder else 'webdataset' if tars else 'caption_file' if caption_file else 'karpathy' if karpathy else 'coco'
+    reader = 'folder' if image_folder else 'webdataset' if tars else 'caption_file' if caption_file else \
+        'karpathy' if karpathy else 'coco'
     manifest = dict(teacher=teacher, teacher_kind=kind, teacher_params=teacher_params, embed_dim=embed_dim,
                     logit_scale=logit_scale, logit_bias=logit_bias,
                     image_size=image_size, mean=mean, std=std, processor=processor_info,

@@ -18,9 +18,11 @@ def cache_fingerprint(manifest): # what a cache is: teacher, preprocessing, data
     return hashlib.sha256(json.dumps({k: manifest[k] for k in FINGERPRINT_KEYS}, sort_keys=True).encode()).hexdigest()[:16]
 
 # safetensors dtype names -> (numpy dtype of the same width to map the bytes, torch dtype to view them as)
-ST_DTYPES = {'U8': ('u1', torch.uint8), 'I8': ('i1', torch.int8), 'I16': ('i2', torch.int16), 'I32': ('i4', torch.int32),
-             'I64': ('i8', torch.int64), 'F16': ('i2', torch.float16), 'BF16': ('i2', torch.bfloat16),
-             'F32': ('i4', torch.float32), 'F64': ('i8', torch.float64), 'BOOL': ('u1', torch.bool)}
+ST_DTYPES = {'U8': ('u1', torch.uint8), 'I8': ('i1', torch.int8),
+             'I16': ('i2', torch.int16), 'I32': ('i4', torch.int32),
+             'I64': ('i8', torch.int64), 'F16': ('i2', torch.float16),
+             'BF16': ('i2', torch.bfloat16), 'F32': ('i4', torch.float32),
+             'F64': ('i8', torch.float64), 'BOOL': ('u1', torch.bool)}
 
 def mmap_safetensors(path): # -> {key: tensor backed by the file's pages (copy-on-write), nothing read yet}
     import numpy as np
@@ -37,7 +39,8 @@ def mmap_safetensors(path): # -> {key: tensor backed by the file's pages (copy-o
             out[k] = torch.empty(h['shape'], dtype=dtype)
             continue
         # mode 'c': pages are shared with the page cache (and other ranks) until written; nothing here writes
-        mm = np.memmap(path, dtype=np_dtype, mode='c', offset=8 + n + begin, shape=(end - begin) // np.dtype(np_dtype).itemsize)
+        count = (end - begin) // np.dtype(np_dtype).itemsize
+        mm = np.memmap(path, dtype=np_dtype, mode='c', offset=8 + n + begin, shape=count)
         out[k] = torch.from_numpy(mm).view(dtype).view(h['shape'])
     return out
 
@@ -56,8 +59,9 @@ class Rows:
         return (self[i:i + n] for i in range(0, len(self), n))
     def __getitem__(self, key):
         key, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
-        if isinstance(key, slice) and key == slice(None) and rest and all(isinstance(r, slice) for r in rest):
-            return Rows([p[(key, *rest)] for p in self.parts]) # column slice: still mapped, nothing read
+        columns = rest and all(isinstance(r, slice) for r in rest)
+        if isinstance(key, slice) and key == slice(None) and columns: # x[:, :L]: still mapped, nothing read
+            return Rows([p[(key, *rest)] for p in self.parts])
         if isinstance(key, int):
             return self[(torch.tensor([key % len(self)]), *rest)][0]
         if isinstance(key, slice):
@@ -66,7 +70,7 @@ class Rows:
         idx = key.nonzero().squeeze(1) if key.dtype == torch.bool else key.long() # (n,) global rows
         shard = torch.searchsorted(self.starts, idx, right=True) - 1 # (n,) vectorised shard lookup
         local = idx - self.starts[shard]
-        sub = lambda m: [r[m] if torch.is_tensor(r) else r for r in rest] # per-row extra indexes (x[idx, v])
+        sub = lambda m: [r[m] if torch.is_tensor(r) else r for r in rest] # x[idx, v]: v per row
         empty = idx[:0]
         tail = self.parts[0][(empty, *sub(empty))].shape[1:] # the row shape after the extra indexes
         out = torch.empty((len(idx), *tail), dtype=self.dtype)
@@ -101,7 +105,8 @@ def load_cache(split_dir, verify=True, mmap=False):
                 raise SystemExit(f"{f}: checksum differs from {path} (shard corrupted or rewritten)")
         parts.append(mmap_safetensors(f) if mmap else load_file(f))
     if mmap:
-        return {k: torch.cat([p[k] for p in parts]) if parts[0][k].dim() == 1 else Rows([p[k] for p in parts]) for k in parts[0]}, man
+        join = lambda k: torch.cat([p[k] for p in parts]) if parts[0][k].dim() == 1 else Rows([p[k] for p in parts])
+        return {k: join(k) for k in parts[0]}, man
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}, man
 
 def check_no_leak(train_image_ids, eval_image_ids, what):

@@ -163,7 +163,7 @@ def index(owner, ids): # rows of a per-caption/per-region table -> (start, count
 def shards(x): # a memory-mapped key's per-shard tensors (a plain tensor is its own single shard)
     return x.parts if isinstance(x, Rows) else [x]
 for k in ('cap', 'aref', 'gcap'): # LocCa targets are stored padded to 64: trim the all-pad tail once (decoder cost ∝ L)
-    n_used = [int((p != 0).sum(1).max()) for p in shards(data[f'{k}_ids']) if len(p)] # read shard by shard
+    n_used = [int((p != 0).sum(1).max()) for p in shards(data[f'{k}_ids']) if len(p)] # shard by shard
     data[f'{k}_ids'] = data[f'{k}_ids'][:, :max(n_used + [1])]
 cap_start, cap_count = index(data['caption_image_ids'], data['image_ids'])
 reg_start, reg_count = index(data['region_image_ids'], data['image_ids'])
@@ -215,7 +215,8 @@ def student_input(b): # uint8 pixels (+ a stored view's box / flip) -> normalise
 if ckpt:
     model_args = ckpt['model_args']
 else:
-    texts = [torch.unique(p) for k in ('input_ids', 'cap_ids', 'aref_ids', 'gcap_ids') for p in shards(data[k])]
+    keys = ('input_ids', 'cap_ids', 'aref_ids', 'gcap_ids')
+    texts = [torch.unique(p) for k in keys for p in shards(data[k])] # shard by shard: no full copy
     if extra_txt is not None: # the unpaired captions' words belong to the student's vocabulary too
         texts += [torch.unique(p) for p in shards(extra_txt['input_ids'])]
     kept = torch.unique(torch.cat(texts + [torch.arange(5)]))
@@ -329,7 +330,8 @@ def fetch(it, micro): # -> everything one micro-step reads from the caches
     if decoder is not None: # the LocCa targets of the drawn caption / regions
         for k in ('cap', 'aref', 'gcap'):
             b[f'{k}_ids'], b[f'{k}_prefix'] = data[f'{k}_ids'][b[k]], data[f'{k}_prefix'][b[k]]
-    b['extra'] = [get_extra(d, it, micro, stream) if d is not None else None for d, stream in ((extra_img, 1), (extra_txt, 2))]
+    streams = ((extra_img, 1), (extra_txt, 2))
+    b['extra'] = [get_extra(d, it, micro, stream) if d is not None else None for d, stream in streams]
     return pin(b)
 prefetcher = ThreadPoolExecutor(1)
 def prefetch(it, micro): # submit the micro-step after (it, micro); None past the last step
@@ -367,7 +369,8 @@ while True:
             m = lambda k: student.map_ids(b[f'{k}_ids'].long().to(device))
             pre = lambda k: b[f'{k}_prefix'].long().to(device)
             hr = b['has_reg'].to(device)
-            locca = {'cap': (m('cap'), pre('cap')), 'aref': (m('aref'), pre('aref'), hr), 'gcap': (m('gcap'), pre('gcap'), hr)}
+            locca = {'cap': (m('cap'), pre('cap')), 'aref': (m('aref'), pre('aref'), hr),
+                     'gcap': (m('gcap'), pre('gcap'), hr)}
         with autocast:
             img, txt, tokens = model(x, b['ids'].to(device))
             img_all, txt_all = gather(img.float()), gather(txt.float())

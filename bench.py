@@ -3,9 +3,14 @@ Speed / memory of the loss terms, measured in one run and printed as ratios (no 
 
     python bench.py                                   # GPU: ViT-S/16 @ 224, batch 128, Gemma-size vocab 256k
     python bench.py --device=cpu --dtype=float32 --image_model=vit_tiny_patch16_224 --image_size=64 --batch_size=16 --vocab=32000
+    # + the data plane: train.py on a memory-mapped cache vs a bare student step; RSS after loading caches of 2 sizes
+    python bench.py --device=cpu --dtype=float32 --image_model=vit_tiny_patch16_224 --image_size=64 --batch_size=64 \
+        --vocab=1000 --embed_dim=32 --cache=cache/shapes-raw/web --val_cache=cache/shapes-raw/val --rss_caches=c2k/web,c8k/web
 
 Prints (1) peak memory + time of the chunked decoder cross-entropy vs the naive one that builds [tokens, V]
-logits, and (2) the train-step time of each SigLIP 2 / distillation term relative to sigmoid-only.
+logits, (2) the train-step time of each SigLIP 2 / distillation term relative to sigmoid-only, and with --cache
+(3) train.py's step (rows gathered from the memory maps by its prefetch thread) / a bare student step on tensors
+already in place, and RSS after loading each of --rss_caches (it should not grow with the cache).
 """
 import os, time
 import torch
@@ -25,6 +30,9 @@ seq_len = 64
 embed_dim = 1024 # SigLIP 2 L
 dino_dim = 16384
 iters = 10
+cache = '' # a train cache (teacher=none is enough): adds (3), train.py from the memory-mapped cache vs a bare step
+val_cache = '' # its val split (train.py needs one)
+rss_caches = '' # comma-separated train caches of different sizes: train.py's RSS after loading each
 config_keys = [k for k,v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
@@ -100,3 +108,44 @@ for name, kw in rows:
     ms, mem = measure(setup(**kw))
     base = base or ms
     print(f"  {name:28s} {ms:8.1f} ms  {ms / base:5.2f}x  peak {mem:8.0f} MiB")
+
+# 3) data plane: train.py (sigmoid only) from a memory-mapped cache vs the same student stepped on in-place tensors
+import re, ast, json, subprocess, sys, tempfile
+def train(train_cache, *extra): # -> (stdout, out_dir) of a train.py run with this script's student settings
+    out = tempfile.mkdtemp()
+    args = [sys.executable, 'train.py', f'--train_cache={train_cache}', f'--val_cache={val_cache}', f'--out_dir={out}',
+            f'--image_model={image_model}', f'--image_size={image_size}', f'--batch_size={batch_size}', f'--text_width={width}',
+            f'--embed_dim={embed_dim}', f'--device={device}', f'--dtype={dtype}', '--log_interval=1', '--val_images=50', *extra]
+    p = subprocess.run(args, capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
+    if p.returncode:
+        sys.exit(f"bench.py: train.py failed:\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+    return p.stdout, out
+if cache:
+    n = 3 + iters # the first steps warm up (and the first one includes the iter-0 eval): skipped
+    _, out = train(cache, f'--max_iters={n}', f'--eval_interval={10 * n}', '--warmup_iters=1')
+    rows = [json.loads(l) for l in open(os.path.join(out, 'log.jsonl'))]
+    dts = sorted(r['dt_ms'] for r in rows if 'dt_ms' in r and r['iter'] > 3)
+    step_ms = dts[len(dts) // 2] # median
+    meta = json.load(open(os.path.join(out, 'meta.json')))
+    student = Student(StudentConfig(**meta['model_args'])).to(device)
+    fn = SigLIP2Loss(student.visual, student.visual.patch_embed_proj).to(device)
+    params = [p for p in list(student.parameters()) + list(fn.parameters()) if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=cuda)
+    x = torch.randn(batch_size, 3, image_size, image_size, device=device)
+    ids = torch.randint(0, len(meta['model_args']['kept_ids']), (batch_size, meta['text_length']), device=device)
+    def bare(): # what train.py does per step, minus the data: fwd + loss + bwd + clip + AdamW
+        with autocast:
+            img, txt, tok = student(x, ids)
+            total, _ = fn(x, img.float(), txt.float(), tok, student.logit_scale.exp(), student.logit_bias, 0.0)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    bare_ms, _ = measure(bare)
+    print(f"data plane: train.py step from the memory-mapped {cache} {step_ms:.1f} ms (median) / bare student step "
+          f"{bare_ms:.1f} ms = {step_ms / bare_ms:.3f}x (target <= 1.15)")
+for c in filter(None, rss_caches.split(',')):
+    log, _ = train(c, '--max_iters=0')
+    mem = ast.literal_eval(re.search(r'memory after loading the caches \(MiB\): (\{.*\})', log).group(1))
+    size = sum(os.path.getsize(os.path.join(c, f)) for f in os.listdir(c) if f.endswith('.safetensors')) / 2**20
+    print(f"RSS after loading {c} ({size:.0f} MiB of shards): {mem}")

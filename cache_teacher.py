@@ -6,6 +6,9 @@ so no teacher ever runs inside the training loop.
     # synthetic world (CPU, seconds): pack images + tokens only, or embed with a teacher we trained
     python cache_teacher.py --data_dir=data/shapes --split=web --teacher=none --processor=data/shapes/processor --out_dir=cache/shapes
     python cache_teacher.py --data_dir=data/shapes --split=train --teacher=out/teacher --out_dir=cache/shapes
+    # webdataset tars (CC3M / CC12M / DataComp as img2dataset writes them); --captions=False for image-only
+    python cache_teacher.py --tars='/data/cc3m/{00000..00331}.tar' --split=cc3m --teacher=google/siglip2-large-patch16-256 \
+        --out_dir=cache/cc3m-L --device=cuda --dtype=bfloat16
     # COCO Karpathy split + a SigLIP 2 checkpoint on a GPU (any HF SigLIP / SigLIP 2 name or local dir, NaFlex too)
     python cache_teacher.py --data_dir=/data/coco --karpathy=/data/coco/dataset_coco.json --split=test \
         --teacher=google/siglip2-large-patch16-256 --out_dir=cache/coco-L --device=cuda --dtype=bfloat16
@@ -15,7 +18,7 @@ Writes <out_dir>/<split>/{<split>-00000.safetensors, ..., manifest.json, process
 shards (written to a temp name, then renamed) are kept and skipped; the manifest is written last, so a
 directory without one is never read as a cache. Takes ~20 s for the 1k-image synthetic train split on 2 cores.
 """
-import os, sys, json, time, math, hashlib
+import os, sys, io, re, glob, json, time, math, tarfile, hashlib
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
@@ -39,6 +42,7 @@ images = True # False: a text-only cache (the split's captions, no pixels)
 captions = True # False: an image-only cache (captions ignored; COCO unlabeled2017 has none anyway)
 image_folder = '' # a folder of images (searched recursively, sorted by path) -> an image-only cache
 caption_file = '' # a text file, one caption per line -> a text-only cache
+tars = '' # webdataset tars (img2dataset: key.jpg|png + key.txt [+ key.json]): a glob or 'cc3m-{00000..00331}.tar'
 # reinforced views (MobileCLIP's DataCompDR: augmentations stored with their teacher embeddings)
 views = 1 # K views per image: view 0 the full image, 1..K-1 random-resized crops (+ flips), seeded by image id
 view_scale = 0.35 # crop area fraction ~ U(view_scale, 1); aspect ~ log-U(3/4, 4/3) as torchvision's RandomResizedCrop
@@ -93,6 +97,37 @@ if image_folder: # any folder of images: ids are the positions in path order (st
     recs = {i: dict(image_id=i, path=p, captions=[], regions=[]) for i, p in enumerate(paths)}
     annotations['image_folder'] = hashlib.sha256('\n'.join(paths).encode()).hexdigest() # which files, in which order
     captions = False
+elif tars: # webdataset: members grouped by key; each image is read later straight from its byte range in the tar
+    def expand(p): # webdataset's brace notation: {00000..00331} ranges (zero-padded as written) and {a,b} lists
+        m = re.search(r'\{([^{}]*)\}', p)
+        if not m:
+            return sorted(glob.glob(p)) or [p]
+        a, dots, b = m.group(1).partition('..')
+        items = [f'{i:0{len(a)}d}' for i in range(int(a), int(b) + 1)] if dots else m.group(1).split(',')
+        return [q for i in items for q in expand(p[:m.start()] + i + p[m.end():])]
+    recs, no_caption = {}, 0
+    for path in expand(tars):
+        if not os.path.isfile(path):
+            sys.exit(f"cache_teacher: tar {path} not found (tars={tars!r})")
+        with tarfile.open(path) as tf:
+            found = {} # key -> {ext: member}
+            for m in tf.getmembers():
+                key, _, ext = m.name.rpartition('.')
+                if m.isfile() and key:
+                    found.setdefault(key, {})[ext.lower()] = m
+            for key in sorted(found):
+                im = next((found[key][e] for e in ('jpg', 'jpeg', 'png', 'webp') if e in found[key]), None)
+                if im is None: # a caption or json without an image (img2dataset writes these for failed downloads)
+                    continue
+                txt = found[key].get('txt')
+                cap = tf.extractfile(txt).read().decode('utf-8').strip() if txt else ''
+                no_caption += not cap
+                i = len(recs) # ids are positions in (tar, key) order, as for a folder
+                recs[i] = dict(image_id=i, path=path, offset=im.offset_data, size=im.size, key=key,
+                               captions=[cap] if cap else [], regions=[])
+    if captions and no_caption:
+        sys.exit(f"cache_teacher: {no_caption} of {len(recs)} images in {tars} have no .txt caption: pass "
+                 f"--captions=False for an image-only cache")
 elif caption_file: # one caption per line; a record per caption, so shards split the file
     lines = [l.strip() for l in open(caption_file) if l.strip()] if os.path.isfile(caption_file) else \
         sys.exit(f"cache_teacher: caption_file {caption_file} not found")
@@ -256,7 +291,12 @@ class Images(torch.utils.data.Dataset):
     def __getitem__(self, i):
         r = self.recs[i]
         try:
-            img = Image.open(r['path'])
+            src = r['path']
+            if 'offset' in r: # an image inside a webdataset tar: its bytes, read by offset
+                with open(src, 'rb') as f:
+                    f.seek(r['offset'])
+                    src = io.BytesIO(f.read(r['size']))
+            img = Image.open(src)
             img = img.convert('RGB') # grayscale / CMYK / palette JPEGs become RGB like the HF processor does
         except Exception as e:
             return i, None, f'{type(e).__name__}: {e}'
@@ -340,7 +380,7 @@ proc_files = [os.path.join(proc_local, f) for f in sorted(os.listdir(proc_local)
 contents = 'paired' if images and captions else ('images' if images else 'texts')
 settings = dict(kind=kind, image_size=image_size, lowercase=lowercase, max_length=max_length, split=split,
                 karpathy=bool(karpathy), n_records=len(records), shard_size=shard_size, max_images=max_images,
-                contents=contents, views=views, view_scale=view_scale, view_flip=view_flip)
+                contents=contents, views=views, view_scale=view_scale, view_flip=view_flip, tars=tars)
 content = dict(teacher=hash_files(teacher_files) if model is not None else 'none', processor=hash_files(proc_files),
                annotations=annotations, settings=settings)
 settings_path = os.path.join(split_dir, 'settings.json')
@@ -460,7 +500,8 @@ if rank == 0:
     processor_info = dict(tokenizer=type(tok).__name__, vocab_size=len(tok), max_length=max_length, padding='right',
                           pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, lowercase=lowercase, resample=int(resample),
                           backend='pil', teacher_image_size=teacher_size)
-    reader = 'folder' if image_folder else 'caption_file' if caption_file else 'karpathy' if karpathy else 'coco'
+    reader = 'folder' if image_folder else 'webdataset' if tars else 'caption_file' if caption_file else \
+        'karpathy' if karpathy else 'coco'
     manifest = dict(teacher=teacher, teacher_kind=kind, teacher_params=teacher_params, embed_dim=embed_dim,
                     logit_scale=logit_scale, logit_bias=logit_bias,
                     image_size=image_size, mean=mean, std=std, processor=processor_info,

@@ -49,8 +49,73 @@ def replace_durably(tmp, path):
     os.fsync(fd)
     os.close(fd)
 
-def load_cache(split_dir, verify=True):
-    """-> (tensors concatenated over shards, manifest). Refuses incomplete or modified caches."""
+# safetensors dtype names -> (numpy dtype of the same width to map the bytes, torch dtype to view them as)
+ST_DTYPES = {'U8': ('u1', torch.uint8), 'I8': ('i1', torch.int8),
+             'I16': ('i2', torch.int16), 'I32': ('i4', torch.int32),
+             'I64': ('i8', torch.int64), 'F16': ('i2', torch.float16),
+             'BF16': ('i2', torch.bfloat16), 'F32': ('i4', torch.float32),
+             'F64': ('i8', torch.float64), 'BOOL': ('u1', torch.bool)}
+
+def mmap_safetensors(path): # -> {key: tensor backed by the file's pages (copy-on-write), nothing read yet}
+    import numpy as np
+    with open(path, 'rb') as f:
+        n = int.from_bytes(f.read(8), 'little') # safetensors: u64 header length, JSON header, then the data
+        header = json.loads(f.read(n))
+    out = {}
+    for k, h in header.items():
+        if k == '__metadata__':
+            continue
+        begin, end = h['data_offsets']
+        np_dtype, dtype = ST_DTYPES[h['dtype']]
+        if end == begin: # numpy cannot map 0 bytes
+            out[k] = torch.empty(h['shape'], dtype=dtype)
+            continue
+        # mode 'c': pages are shared with the page cache (and other ranks) until written; nothing here writes
+        count = (end - begin) // np.dtype(np_dtype).itemsize
+        mm = np.memmap(path, dtype=np_dtype, mode='c', offset=8 + n + begin, shape=count)
+        out[k] = torch.from_numpy(mm).view(dtype).view(h['shape'])
+    return out
+
+class Rows:
+    """One key's rows over all shards, left in the memory maps: acts like torch.cat(parts) for len, .shape,
+    x[i], x[idx], x[idx, v], x[mask], x[a:b], x[:, :L] (a view) and .split(n); only the rows asked for are read."""
+    def __init__(self, parts):
+        self.parts = parts
+        n = torch.tensor([len(p) for p in parts])
+        self.starts = torch.cumsum(n, 0) - n # (S,) global row of each shard's first row
+        self.shape = torch.Size([int(n.sum()), *parts[0].shape[1:]])
+        self.dtype = parts[0].dtype
+    def __len__(self):
+        return self.shape[0]
+    def split(self, n): # lazily: each chunk is read when the loop reaches it
+        return (self[i:i + n] for i in range(0, len(self), n))
+    def __getitem__(self, key):
+        key, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        columns = rest and all(isinstance(r, slice) for r in rest)
+        if isinstance(key, slice) and key == slice(None) and columns: # x[:, :L]: still mapped, nothing read
+            return Rows([p[(key, *rest)] for p in self.parts])
+        if isinstance(key, int):
+            return self[(torch.tensor([key % len(self)]), *rest)][0]
+        if isinstance(key, slice):
+            key = torch.arange(len(self))[key]
+        key = torch.as_tensor(key)
+        idx = key.nonzero().squeeze(1) if key.dtype == torch.bool else key.long() # (n,) global rows
+        shard = torch.searchsorted(self.starts, idx, right=True) - 1 # (n,) vectorised shard lookup
+        local = idx - self.starts[shard]
+        sub = lambda m: [r[m] if torch.is_tensor(r) else r for r in rest] # x[idx, v]: v per row
+        empty = idx[:0]
+        tail = self.parts[0][(empty, *sub(empty))].shape[1:] # the row shape after the extra indexes
+        out = torch.empty((len(idx), *tail), dtype=self.dtype)
+        for s in shard.unique().tolist():
+            m = (shard == s).nonzero().squeeze(1)
+            out[m] = self.parts[s][(local[m], *sub(m))]
+        return out
+
+def load_cache(split_dir, verify=True, mmap=False):
+    """-> (tensors concatenated over shards, manifest). Refuses incomplete or modified caches.
+    mmap=True: per-row metadata (1-D: ids, prefixes) is read into memory, every larger key stays in the shard
+    files as a Rows object, so a process holds only what it gathers and ranks on a node share the page cache.
+    verify still reads each file once (sha256 through read(): the page cache fills, the process does not grow)."""
     from safetensors.torch import load_file
     path = os.path.join(split_dir, 'manifest.json')
     if not os.path.isfile(path):
@@ -69,9 +134,12 @@ def load_cache(split_dir, verify=True):
         if verify and sha256(f) != s['sha256']:
             raise SystemExit(f"{f}: checksum differs from {path} (shard corrupted or rewritten)")
         try:
-            parts.append(load_file(f))
+            parts.append(mmap_safetensors(f) if mmap else load_file(f))
         except Exception as e: # verify=False on a truncated shard
             raise SystemExit(f"{f}: unreadable shard ({type(e).__name__}: {e})")
+    if mmap:
+        join = lambda k: torch.cat([p[k] for p in parts]) if parts[0][k].dim() == 1 else Rows([p[k] for p in parts])
+        return {k: join(k) for k in parts[0]}, man
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}, man
 
 def check_no_leak(train_image_ids, eval_image_ids, what):
@@ -496,13 +564,13 @@ if __name__ == '__main__':
                 for s, i in zip(top.values.tolist(), top.indices.tolist()):
                     print(f"{s:8.4f}  {os.path.join(folder, paths[i])}")
         sys.exit(0)
-    data, man = load_cache(cache)
+    data, man = load_cache(cache, mmap=True) # pixels are read batch by batch
     index = torch.searchsorted(data['image_ids'], data['caption_image_ids'])
     row = dict(split=man['split'], cache=cache, n_images=len(data['image_ids']), n_captions=len(index), fingerprint=man['fingerprint'])
     if not ckpt:
         if 'image_embeds' not in data:
             sys.exit(f"eval.py: {cache} holds no teacher embeddings (cached with teacher=none): pass --ckpt")
-        metrics = retrieval_metrics(data['image_embeds'], data['text_embeds'], index)
+        metrics = retrieval_metrics(data['image_embeds'][:], data['text_embeds'][:], index)
         row.update(model='teacher', run='teacher', teacher=man['teacher'], metrics=metrics,
                    params=man.get('teacher_params')) # {image, total} counted at cache time (None: older caches)
         out = out or os.path.join(cache, 'eval.json')

@@ -796,6 +796,121 @@ def test_student_dir_onnx_export_reload_query(demo):
     assert e['speed']['img_ratio'] > 0 and 'metrics' in e and f"{e['speed']['img_ratio']:.1f}× img" in report
 
 
+def hf_caches(tmp, **world): # a tiny world + a tiny random SiglipModel cached: train (K=3 views, 3 shards), val, web images
+    sys.path.insert(0, os.path.join(REPO, 'data', 'shapes'))
+    from prepare import make_tiny_hf_teacher
+    w = tiny_world(tmp / 'w', **world)
+    make_tiny_hf_teacher(str(tmp / 't'), str(w / 'processor'))
+    base = ['cache_teacher.py', f'--data_dir={w}', f'--teacher={tmp / "t"}', '--num_workers=0', f'--out_dir={tmp / "c"}']
+    run(*base, '--split=train', '--views=3', '--shard_size=16')
+    run(*base, '--split=val')
+    run(*base, '--split=web', '--captions=False', '--views=3', '--shard_size=8')
+    return w
+
+def test_mmap_cache_gathers_what_the_loaded_cache_holds_and_training_resumes_exactly(tmp_path):
+    """load_cache(mmap=True): every key of a 3-shard cache with views gives, for x[idx], x[idx, v], x[mask], x[a:b],
+    x[i], x[:, :L][idx] and .split(n), exactly the loaded tensors; train.py (memory-mapped caches, prefetch thread)
+    with views, unpaired images and every SigLIP 2 term, SIGKILLed after the iter-4 checkpoint and resumed across
+    the switch (iter 6), equals the uninterrupted run. eval.py's teacher row through the maps == loaded tensors."""
+    from eval import load_cache, Rows
+    hf_caches(tmp_path)
+    a, _ = load_cache(str(tmp_path / 'c/train'))
+    b, man = load_cache(str(tmp_path / 'c/train'), mmap=True)
+    assert len(man['shards']) == 3 and isinstance(b['pixels'], Rows) and isinstance(b['view_embeds'], Rows)
+    assert set(a) == set(b) and torch.equal(a['image_ids'], b['image_ids']) # 1-D metadata: plain tensors
+    g = torch.Generator().manual_seed(0)
+    for k in a:
+        n = len(a[k])
+        idx = torch.randint(n, (50,), generator=g) # crosses shard boundaries, repeats rows
+        mask = torch.rand(n, generator=g) < 0.5
+        assert a[k].shape == b[k].shape and a[k].dtype == b[k].dtype, k
+        for key in (idx, mask, slice(5, 23), slice(None, 0), slice(None), -1, 17):
+            assert torch.equal(a[k][key], b[k][key]), (k, key)
+        if a[k].dim() > 1:
+            assert torch.equal(a[k][:, :2][idx], b[k][:, :2][idx]) and isinstance(b[k][:, :2], Rows), k
+            assert torch.equal(torch.cat(list(a[k].split(7))), torch.cat(list(b[k].split(7)))), k
+    v = torch.randint(3, (50,), generator=g)
+    for k in ('view_embeds', 'view_boxes', 'view_flips'):
+        assert torch.equal(a[k][idx, v], b[k][idx, v]), k
+    run('eval.py', f'--cache={tmp_path / "c/train"}') # the teacher row, read through the maps == from loaded tensors
+    index = torch.searchsorted(a['image_ids'], a['caption_image_ids'])
+    want = retrieval_metrics(a['image_embeds'], a['text_embeds'], index)
+    assert json.load(open(tmp_path / 'c/train/eval.json'))['metrics'] == pytest.approx(want, abs=1e-9)
+    args = lambda out, *x: ['train.py', 'config/a6.py', 'config/shapes.py', f'--train_cache={tmp_path / "c/train"}',
+                            f'--val_cache={tmp_path / "c/val"}', f'--extra_image_cache={tmp_path / "c/web"}', '--views=3',
+                            '--extra_batch_size=8', f'--out_dir={out}', '--batch_size=16', '--val_images=20', '--log_interval=1',
+                            '--warmup_iters=2', '--max_iters=8', '--eval_interval=4', '--switch=0.75', *x]
+    out = run(*args(tmp_path / 'full')).stdout
+    assert 'memory after loading the caches' in out
+    p = subprocess.Popen([sys.executable, *args(tmp_path / 'killed')], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    for line in p.stdout: # kill right after the iter-4 checkpoint, while the thread may be gathering iter 5
+        if line.startswith('iter 5:'):
+            p.kill()
+            break
+    p.wait()
+    assert json.load(open(tmp_path / 'killed/meta.json'))['iter_num'] == 4
+    run(*args(tmp_path / 'killed', '--init_from=resume'))
+    (r, vr), (q, vq) = last_row(tmp_path / 'full'), last_row(tmp_path / 'killed')
+    assert r['iter'] == q['iter'] == 8 and {'loss/locca/aref', 'loss/silc', 'loss/extra_img/feat'} <= set(r)
+    for k in r:
+        if k.startswith('loss'):
+            assert r[k] == pytest.approx(q[k], rel=1e-5, abs=1e-6), k
+    assert vr == pytest.approx(vq, rel=1e-5, abs=1e-6)
+
+def test_webdataset_tars_cached_and_trained_on(tmp_path):
+    """Two img2dataset-style tars (key.jpg|png + key.txt + key.json, one key with only a .txt) from the synthetic
+    world, read by a brace list: each image's pixels equal the COCO-reader cache of the same file; a missing
+    caption is refused unless --captions=False; train.py trains on the tar cache (memory-mapped)."""
+    import io, tarfile
+    from eval import load_cache
+    w = tiny_world(tmp_path / 'w')
+    caps = json.load(open(w / 'annotations/captions_train2017.json'))
+    files = {im['id']: im['file_name'] for im in sorted(caps['images'], key=lambda im: im['id'])}
+    first = {}
+    for a in sorted(caps['annotations'], key=lambda a: a['id']):
+        first.setdefault(a['image_id'], a['caption'])
+    def add(tf, name, data):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    ids = list(files)
+    for t, part in enumerate((ids[:25], ids[25:])):
+        with tarfile.open(tmp_path / f'shard-{t:02d}.tar', 'w') as tf:
+            for i in part:
+                key = f'{i:09d}'
+                add(tf, f'{key}.png', (w / 'train2017' / files[i]).read_bytes())
+                add(tf, f'{key}.txt', first[i].encode())
+                add(tf, f'{key}.json', json.dumps(dict(key=key)).encode())
+            add(tf, 'orphan.txt', b'a caption whose download failed') # no image: skipped
+    base = ['cache_teacher.py', f'--tars={tmp_path}/shard-{{00..01}}.tar', f'--processor={w / "processor"}', '--teacher=none',
+            '--num_workers=0', '--shard_size=16', f'--out_dir={tmp_path / "c"}']
+    run(*base, '--split=tar')
+    run('cache_teacher.py', f'--data_dir={w}', '--split=train', '--teacher=none', f'--processor={w / "processor"}',
+        '--num_workers=0', f'--out_dir={tmp_path / "c"}')
+    run('cache_teacher.py', f'--data_dir={w}', '--split=val', '--teacher=none', f'--processor={w / "processor"}',
+        '--num_workers=0', f'--out_dir={tmp_path / "c"}')
+    d, m = load_cache(str(tmp_path / 'c/tar'))
+    ref, _ = load_cache(str(tmp_path / 'c/train'))
+    assert m['dataset']['reader'] == 'webdataset' and m['counts']['images'] == 40 and m['counts']['captions'] == 40
+    assert torch.equal(d['pixels'], ref['pixels']) # the same images in the same (id) order, decoded from the tars
+    from transformers import AutoTokenizer
+    t = AutoTokenizer.from_pretrained(str(w / 'processor'))
+    for j in (0, 3, 39): # key order = id order: image j carries its own first caption
+        assert t.decode(d['input_ids'][j], skip_special_tokens=True).strip() == ' '.join(first[ids[j]].lower().split())
+    with tarfile.open(tmp_path / 'shard-00.tar', 'a') as tf:
+        add(tf, 'nocap.png', (w / 'train2017' / files[ids[0]]).read_bytes())
+    p = run(*base, '--split=tar2', ok=False)
+    assert p.returncode != 0 and '1 of 41' in p.stderr and 'captions=False' in p.stderr
+    run(*base, '--split=tar2', '--captions=False')
+    d2, m2 = load_cache(str(tmp_path / 'c/tar2'))
+    assert m2['dataset']['contents'] == 'images' and len(d2['pixels']) == 41 and 'input_ids' not in d2
+    out = tmp_path / 'o'
+    run('train.py', 'config/a1.py', 'config/shapes.py', f'--train_cache={tmp_path / "c/tar"}', f'--val_cache={tmp_path / "c/val"}',
+        f'--out_dir={out}', '--embed_dim=16', '--batch_size=16', '--max_iters=3', '--eval_interval=3', '--val_images=20')
+    row, val = last_row(out)
+    assert row['iter'] == 3 and math.isfinite(row['loss']) and 'val/i2t_r1' in val
+
 def test_readme_snippet_trains_a_tiny_siglip2(tmp_path):
     """The README's 15-line snippet, verbatim, on a tiny random Siglip2Model: every term finite, total going down."""
     from transformers import AutoModel

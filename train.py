@@ -10,13 +10,14 @@ complete SigLIP 2 objective (sigmoid + LocCa + SILC/TIPS) — no teacher runs in
 Writes out_dir/{ckpt.pt, model.safetensors, config.json, processor files, [decoder.*], meta.json, log.jsonl}.
 """
 import os, sys, json, time, math, shutil, atexit, subprocess
+from concurrent.futures import ThreadPoolExecutor
 import timm
 import torch
 import torch.nn.functional as F
 import torch.distributed as dist
 from model import Student, StudentConfig, LoccaDecoder, DINOHead
 from loss import SigLIP2Loss, feature_loss, affinity_loss, crop_boxes
-from eval import load_cache, retrieval_metrics, check_no_leak, embed_student, what_changed, replace_durably
+from eval import load_cache, retrieval_metrics, check_no_leak, embed_student, what_changed, replace_durably, Rows
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -154,9 +155,10 @@ if init_from == 'resume':
     saved_iter = ckpt['iter_num']
 
 # -----------------------------------------------------------------------------
-# data: the whole cache in memory (uint8 pixels, fp16 embeddings), checked before any long work
-data, man = load_cache(train_cache)
-val, vman = load_cache(val_cache)
+# data: caches memory-mapped (uint8 pixels, fp16 embeddings stay in the shard files; ids in memory), checked
+# before any long work; each step gathers its rows, so RSS does not grow with the cache and ranks share the pages
+data, man = load_cache(train_cache, mmap=True)
+val, vman = load_cache(val_cache, mmap=True)
 if vman['teacher_fingerprint'] != man['teacher_fingerprint']:
     sys.exit(f"train.py: {val_cache} was cached with another teacher/processor than {train_cache}")
 check_no_leak(data['image_ids'], val['image_ids'], f'{train_cache} vs {val_cache}')
@@ -179,7 +181,7 @@ if views < 1 or views > n_views:
 def load_extra(path, keys): # an unpaired cache: same teacher, never the val images
     if not path:
         return None
-    d, m = load_cache(path)
+    d, m = load_cache(path, mmap=True)
     if m['teacher_fingerprint'] != man['teacher_fingerprint']:
         sys.exit(f"train.py: {path} was cached with another teacher/processor than {train_cache}")
     if not all(k in d for k in keys):
@@ -193,14 +195,25 @@ extra_txt = load_extra(extra_text_cache, ['input_ids', 'text_embeds'])
 if extra_img is not None and 'view_embeds' in extra_img and extra_img['view_embeds'].shape[1] < views:
     sys.exit(f"train.py: views={views} but {extra_image_cache} stores {extra_img['view_embeds'].shape[1]} views per image")
 
+def memory(): # MiB resident: private (anon) vs file pages (the maps, shared); PSS splits shared pages among ranks
+    out = {}
+    for f in ('/proc/self/status', '/proc/self/smaps_rollup'): # Linux only; elsewhere nothing is printed
+        for line in open(f) if os.path.isfile(f) else []:
+            k, *v = line.split()
+            if k in ('VmRSS:', 'RssAnon:', 'RssFile:', 'Pss:'):
+                out[k[:-1]] = round(int(v[0]) / 1024, 1)
+    return out
+print(f"rank {rank}: memory after loading the caches (MiB): {memory()}", flush=True)
+
 def index(owner, ids): # rows of a per-caption/per-region table -> (start, count) per image, CSR style
     pos = torch.searchsorted(ids, owner) # both sorted by image id as written by cache_teacher.py
     count = torch.bincount(pos, minlength=len(ids))
     return torch.cumsum(count, 0) - count, count
+def shards(x): # a memory-mapped key's per-shard tensors (a plain tensor is its own single shard)
+    return x.parts if isinstance(x, Rows) else [x]
 for k in ('cap', 'aref', 'gcap'): # LocCa targets are stored padded to 64: trim the all-pad tail once (decoder cost ∝ L)
-    ids = data[f'{k}_ids']
-    longest = int((ids != 0).sum(1).max()) if len(ids) else 1 # a cache without boxes has 0 ARef/GCap rows
-    data[f'{k}_ids'] = ids[:, :max(longest, 1)]
+    n_used = [int((p != 0).sum(1).max()) for p in shards(data[f'{k}_ids']) if len(p)] # shard by shard
+    data[f'{k}_ids'] = data[f'{k}_ids'][:, :max(n_used + [1])]
 cap_start, cap_count = index(data['caption_image_ids'], data['image_ids'])
 reg_start, reg_count = index(data['region_image_ids'], data['image_ids'])
 N = len(data['image_ids'])
@@ -248,7 +261,7 @@ def get_extra(d, it, micro, stream): # an unpaired batch (stream 1: images, 2: c
     return dict(b, t=b['t_img'])
 
 def student_input(b): # uint8 pixels (+ a stored view's box / flip) -> normalised student input on the device
-    px = b['pixels'].to(device)
+    px = b['pixels'].to(device, non_blocking=True) # pinned by fetch() on GPU: the copy overlaps the compute
     if 'box' in b: # re-apply the view's crop to the cached pixels, at the student's resolution (no decode)
         px = crop_boxes(px.float(), b['box'].to(device), b['flip'].to(device), student.config.image_size)
     return student.preprocess(px)
@@ -258,9 +271,10 @@ def student_input(b): # uint8 pixels (+ a stored view's box / flip) -> normalise
 if ckpt:
     model_args = ckpt['model_args']
 else:
-    texts = [data[k].flatten() for k in ('input_ids', 'cap_ids', 'aref_ids', 'gcap_ids')]
+    keys = ('input_ids', 'cap_ids', 'aref_ids', 'gcap_ids')
+    texts = [torch.unique(p) for k in keys for p in shards(data[k])] # shard by shard: no full copy
     if extra_txt is not None: # the unpaired captions' words belong to the student's vocabulary too
-        texts.append(extra_txt['input_ids'].flatten())
+        texts += [torch.unique(p) for p in shards(extra_txt['input_ids'])]
     kept = torch.unique(torch.cat(texts + [torch.arange(5)]))
     model_args = dict(image_model=image_model, image_size=image_size or man['image_size'], image_kwargs=image_kwargs,
                       pretrained=pretrained, text_width=text_width, text_depth=text_depth, text_heads=text_heads,
@@ -368,6 +382,29 @@ if master:
         open(logf, 'w').writelines(rows)
 
 # -----------------------------------------------------------------------------
+# prefetcher: a thread gathers the next micro-step's rows from the maps while this one computes. Every batch
+# comes from its own (step, micro)-seeded generator, so the thread changes no draw and resume stays exact
+def pin(x): # page-locked host memory: .to(device, non_blocking=True) then overlaps the copy on GPU
+    if isinstance(x, dict):
+        return {k: pin(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [pin(v) for v in x]
+    return x.pin_memory() if torch.is_tensor(x) and device_type == 'cuda' else x
+def fetch(it, micro): # -> everything one micro-step reads from the caches
+    b = get_batch(it, micro)
+    if decoder is not None: # the LocCa targets of the drawn caption / regions
+        for k in ('cap', 'aref', 'gcap') if n_regions else ('cap',): # no boxes: ARef/GCap are skipped
+            b[f'{k}_ids'], b[f'{k}_prefix'] = data[f'{k}_ids'][b[k]], data[f'{k}_prefix'][b[k]]
+    streams = ((extra_img, 1), (extra_txt, 2))
+    b['extra'] = [get_extra(d, it, micro, stream) if d is not None else None for d, stream in streams]
+    return pin(b)
+prefetcher = ThreadPoolExecutor(1)
+def prefetch(it, micro): # submit the micro-step after (it, micro); None past the last step
+    it, micro = (it, micro + 1) if micro + 1 < grad_accum else (it + 1, 0)
+    return prefetcher.submit(fetch, it, micro) if it < max_iters else None
+pending = prefetch(iter_num, -1) # the first micro-step of the first step
+
+# -----------------------------------------------------------------------------
 # training loop (runs max_iters + 1 times so the last step evaluates and saves, as nanochat does)
 t_start, t_last, start_iter = time.time(), time.time(), iter_num
 while True:
@@ -391,18 +428,19 @@ while True:
         group['lr'] = lr
     terms_sum = {}
     for micro in range(grad_accum):
-        b = get_batch(iter_num, micro)
+        b = pending.result()
+        pending = prefetch(iter_num, micro)
         torch.manual_seed(seed * 1_000_003 + iter_num * 101 + micro + 7919 * rank) # SigLIP2Loss's draws: exact resume
         x = student_input(b)
         locca = None
         if decoder is not None: # teacher ids -> the student's compact vocabulary (decoder vocab)
-            m = lambda k, i: student.map_ids(data[f'{k}_ids'][i].long().to(device))
-            pre = lambda k, i: data[f'{k}_prefix'][i].long().to(device)
+            m = lambda k: student.map_ids(b[f'{k}_ids'].long().to(device))
+            pre = lambda k: b[f'{k}_prefix'].long().to(device)
             hr = b['has_reg'].to(device)
-            locca = {'cap': (m('cap', b['cap']), pre('cap', b['cap']))}
+            locca = {'cap': (m('cap'), pre('cap'))}
             if n_regions: # no boxes in the cache: ARef/GCap are skipped (weight 0), said once above
-                locca['aref'] = (m('aref', b['aref']), pre('aref', b['aref']), hr)
-                locca['gcap'] = (m('gcap', b['gcap']), pre('gcap', b['gcap']), hr)
+                locca['aref'] = (m('aref'), pre('aref'), hr)
+                locca['gcap'] = (m('gcap'), pre('gcap'), hr)
         with autocast:
             img, txt, tokens = model(x, b['ids'].to(device))
             img_all, txt_all = gather(img.float()), gather(txt.float())
@@ -419,7 +457,7 @@ while True:
             for d, stream, name in ((extra_img, 1, 'extra_img'), (extra_txt, 2, 'extra_txt')):
                 if d is None: # unpaired batches: each tower alone against the teacher (DIME-FM)
                     continue
-                e = get_extra(d, iter_num, micro, stream)
+                e = b['extra'][stream - 1]
                 s = student.encode_image(student_input(e)) if stream == 1 else student.encode_text(e['ids'].to(device))
                 s_all, t_all = F.normalize(gather(s.float()), dim=-1), F.normalize(e['t'].to(device), dim=-1)
                 n = len(s)
@@ -461,6 +499,8 @@ while True:
         print0(f"iter {iter_num}: loss {terms_sum['loss']:.4f} ({extra}) | lr {lr:.2e} | {dt * 1000:.0f}ms | {sps:.0f} samples/s | ETA {eta:.0f}s")
         log({'iter': iter_num, 'lr': lr, 'dt_ms': dt * 1000, 'samples_per_s': sps, 'scale': student.logit_scale.exp().item(),
              **{(k if k == 'loss' else f'loss/{k}'): v for k, v in terms_sum.items()}})
+print(f"rank {rank}: memory at the end (MiB): {memory()}", flush=True)
+prefetcher.shutdown()
 print0(f"done: {max_iters} iters, best val R@1 sum {best_val:.2f}, {time.time() - t_start:.0f}s")
 if ddp:
     dist.destroy_process_group()

@@ -19,18 +19,18 @@ if [ -z "${PY:-}" ]; then
 fi
 D=${DEMO_DIR:-.}
 W=$D/data/shapes; R=$D/cache/shapes-raw; C=$D/cache/shapes; O=$D/out/shapes
-WORLD=(); TEACH=(); STUD=(); RECIPE=(); SEEDS=${SEEDS:-0}; RUNS="a1 a2 a3 a4 a5 a7 tinysiglip"; K=8
+WORLD=(); TEACH=(); STUD=(); RECIPE=(); SEEDS=${SEEDS:-0}; RUNS="tinysiglip a1 a2 a3 a4 a5 a7"; K=4 # the recipe first: it runs beside all the A runs
 if [ "${1:-}" = "--quick" ]; then # same pipeline, smaller world and budgets
     WORLD=(--n_web=2000 --n_train=300 --n_val=100 --n_test=100)
     TEACH=(--max_iters=100 --eval_interval=100 --batch_size=64 --val_images=100)
     STUD=(--max_iters=40 --eval_interval=40 --log_interval=20 --batch_size=64 --val_images=100)
     RECIPE=(--max_iters=40 --eval_interval=40)
-    SEEDS="0"; RUNS="a1 a5 tinysiglip"; K=3
+    SEEDS="0"; RUNS="tinysiglip a1 a5"; K=3
 fi
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
 t0=$(date +%s)
 step() { echo; echo "== [$(( $(date +%s) - t0 ))s] $*"; }
-cache() { $PY cache_teacher.py --data_dir=$W --teacher=$T --num_workers=1 "$@" | grep -v "img/s\]" || true; }
+cache() { $PY cache_teacher.py --data_dir=$W --teacher=$T --num_workers=1 "$@" | { grep -v "img/s\]" || true; }; }
 
 step "1. synthetic world (COCO format + tokenizer)"
 $PY data/shapes/prepare.py --out_dir=$W "${WORLD[@]}"
@@ -47,8 +47,10 @@ fi
 step "3. cache the teacher: train split with K=$K views, val, test; the web split as unpaired images (K views) and captions"
 cache --split=train --out_dir=$C --views=$K
 for s in val test; do cache --split=$s --out_dir=$C; done
-cache --split=web --out_dir=$D/cache/shapes-img --captions=False --views=$K
+cache --split=web --out_dir=$D/cache/shapes-img --captions=False --views=$K & # the two web caches side by side
+img_job=$!
 cache --split=web --out_dir=$D/cache/shapes-txt --images=False
+wait $img_job
 $PY eval.py --cache=$C/test
 step "4. students (two at a time, one thread each)"
 runs=()

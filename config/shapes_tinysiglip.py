@@ -7,3 +7,5 @@ exec(open('config/shapes.py').read())
 out_dir = 'out/shapes/tinysiglip'
 extra_image_cache = 'cache/shapes-img/web'
 extra_text_cache = 'cache/shapes-txt/web'
+max_iters = 1000 # 3 batches a step (pairs, unpaired images, unpaired captions); demo.sh runs it beside A1-A7
+eval_interval = 250

@@ -315,7 +315,10 @@ def config_defaults(): # train.py's config block, executed: the namespace config
 def losses_of(c):
     on = [('feature', c['lambda_feat']), ('affinity', c['lambda_affinity']), ('contrastive', c['lambda_contrast']),
           ('LocCa', c['lambda_locca']), ('SILC/TIPS', c['gamma'])]
-    return ' + '.join(name for name, w in on if w)
+    data = [f"{c['views']} views"] if c['views'] > 1 else [] # the recipe's reinforced data
+    data += ['unpaired images'] if c['extra_image_cache'] else []
+    data += ['unpaired texts'] if c['extra_text_cache'] else []
+    return ' + '.join(name for name, w in on if w) + (f" ({', '.join(data)})" if data else '')
 
 def readme_table(header): # the README table whose header row starts with `header` -> rows of stripped cells
     rows = md_table(open(os.path.join(REPO, 'README.md')).read(), header)[2:]

@@ -30,7 +30,7 @@ fi
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
 t0=$(date +%s)
 step() { echo; echo "== [$(( $(date +%s) - t0 ))s] $*"; }
-cache() { $PY cache_teacher.py --data_dir=$W --teacher=$T --num_workers=1 "$@" | { grep -v "img/s\]" || true; }; }
+cache() { $PY cache_teacher.py --data_dir=$W --teacher=$T --num_workers=1 "$@" 2>&1 | { grep -v "img/s\]" || true; }; }
 
 step "1. synthetic world (COCO format + tokenizer)"
 $PY data/shapes/prepare.py --out_dir=$W "${WORLD[@]}"

@@ -389,7 +389,8 @@ def test_demo_quick_writes_tables(demo):
     image = sum(p.numel() for m in (teacher.visual, teacher.img_proj) for p in m.parameters())
     assert t['params'] == dict(image=image, total=teacher.num_params()) and image < teacher.num_params()
     assert f"| Teacher (shapes/teacher) | {image / 1e6:.2f}M image / {teacher.num_params() / 1e6:.2f}M total |" in report
-    assert '| Student (No KD) | ' in report and '| Student (TinySigLIP, run a5) | ' in report
+    assert '| Student (No KD) | ' in report and '| Student (TinySigLIP, run tinysiglip) | ' in report
+    assert '## Table R: what each part of the recipe adds' in report and '| the recipe run | tinysiglip | 1 |' in report
     assert '| Full Method | ' in report and '| w/o Contrastive | — | — | — |' in report # --quick: no A7 run
     assert json.load(open(demo / 'out/shapes/a5/meta.json'))['model_args']['image_size'] == 32 # config/shapes.py
 

@@ -54,9 +54,9 @@ wait $img_job
 $PY eval.py --cache=$C/test
 step "4. students (two at a time, one thread each)"
 runs=()
-student() { # $1 config, $2 run name, $3 seed, then extra flags
+student() { # $1 config chain, $2 run name, $3 seed, then extra flags
     local cfg=$1 run=$2 seed=$3; shift 3
-    if $PY train.py config/$cfg.py config/shapes.py --train_cache=$C/train --val_cache=$C/val --out_dir=$O/$run \
+    if $PY train.py $cfg --train_cache=$C/train --val_cache=$C/val --out_dir=$O/$run \
             --seed=$seed "${STUD[@]}" "$@" > $O/$run.log 2>&1; then tail -n 1 $O/$run.log | sed "s/^/$run: /"
     else echo "FAILED: $run"; tail -n 20 $O/$run.log; return 1; fi
 }
@@ -71,16 +71,16 @@ for seed in $SEEDS; do
     for a in $RUNS; do
         [ "$seed" = 0 ] || [ "$a" = a1 ] || [ "$a" = a5 ] || [ "$a" = tinysiglip ] || continue # spread: A1, A5, recipe
         run=$a; [ "$seed" = 0 ] || run=$a-s$seed
-        if [ $a = tinysiglip ]; then launch shapes_tinysiglip $run $seed "${EXTRA[@]}" --views=$K "${RECIPE[@]}"
-        else launch $a $run $seed; fi
+        if [ $a = tinysiglip ]; then launch config/shapes_tinysiglip.py $run $seed "${EXTRA[@]}" --views=$K "${RECIPE[@]}"
+        else launch "config/$a.py config/shapes.py" $run $seed; fi
     done
 done
 if [ -n "${PARTS:-}" ]; then # what each part of the recipe adds, two seeds each
     for seed in 0 1; do
-        launch shapes_tinysiglip parts-views-s$seed $seed --views=$K --extra_image_cache= --extra_text_cache= "${RECIPE[@]}"
-        launch shapes_tinysiglip parts-images-s$seed $seed --views=1 "${EXTRA[0]}" --extra_text_cache= "${RECIPE[@]}"
-        launch shapes_tinysiglip parts-texts-s$seed $seed --views=1 --extra_image_cache= "${EXTRA[1]}" "${RECIPE[@]}"
-        launch shapes_tinysiglip parts-all-s$seed $seed --views=$K "${EXTRA[@]}" "${RECIPE[@]}"
+        launch config/shapes_tinysiglip.py parts-views-s$seed $seed --views=$K --extra_image_cache= --extra_text_cache= "${RECIPE[@]}"
+        launch config/shapes_tinysiglip.py parts-images-s$seed $seed --views=1 "${EXTRA[0]}" --extra_text_cache= "${RECIPE[@]}"
+        launch config/shapes_tinysiglip.py parts-texts-s$seed $seed --views=1 --extra_image_cache= "${EXTRA[1]}" "${RECIPE[@]}"
+        launch config/shapes_tinysiglip.py parts-all-s$seed $seed --views=$K "${EXTRA[@]}" "${RECIPE[@]}"
     done
 fi
 for p in $(jobs -p); do wait $p; done

@@ -1,4 +1,4 @@
-# TinySigLIP — the recipe (Table 1's "Student (TinySigLIP)"): the A5 losses, fed like MobileCLIP's reinforced
+# TinySigLIP — the recipe (Table 1's "Student (TinySigLIP)"): feature + affinity distillation, fed like MobileCLIP's reinforced
 # data (DataCompDR: stored augmented views, each with its teacher embedding) plus unpaired data (DIME-FM):
 #   - COCO Karpathy train+restval pairs, K = 8 teacher views per image (view 0 the full image);
 #   - COCO unlabeled2017 (123k images, no captions) as unpaired images, K = 8 views each;
@@ -13,6 +13,7 @@
 # weights and COCO cannot be downloaded where this was written; the demo twin is config/shapes_tinysiglip.py.
 exec(open('config/a5.py').read())
 out_dir = 'out/tinysiglip'
+lambda_contrast = 0.0 # MobileCLIP's (w_CLIP, w_distill) = (0, 1) on DataCompDR-12M: the teacher is the only target
 views = 8 # MobileCLIP stores 10-30 views per image; 8 keeps the COCO cache at ~1.9 GB of fp16 embeddings (L, D=1024)
 extra_image_cache = 'cache/coco-L-img/unlabeled'
 extra_text_cache = 'cache/coco-L-txt/cc3m'

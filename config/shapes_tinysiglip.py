@@ -1,11 +1,15 @@
-# The TinySigLIP recipe on the synthetic world: the demo twin of config/tinysiglip.py. The same 0.19M student and
-# the same 500 paired images as A1-A5, plus K = 8 teacher views per image and the web split UNPAIRED: its images
-# and its captions sit in separate caches, so no web pair is ever seen (demo.sh builds all three caches).
-#   python train.py config/shapes_tinysiglip.py     (demo.sh runs it; time and R@1 in the README)
+# The TinySigLIP recipe on the synthetic world: the demo twin of
+# config/tinysiglip.py. The same 0.19M student and the same 500 paired images as
+# A1-A7, plus K teacher views per image and the web split UNPAIRED: its images and
+# its captions sit in separate caches, so no web pair is ever seen (demo.sh builds
+# all three caches and runs this with --views=4).
+#   python train.py config/shapes_tinysiglip.py   (time and R@1: the README)
 exec(open('config/tinysiglip.py').read())
 exec(open('config/shapes.py').read())
 out_dir = 'out/shapes/tinysiglip'
 extra_image_cache = 'cache/shapes-img/web'
 extra_text_cache = 'cache/shapes-txt/web'
-max_iters = 1000 # 3 batches a step (pairs, unpaired images, unpaired captions); demo.sh runs it beside A1-A7
+# 3 batches a step (pairs, unpaired images, unpaired captions); demo.sh runs it
+# beside A1-A7
+max_iters = 1000
 eval_interval = 250

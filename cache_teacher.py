@@ -304,12 +304,16 @@ class Images(torch.utils.data.Dataset):
         px = to_px(img).contiguous()
         W, H = img.size
         crops, boxes, flips = [img], [[0.0, 0.0, 1.0, 1.0]], [False]
-        for (x0, y0, x1, y1), flip in view_boxes(r['image_id'], W, H)[1:]: # views are cut from the ORIGINAL image
-            crop = img.crop((x0, y0, x1, y1))
-            crops.append(crop.transpose(Image.FLIP_LEFT_RIGHT) if flip else crop)
+        hf = kind in ('siglip', 'siglip2')
+        for (x0, y0, x1, y1), flip in view_boxes(r['image_id'], W, H)[1:]: # views come from the ORIGINAL image
+            # ours: resample the box from the whole image, as train.py's crop_boxes samples the cached pixels
+            # (neighbours past the box edge included); an HF processor needs the cropped image itself
+            box = (x0, y0, x1, y1)
+            view = img.crop(box) if hf else img.resize((image_size, image_size), resample, box=box)
+            crops.append(view.transpose(Image.FLIP_LEFT_RIGHT) if flip else view)
             boxes.append([x0 / W, y0 / H, x1 / W, y1 / H])
             flips.append(flip)
-        if kind in ('siglip', 'siglip2'): # the teacher sees exactly its own processor's output, per view
+        if hf: # the teacher sees exactly its own processor's output, per view
             tin = dict(improc(crops, return_tensors='pt'))
         else: # ours: every view at the cached resolution, as view 0 always was
             tin = torch.stack([px] + [to_px(c) for c in crops[1:]])

@@ -164,7 +164,7 @@ class Student(nn.Module):
     def export_onnx(self, out_dir, opset=17):
         """Both towers as ONNX graphs with a dynamic batch axis -> {name: path}. image.onnx:
         normalised float pixels (B, 3, S, S) -> (B, D); image_uint8.onnx: uint8 (B, 3, S, S) at
-        the student's size S, /255 and mean/std inside; text.onnx: teacher ids (B, 64) int64 ->
+        the student's size S, /255 and mean/std inside; text.onnx: teacher ids (B, L) int64 ->
         (B, D), the compact-vocabulary lookup inside. Unnormalised, as encode_image/encode_text."""
         import warnings
         os.makedirs(out_dir, exist_ok=True)
@@ -177,8 +177,10 @@ class Student(nn.Module):
             inp = 'input_ids' if name == 'text' else 'pixels'
             path = os.path.join(out_dir, f'{name}.onnx')
             axes = {inp: {0: 'batch'}, 'embeds': {0: 'batch'}}
+            if name == 'text': # the length a student trained on (64 for SigLIP, 32 on the demo) varies too
+                axes[inp][1] = 'length'
             # the TorchScript exporter: the dynamo one needs onnxscript, one more dependency
-            with warnings.catch_warnings(): # tracer warnings on shapes: only the batch varies
+            with warnings.catch_warnings(): # tracer warnings on shapes: batch (and text length) vary
                 warnings.simplefilter('ignore')
                 torch.onnx.export(OnnxTower(self, name).eval(), (x,), path + '.tmp',
                                   input_names=[inp], output_names=['embeds'],

@@ -257,6 +257,9 @@ class Encoder:
         # NaFlex: the processor's saved values, not Siglip2Processor's class defaults
         self.improc = AutoProcessor.from_pretrained(path).image_processor
         self.is_student = os.path.isfile(cfg) and 'kept_ids' in json.load(open(cfg))
+        # our towers pool the last (pad) position: tokenise at the length they trained on (train.py's meta.json)
+        meta = os.path.join(path, 'meta.json')
+        self.length = read_json(meta).get('text_length', CONTEXT) if self.is_student else CONTEXT
         if self.is_student:
             from model import Student
             self.model = Student.from_pretrained(path).to(device)
@@ -283,9 +286,9 @@ class Encoder:
             return self.model.encode_image(inputs).float()
         return pooled(self.model.get_image_features(**inputs))
 
-    def tokenize(self, texts): # -> (M, 64) int64, lowercased like the cache (lowercase=True)
+    def tokenize(self, texts): # -> (M, L) int64, lowercased like the cache (lowercase=True)
         texts = [' '.join(t.lower().split()) for t in texts]
-        enc = self.tok(texts, padding='max_length', max_length=CONTEXT, truncation=True,
+        enc = self.tok(texts, padding='max_length', max_length=self.length, truncation=True,
                        return_tensors='pt')
         return enc['input_ids']
 
@@ -419,7 +422,7 @@ def export_and_check(enc, out_dir):
     S = st.config.image_size
     px = torch.randint(0, 256, (5, 3, S, S), dtype=torch.uint8, generator=g)
     prompts = ['a red circle', 'a small blue square in the top left', 'a photo of a cat.', '']
-    noise = torch.randint(0, len(enc.tok), (1, CONTEXT), generator=g)
+    noise = torch.randint(0, len(enc.tok), (1, enc.length), generator=g)
     ids = torch.cat([enc.tokenize(prompts), noise])
     x = st.preprocess(px)
     feeds = dict(image=x, image_uint8=px, text=ids)
@@ -436,7 +439,7 @@ def export_and_check(enc, out_dir):
         parity[name] = dict(min_cos=cos, max_abs_diff=diff, batch=len(got))
         print(f"onnx {name}: {p} | batch {len(got)}: min cos {cos:.7f}, max |diff| {diff:.2e}")
     info = dict(paths=paths, parity=parity, image_size=S, mean=st.config.image_mean,
-                std=st.config.image_std, context_length=CONTEXT, padding='right', lowercase=True)
+                std=st.config.image_std, context_length=enc.length, padding='right', lowercase=True)
     write_json(os.path.join(out_dir, 'export.json'), info)
     st.to(enc.device)
     return parity

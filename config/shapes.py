@@ -1,12 +1,15 @@
-# Synthetic "shapes" world on a laptop CPU (add after an A/B/C config): tiny towers, 32 px, 500 student images.
-#   python train.py config/a5.py config/shapes.py --out_dir=out/shapes/a5     (~1 min on 1 CPU thread)
-# Run by demo.sh after it has trained and cached the demo teacher (config/shapes_teacher.py).
+# Synthetic "shapes" world on a laptop CPU (add after an A/B/C config): tiny towers,
+# 32 px, 500 student images.
+#   python train.py config/a5.py config/shapes.py --out_dir=out/shapes/a5
+#   (~1 min on 1 CPU thread)
+# Run by demo.sh after it has cached the demo teacher (data/shapes/teacher).
 train_cache = 'cache/shapes/train'
 val_cache = 'cache/shapes/val'
 val_images = 500
 image_size = 32 # the world's own resolution (the A/B/C configs' students use train.py's 224)
 image_model = 'vit_tiny_patch16_224'
-image_kwargs = {'patch_size': 8, 'embed_dim': 64, 'depth': 2, 'num_heads': 2} # ≈ 1/6 of the demo teacher
+# ≈ 1/6 of the demo teacher
+image_kwargs = {'patch_size': 8, 'embed_dim': 64, 'depth': 2, 'num_heads': 2}
 text_width = 64
 text_depth = 1
 text_heads = 2

@@ -10,7 +10,11 @@ Speed / memory of the loss terms, measured in one run and printed as ratios (no 
 Prints (1) peak memory + time of the chunked decoder cross-entropy vs the naive one that builds [tokens, V]
 logits, (2) the train-step time of each SigLIP 2 / distillation term relative to sigmoid-only, and with --cache
 (3) train.py's step (rows gathered from the memory maps by its prefetch thread) / a bare student step on tensors
-already in place, and RSS after loading each of --rss_caches (it should not grow with the cache).
+already in place, and RSS after loading each of --rss_caches (it should not grow with the cache), and with
+--teacher (4) cache_teacher.py's image pass (decode, preprocess, embed; both --preprocess paths) / the teacher's
+bare image forward on inputs already on the device:
+    python bench.py --device=cuda --teacher=google/siglip2-base-patch16-224 --teacher_data=/data/coco \
+        --teacher_split=val --cache_images=5000 --num_workers=16 --batch_size=256
 """
 import os, time
 import torch
@@ -33,6 +37,11 @@ iters = 10
 cache = '' # a train cache (teacher=none is enough): adds (3), train.py from the memory-mapped cache vs a bare step
 val_cache = '' # its val split (train.py needs one)
 rss_caches = '' # comma-separated train caches of different sizes: train.py's RSS after loading each
+teacher = '' # an HF SigLIP (2) name/dir or one of our runs: adds (4), the cache pass / the teacher's bare forward
+teacher_data = 'data/shapes' # ... over the first cache_images images of this COCO-layout split
+teacher_split = 'web'
+cache_images = 2048
+num_workers = 2 # cache_teacher.py's decoding workers
 config_keys = [k for k,v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
@@ -149,3 +158,37 @@ for c in filter(None, rss_caches.split(',')):
     mem = ast.literal_eval(re.search(r'memory after loading the caches \(MiB\): (\{.*\})', log).group(1))
     size = sum(os.path.getsize(os.path.join(c, f)) for f in os.listdir(c) if f.endswith('.safetensors')) / 2**20
     print(f"RSS after loading {c} ({size:.0f} MiB of shards): {mem}")
+
+# 4) cache pass: cache_teacher.py's image pass (decode + preprocess + teacher, an image-only cache) / bare forward
+if teacher:
+    from transformers import AutoModel, AutoImageProcessor
+    rates = {}
+    for pre in ('worker', 'batch'): # batch: workers decode, the processor runs per batch on the device
+        args = [sys.executable, 'cache_teacher.py', f'--data_dir={teacher_data}', f'--split={teacher_split}',
+                f'--teacher={teacher}', '--captions=False', f'--max_images={cache_images}', f'--batch_size={batch_size}',
+                f'--num_workers={num_workers}', f'--device={device}', f'--dtype={dtype}', f'--preprocess={pre}',
+                f'--out_dir={tempfile.mkdtemp()}']
+        p = subprocess.run(args, capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
+        if p.returncode:
+            sys.exit(f"bench.py: cache_teacher.py failed:\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+        n, secs = re.search(r'rank 0: (\d+) images in ([\d.]+)s', p.stdout).groups()
+        rates[pre] = int(n) / float(secs)
+    ours = os.path.isfile(os.path.join(teacher, 'meta.json')) # one of our train.py runs
+    if ours:
+        t = Student.from_pretrained(teacher).to(device).eval()
+        px = torch.randint(0, 256, (batch_size, 3, t.config.image_size, t.config.image_size), dtype=torch.uint8)
+        embed = lambda: t.encode_image(t.preprocess(px.to(device)))
+    else: # the processor's own output for random images, moved to the device once
+        t = AutoModel.from_pretrained(teacher, dtype=torch.float32).to(device).eval()
+        improc = AutoImageProcessor.from_pretrained(teacher)
+        ims = list(torch.randint(0, 256, (batch_size, 3, 256, 256), dtype=torch.uint8))
+        tin = {k: v.to(device) for k, v in improc(ims, return_tensors='pt').items()}
+        embed = lambda: t.get_image_features(**tin)
+    def forward():
+        with torch.inference_mode(), autocast:
+            embed()
+    ms, _ = measure(forward)
+    bare = batch_size / ms * 1000
+    for pre, rate in rates.items():
+        print(f"cache pass ({pre} preprocessing, {num_workers} workers) {rate:.0f} img/s / bare teacher forward "
+              f"{bare:.0f} img/s = {rate / bare:.2f}x (target >= 0.85 on a GPU, batch path)")

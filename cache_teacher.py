@@ -40,7 +40,8 @@ skip_missing = False # missing image files: error (default) or drop and count th
 # unpaired data (DIME-FM distils from unpaired images and texts): image-only and text-only caches
 images = True # False: a text-only cache (the split's captions, no pixels)
 captions = True # False: an image-only cache (captions ignored; COCO unlabeled2017 has none anyway)
-image_folder = '' # a folder of images (searched recursively, sorted by path) -> an image-only cache
+image_folder = '' # a folder of images (searched recursively, sorted by path) -> an image-only cache, or
+folder_captions = '' # ... paired by a JSON-lines file: {"file": "<path under image_folder>", "caption": "..."} a line
 caption_file = '' # a text file, one caption per line -> a text-only cache
 tars = '' # webdataset tars (img2dataset: key.jpg|png + key.txt [+ key.json]): a glob or 'cc3m-{00000..00331}.tar'
 # reinforced views (MobileCLIP's DataCompDR: augmentations stored with their teacher embeddings)
@@ -57,6 +58,10 @@ max_length = 0 # text length, right-padded with 0: 0 = the teacher's own (64 for
 batch_size = 64
 shard_size = 2048 # images per shard
 num_workers = 2 # DataLoader workers decoding JPEGs
+# HF teachers: 'worker' runs the processor per image in the DataLoader workers (the reference path); 'batch' has
+# the workers only decode (and cut the views), then runs the processor once per batch on `device` (a GPU: resize
+# + normalise there, not on the CPU). Same pixels on CPU (tested); on a GPU cos >= 0.999 to the reference.
+preprocess = 'worker'
 device = 'cpu'
 dtype = 'float32' # 'bfloat16' / 'float16' autocast on GPU
 config_keys = [k for k,v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
@@ -92,11 +97,35 @@ def read_json(path, annotation=True):
     return obj
 
 IMAGE_EXT = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
+if folder_captions and not image_folder:
+    sys.exit(f"cache_teacher: folder_captions={folder_captions} pairs the images of an --image_folder; none given")
 if image_folder: # any folder of images: ids are the positions in path order (stable for the same folder)
     paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(image_folder) for f in fs if f.lower().endswith(IMAGE_EXT))
     recs = {i: dict(image_id=i, path=p, captions=[], regions=[]) for i, p in enumerate(paths)}
     annotations['image_folder'] = hashlib.sha256('\n'.join(paths).encode()).hexdigest() # which files, in which order
-    captions = False
+    by_path = {os.path.relpath(p, image_folder): recs[i] for i, p in enumerate(paths)}
+    if folder_captions and not os.path.isfile(folder_captions):
+        sys.exit(f"cache_teacher: folder_captions {folder_captions} not found")
+    for n, line in enumerate(open(folder_captions) if folder_captions else [], 1): # several lines may name one file
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            rec = by_path[os.path.normpath(row['file'])]
+            caps = [row['caption']] if 'caption' in row else row['captions']
+            if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+                raise TypeError('captions must be strings')
+            rec['captions'] += caps
+        except (ValueError, KeyError, TypeError) as e:
+            sys.exit(f"cache_teacher: {folder_captions}, line {n}: want {{\"file\": <image under {image_folder}>, "
+                     f"\"caption\": ...}}, got {line.strip()[:120]!r} ({type(e).__name__}: {e})")
+    if folder_captions:
+        annotations[os.path.basename(folder_captions)] = sha256(folder_captions)
+    no_caption = sum(not r['captions'] for r in recs.values())
+    if captions and folder_captions and no_caption:
+        sys.exit(f"cache_teacher: {no_caption} of {len(recs)} images in {image_folder} have no caption in "
+                 f"{folder_captions}: pass --captions=False for an image-only cache")
+    captions = captions and bool(folder_captions)
 elif tars: # webdataset: members grouped by key; each image is read later straight from its byte range in the tar
     def expand(p): # webdataset's brace notation: {00000..00331} ranges (zero-padded as written) and {a,b} lists
         m = re.search(r'\{([^{}]*)\}', p)
@@ -177,6 +206,8 @@ if not captions: # image-only: the captions (and the LocCa targets built from th
     records = [dict(r, captions=[], regions=[]) for r in records]
 if not images and not captions:
     sys.exit("cache_teacher: images=False and captions=False leave nothing to cache")
+if preprocess not in ('worker', 'batch'):
+    sys.exit(f"cache_teacher: preprocess={preprocess!r} must be 'worker' or 'batch'")
 if views < 1 or not 0 < view_scale <= 1:
     sys.exit(f"cache_teacher: views={views} must be >= 1 and view_scale={view_scale} in (0, 1]")
 missing = [r['path'] for r in records if images and not os.path.isfile(r['path'])]
@@ -226,6 +257,8 @@ tok.padding_side = 'right' # SigLIP pools the last position: left padding silent
 improc = AutoProcessor.from_pretrained(proc_dir).image_processor
 mean, std = list(improc.image_mean), list(improc.image_std)
 resample = getattr(improc, 'resample', Image.BILINEAR)
+# which pixels the HF teacher saw: transformers 5.x processors default to torchvision (PIL is the other backend)
+backend = getattr(improc, 'backend', 'pil') if kind in ('siglip', 'siglip2') else 'pil'
 if kind == 'siglip2': # NaFlex: aspect-preserving patches; the student's pixels get a fixed square size
     teacher_size = int(improc.patch_size * math.isqrt(improc.max_num_patches))
 elif kind == 'ours':
@@ -303,17 +336,24 @@ class Images(torch.utils.data.Dataset):
         to_px = lambda im: torch.from_numpy(np.array(im.resize((image_size, image_size), resample))).permute(2, 0, 1)
         px = to_px(img).contiguous()
         W, H = img.size
-        crops, boxes, flips = [img], [[0.0, 0.0, 1.0, 1.0]], [False]
         hf = kind in ('siglip', 'siglip2')
+        decoded = torch.from_numpy(np.array(img)).permute(2, 0, 1) if hf and preprocess == 'batch' else None # (3, H, W)
+        crops = [img if decoded is None else decoded]
+        boxes, flips = [[0.0, 0.0, 1.0, 1.0]], [False]
         for (x0, y0, x1, y1), flip in view_boxes(r['image_id'], W, H)[1:]: # views come from the ORIGINAL image
-            # ours: resample the box from the whole image, as train.py's crop_boxes samples the cached pixels
-            # (neighbours past the box edge included); an HF processor needs the cropped image itself
-            box = (x0, y0, x1, y1)
-            view = img.crop(box) if hf else img.resize((image_size, image_size), resample, box=box)
-            crops.append(view.transpose(Image.FLIP_LEFT_RIGHT) if flip else view)
+            if decoded is not None: # batch: the same pixels as PIL's crop + mirror, cut from the decoded tensor
+                view = decoded[:, y0:y1, x0:x1]
+                crops.append(view.flip(-1) if flip else view)
+            else: # ours: resample the box from the whole image, as train.py's crop_boxes samples the cached
+                # pixels (neighbours past the box edge included); an HF processor needs the cropped image itself
+                box = (x0, y0, x1, y1)
+                view = img.crop(box) if hf else img.resize((image_size, image_size), resample, box=box)
+                crops.append(view.transpose(Image.FLIP_LEFT_RIGHT) if flip else view)
             boxes.append([x0 / W, y0 / H, x1 / W, y1 / H])
             flips.append(flip)
-        if hf: # the teacher sees exactly its own processor's output, per view
+        if decoded is not None: # K uint8 (3, h, w) views: the processor runs later, per batch (take_views)
+            tin = crops
+        elif hf: # the teacher sees exactly its own processor's output, per view
             tin = dict(improc(crops, return_tensors='pt'))
         else: # ours: every view at the cached resolution, as view 0 always was
             tin = torch.stack([px] + [to_px(c) for c in crops[1:]])
@@ -326,6 +366,9 @@ def features(out): # transformers 5.x returns BaseModelOutputWithPooling; 4.x re
 
 autocast = torch.autocast(device_type=torch.device(device).type, dtype=getattr(torch, dtype), enabled=dtype != 'float32')
 def take_views(tin, views_slice): # (B, K, ...) teacher inputs (a tensor or the processor's dict) -> rows, image-major
+    if isinstance(tin, list): # preprocess=batch: B lists of K uint8 views -> the processor, on `device`
+        crops = [view for per_image in tin for view in per_image[views_slice]]
+        return dict(improc(crops, return_tensors='pt', device=device))
     pick = lambda x: x[:, views_slice].flatten(0, 1)
     return pick(tin) if torch.is_tensor(tin) else {k: pick(v) for k, v in tin.items()}
 
@@ -384,7 +427,8 @@ proc_files = [os.path.join(proc_local, f) for f in sorted(os.listdir(proc_local)
 contents = 'paired' if images and captions else ('images' if images else 'texts')
 settings = dict(kind=kind, image_size=image_size, lowercase=lowercase, max_length=max_length, split=split,
                 karpathy=bool(karpathy), n_records=len(records), shard_size=shard_size, max_images=max_images,
-                contents=contents, views=views, view_scale=view_scale, view_flip=view_flip, tars=tars)
+                contents=contents, views=views, view_scale=view_scale, view_flip=view_flip, tars=tars,
+                preprocess=preprocess)
 content = dict(teacher=hash_files(teacher_files) if model is not None else 'none', processor=hash_files(proc_files),
                annotations=annotations, settings=settings)
 settings_path = os.path.join(split_dir, 'settings.json')
@@ -429,6 +473,8 @@ for k in todo:
         if model is not None:
             if kind == 'ours':
                 tin = torch.stack([b[2] for b in batch]) # (B, K, 3, S, S)
+            elif preprocess == 'batch':
+                tin = [b[2] for b in batch] # B lists of K views
             else:
                 tin = {key: torch.stack([b[2][key] for b in batch]) for key in batch[0][2]}
             # view 0 alone, then the crops: the full images see exactly the batches of a cache without views
@@ -503,7 +549,7 @@ if rank == 0:
     improc.save_pretrained(proc_out)
     processor_info = dict(tokenizer=type(tok).__name__, vocab_size=len(tok), max_length=max_length, padding='right',
                           pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, lowercase=lowercase, resample=int(resample),
-                          backend='pil', teacher_image_size=teacher_size)
+                          backend=backend, teacher_image_size=teacher_size)
     reader = 'folder' if image_folder else 'webdataset' if tars else 'caption_file' if caption_file else \
         'karpathy' if karpathy else 'coco'
     manifest = dict(teacher=teacher, teacher_kind=kind, teacher_params=teacher_params, embed_dim=embed_dim,
@@ -514,7 +560,7 @@ if rank == 0:
                                  instances=','.join(os.path.basename(p) for p in instances.split(',') if p),
                                  contents=contents, views=views, view_scale=view_scale, view_flip=view_flip),
                     data_dir=os.path.abspath(data_dir), split=split, counts=counts, skipped=skipped[:100], shards=shards,
-                    content=content)
+                    content=content, preprocess=preprocess)
     # the teacher: its weights + processor (content hashes) and everything train.py takes from it; the same for
     # every split, so train.py can check that train and val caches share a teacher
     tf = dict(teacher=content['teacher'], processor_files=content['processor'], embed_dim=embed_dim, image_size=image_size,

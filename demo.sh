@@ -2,15 +2,17 @@
 # The whole experiment on the embedded synthetic world, on a laptop CPU (2 cores, ≤ 10 min):
 #   prepare the world -> cache the demo teacher (data/shapes/teacher, kept in the repo like a google/siglip2-*
 #   checkpoint) on the student's splits with K views, and on the web split as unpaired images and unpaired captions
-#   -> train the students (A1-A5, A7 and the TinySigLIP recipe; two at a time, one thread each) -> eval on the test
-#   split (retrieval, zero-shot, speed vs the teacher) -> report.md
+#   -> train the students (A1-A5, A7; two at a time, one thread each) -> eval on the test split (retrieval,
+#   zero-shot, speed vs the teacher) -> report.md
 #
-#   bash demo.sh            # full demo; sets up .venv first if it is missing
-#   bash demo.sh --quick    # < 3 min pipeline check on a smaller world, A1/A5/recipe one seed (run by test_smoke.py)
+#   bash demo.sh            # the seed's ablation (~7 min on 2 cores); sets up .venv first if it is missing
+#   bash demo.sh --quick    # < 4 min pipeline check on a smaller world, A1/A5/recipe one seed (run by test_smoke.py)
 #   DEMO_DIR=/tmp/d bash demo.sh   # where data/, cache/, out/ go (default: this repo)
-#   SEEDS="0 1" bash demo.sh       # + a second seed of A1, A5 and the recipe (seed spread)
+#   SEEDS="0 1" bash demo.sh       # + a second seed of A1, A5 (and of the recipe with RECIPE=1): seed spread
+#   RECIPE=1 bash demo.sh          # + the TinySigLIP recipe: the web split cached as unpaired images (K views) and
+#                                  #   unpaired captions, 4,000 steps beside the A runs (~25 min on 2 cores)
 #   PARTS=1 bash demo.sh           # + what each part of the recipe adds (views / unpaired images / texts), 2 seeds
-#   RETRAIN_TEACHER=1 bash demo.sh # train the demo teacher from scratch first (config/shapes_teacher.py, ~15 min)
+#   RETRAIN_TEACHER=1 bash demo.sh # train the demo teacher from scratch first (config/shapes_teacher.py, ~60 min)
 set -euo pipefail
 cd "$(dirname "$0")"
 if [ -z "${PY:-}" ]; then
@@ -19,13 +21,15 @@ if [ -z "${PY:-}" ]; then
 fi
 D=${DEMO_DIR:-.}
 W=$D/data/shapes; R=$D/cache/shapes-raw; C=$D/cache/shapes; O=$D/out/shapes
-WORLD=(); TEACH=(); STUD=(); RECIPE=(); SEEDS=${SEEDS:-0}; RUNS="tinysiglip a1 a2 a3 a4 a5 a7"; K=4 # the recipe first: it runs beside all the A runs
+WORLD=(); TEACH=(); STUD=(); RECIPE_ARGS=(); SEEDS=${SEEDS:-0}; RUNS="a1 a2 a3 a4 a5 a7"; K=8
+[ -z "${PARTS:-}" ] || RECIPE=1 # the parts table compares against the recipe
+[ -z "${RECIPE:-}" ] || RUNS="tinysiglip $RUNS" # the recipe first: it runs beside all the A runs
 if [ "${1:-}" = "--quick" ]; then # same pipeline, smaller world and budgets
     WORLD=(--n_web=2000 --n_train=300 --n_val=100 --n_test=100)
     TEACH=(--max_iters=100 --eval_interval=100 --batch_size=64 --val_images=100)
     STUD=(--max_iters=40 --eval_interval=40 --log_interval=20 --batch_size=64 --val_images=100)
-    RECIPE=(--max_iters=40 --eval_interval=40)
-    SEEDS="0"; RUNS="tinysiglip a1 a5"; K=3
+    RECIPE_ARGS=(--max_iters=40 --eval_interval=40)
+    SEEDS="0"; RUNS="tinysiglip a1 a5"; K=3; RECIPE=1
 fi
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
 t0=$(date +%s)
@@ -44,13 +48,16 @@ if [ -n "${RETRAIN_TEACHER:-}" ]; then
     $PY train.py config/shapes_teacher.py --train_cache=$R/web --val_cache=$R/val --out_dir=$O/teacher "${TEACH[@]}"
     T=$O/teacher
 fi
-step "3. cache the teacher: train split with K=$K views, val, test; the web split as unpaired images (K views) and captions"
+step "3. cache the teacher: train split with K=$K views (view 0 = the full image: all A runs see only it), val, test"
 cache --split=train --out_dir=$C --views=$K
 for s in val test; do cache --split=$s --out_dir=$C; done
-cache --split=web --out_dir=$D/cache/shapes-img --captions=False --views=$K & # the two web caches side by side
-img_job=$!
-cache --split=web --out_dir=$D/cache/shapes-txt --images=False
-wait $img_job
+if [ -n "${RECIPE:-}" ]; then
+    echo "   + the web split as unpaired images (K=$K views) and unpaired captions, for the recipe"
+    cache --split=web --out_dir=$D/cache/shapes-img --captions=False --views=$K & # the two web caches side by side
+    img_job=$!
+    cache --split=web --out_dir=$D/cache/shapes-txt --images=False
+    wait $img_job
+fi
 $PY eval.py --cache=$C/test
 step "4. students (two at a time, one thread each)"
 runs=()
@@ -71,16 +78,18 @@ for seed in $SEEDS; do
     for a in $RUNS; do
         [ "$seed" = 0 ] || [ "$a" = a1 ] || [ "$a" = a5 ] || [ "$a" = tinysiglip ] || continue # spread: A1, A5, recipe
         run=$a; [ "$seed" = 0 ] || run=$a-s$seed
-        if [ $a = tinysiglip ]; then launch config/shapes_tinysiglip.py $run $seed "${EXTRA[@]}" --views=$K "${RECIPE[@]}"
+        if [ $a = tinysiglip ]; then launch config/shapes_tinysiglip.py $run $seed "${EXTRA[@]}" --views=$K "${RECIPE_ARGS[@]}"
         else launch "config/$a.py config/shapes.py" $run $seed; fi
     done
 done
-if [ -n "${PARTS:-}" ]; then # what each part of the recipe adds, two seeds each
+if [ -n "${PARTS:-}" ]; then # what each part of the recipe adds, two seeds each (all three = the recipe's seeds)
+    [[ " $SEEDS " = *" 1 "* ]] || launch config/shapes_tinysiglip.py tinysiglip-s1 1 "${EXTRA[@]}" --views=$K "${RECIPE_ARGS[@]}"
     for seed in 0 1; do
-        launch config/shapes_tinysiglip.py parts-views-s$seed $seed --views=$K --extra_image_cache= --extra_text_cache= "${RECIPE[@]}"
-        launch config/shapes_tinysiglip.py parts-images-s$seed $seed --views=1 "${EXTRA[0]}" --extra_text_cache= "${RECIPE[@]}"
-        launch config/shapes_tinysiglip.py parts-texts-s$seed $seed --views=1 --extra_image_cache= "${EXTRA[1]}" "${RECIPE[@]}"
-        launch config/shapes_tinysiglip.py parts-all-s$seed $seed --views=$K "${EXTRA[@]}" "${RECIPE[@]}"
+        P=(config/shapes_tinysiglip.py); NONE=(--extra_image_cache= --extra_text_cache=)
+        launch "${P[@]}" parts-none-s$seed $seed --views=1 "${NONE[@]}" "${RECIPE_ARGS[@]}"
+        launch "${P[@]}" parts-views-s$seed $seed --views=$K "${NONE[@]}" "${RECIPE_ARGS[@]}"
+        launch "${P[@]}" parts-images-s$seed $seed --views=1 "${EXTRA[0]}" --extra_text_cache= "${RECIPE_ARGS[@]}"
+        launch "${P[@]}" parts-texts-s$seed $seed --views=1 --extra_image_cache= "${EXTRA[1]}" "${RECIPE_ARGS[@]}"
     done
 fi
 for p in $(jobs -p); do wait $p; done

@@ -148,13 +148,15 @@ for label, n in SEED_ABLATION:
     lines.append(row(label, *[stat(ev, k) for k in R1], d, run=n))
 
 # the TinySigLIP recipe, part by part (demo.sh PARTS=1): the same pairs and losses as a7 (feature + affinity), plus
-PARTS = [('pairs only (a7)', 'a7'), ('+ K views', 'parts-views'), ('+ unpaired images', 'parts-images'),
-         ('+ unpaired texts', 'parts-texts'), ('+ all three', 'parts-all'), ('the recipe run', 'tinysiglip')]
+PARTS = [('pairs only (a7, its own steps)', 'a7'), ('pairs only, the recipe's steps', 'parts-none'),
+         ('+ K views', 'parts-views'), ('+ unpaired images', 'parts-images'), ('+ unpaired texts', 'parts-texts'),
+         ('+ all three (the recipe)', 'tinysiglip')]
 def ratio(ev, k): # student R@1 / the teacher's
     return f"{mean(ev, k) / max(teacher['metrics'][k], 1e-9):.2f}" if ev and teacher else '—'
 if any(seeds(n) for _, n in PARTS[1:]):
     lines += ['', '## Table R: what each part of the recipe adds', '',
-              'Same student, same paired images and losses (feature + affinity) as a7; ratio = student R@1 / teacher R@1.', '']
+              'Same student, same paired images and paired losses (feature + affinity) as a7; each part alone, '
+              'then all three (+ the cross-modal term on unpaired images x captions); ratio = student R@1 / teacher R@1.', '']
     lines += header('data', 'run', 'seeds', 'I→T R@1', 'T→I R@1', 'I→T ratio', 'T→I ratio')
     for label, n in PARTS:
         ev = seeds(n)

@@ -390,7 +390,7 @@ def test_demo_quick_writes_tables(demo):
     assert t['params'] == dict(image=image, total=teacher.num_params()) and image < teacher.num_params()
     assert f"| Teacher (shapes/teacher) | {image / 1e6:.2f}M image / {teacher.num_params() / 1e6:.2f}M total |" in report
     assert '| Student (No KD) | ' in report and '| Student (TinySigLIP, run tinysiglip) | ' in report
-    assert '## Table R: what each part of the recipe adds' in report and '| the recipe run | tinysiglip | 1 |' in report
+    assert '## Table R: what each part of the recipe adds' in report and '| + all three (the recipe) | tinysiglip | 1 |' in report
     assert '| Full Method | ' in report and '| w/o Contrastive | — | — | — |' in report # --quick: no A7 run
     assert json.load(open(demo / 'out/shapes/a5/meta.json'))['model_args']['image_size'] == 32 # config/shapes.py
 
@@ -427,6 +427,14 @@ def test_cache_matches_direct_hf_teacher(tmp_path, kind):
     assert man['teacher_params'] == dict(image=count(model.vision_model), total=count(model)) # Table 1's teacher row
     cos = lambda a, b: torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1)
     assert cos(img, c['image_embeds']).min() >= 0.999 and cos(txt, c['text_embeds']).min() >= 0.999
+    # the batched path (workers decode, the processor runs per batch on the device) vs the reference, with views
+    for pre in ('worker', 'batch'):
+        run('cache_teacher.py', f'--data_dir={w}', '--split=val', f'--teacher={tmp_path / "t"}', f'--out_dir={tmp_path / pre}',
+            '--num_workers=0', '--batch_size=7', '--views=3', f'--preprocess={pre}')
+    ref, bat = load_cache(str(tmp_path / 'worker/val'))[0], load_cache(str(tmp_path / 'batch/val'))[0]
+    assert cos(ref['view_embeds'], bat['view_embeds']).min() >= 0.999 and torch.equal(ref['pixels'], bat['pixels'])
+    assert torch.equal(ref['view_boxes'], bat['view_boxes']) and torch.equal(ref['view_flips'], bat['view_flips'])
+    assert not torch.equal(ref['view_embeds'][:, 0], ref['view_embeds'][:, 1]) # the crops are other pixels
 
 def test_cache_bad_inputs_and_resume(tmp_path):
     """Missing file -> clear error; corrupt/grayscale/CMYK/long caption/box outside -> counted; resume keeps shards."""
@@ -652,7 +660,8 @@ def test_recipe_resume_after_kill_is_exact_with_views_and_unpaired_batches(demo,
 
 def test_unpaired_caches_from_a_folder_a_caption_file_and_coco_unlabeled(demo, tmp_path):
     """Image-only caches from a folder of images and from a COCO image_info (unlabeled2017-style) file, a text-only
-    cache from a caption file; train.py takes them as extra caches (and refuses a cache of the wrong kind)."""
+    cache from a caption file; train.py takes them as extra caches (and refuses a cache of the wrong kind). The
+    folder paired by a captions jsonl is a train cache (a caption-less image or a bad line: a clear error)."""
     import shutil
     from eval import load_cache
     w = tiny_world(tmp_path / 'w')
@@ -681,6 +690,24 @@ def test_unpaired_caches_from_a_folder_a_caption_file_and_coco_unlabeled(demo, t
     assert {'loss/extra_img/feat', 'loss/extra_txt/affinity'} <= set(row)
     p = run(*student_args(demo, tmp_path / 'x', f'--extra_image_cache={tmp_path / "c/corpus"}'), ok=False)
     assert p.returncode != 0 and 'pixels' in p.stdout + p.stderr
+    # the same folder paired by a captions jsonl (one line per caption, paths under the folder): a train cache
+    names = sorted(os.path.relpath(os.path.join(d, f), tmp_path / 'f') for d, _, fs in os.walk(tmp_path / 'f') for f in fs)
+    lines = [json.dumps(dict(file=n, caption=f'a caption of {n}')) for n in names]
+    (tmp_path / 'caps.jsonl').write_text('\n'.join(lines[:5]) + '\n')
+    folder = [f'--image_folder={tmp_path / "f"}', f'--folder_captions={tmp_path / "caps.jsonl"}', *common]
+    p = run('cache_teacher.py', *folder, '--split=paired', ok=False) # the 6th image has no caption
+    assert p.returncode != 0 and '1 of 6 images' in p.stderr and 'captions=False' in p.stderr
+    (tmp_path / 'caps.jsonl').write_text('\n'.join(lines + [json.dumps(dict(file=names[0], captions=['two', 'more']))]))
+    run('cache_teacher.py', *folder, '--split=paired')
+    d, m = load_cache(str(tmp_path / 'c/paired'))
+    assert m['dataset']['contents'] == 'paired' and m['counts'] == dict(m['counts'], images=6, captions=8)
+    assert torch.equal(d['pixels'], f['pixels']) and d['caption_image_ids'].tolist() == [0, 0, 0, 1, 2, 3, 4, 5]
+    run(*student_args(demo, tmp_path / 'p', f'--train_cache={tmp_path / "c/paired"}', '--batch_size=4', '--max_iters=2',
+                      '--eval_interval=2'))
+    assert math.isfinite(last_row(tmp_path / 'p')[0]['loss'])
+    (tmp_path / 'caps.jsonl').write_text(lines[0] + '\n{"file": "nope.jpg", "caption": "x"}\n')
+    p = run('cache_teacher.py', *folder, '--split=bad', ok=False)
+    assert p.returncode != 0 and 'caps.jsonl, line 2' in p.stderr and 'nope.jpg' in p.stderr
 
 def test_train_rejects_bad_config(demo, tmp_path):
     p = run(*student_args(demo, tmp_path / 'x', '--learnign_rate=1'), ok=False)

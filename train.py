@@ -50,6 +50,7 @@ lambda_affinity = 0.0
 affinity_kind = 'softmax' # 'softmax' (KL over in-batch rows) or 'sigmoid' (per-pair Bernoulli KL)
 lambda_extra_feat = 1.0 # on the unpaired batches (DIME-FM): feature MSE to the teacher, per tower
 lambda_extra_affinity = 1.0 # ... and KL of the in-batch image-image / text-text similarity rows
+lambda_extra_cross = 0.0 # the affinity term on unpaired images x unpaired captions (DIME-FM's cross-modal KD)
 lambda_locca = 0.0 # 1.0 = SigLIP 2 (§2.2 equal weight with the sigmoid loss)
 decoder_depth = 0 # 0 = text_depth // 2 (SigLIP 2 §2.2)
 gamma = 0.0 # SILC/TIPS size factor γ (§2.3: 0.25 B, 0.5 L, 1.0 So400m); 0 = off
@@ -194,6 +195,8 @@ extra_img = load_extra(extra_image_cache, ['pixels', 'image_embeds'])
 extra_txt = load_extra(extra_text_cache, ['input_ids', 'text_embeds'])
 if extra_img is not None and 'view_embeds' in extra_img and extra_img['view_embeds'].shape[1] < views:
     sys.exit(f"train.py: views={views} but {extra_image_cache} stores {extra_img['view_embeds'].shape[1]} views per image")
+if lambda_extra_cross and (extra_img is None or extra_txt is None):
+    print0("note: lambda_extra_cross needs both extra_image_cache and extra_text_cache: the cross term is off")
 
 def memory(): # MiB resident: private (anon) vs file pages (the maps, shared); PSS splits shared pages among ranks
     out = {}
@@ -319,6 +322,12 @@ model = torch.compile(student) if compile else student # checkpoints always save
 
 def gather(x): # (B, D) per rank -> (B * world, D), gradient flows back to the owning rank
     return torch.cat(torch.distributed.nn.functional.all_gather(x)) if ddp else x
+
+def affinity(s_img, s_txt, t_img, t_txt): # student rows (all ranks) vs teacher rows, the teacher's own scale
+    s_img, s_txt = F.normalize(s_img, dim=-1), F.normalize(s_txt, dim=-1)
+    t_img, t_txt = F.normalize(t_img.to(device), dim=-1), F.normalize(t_txt.to(device), dim=-1)
+    s_scale = student.logit_scale.exp()
+    return affinity_loss(s_img, s_txt, t_img, t_txt, s_scale, t_scale, student.logit_bias, t_bias, kind=affinity_kind)
 
 # -----------------------------------------------------------------------------
 # eval on a fixed val subset (first val_images images, all their captions) and checkpointing
@@ -450,21 +459,25 @@ while True:
                 terms['feat'] = feature_loss(img.float(), b['t_img'][sl].to(device)) + feature_loss(txt.float(), b['t_txt'][sl].to(device))
                 total = total + lambda_feat * terms['feat']
             if lambda_affinity: # batch-level: global student rows vs teacher rows with the teacher's own scale
-                terms['affinity'] = affinity_loss(F.normalize(img_all, dim=-1), F.normalize(txt_all, dim=-1),
-                                                  F.normalize(b['t_img'].to(device), dim=-1), F.normalize(b['t_txt'].to(device), dim=-1),
-                                                  student.logit_scale.exp(), t_scale, student.logit_bias, t_bias, kind=affinity_kind)
+                terms['affinity'] = affinity(img_all, txt_all, b['t_img'], b['t_txt'])
                 total = total + lambda_affinity * terms['affinity']
+            unpaired = {} # name -> (student rows, teacher rows), all ranks
             for d, stream, name in ((extra_img, 1, 'extra_img'), (extra_txt, 2, 'extra_txt')):
                 if d is None: # unpaired batches: each tower alone against the teacher (DIME-FM)
                     continue
                 e = b['extra'][stream - 1]
                 s = student.encode_image(student_input(e)) if stream == 1 else student.encode_text(e['ids'].to(device))
                 s_all, t_all = F.normalize(gather(s.float()), dim=-1), F.normalize(e['t'].to(device), dim=-1)
+                unpaired[name] = (s_all, e['t'])
                 n = len(s)
                 terms[f'{name}/feat'] = feature_loss(s.float(), e['t'][rank * n:(rank + 1) * n].to(device))
                 # image-image / text-text rows, both at the teacher's scale (choice): 0 when student == teacher
                 terms[f'{name}/affinity'] = affinity_loss(s_all, s_all, t_all, t_all, t_scale, t_scale)
                 total = total + lambda_extra_feat * terms[f'{name}/feat'] + lambda_extra_affinity * terms[f'{name}/affinity']
+            if lambda_extra_cross and len(unpaired) == 2: # DIME-FM: unpaired images x unpaired captions, teacher as target
+                (si, ti), (st, tt) = unpaired['extra_img'], unpaired['extra_txt']
+                terms['extra_cross'] = affinity(si, st, ti, tt)
+                total = total + lambda_extra_cross * terms['extra_cross']
         (total / grad_accum).backward()
         for k, v in [('loss', total)] + list(terms.items()):
             terms_sum[k] = terms_sum.get(k, 0.0) + v.detach() / grad_accum

@@ -1,15 +1,22 @@
 """
 Every loss of TinySigLIP, importing torch only, so the file can be copied into any codebase:
-sigmoid / InfoNCE / feature / affinity distillation, and the complete SigLIP 2 objective (arXiv 2502.14786)
-as one module, SigLIP2Loss: sigmoid + LocCa decoder loss + (from 80%) SILC self-distillation + TIPS masked
-prediction, with its EMA teacher. Values the paper states are cited by section; where it is silent the choice
-is tagged (U<n>), numbered as in SPEC_SIGLIP2_LOSS.md §11.
+sigmoid / InfoNCE / feature / affinity distillation, and the complete SigLIP 2 objective
+(arXiv 2502.14786) as one module, SigLIP2Loss: sigmoid + LocCa decoder loss + (from 80%)
+SILC self-distillation + TIPS masked prediction, with its EMA teacher. Values the paper states
+are cited by section; where it is silent the choice is tagged (U<n>), numbered as in
+SPEC_SIGLIP2_LOSS.md §11.
 
     from loss import SigLIP2Loss
-    loss_fn = SigLIP2Loss(vision, patch_embed, decoder=LoccaDecoder(...), silc_head=DINOHead(...), tips_head=DINOHead(...))
-    for p in loss_fn.maybe_switch(progress): optimizer.state.pop(p, None)   # fresh heads at the switch
-    total, terms = loss_fn(images, img_emb, txt_emb, tokens, scale, bias, progress, locca=targets)
-    total.backward(); optimizer.step(); loss_fn.after_step()                # EMA teacher + centres
+    loss_fn = SigLIP2Loss(vision, patch_embed, decoder=LoccaDecoder(...),
+                          silc_head=DINOHead(...), tips_head=DINOHead(...))
+    # fresh heads at the switch
+    for p in loss_fn.maybe_switch(progress):
+        optimizer.state.pop(p, None)
+    total, terms = loss_fn(images, img_emb, txt_emb, tokens, scale, bias, progress,
+                           locca=targets)
+    total.backward()
+    optimizer.step()
+    loss_fn.after_step()  # EMA teacher + centres
 """
 import copy, math
 import torch
@@ -20,23 +27,32 @@ from torch.utils.checkpoint import checkpoint
 
 # -----------------------------------------------------------------------------
 # image-text losses (all embeddings L2-normalised)
-def _sigmoid_block(img, txt, scale, bias, pos): # -> sum over the block of -log σ(z·(scale·cos + bias))
+
+# -> sum over the block of -log σ(z·(scale·cos + bias))
+def _sigmoid_block(img, txt, scale, bias, pos):
     logits = scale * img @ txt.T + bias
     return -F.logsigmoid(torch.where(pos, logits, -logits)).sum()
 
 def sigmoid_loss(img, txt, scale, bias, img_ids=None, txt_ids=None, chunk_size=0):
-    """SigLIP (§3.2, Alg. 1): L = -(1/B) Σ_i Σ_j log σ(z_ij (t·x_i·y_j + b)), z = +1 for a matching pair else -1.
-    img (B, D), txt (M, D). Positives: img_ids[i] == txt_ids[j] (other captions of the same image count as
-    positives), default the diagonal. chunk_size > 0: image rows in chunks, each checkpointed, so neither the
-    forward nor the backward ever holds the full B×M matrix (open_clip PR #1214)."""
-    img_ids = torch.arange(len(img), device=img.device) if img_ids is None else img_ids
-    txt_ids = torch.arange(len(txt), device=txt.device) if txt_ids is None else txt_ids
+    """SigLIP (§3.2, Alg. 1): L = -(1/B) Σ_i Σ_j log σ(z_ij (t·x_i·y_j + b)),
+    z = +1 for a matching pair else -1.
+    img (B, D), txt (M, D). Positives: img_ids[i] == txt_ids[j] (other captions of the same
+    image count as positives), default the diagonal. chunk_size > 0: image rows in chunks,
+    each checkpointed, so neither the forward nor the backward ever holds the full B×M
+    matrix (open_clip PR #1214)."""
+    if img_ids is None:
+        img_ids = torch.arange(len(img), device=img.device)
+    if txt_ids is None:
+        txt_ids = torch.arange(len(txt), device=txt.device)
     if not chunk_size:
-        return _sigmoid_block(img, txt, scale, bias, img_ids[:, None] == txt_ids[None]) / len(img)
+        pos = img_ids[:, None] == txt_ids[None] # (B, M)
+        return _sigmoid_block(img, txt, scale, bias, pos) / len(img)
     total = 0.0
     for i in range(0, len(img), chunk_size):
         pos = img_ids[i:i + chunk_size, None] == txt_ids[None]
-        total = total + checkpoint(_sigmoid_block, img[i:i + chunk_size], txt, scale, bias, pos, use_reentrant=False)
+        block = checkpoint(_sigmoid_block, img[i:i + chunk_size], txt, scale, bias, pos,
+                           use_reentrant=False)
+        total = total + block
     return total / len(img)
 
 def infonce_loss(img, txt, scale):
@@ -46,131 +62,204 @@ def infonce_loss(img, txt, scale):
     return 0.5 * (F.cross_entropy(logits, y) + F.cross_entropy(logits.T, y))
 
 def feature_loss(student, teacher):
-    """CLIP-KD FD on normalised embeddings, summed over D and averaged over the batch: mean(‖ŝ - t̂‖²) = mean(2 - 2cos).
-    CLIP-KD's `2000 · F.mse_loss` averages over D too, so λ_feat here = 2000 / D there (≈ 2 at D = 1024): λ = 1 is sane."""
-    return (F.normalize(student, dim=-1) - F.normalize(teacher, dim=-1)).pow(2).sum(-1).mean()
+    """CLIP-KD FD on normalised embeddings, summed over D and averaged over the batch:
+    mean(‖ŝ - t̂‖²) = mean(2 - 2cos).
+    CLIP-KD's `2000 · F.mse_loss` averages over D too, so λ_feat here = 2000 / D there
+    (≈ 2 at D = 1024): λ = 1 is sane."""
+    diff = F.normalize(student, dim=-1) - F.normalize(teacher, dim=-1)
+    return diff.pow(2).sum(-1).mean()
 
-def affinity_loss(s_img, s_txt, t_img, t_txt, s_scale, t_scale, s_bias=None, t_bias=None, kind='softmax'):
-    """Affinity distillation, teacher as target (TinyCLIP, CLIP-KD CRD, MobileCLIP; ANCHORS §4.3). Inputs normalised.
-    softmax: ½ [KL(softmax(Z_t) ‖ softmax(Z_s)) over image rows + the same over text rows], mean over rows,
-      Z = scale·cos with each model's own scale (the teacher's from its checkpoint). KL, not soft-CE, so it is 0 at s == t.
-    sigmoid (SigLIP teachers): Σ_j KL(Bern(σ(z_t,ij)) ‖ Bern(σ(z_s,ij))), mean over images, z = scale·cos + bias; the same
-      normalisation as sigmoid_loss. Not MobileCLIP2's -Σ log σ(y_t z_s), which is not minimal at student == teacher."""
-    zs, zt = s_scale * s_img @ s_txt.T, t_scale * t_img @ t_txt.T
+def affinity_loss(s_img, s_txt, t_img, t_txt, s_scale, t_scale,
+                  s_bias=None, t_bias=None, kind='softmax'):
+    """Affinity distillation, teacher as target (TinyCLIP, CLIP-KD CRD, MobileCLIP; ANCHORS §4.3).
+    Inputs normalised.
+    softmax: ½ [KL(softmax(Z_t) ‖ softmax(Z_s)) over image rows + the same over text rows],
+      mean over rows, Z = scale·cos with each model's own scale (the teacher's from its
+      checkpoint). KL, not soft-CE, so it is 0 at s == t.
+    sigmoid (SigLIP teachers): Σ_j KL(Bern(σ(z_t,ij)) ‖ Bern(σ(z_s,ij))), mean over images,
+      z = scale·cos + bias; the same normalisation as sigmoid_loss. Not MobileCLIP2's
+      -Σ log σ(y_t z_s), which is not minimal at student == teacher."""
+    zs = s_scale * s_img @ s_txt.T # (B, M)
+    zt = t_scale * t_img @ t_txt.T
     if kind == 'softmax':
-        kl = lambda s, t: F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction='batchmean')
+        kl = lambda s, t: F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1),
+                                   log_target=True, reduction='batchmean')
         return 0.5 * (kl(zs, zt) + kl(zs.T, zt.T))
-    zs, zt = zs + (s_bias if s_bias is not None else 0.0), zt + (t_bias if t_bias is not None else 0.0)
-    pt = torch.sigmoid(zt) # KL of Bernoullis = BCE(z_s, p_t) - H(p_t)
-    kl = F.binary_cross_entropy_with_logits(zs, pt, reduction='none') - F.binary_cross_entropy_with_logits(zt, pt, reduction='none')
+    zs = zs + (s_bias if s_bias is not None else 0.0)
+    zt = zt + (t_bias if t_bias is not None else 0.0)
+    # KL of Bernoullis = BCE(z_s, p_t) - H(p_t)
+    pt = torch.sigmoid(zt)
+    ce = F.binary_cross_entropy_with_logits(zs, pt, reduction='none')
+    entropy = F.binary_cross_entropy_with_logits(zt, pt, reduction='none')
+    kl = ce - entropy
     return kl.sum() / len(s_img)
 
 # -----------------------------------------------------------------------------
-# LocCa decoder loss (§2.2; CapPa: big_vision models/proj/cappa/cappa.py, trainers/proj/cappa/generative.py)
+# LocCa decoder loss
+# (§2.2; CapPa: big_vision models/proj/cappa/cappa.py, trainers/proj/cappa/generative.py)
 def chunked_cross_entropy(hidden, weight, bias, targets, chunk_size=1024):
-    """Per-token CE(hidden @ weightᵀ + bias, targets) -> (N,), never holding [N, V] logits for more than one chunk
-    (§2.2 'chunked loss'; open_clip fused_linear_cross_entropy): each chunk is checkpointed and recomputed in backward."""
+    """Per-token CE(hidden @ weightᵀ + bias, targets) -> (N,), never holding [N, V] logits for
+    more than one chunk (§2.2 'chunked loss'; open_clip fused_linear_cross_entropy): each
+    chunk is checkpointed and recomputed in backward."""
     ce = lambda h, y: F.cross_entropy(F.linear(h, weight, bias).float(), y, reduction='none')
-    return torch.cat([checkpoint(ce, hidden[i:i + chunk_size], targets[i:i + chunk_size], use_reentrant=False)
-                      for i in range(0, len(hidden), chunk_size)])
+    chunks = [checkpoint(ce, hidden[i:i + chunk_size], targets[i:i + chunk_size],
+                         use_reentrant=False)
+              for i in range(0, len(hidden), chunk_size)]
+    return torch.cat(chunks)
 
 def locca_inputs(seq, prefix_len, parallel, mask_id):
-    """Decoder inputs for targets seq (B, L). Autoregressive: shift_right(seq) with 0 as BOS, causal attention.
-    Parallel prediction (CapPa): every target position becomes the mask token, full attention; the task prefix
-    stays visible as context (choice U4: CapPa had no prefix). Position p predicts seq[p] in both modes."""
+    """Decoder inputs for targets seq (B, L). Autoregressive: shift_right(seq) with 0 as BOS,
+    causal attention. Parallel prediction (CapPa): every target position becomes the mask
+    token, full attention; the task prefix stays visible as context (choice U4: CapPa had no
+    prefix). Position p predicts seq[p] in both modes."""
     pos = torch.arange(seq.shape[1], device=seq.device)[None]
     ar = F.pad(seq, (1, 0))[:, :-1]
     par = torch.where(pos < prefix_len[:, None], seq, torch.full_like(seq, mask_id))
     return torch.where(parallel[:, None], par, ar), ~parallel
 
 def locca_loss(decoder, enc, seq, prefix_len, parallel, mask_id, valid=None, chunk_size=1024):
-    """Token CE on target tokens only (not the prefix, not pads), normalised per sequence (U6: big_vision
-    weighted_softmax_xent normalize=True), then mean over valid examples (U10: no region -> no ARef/GCap loss)."""
+    """Token CE on target tokens only (not the prefix, not pads), normalised per sequence
+    (U6: big_vision weighted_softmax_xent normalize=True), then mean over valid examples
+    (U10: no region -> no ARef/GCap loss)."""
     inp, causal = locca_inputs(seq, prefix_len, parallel, mask_id)
     hidden = decoder(inp, enc, causal) # (B, L, W)
-    w = (seq != 0) & (torch.arange(seq.shape[1], device=seq.device)[None] >= prefix_len[:, None])
+    pos = torch.arange(seq.shape[1], device=seq.device)[None]
+    w = (seq != 0) & (pos >= prefix_len[:, None]) # (B, L)
     if valid is not None:
         w = w & valid[:, None]
-    ce = chunked_cross_entropy(hidden[w], decoder.head.weight, decoder.head.bias, seq[w], chunk_size) # only weighted rows
-    per_seq = torch.zeros(len(seq), device=seq.device).index_add(0, w.nonzero()[:, 0], ce) / w.sum(1).clamp(min=1)
+    # only weighted rows
+    ce = chunked_cross_entropy(hidden[w], decoder.head.weight, decoder.head.bias, seq[w],
+                               chunk_size)
+    rows = w.nonzero()[:, 0]
+    ce_sum = torch.zeros(len(seq), device=seq.device).index_add(0, rows, ce) # (B,)
+    per_seq = ce_sum / w.sum(1).clamp(min=1)
     n = w.any(1).sum()
-    return per_seq.sum() / n.clamp(min=1) + 0.0 * hidden.sum() # keeps the graph connected when nothing is valid
+    # + 0·hidden keeps the graph connected when nothing is valid
+    return per_seq.sum() / n.clamp(min=1) + 0.0 * hidden.sum()
 
 # -----------------------------------------------------------------------------
 # self-distillation pieces (DINOv2 dino_clstoken_loss.py / ibot_patch_loss.py) and views
 def teacher_probs(t_logits, center, temp):
-    return F.softmax((t_logits - center) / temp, dim=-1) # centring + sharpening
+    # centring + sharpening
+    return F.softmax((t_logits - center) / temp, dim=-1)
 
 def dino_kl(s_logits, t_probs, temp): # -> per row (...,)
-    """DINO's teacher -> student cross-entropy, minus the teacher's entropy: KL(p_t ‖ p_s). Same gradient for the
-    student (H(p_t) is constant), but the value shows learning: CE rises with H(p_t) as τ_t warms up and centring
-    flattens p_t, while the KL goes to 0 as the student matches the teacher."""
-    return (t_probs * (torch.log(t_probs.clamp_min(1e-12)) - F.log_softmax(s_logits / temp, dim=-1))).sum(-1)
+    """DINO's teacher -> student cross-entropy, minus the teacher's entropy: KL(p_t ‖ p_s).
+    Same gradient for the student (H(p_t) is constant), but the value shows learning: CE rises
+    with H(p_t) as τ_t warms up and centring flattens p_t, while the KL goes to 0 as the
+    student matches the teacher."""
+    log_t = torch.log(t_probs.clamp_min(1e-12))
+    log_s = F.log_softmax(s_logits / temp, dim=-1)
+    return (t_probs * (log_t - log_s)).sum(-1)
 
-def _affine_crops(x, theta, size): # x (B, C, H, W), theta (B, 2, 3) -> (B, C, size, size)
+# x (B, C, H, W), theta (B, 2, 3) -> (B, C, size, size)
+def _affine_crops(x, theta, size):
     grid = F.affine_grid(theta, (len(x), x.shape[1], size, size), align_corners=False)
     return F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)
 
 def crop_boxes(x, boxes, flips, size):
-    """Re-apply stored crops (MobileCLIP's reinforced views): x (B, C, H, W) float, boxes (B, 4) xyxy in [0, 1]
-    of the image, flips (B,) bool -> (B, C, size, size), the box resized to size (bilinear), mirrored where flipped.
-    The crop runs on x's device from the cached pixels, so no image is decoded again."""
+    """Re-apply stored crops (MobileCLIP's reinforced views): x (B, C, H, W) float, boxes (B, 4)
+    xyxy in [0, 1] of the image, flips (B,) bool -> (B, C, size, size), the box resized to size
+    (bilinear), mirrored where flipped. The crop runs on x's device from the cached pixels, so
+    no image is decoded again."""
     x0, y0, x1, y1 = boxes.to(x.dtype).unbind(-1)
-    sign = 1.0 - 2.0 * flips.to(x.dtype) # a flip mirrors the output grid: x_in runs right to left
+    # a flip mirrors the output grid: x_in runs right to left
+    sign = 1.0 - 2.0 * flips.to(x.dtype)
     theta = torch.zeros(len(x), 2, 3, device=x.device, dtype=x.dtype)
-    theta[:, 0, 0] = (x1 - x0) * sign # affine_grid maps output [-1, 1] onto input [2·x0 - 1, 2·x1 - 1]
+    # affine_grid maps output [-1, 1] onto input [2·x0 - 1, 2·x1 - 1]
+    theta[:, 0, 0] = (x1 - x0) * sign
     theta[:, 0, 2] = x0 + x1 - 1
     theta[:, 1, 1] = y1 - y0
     theta[:, 1, 2] = y0 + y1 - 1
     return _affine_crops(x, theta, size)
 
 def random_resized_crops(x, n, scale, size, flip=True, ratio=(3 / 4, 4 / 3)):
-    """n random crops per image (area fraction in `scale`, aspect in `ratio`), resized to size: (n·B, C, size, size),
-    crop-major. Pure torch (affine_grid + grid_sample), so it runs on the GPU from the cached pixels."""
+    """n random crops per image (area fraction in `scale`, aspect in `ratio`), resized to size:
+    (n·B, C, size, size), crop-major. Pure torch (affine_grid + grid_sample), so it runs on the
+    GPU from the cached pixels."""
     B = len(x)
-    area = torch.empty(n * B, device=x.device).uniform_(*scale)
-    logr = torch.empty(n * B, device=x.device).uniform_(math.log(ratio[0]), math.log(ratio[1]))
-    w, h = (area * logr.exp()).sqrt().clamp(max=1), (area / logr.exp()).sqrt().clamp(max=1) # fractions of the side
-    cx, cy = (torch.rand(n * B, device=x.device) * 2 - 1) * (1 - w), (torch.rand(n * B, device=x.device) * 2 - 1) * (1 - h)
-    sx = w * (torch.where(torch.rand(n * B, device=x.device) < 0.5, -1.0, 1.0) if flip else 1.0)
-    theta = torch.zeros(n * B, 2, 3, device=x.device, dtype=x.dtype)
-    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, cx, h, cy
+    dev = x.device
+    area = torch.empty(n * B, device=dev).uniform_(*scale)
+    logr = torch.empty(n * B, device=dev).uniform_(math.log(ratio[0]), math.log(ratio[1]))
+    # w, h: fractions of the side
+    w = (area * logr.exp()).sqrt().clamp(max=1)
+    h = (area / logr.exp()).sqrt().clamp(max=1)
+    cx = (torch.rand(n * B, device=dev) * 2 - 1) * (1 - w)
+    cy = (torch.rand(n * B, device=dev) * 2 - 1) * (1 - h)
+    sx = w * (torch.where(torch.rand(n * B, device=dev) < 0.5, -1.0, 1.0) if flip else 1.0)
+    theta = torch.zeros(n * B, 2, 3, device=dev, dtype=x.dtype)
+    theta[:, 0, 0] = sx
+    theta[:, 0, 2] = cx
+    theta[:, 1, 1] = h
+    theta[:, 1, 2] = cy
     return _affine_crops(x.repeat(n, 1, 1, 1), theta, size)
 
-def random_patch_mask(B, N, ratio=0.5, device=None): # (B, N) bool, exactly floor(ratio·N) True per row (U22)
+# (B, N) bool, exactly floor(ratio·N) True per row (U22)
+def random_patch_mask(B, N, ratio=0.5, device=None):
     return torch.rand(B, N, device=device).argsort(1) < int(ratio * N)
 
 # -----------------------------------------------------------------------------
 class SigLIP2Loss(nn.Module):
-    """L = w_sig·L_sig + w_locca·L_LocCa                                       before `switch` (§2.2)
+    """L = w_sig·L_sig + w_locca·L_LocCa                              before `switch` (§2.2)
        L = ... + γ·(1.0·L_SILC + 0.25·L_MP)   with an EMA teacher from `switch` on    (§2.3)
-    vision(x) -> (tokens (B, N, De), pooled (B, Dp)), or an output with .last_hidden_state / .pooler_output (a
-    transformers vision model), is the student's image tower (held by reference, not registered); patch_embed is its patch-embedding module (Conv2d or Linear) for TIPS masking (None: CNN)."""
-    def __init__(self, vision, patch_embed=None, decoder=None, silc_head=None, tips_head=None, mask_id=None,
-                 sig_weight=1.0, locca_weight=1.0, gamma=0.25, silc_weight=1.0, tips_weight=0.25, switch=0.8,
-                 ema_momentum=0.996, n_local=8, local_scale=(0.05, 0.4), global_scale=(0.4, 1.0), local_size=None,
-                 mask_ratio=0.5, p_parallel=0.5, student_temp=0.1, teacher_temp=(0.04, 0.07), center_momentum=0.9,
-                 contrast='sigmoid', chunk_size=0, ce_chunk=1024):
+    vision(x) -> (tokens (B, N, De), pooled (B, Dp)), or an output with .last_hidden_state /
+    .pooler_output (a transformers vision model), is the student's image tower (held by
+    reference, not registered); patch_embed is its patch-embedding module (Conv2d or Linear)
+    for TIPS masking (None: CNN)."""
+    def __init__(self, vision, patch_embed=None, decoder=None, silc_head=None, tips_head=None,
+                 mask_id=None, sig_weight=1.0, locca_weight=1.0, gamma=0.25, silc_weight=1.0,
+                 tips_weight=0.25, switch=0.8, ema_momentum=0.996, n_local=8,
+                 local_scale=(0.05, 0.4), global_scale=(0.4, 1.0), local_size=None,
+                 mask_ratio=0.5, p_parallel=0.5, student_temp=0.1, teacher_temp=(0.04, 0.07),
+                 center_momentum=0.9, contrast='sigmoid', chunk_size=0, ce_chunk=1024):
         super().__init__()
-        self._vision = [vision, patch_embed] # references: the student's weights stay in the student's state_dict
+        # references: the student's weights stay in the student's state_dict
+        self._vision = [vision, patch_embed]
         self.decoder = decoder
-        self.mask_id = mask_id if mask_id is not None else (decoder.head.out_features if decoder is not None else None)
-        self.w = dict(sig=sig_weight, locca=locca_weight if decoder is not None else 0.0, gamma=gamma,
-                      silc=silc_weight if silc_head is not None else 0.0, tips=tips_weight if tips_head is not None else 0.0)
-        self.switch, self.m, self.n_local, self.local_scale, self.global_scale = switch, ema_momentum, n_local, local_scale, global_scale
-        self.local_size, self.mask_ratio, self.p_parallel = local_size, mask_ratio, p_parallel # §2.3, §2.3, §2.2
-        self.student_temp, self.teacher_temp, self.center_m = student_temp, teacher_temp, center_momentum # U15, U16
-        self.contrast, self.chunk_size, self.ce_chunk = contrast, chunk_size, ce_chunk
+        if mask_id is None and decoder is not None:
+            mask_id = decoder.head.out_features
+        self.mask_id = mask_id
+        self.w = dict(
+            sig=sig_weight,
+            locca=locca_weight if decoder is not None else 0.0,
+            gamma=gamma,
+            silc=silc_weight if silc_head is not None else 0.0,
+            tips=tips_weight if tips_head is not None else 0.0,
+        )
+        self.switch = switch
+        self.m = ema_momentum
+        self.n_local = n_local
+        self.local_scale = local_scale
+        self.global_scale = global_scale
+        self.local_size = local_size # §2.3
+        self.mask_ratio = mask_ratio # §2.3
+        self.p_parallel = p_parallel # §2.2
+        # U15, U16
+        self.student_temp = student_temp
+        self.teacher_temp = teacher_temp
+        self.center_m = center_momentum
+        self.contrast = contrast
+        self.chunk_size = chunk_size
+        self.ce_chunk = ce_chunk
         self.sd = gamma > 0 and (self.w['silc'] > 0 or self.w['tips'] > 0)
         if self.w['tips'] and patch_embed is None:
-            raise ValueError("TIPS masked prediction needs a ViT tower (patch embeddings to mask); set its weight to 0 for CNNs")
-        self.silc_head, self.tips_head = silc_head, tips_head
-        if self.sd: # EMA teacher: vision tower + heads (U24); the text tower and decoder have none (§2.3)
+            raise ValueError("TIPS masked prediction needs a ViT tower (patch embeddings to "
+                             "mask); set its weight to 0 for CNNs")
+        self.silc_head = silc_head
+        self.tips_head = tips_head
+        # EMA teacher: vision tower + heads (U24); the text tower and decoder have none (§2.3)
+        if self.sd:
             self.teacher = copy.deepcopy(vision).requires_grad_(False)
-            self.silc_head_t = copy.deepcopy(silc_head).requires_grad_(False) if silc_head is not None else None
-            self.tips_head_t = copy.deepcopy(tips_head).requires_grad_(False) if tips_head is not None else None
-            dim = patch_embed.out_channels if isinstance(patch_embed, nn.Conv2d) else getattr(patch_embed, 'out_features', 1)
-            self.mask_token = nn.Parameter(torch.zeros(dim)) # zero init as TIPS / DINOv2
+            self.silc_head_t = (copy.deepcopy(silc_head).requires_grad_(False)
+                                if silc_head is not None else None)
+            self.tips_head_t = (copy.deepcopy(tips_head).requires_grad_(False)
+                                if tips_head is not None else None)
+            if isinstance(patch_embed, nn.Conv2d):
+                dim = patch_embed.out_channels
+            else:
+                dim = getattr(patch_embed, 'out_features', 1)
+            # zero init as TIPS / DINOv2
+            self.mask_token = nn.Parameter(torch.zeros(dim))
             K = lambda h: h.last.shape[0] if h is not None else 1
             self.register_buffer('silc_center', torch.zeros(1, K(silc_head)))
             self.register_buffer('tips_center', torch.zeros(1, K(tips_head)))
@@ -179,9 +268,12 @@ class SigLIP2Loss(nn.Module):
         self._batch_centers = {}
 
     @staticmethod
-    def _run(tower, x): # our towers return (tokens, pooled); a transformers vision model returns both as fields
+    def _run(tower, x):
+        # our towers return (tokens, pooled); a transformers vision model returns both as fields
         out = tower(x)
-        return (out.last_hidden_state, out.pooler_output) if hasattr(out, 'last_hidden_state') else out
+        if hasattr(out, 'last_hidden_state'):
+            return out.last_hidden_state, out.pooler_output
+        return out
 
     def new_params(self):
         mods = [m for m in (self.silc_head, self.tips_head) if m is not None]
@@ -189,23 +281,33 @@ class SigLIP2Loss(nn.Module):
 
     @torch.no_grad()
     def maybe_switch(self, progress):
-        """At the first call with progress >= switch: teacher := student, fresh heads and mask token (§2.3).
-        Returns the parameters whose optimizer state must be dropped ('corresponding optimizer parameters')."""
+        """At the first call with progress >= switch: teacher := student, fresh heads and mask
+        token (§2.3). Returns the parameters whose optimizer state must be dropped
+        ('corresponding optimizer parameters')."""
         if not self.sd or bool(self.switched) or progress < self.switch:
             return []
         self.teacher.load_state_dict(self._vision[0].state_dict())
-        for h, ht in ((self.silc_head, self.silc_head_t), (self.tips_head, self.tips_head_t)):
+        heads = ((self.silc_head, self.silc_head_t), (self.tips_head, self.tips_head_t))
+        for h, ht in heads:
             if h is not None:
-                h.reset_parameters() if hasattr(h, 'reset_parameters') else h.apply(lambda m: getattr(m, 'reset_parameters', lambda: None)())
+                if hasattr(h, 'reset_parameters'):
+                    h.reset_parameters()
+                else:
+                    h.apply(lambda m: getattr(m, 'reset_parameters', lambda: None)())
                 ht.load_state_dict(h.state_dict())
         self.mask_token.zero_()
         self.switched.fill_(True)
         return self.new_params()
 
-    def _masked_forward(self, x, mask): # student forward with masked patch embeddings replaced BEFORE pos-emb (TIPS)
-        def hook(module, inp, out): # Conv2d: (B, C, h, w); Linear: (B, N, C)
-            m = mask.view(out.shape[0], 1, *out.shape[2:]) if out.dim() == 4 else mask[..., None]
-            tok = self.mask_token.to(out.dtype).view(1, -1, 1, 1) if out.dim() == 4 else self.mask_token.to(out.dtype)
+    def _masked_forward(self, x, mask):
+        # student forward with masked patch embeddings replaced BEFORE pos-emb (TIPS)
+        def hook(module, inp, out):
+            if out.dim() == 4: # Conv2d: (B, C, h, w)
+                m = mask.view(out.shape[0], 1, *out.shape[2:])
+                tok = self.mask_token.to(out.dtype).view(1, -1, 1, 1)
+            else: # Linear: (B, N, C)
+                m = mask[..., None]
+                tok = self.mask_token.to(out.dtype)
             return torch.where(m, tok, out)
         handle = self._vision[1].register_forward_hook(hook)
         try:
@@ -213,62 +315,90 @@ class SigLIP2Loss(nn.Module):
         finally:
             handle.remove()
 
-    def forward(self, images, img_emb, txt_emb, tokens, scale, bias, progress, locca=None, img_ids=None, txt_ids=None):
+    def forward(self, images, img_emb, txt_emb, tokens, scale, bias, progress,
+                locca=None, img_ids=None, txt_ids=None):
         terms = {}
-        if self.w['sig']: # on the original image (§2.3)
-            img, txt = F.normalize(img_emb, dim=-1), F.normalize(txt_emb, dim=-1)
-            terms['sigmoid'] = sigmoid_loss(img, txt, scale, bias, img_ids, txt_ids, self.chunk_size) if self.contrast == 'sigmoid' \
-                else infonce_loss(img, txt, scale)
-        if self.w['locca'] and locca is not None: # three targets per example, one decoder pass each (§2.2)
+        # on the original image (§2.3)
+        if self.w['sig']:
+            img = F.normalize(img_emb, dim=-1)
+            txt = F.normalize(txt_emb, dim=-1)
+            if self.contrast == 'sigmoid':
+                terms['sigmoid'] = sigmoid_loss(img, txt, scale, bias, img_ids, txt_ids,
+                                                self.chunk_size)
+            else:
+                terms['sigmoid'] = infonce_loss(img, txt, scale)
+        # three targets per example, one decoder pass each (§2.2)
+        if self.w['locca'] and locca is not None:
             ids, pre = locca['cap']
-            par = torch.rand(len(ids), device=ids.device) < self.p_parallel # parallel prediction per example, p = 0.5 (§2.2)
+            # parallel prediction per example, p = 0.5 (§2.2)
+            par = torch.rand(len(ids), device=ids.device) < self.p_parallel
             for task in ('cap', 'aref', 'gcap'):
-                if task not in locca: # a cache without boxes: no ARef/GCap targets, weight 0 (train.py says so once)
+                # a cache without boxes: no ARef/GCap targets, weight 0 (train.py says so once)
+                if task not in locca:
                     terms[f'locca/{task}'] = torch.zeros((), device=tokens.device)
                     continue
                 ids, pre, *valid = locca[task]
-                p = par if task == 'cap' else torch.zeros_like(par) # ARef / GCap stay autoregressive
-                terms[f'locca/{task}'] = locca_loss(self.decoder, tokens, ids, pre, p, self.mask_id, valid[0] if valid else None, self.ce_chunk)
-            terms['locca'] = (terms['locca/cap'] + terms['locca/aref'] + terms['locca/gcap']) / 3 # U5: mean of the tasks
+                # ARef / GCap stay autoregressive
+                p = par if task == 'cap' else torch.zeros_like(par)
+                terms[f'locca/{task}'] = locca_loss(self.decoder, tokens, ids, pre, p,
+                                                    self.mask_id, valid[0] if valid else None,
+                                                    self.ce_chunk)
+            # U5: mean of the tasks
+            terms['locca'] = (terms['locca/cap'] + terms['locca/aref'] + terms['locca/gcap']) / 3
         if self.sd and bool(self.switched):
             self._self_distillation(images, progress, terms)
-        total = self.w['sig'] * terms.get('sigmoid', 0.0) + self.w['locca'] * terms.get('locca', 0.0)
+        total = (self.w['sig'] * terms.get('sigmoid', 0.0)
+                 + self.w['locca'] * terms.get('locca', 0.0))
         if 'silc' in terms or 'tips' in terms:
-            total = total + self.w['gamma'] * (self.w['silc'] * terms.get('silc', 0.0) + self.w['tips'] * terms.get('tips', 0.0))
+            self_distill = (self.w['silc'] * terms.get('silc', 0.0)
+                            + self.w['tips'] * terms.get('tips', 0.0))
+            total = total + self.w['gamma'] * self_distill
         return total, terms
 
     def _self_distillation(self, images, progress, terms):
         B, size = len(images), images.shape[-1]
-        frac = min((progress - self.switch) / max(0.1 * (1 - self.switch), 1e-8), 1.0) # U15: τ_t warm-up, first 10% of the phase
+        # U15: τ_t warm-up, first 10% of the phase
+        warmup = max(0.1 * (1 - self.switch), 1e-8)
+        frac = min((progress - self.switch) / warmup, 1.0)
         t_temp = self.teacher_temp[0] + frac * (self.teacher_temp[1] - self.teacher_temp[0])
-        glob = random_resized_crops(images, 1, self.global_scale, size) # 1 global view (§2.3), U20
+        # 1 global view (§2.3), U20
+        glob = random_resized_crops(images, 1, self.global_scale, size)
         with torch.no_grad():
-            t_tok, t_pool = self._run(self.teacher.eval(), glob) # eval: BatchNorm statistics come from the student (after_step)
-        if self.w['silc']: # local student views -> teacher's global view, on pooled features (§2.3)
-            local = random_resized_crops(images, self.n_local, self.local_scale, self.local_size or size // 2) # U19
+            # eval: BatchNorm statistics come from the student (after_step)
+            t_tok, t_pool = self._run(self.teacher.eval(), glob)
+        # local student views -> teacher's global view, on pooled features (§2.3)
+        if self.w['silc']:
+            # U19
+            local_size = self.local_size or size // 2
+            local = random_resized_crops(images, self.n_local, self.local_scale, local_size)
             s_pool = self._run(self._vision[0], local)[1].view(self.n_local, B, -1)
             with torch.no_grad():
                 t_logits = self.silc_head_t(t_pool)
                 pt = teacher_probs(t_logits, self.silc_center, t_temp)
             terms['silc'] = dino_kl(self.silc_head(s_pool), pt[None], self.student_temp).mean()
             self._batch_centers['silc'] = t_logits.mean(0, keepdim=True)
-        if self.w['tips']: # masked student view vs unmasked teacher, per patch at masked positions (§2.3)
+        # masked student view vs unmasked teacher, per patch at masked positions (§2.3)
+        if self.w['tips']:
             mask = random_patch_mask(B, t_tok.shape[1], self.mask_ratio, images.device)
             s_tok = self._masked_forward(glob, mask)[0]
             with torch.no_grad():
                 t_logits = self.tips_head_t(t_tok[mask])
                 pt = teacher_probs(t_logits, self.tips_center, t_temp)
-            ce = dino_kl(self.tips_head(s_tok[mask]), pt, self.student_temp) # (B·N/2,), rows image-major
-            terms['tips'] = ce.view(B, -1).mean(1).mean() # U23: mean over masked patches, then over images
+            # (B·N/2,), rows image-major
+            ce = dino_kl(self.tips_head(s_tok[mask]), pt, self.student_temp)
+            # U23: mean over masked patches, then over images
+            terms['tips'] = ce.view(B, -1).mean(1).mean()
             self._batch_centers['tips'] = t_logits.mean(0, keepdim=True)
 
     @torch.no_grad()
     def after_step(self):
-        """After optimizer.step(): EMA teacher p_t = m·p_t + (1-m)·p_s (fixed m, U17) and centre updates (U16)."""
+        """After optimizer.step(): EMA teacher p_t = m·p_t + (1-m)·p_s (fixed m, U17) and centre
+        updates (U16)."""
         self.step += 1
         if not (self.sd and bool(self.switched)):
             return
-        pairs = [(self.teacher, self._vision[0])] + [(t, s) for t, s in ((self.silc_head_t, self.silc_head), (self.tips_head_t, self.tips_head)) if s is not None]
+        heads = ((self.silc_head_t, self.silc_head), (self.tips_head_t, self.tips_head))
+        pairs = [(self.teacher, self._vision[0])] + [(t, s) for t, s in heads if s is not None]
         for t, s in pairs:
             for pt, ps in zip(t.parameters(), s.parameters()):
                 pt.lerp_(ps.detach().to(pt.dtype), 1 - self.m)
@@ -276,7 +406,8 @@ class SigLIP2Loss(nn.Module):
                 bt.copy_(bs)
         for k, c in self._batch_centers.items():
             if dist.is_available() and dist.is_initialized():
-                dist.all_reduce(c); c /= dist.get_world_size()
+                dist.all_reduce(c)
+                c /= dist.get_world_size()
             center = getattr(self, f'{k}_center')
             center.mul_(self.center_m).add_(c, alpha=1 - self.center_m)
         self._batch_centers = {}

@@ -1,12 +1,17 @@
 """
-The student (timm image tower + compact text transformer on the teacher's tokenizer), the LocCa decoder and
-the DINO heads used by SILC/TIPS. No side effects on import; needs torch, safetensors, and timm for the image tower.
+The student (timm image tower + compact text transformer on the teacher's tokenizer), the LocCa
+decoder and the DINO heads used by SILC/TIPS. No side effects on import; needs torch,
+safetensors, and timm for the image tower.
 
     from model import Student
-    student = Student.from_pretrained('out/a5')                  # config.json + model.safetensors
-    img = student.encode_image(student.preprocess(uint8_pixels))  # (B, D), unnormalised
-    txt = student.encode_text(teacher_token_ids)                  # (M, D): ids from the teacher's tokenizer
-    student.export_onnx('out/a5/onnx')  # {image,image_uint8,text}.onnx (needs onnx)
+    # config.json + model.safetensors
+    student = Student.from_pretrained('out/a5')
+    # (B, D), unnormalised
+    img = student.encode_image(student.preprocess(uint8_pixels))
+    # (M, D): ids from the teacher's tokenizer
+    txt = student.encode_text(teacher_token_ids)
+    # {image,image_uint8,text}.onnx (needs onnx)
+    student.export_onnx('out/a5/onnx')
 """
 import os, json, math
 from dataclasses import dataclass, field, asdict
@@ -18,7 +23,8 @@ from safetensors.torch import save_file, load_file
 UNK = 3 # Gemma special ids: pad 0, eos 1, bos 2, unk 3, mask 4
 
 def save_weights(module, out_dir, name, cfg_name, cfg):
-    """config JSON + safetensors, each written to a temp name and renamed (a crash never leaves half a file)."""
+    """config JSON + safetensors, each written to a temp name and renamed
+    (a crash never leaves half a file)."""
     os.makedirs(out_dir, exist_ok=True)
     sd = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
     for fn, write in [(f'{name}.safetensors', lambda p: save_file(sd, p)),
@@ -28,27 +34,36 @@ def save_weights(module, out_dir, name, cfg_name, cfg):
         os.replace(path + '.tmp', path)
 
 # -----------------------------------------------------------------------------
-# image tower: any timm model, exposing pooled features AND un-pooled tokens (the LocCa decoder's input)
+# image tower: any timm model, exposing pooled features AND un-pooled tokens
+# (the LocCa decoder's input)
 class ImageTower(nn.Module):
     def __init__(self, name, image_size, pretrained=False, kwargs=None):
         super().__init__()
-        import timm # here, not at the top: cache_teacher.py / eval.py use model.py's helpers without a tower
+        # here, not at the top: cache_teacher.py / eval.py use model.py's helpers without a tower
+        import timm
         kw = dict(kwargs or {})
-        if name.startswith(('vit', 'deit', 'eva', 'beit')): # dynamic size: SILC's local crops run at a smaller size
+        # dynamic size: SILC's local crops run at a smaller size
+        if name.startswith(('vit', 'deit', 'eva', 'beit')):
             kw.update(img_size=image_size, dynamic_img_size=True)
         self.net = timm.create_model(name, pretrained=pretrained, num_classes=0, **kw)
         self.is_vit = isinstance(self.net, timm.models.vision_transformer.VisionTransformer)
-        self.pool_dim = self.net.head_hidden_size # != num_features for MobileNets (1280 vs 960)
+        # pool_dim != num_features for MobileNets (1280 vs 960)
+        self.pool_dim = self.net.head_hidden_size
         self.enc_dim = self.net.num_features
 
     @property
-    def patch_embed_proj(self): # TIPS masks patch embeddings before position embeddings by a hook on this conv
+    def patch_embed_proj(self):
+        # TIPS masks patch embeddings before position embeddings by a hook on this conv
         return self.net.patch_embed.proj if self.is_vit else None
 
-    def forward(self, x): # x (B, 3, H, W) normalised -> tokens (B, N, D_enc), pooled (B, D_pool)
+    # x (B, 3, H, W) normalised -> tokens (B, N, D_enc), pooled (B, D_pool)
+    def forward(self, x):
         feats = self.net.forward_features(x)
         pooled = self.net.forward_head(feats, pre_logits=True)
-        tokens = feats[:, self.net.num_prefix_tokens:] if self.is_vit else feats.flatten(2).transpose(1, 2)
+        if self.is_vit:
+            tokens = feats[:, self.net.num_prefix_tokens:]
+        else:
+            tokens = feats.flatten(2).transpose(1, 2)
         return tokens, pooled
 
 # -----------------------------------------------------------------------------
@@ -61,20 +76,25 @@ class Attention(nn.Module):
         self.kv = nn.Linear(kv_dim or width, 2 * width, bias=bias)
         self.out = nn.Linear(width, width, bias=bias)
 
-    def forward(self, x, ctx=None, mask=None): # x (B, L, W), ctx (B, N, Dkv) or None (self-attention)
+    # x (B, L, W), ctx (B, N, Dkv) or None (self-attention)
+    def forward(self, x, ctx=None, mask=None):
         B, L, W = x.shape
         q = self.q(x).view(B, L, self.heads, -1).transpose(1, 2) # (B, h, L, W/h)
-        k, v = self.kv(x if ctx is None else ctx).view(B, -1, 2, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask) # mask (B, 1, L, L) bool: True = may attend
+        kv = self.kv(x if ctx is None else ctx) # (B, N, 2W)
+        k, v = kv.view(B, -1, 2, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)
+        # mask (B, 1, L, L) bool: True = may attend
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(B, L, W))
 
 class Block(nn.Module):
     def __init__(self, width, heads, mlp_dim, cross_dim=None, bias=True):
         super().__init__()
-        self.ln1, self.attn = nn.LayerNorm(width), Attention(width, heads, bias=bias)
+        self.ln1 = nn.LayerNorm(width)
+        self.attn = Attention(width, heads, bias=bias)
         self.cross = cross_dim is not None
         if self.cross:
-            self.ln2, self.xattn = nn.LayerNorm(width), Attention(width, heads, kv_dim=cross_dim, bias=bias)
+            self.ln2 = nn.LayerNorm(width)
+            self.xattn = Attention(width, heads, kv_dim=cross_dim, bias=bias)
         self.ln3 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, mlp_dim), nn.GELU(), nn.Linear(mlp_dim, width))
 
@@ -96,7 +116,8 @@ class StudentConfig:
     text_depth: int = 6
     text_heads: int = 6
     context_length: int = 64 # SigLIP text length
-    kept_ids: list = field(default_factory=lambda: list(range(5))) # compact vocab: the teacher ids we keep
+    # compact vocab: the teacher ids we keep
+    kept_ids: list = field(default_factory=lambda: list(range(5)))
     embed_dim: int = 1024 # the teacher's embedding dim (projection target)
     image_mean: list = field(default_factory=lambda: [0.5] * 3)
     image_std: list = field(default_factory=lambda: [0.5] * 3)
@@ -106,44 +127,58 @@ class Student(nn.Module):
         super().__init__()
         self.config = c = config
         self.visual = ImageTower(c.image_model, c.image_size, c.pretrained, c.image_kwargs)
-        # compact vocabulary: Gemma's 256k rows would be a 98M-param table at width 384; keep only the ids that
-        # occur in the training captions, every other teacher id reads the UNK row
+        # compact vocabulary: Gemma's 256k rows would be a 98M-param table at width 384; keep only
+        # the ids that occur in the training captions, every other teacher id reads the UNK row
         kept = torch.tensor(c.kept_ids)
         assert UNK in c.kept_ids, "kept_ids must include the special ids 0..4"
-        table = torch.full((int(kept.max()) + 2,), c.kept_ids.index(UNK), dtype=torch.long) # last row: ids beyond
+        # last row: ids beyond
+        table = torch.full((int(kept.max()) + 2,), c.kept_ids.index(UNK), dtype=torch.long)
         table[kept] = torch.arange(len(kept))
-        self.register_buffer('id_table', table, persistent=False) # rebuilt from kept_ids in config.json
+        # rebuilt from kept_ids in config.json
+        self.register_buffer('id_table', table, persistent=False)
         self.tok_emb = nn.Embedding(len(kept), c.text_width)
         self.pos_emb = nn.Parameter(torch.randn(c.context_length, c.text_width) * 0.01)
-        self.blocks = nn.ModuleList(Block(c.text_width, c.text_heads, 4 * c.text_width) for _ in range(c.text_depth))
+        self.blocks = nn.ModuleList(
+            Block(c.text_width, c.text_heads, 4 * c.text_width)
+            for _ in range(c.text_depth))
         self.ln_f = nn.LayerNorm(c.text_width)
         self.img_proj = nn.Linear(self.visual.pool_dim, c.embed_dim)
         self.txt_proj = nn.Linear(c.text_width, c.embed_dim)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0))) # SigLIP §3.2 / Table 4: t = 10, b = -10
+        # SigLIP §3.2 / Table 4: t = 10, b = -10
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.logit_bias = nn.Parameter(torch.tensor(-10.0))
         nn.init.normal_(self.tok_emb.weight, std=0.02)
-        self.register_buffer('mean', torch.tensor(c.image_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer('std', torch.tensor(c.image_std).view(1, 3, 1, 1), persistent=False)
+        mean = torch.tensor(c.image_mean).view(1, 3, 1, 1)
+        std = torch.tensor(c.image_std).view(1, 3, 1, 1)
+        self.register_buffer('mean', mean, persistent=False)
+        self.register_buffer('std', std, persistent=False)
 
     def map_ids(self, ids): # teacher token ids (any shape) -> compact ids
-        return self.id_table[ids.clamp(0, len(self.id_table) - 1)] # ids past the table land on its last (UNK) row
+        # ids past the table land on its last (UNK) row
+        return self.id_table[ids.clamp(0, len(self.id_table) - 1)]
 
-    def preprocess(self, pixels): # uint8 (B, 3, H, W) -> normalised float at the student's size
+    # uint8 (B, 3, H, W) -> normalised float at the student's size
+    def preprocess(self, pixels):
         x = pixels.float().div(255)
-        if x.shape[-1] != self.config.image_size or x.shape[-2] != self.config.image_size:
-            x = F.interpolate(x, size=(self.config.image_size,) * 2, mode='bilinear', antialias=True, align_corners=False)
+        S = self.config.image_size
+        if x.shape[-1] != S or x.shape[-2] != S:
+            x = F.interpolate(x, size=(S,) * 2, mode='bilinear', antialias=True,
+                              align_corners=False)
         return (x - self.mean) / self.std
 
     def encode_text(self, ids): # teacher ids (M, L) -> (M, D)
         x = self.tok_emb(self.map_ids(ids)) + self.pos_emb[:ids.shape[1]]
-        for blk in self.blocks: # bidirectional, no padding mask: SigLIP's text tower pools the last position,
-            x = blk(x)          # a pad position under right padding (big_vision pool_type='last', HF)
+        # bidirectional, no padding mask: SigLIP's text tower pools the last position,
+        # a pad position under right padding (big_vision pool_type='last', HF)
+        for blk in self.blocks:
+            x = blk(x)
         return self.txt_proj(self.ln_f(x)[:, -1])
 
     def encode_image(self, x): # normalised (B, 3, H, W) -> (B, D)
         return self.img_proj(self.visual(x)[1])
 
-    def forward(self, x, ids): # -> img (B, D), txt (M, D), un-pooled image tokens (B, N, D_enc)
+    # -> img (B, D), txt (M, D), un-pooled image tokens (B, N, D_enc)
+    def forward(self, x, ids):
         tokens, pooled = self.visual(x)
         return self.img_proj(pooled), self.encode_text(ids), tokens
 
@@ -177,10 +212,12 @@ class Student(nn.Module):
             inp = 'input_ids' if name == 'text' else 'pixels'
             path = os.path.join(out_dir, f'{name}.onnx')
             axes = {inp: {0: 'batch'}, 'embeds': {0: 'batch'}}
-            if name == 'text': # the length a student trained on (64 for SigLIP, 32 on the demo) varies too
+            # the length a student trained on (64 for SigLIP, 32 on the demo) varies too
+            if name == 'text':
                 axes[inp][1] = 'length'
-            # the TorchScript exporter: the dynamo one needs onnxscript, one more dependency
-            with warnings.catch_warnings(): # tracer warnings on shapes: batch (and text length) vary
+            # the TorchScript exporter: the dynamo one needs onnxscript, one more dependency;
+            # tracer warnings on shapes: batch (and text length) vary
+            with warnings.catch_warnings():
                 warnings.simplefilter('ignore')
                 torch.onnx.export(OnnxTower(self, name).eval(), (x,), path + '.tmp',
                                   input_names=[inp], output_names=['embeds'],
@@ -202,39 +239,55 @@ class OnnxTower(nn.Module): # one tower of a Student, one input: what torch.onnx
         return self.student.encode_image(x)
 
 # -----------------------------------------------------------------------------
-# LocCa decoder (SigLIP 2 §2.2): standard transformer decoder with cross-attention to the UN-pooled image
-# tokens, text-tower shapes with half the layers; block structure from big_vision models/proj/cappa/cappa.py
+# LocCa decoder (SigLIP 2 §2.2): standard transformer decoder with cross-attention to the
+# UN-pooled image tokens, text-tower shapes with half the layers; block structure from
+# big_vision models/proj/cappa/cappa.py
 class LoccaDecoder(nn.Module):
     def __init__(self, vocab_size, width, depth, heads, mlp_dim, enc_dim, max_len=64):
         super().__init__()
-        self.args = dict(vocab_size=vocab_size, width=width, depth=depth, heads=heads, mlp_dim=mlp_dim, enc_dim=enc_dim, max_len=max_len)
-        self.mask_id = vocab_size # the extra embedding row: CapPa's parallel-prediction mask token
+        self.args = dict(vocab_size=vocab_size, width=width, depth=depth, heads=heads,
+                         mlp_dim=mlp_dim, enc_dim=enc_dim, max_len=max_len)
+        # the extra embedding row: CapPa's parallel-prediction mask token
+        self.mask_id = vocab_size
         self.tok_emb = nn.Embedding(vocab_size + 1, width)
         self.pos_emb = nn.Parameter(torch.randn(max_len, width) * 0.02)
-        # big_vision: attention without bias; any [B, N, D_enc] works (ViT patches, CNN maps, HF last_hidden_state)
-        self.blocks = nn.ModuleList(Block(width, heads, mlp_dim, cross_dim=enc_dim, bias=False) for _ in range(depth))
+        # big_vision: attention without bias; any [B, N, D_enc] works
+        # (ViT patches, CNN maps, HF last_hidden_state)
+        self.blocks = nn.ModuleList(
+            Block(width, heads, mlp_dim, cross_dim=enc_dim, bias=False)
+            for _ in range(depth))
         self.ln_f = nn.LayerNorm(width)
         self.head = nn.Linear(width, vocab_size)
-        nn.init.normal_(self.tok_emb.weight, std=0.02) # choice: 0.02 rather than big_vision's N(0, 1) (pre-LN either way)
-        nn.init.zeros_(self.head.weight); nn.init.zeros_(self.head.bias) # big_vision cappa: zero-init LogitsDense
+        # choice: 0.02 rather than big_vision's N(0, 1) (pre-LN either way)
+        nn.init.normal_(self.tok_emb.weight, std=0.02)
+        # big_vision cappa: zero-init LogitsDense
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
 
-    def forward(self, ids, enc, causal): # ids (B, L), enc (B, N, D_enc), causal (B,) bool -> hidden (B, L, W)
+    # ids (B, L), enc (B, N, D_enc), causal (B,) bool -> hidden (B, L, W)
+    def forward(self, ids, enc, causal):
         B, L = ids.shape
         tri = torch.ones(L, L, dtype=torch.bool, device=ids.device).tril()
-        mask = tri | ~causal.view(B, 1, 1, 1) # (B, 1, L, L): causal rows, or full attention (parallel prediction)
+        # (B, 1, L, L): causal rows, or full attention (parallel prediction)
+        mask = tri | ~causal.view(B, 1, 1, 1)
         x = self.tok_emb(ids) + self.pos_emb[:L]
         for blk in self.blocks:
             x = blk(x, mask=mask, enc=enc)
         return self.ln_f(x) # logits = head(x), computed in chunks by loss.py
 
     @torch.no_grad()
-    def greedy_decode(self, prefix, enc, max_new_tokens, eos_id=1): # prefix (B, P) -> (B, P + max_new_tokens)
-        seq, done = prefix, torch.zeros(len(prefix), dtype=torch.bool, device=prefix.device)
+    # prefix (B, P) -> (B, P + max_new_tokens)
+    def greedy_decode(self, prefix, enc, max_new_tokens, eos_id=1):
+        seq = prefix
+        done = torch.zeros(len(prefix), dtype=torch.bool, device=prefix.device)
         causal = torch.ones(len(prefix), dtype=torch.bool, device=prefix.device)
-        for _ in range(max_new_tokens): # input = shift_right(seq) with 0 as BOS, exactly as in training
+        # input = shift_right(seq) with 0 as BOS, exactly as in training
+        for _ in range(max_new_tokens):
             inp = F.pad(seq, (1, 0))[:, :seq.shape[1] + 1]
-            nxt = self.head(self(inp, enc, causal)[:, -1]).argmax(-1).masked_fill(done, 0) # pad after eos
-            seq, done = torch.cat([seq, nxt[:, None]], 1), done | (nxt == eos_id)
+            logits = self.head(self(inp, enc, causal)[:, -1]) # (B, V)
+            nxt = logits.argmax(-1).masked_fill(done, 0) # pad after eos
+            seq = torch.cat([seq, nxt[:, None]], 1)
+            done = done | (nxt == eos_id)
         return seq
 
     def save_pretrained(self, out_dir):
@@ -251,18 +304,26 @@ class LoccaDecoder(nn.Module):
 class DINOHead(nn.Module):
     def __init__(self, in_dim, out_dim=65536, hidden_dim=2048, bottleneck_dim=256):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
-                                 nn.Linear(hidden_dim, bottleneck_dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, bottleneck_dim),
+        )
         self.last = nn.Parameter(torch.empty(out_dim, bottleneck_dim))
         self.reset_parameters()
 
-    def reset_parameters(self): # also called at the SigLIP 2 switch point: the heads start fresh (§2.3)
+    # also called at the SigLIP 2 switch point: the heads start fresh (§2.3)
+    def reset_parameters(self):
         for m in self.mlp:
             if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02); nn.init.zeros_(m.bias)
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
         nn.init.trunc_normal_(self.last, std=0.02)
 
-    def forward(self, x): # (..., in_dim) -> (..., out_dim); last layer weight-normalised with g = 1 (DINOv2)
+    # (..., in_dim) -> (..., out_dim); last layer weight-normalised with g = 1 (DINOv2)
+    def forward(self, x):
         return F.normalize(self.mlp(x), dim=-1) @ F.normalize(self.last, dim=-1).T
 
 # -----------------------------------------------------------------------------
@@ -275,7 +336,8 @@ def text_to_box(s):
     return [n / 499 for n in nums] if len(nums) == 4 else None
 
 def box_iou(a, b): # (N, 4), (N, 4) xyxy -> (N,)
-    lt, rb = torch.max(a[:, :2], b[:, :2]), torch.min(a[:, 2:], b[:, 2:])
+    lt = torch.max(a[:, :2], b[:, :2]) # (N, 2) left-top of the intersection
+    rb = torch.min(a[:, 2:], b[:, 2:]) # (N, 2) right-bottom
     inter = (rb - lt).clamp(min=0).prod(-1)
     area = lambda x: (x[:, 2:] - x[:, :2]).clamp(min=0).prod(-1)
     return inter / (area(a) + area(b) - inter).clamp(min=1e-9)

@@ -12,6 +12,10 @@ so no teacher ever runs inside the training loop.
     # COCO Karpathy split + a SigLIP 2 checkpoint on a GPU (any HF SigLIP / SigLIP 2 name or local dir, NaFlex too)
     python cache_teacher.py --data_dir=/data/coco --karpathy=/data/coco/dataset_coco.json --split=test \
         --teacher=google/siglip2-large-patch16-256 --out_dir=cache/coco-L --device=cuda --dtype=bfloat16
+    # an image folder paired by a jsonl ({"file": "a/b.jpg", "caption": "..."} a line); the HF processor per batch
+    # on the GPU instead of per image in the workers (--preprocess=batch)
+    python cache_teacher.py --image_folder=/data/mine --folder_captions=/data/mine/captions.jsonl --split=mine \
+        --teacher=google/siglip2-large-patch16-256 --out_dir=cache/mine-L --device=cuda --dtype=bfloat16 --preprocess=batch
     torchrun --nproc_per_node=8 cache_teacher.py ...   # rank r writes shards r, r+W, ...; rank 0 the manifest
 
 Writes <out_dir>/<split>/{<split>-00000.safetensors, ..., manifest.json, processor/}. Resumable: finished

@@ -651,7 +651,8 @@ def test_recipe_resume_after_kill_is_exact_with_views_and_unpaired_batches(demo,
     assert json.load(open(tmp_path / 'killed/meta.json'))['iter_num'] == 6
     run(*args(tmp_path / 'killed', '--init_from=resume'))
     (a, va), (b, vb) = last_row(tmp_path / 'full'), last_row(tmp_path / 'killed')
-    want = {'loss/feat', 'loss/extra_img/feat', 'loss/extra_img/affinity', 'loss/extra_txt/feat', 'loss/extra_txt/affinity'}
+    want = {'loss/feat', 'loss/extra_img/feat', 'loss/extra_img/affinity', 'loss/extra_txt/feat', 'loss/extra_txt/affinity',
+            'loss/extra_cross'}
     assert a['iter'] == b['iter'] == 12 and want <= set(a)
     for k in a:
         if k.startswith('loss'):

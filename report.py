@@ -1,19 +1,23 @@
 """
-Paper-style tables from the JSON the other scripts wrote (read-only; no torch): eval.json, meta.json, log.jsonl.
+Paper-style tables from the JSON the other scripts wrote (read-only; no torch): eval.json,
+meta.json, log.jsonl.
 
     python report.py --runs_dir=out --teacher_eval=cache/coco-L/test/eval.json --out=report.md
-    python report.py --runs_dir=out/shapes --teacher_eval=cache/shapes/test/eval.json --out=out/shapes/report.md
+    python report.py --runs_dir=out/shapes --teacher_eval=cache/shapes/test/eval.json \
+        --out=out/shapes/report.md
 
-The seed's tables: Table 1 Teacher (name) / Student (No KD) = a1 / Student (TinySigLIP) = the run
-`tinysiglip`, else a5, with params and speed vs the teacher (eval.py --speed); Table 2 Full Method (a5),
-w/o Feature Loss (a4), w/o Affinity Loss (a3), w/o Contrastive (a7), Delta vs Full. Then Table R (the
-recipe part by part), every loss combination a1-a7, zero-shot top-1/top-5 (eval.py --zeroshot), Table B
-teacher x student (b1-b5, also as the seed's 2x3 grid) and Table C (c1, c2) with student/teacher R@1
-ratios. Runs named <name>-s<seed> are extra seeds, shown as mean ± half-range. A missing run is a row of
-'—', never a crash.
-An eval.json that is corrupt, non-finite, scored on another cache than the teacher row, or stale (it scored
-another model.safetensors than the run holds now) is refused like a missing run: the row names the file and why.
-With matplotlib: <run>/curves.png (every loss term vs iteration) and ablation.png next to the report.
+The seed's tables: Table 1 Teacher (name) / Student (No KD) = a1 / Student (TinySigLIP) = the
+run `tinysiglip`, else a5, with params and speed vs the teacher (eval.py --speed); Table 2 Full
+Method (a5), w/o Feature Loss (a4), w/o Affinity Loss (a3), w/o Contrastive (a7), Delta vs Full.
+Then Table R (the recipe part by part), every loss combination a1-a7, zero-shot top-1/top-5
+(eval.py --zeroshot), Table B teacher x student (b1-b5, also as the seed's 2x3 grid) and Table C
+(c1, c2) with student/teacher R@1 ratios. Runs named <name>-s<seed> are extra seeds, shown as
+mean ± half-range. A missing run is a row of '—', never a crash.
+An eval.json that is corrupt, non-finite, scored on another cache than the teacher row, or stale
+(it scored another model.safetensors than the run holds now) is refused like a missing run: the
+row names the file and why.
+With matplotlib: <run>/curves.png (every loss term vs iteration) and ablation.png next to the
+report.
 """
 import os, json, glob, math, hashlib, functools
 
@@ -24,7 +28,8 @@ config_keys = [k for k, v in globals().items() if not k.startswith('_') and isin
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
 NOTES = {} # run name -> why some of its eval.json were refused (printed in its rows)
-def read(path, notes=None): # -> the JSON, or None when missing; a corrupt file is noted, not a crash
+# -> the JSON, or None when missing; a corrupt file is noted, not a crash
+def read(path, notes=None):
     try:
         with open(path) as f:
             return json.load(f)
@@ -40,12 +45,14 @@ def sha256(path):
         return hashlib.file_digest(f, 'sha256').hexdigest()
 
 def refused(e, path, run_dir=None): # -> why this eval.json must not be shown, or None
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in e.get('metrics', {}).values()):
+    if not all(isinstance(v, (int, float)) and math.isfinite(v)
+               for v in e.get('metrics', {}).values()):
         return f"non-finite metrics: {path} (a diverged model)"
     if teacher and e.get('fingerprint') != teacher.get('fingerprint'):
         return f"scored on another cache than the teacher row (split {e.get('split')}): {path}"
     model = os.path.join(run_dir or '', 'model.safetensors')
-    if run_dir and os.path.isfile(model) and (e.get('checkpoint') or {}).get('model_sha256') != sha256(model):
+    if (run_dir and os.path.isfile(model)
+            and (e.get('checkpoint') or {}).get('model_sha256') != sha256(model)):
         return f"stale: {path} scored another checkpoint than {model}; rerun eval.py"
     return None
 
@@ -62,12 +69,15 @@ def seeds(name): # valid eval.json of a run and its extra seeds; refusals go to 
     return out
 
 def gap(name): # the note of a row without numbers: why, or that the run is missing
-    return f"  ({'; '.join(NOTES[name])})" if NOTES.get(name) else f"  (missing: {os.path.join(runs_dir, name)})"
+    return (f"  ({'; '.join(NOTES[name])})" if NOTES.get(name)
+            else f"  (missing: {os.path.join(runs_dir, name)})")
 
 def fmt(vals, digits=1): # mean ± half-range over seeds
-    if not vals: return '—'
+    if not vals:
+        return '—'
     m = sum(vals) / len(vals)
-    return f'{m:.{digits}f}' + (f' ± {(max(vals) - min(vals)) / 2:.{digits}f}' if len(vals) > 1 else '')
+    return (f'{m:.{digits}f}'
+            + (f' ± {(max(vals) - min(vals)) / 2:.{digits}f}' if len(vals) > 1 else ''))
 
 def mean(evals, k):
     return sum(e['metrics'][k] for e in evals) / len(evals) if evals else None
@@ -75,7 +85,8 @@ def mean(evals, k):
 def M(n): # parameter count in millions, 2 decimals below 10M (demo models), 1 above
     return f"{n / 1e6:.{2 if n < 1e7 else 1}f}M"
 
-def params(e): # the teacher: image tower / total (manifest); a student: total (without the token table)
+# the teacher: image tower / total (manifest); a student: total (without the token table)
+def params(e):
     p = (e or {}).get('params')
     if not p:
         return '—'
@@ -90,7 +101,8 @@ def short(name): # an HF id (org/name) as it is; a local teacher dir by its last
 def stat(evals, k): # one metric of a run: mean ± half-range over its seeds
     return fmt([e['metrics'][k] for e in evals])
 
-def row(*cells, run=None): # a markdown table row; a run's missing or refused eval.json is named after it
+# a markdown table row; a run's missing or refused eval.json is named after it
+def row(*cells, run=None):
     note = gap(run) if run and (NOTES.get(run) or not seeds(run)) else ''
     return '| ' + ' | '.join(cells) + ' |' + note
 
@@ -105,29 +117,36 @@ KEYS = ['i2t_r1', 'i2t_r5', 'i2t_r10', 't2i_r1', 't2i_r5', 't2i_r10']
 R1 = ('i2t_r1', 't2i_r1')
 teacher_notes = []
 teacher = read(teacher_eval, teacher_notes)
-man = read(os.path.join(os.path.dirname(teacher_eval), 'manifest.json')) # the cache the teacher row was scored on
+# the cache the teacher row was scored on
+man = read(os.path.join(os.path.dirname(teacher_eval), 'manifest.json'))
 if teacher and refused(teacher, teacher_eval):
     teacher_notes.append(refused(teacher, teacher_eval))
     teacher = None
 elif teacher and man and man.get('fingerprint') != teacher.get('fingerprint'):
-    teacher_notes.append(f"stale: {teacher_eval} scored an older version of that cache; rerun eval.py --cache=...")
+    teacher_notes.append(f"stale: {teacher_eval} scored an older version of that cache; "
+                         f"rerun eval.py --cache=...")
     teacher = None
 lines = [f"# TinySigLIP report ({runs_dir})", '']
 if teacher:
     lines.append(f"Test split `{teacher['split']}`: {teacher['n_images']} images, "
-                 f"{teacher['n_captions']} captions (CLIP_benchmark protocol: every caption kept). R@k in %.")
+                 f"{teacher['n_captions']} captions "
+                 f"(CLIP_benchmark protocol: every caption kept). R@k in %.")
 
-# Table 1, the seed's rows; "TinySigLIP" is the recipe run if there is one, else the full method (a5)
+# Table 1, the seed's rows; "TinySigLIP" is the recipe run if there is one,
+# else the full method (a5)
 tiny = 'tinysiglip' if seeds('tinysiglip') else 'a5'
 t_name = short(teacher.get('teacher', 'teacher')) if teacher else 'not evaluated'
 lines += ['', '## Table 1: teacher vs students', '',
-          "Params: the teacher's image tower / total; a student's total (without the token table).", '']
-lines += header('Model', 'Params', 'I→T R@1', 'R@5', 'R@10', 'T→I R@1', 'R@5', 'R@10', 'Speed vs teacher')
+          "Params: the teacher's image tower / total; "
+          "a student's total (without the token table).", '']
+lines += header('Model', 'Params', 'I→T R@1', 'R@5', 'R@10', 'T→I R@1', 'R@5', 'R@10',
+                'Speed vs teacher')
 for label, evals in [(f'Teacher ({t_name})', [teacher] if teacher else []),
                      ('Student (No KD)', seeds('a1')),
                      (f'Student (TinySigLIP, run {tiny})', seeds(tiny))]:
     first = evals[0] if evals else None
-    note = f"  ({'; '.join(teacher_notes)})" if label.startswith('Teacher') and teacher_notes else ''
+    note = (f"  ({'; '.join(teacher_notes)})"
+            if label.startswith('Teacher') and teacher_notes else '')
     lines.append(row(label, params(first), *[stat(evals, k) for k in KEYS], speed(first)) + note)
 
 # Table 2 as the seed writes it: the full method, then one term removed at a time
@@ -147,20 +166,27 @@ for label, n in SEED_ABLATION:
     d = '—' if n == 'a5' or not ev else ' / '.join(delta(ev))
     lines.append(row(label, *[stat(ev, k) for k in R1], d, run=n))
 
-# the TinySigLIP recipe, part by part (demo.sh PARTS=1): the same pairs and losses as a7 (feature + affinity), plus
-PARTS = [('pairs only (a7, its own steps)', 'a7'), ('pairs only, the recipe's steps', 'parts-none'),
-         ('+ K views', 'parts-views'), ('+ unpaired images', 'parts-images'), ('+ unpaired texts', 'parts-texts'),
+# the TinySigLIP recipe, part by part (demo.sh PARTS=1):
+# the same pairs and losses as a7 (feature + affinity), plus
+PARTS = [('pairs only (a7, its own steps)', 'a7'),
+         ('pairs only, the recipe's steps', 'parts-none'),
+         ('+ K views', 'parts-views'),
+         ('+ unpaired images', 'parts-images'),
+         ('+ unpaired texts', 'parts-texts'),
          ('+ all three (the recipe)', 'tinysiglip')]
 def ratio(ev, k): # student R@1 / the teacher's
     return f"{mean(ev, k) / max(teacher['metrics'][k], 1e-9):.2f}" if ev and teacher else '—'
 if any(seeds(n) for _, n in PARTS[1:]):
     lines += ['', '## Table R: what each part of the recipe adds', '',
-              'Same student, same paired images and paired losses (feature + affinity) as a7; each part alone, '
-              'then all three (+ the cross-modal term on unpaired images x captions); ratio = student R@1 / teacher R@1.', '']
+              'Same student, same paired images and paired losses (feature + affinity) as a7; '
+              'each part alone, then all three '
+              '(+ the cross-modal term on unpaired images x captions); '
+              'ratio = student R@1 / teacher R@1.', '']
     lines += header('data', 'run', 'seeds', 'I→T R@1', 'T→I R@1', 'I→T ratio', 'T→I ratio')
     for label, n in PARTS:
         ev = seeds(n)
-        lines.append(row(label, n, str(len(ev)), *[stat(ev, k) for k in R1], *[ratio(ev, k) for k in R1], run=n))
+        lines.append(row(label, n, str(len(ev)), *[stat(ev, k) for k in R1],
+                         *[ratio(ev, k) for k in R1], run=n))
 
 LOSSES = {'a1': 'contrastive only (no KD)', 'a2': 'feature', 'a3': 'feature + contrastive',
           'a4': 'affinity + contrastive', 'a5': 'feature + affinity + contrastive',
@@ -171,9 +197,12 @@ for n, what in LOSSES.items():
     ev = seeds(n)
     lines.append(row(n, what, *[stat(ev, k) for k in R1], *delta(ev), run=n))
 
-def arch_table(title, names): # one row per run; teacher and student names from the run's meta.json
-    rows = ['', f'## {title}', '', "Ratio: student R@1 / its teacher's R@1 (the cache's test eval.json).", '']
-    rows += header('run', 'teacher', 'student', 'I→T R@1', 'T→I R@1', 'params', 'I→T ratio', 'T→I ratio')
+# one row per run; teacher and student names from the run's meta.json
+def arch_table(title, names):
+    rows = ['', f'## {title}', '',
+            "Ratio: student R@1 / its teacher's R@1 (the cache's test eval.json).", '']
+    rows += header('run', 'teacher', 'student', 'I→T R@1', 'T→I R@1', 'params',
+                   'I→T ratio', 'T→I ratio')
     for n in names:
         ev, meta = seeds(n), read(os.path.join(runs_dir, n, 'meta.json')) or {}
         if not ev:
@@ -202,8 +231,8 @@ if zs_rows:
 
 lines += arch_table('Table B: teacher × student (full method)', ['b1', 'b2', 'b3', 'b4', 'b5'])
 
-# the seed's 2×3 grid of the same runs: B1 B×Tiny, B2 L×Tiny, B3 B×Small, B4 L×Small (core target),
-# B5 So400m×Small; So400m×Tiny is not in the plan
+# the seed's 2×3 grid of the same runs: B1 B×Tiny, B2 L×Tiny, B3 B×Small,
+# B4 L×Small (core target), B5 So400m×Small; So400m×Tiny is not in the plan
 GRID = [('SigLIP 2 B', 'b1', 'b3'), ('SigLIP 2 L', 'b2', 'b4'), ('SigLIP 2 So400m', None, 'b5')]
 def cell(n):
     ev = seeds(n) if n else []
@@ -235,16 +264,26 @@ if plt:
         for k in terms:
             pts = [(r['iter'], r[k]) for r in rows if k in r]
             ax.plot(*zip(*pts), label=k)
-        ax.set_xlabel('iteration'); ax.set_ylabel('loss'); ax.set_yscale('log'); ax.legend(fontsize=7)
+        ax.set_xlabel('iteration')
+        ax.set_ylabel('loss')
+        ax.set_yscale('log')
+        ax.legend(fontsize=7)
         ax.set_title(os.path.basename(os.path.dirname(log)))
-        fig.tight_layout(); fig.savefig(os.path.join(os.path.dirname(log), 'curves.png'), dpi=80); plt.close(fig)
+        fig.tight_layout()
+        fig.savefig(os.path.join(os.path.dirname(log), 'curves.png'), dpi=80)
+        plt.close(fig)
     names = [n for n in LOSSES if seeds(n)]
     if names:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for j, k in enumerate(('i2t_r1', 't2i_r1')):
-            ax.bar([i + 0.4 * j for i in range(len(names))], [mean(seeds(n), k) for n in names], width=0.4, label=k)
-        ax.set_xticks([i + 0.2 for i in range(len(names))], names); ax.set_ylabel('R@1 (%)'); ax.legend()
-        fig.tight_layout(); fig.savefig(os.path.join(os.path.dirname(os.path.abspath(out)), 'ablation.png'), dpi=80); plt.close(fig)
+            ax.bar([i + 0.4 * j for i in range(len(names))], [mean(seeds(n), k) for n in names],
+                   width=0.4, label=k)
+        ax.set_xticks([i + 0.2 for i in range(len(names))], names)
+        ax.set_ylabel('R@1 (%)')
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(os.path.join(os.path.dirname(os.path.abspath(out)), 'ablation.png'), dpi=80)
+        plt.close(fig)
 text = '\n'.join(lines) + '\n'
 print(text)
 with open(out + '.tmp', 'w') as f:

@@ -169,7 +169,7 @@ for label, n in SEED_ABLATION:
 # the TinySigLIP recipe, part by part (demo.sh PARTS=1):
 # the same pairs and losses as a7 (feature + affinity), plus
 PARTS = [('pairs only (a7, its own steps)', 'a7'),
-         ('pairs only, the recipe's steps', 'parts-none'),
+         ("pairs only, the recipe's steps", 'parts-none'),
          ('+ K views', 'parts-views'),
          ('+ unpaired images', 'parts-images'),
          ('+ unpaired texts', 'parts-texts'),

@@ -1,13 +1,19 @@
 """
-Train a student from a teacher cache: distillation (feature MSE + affinity KL + contrastive) and/or the
-complete SigLIP 2 objective (sigmoid + LocCa + SILC/TIPS) — no teacher runs in the loop.
+Train a student from a teacher cache: distillation (feature MSE + affinity KL +
+contrastive) and/or the complete SigLIP 2 objective (sigmoid + LocCa + SILC/TIPS) —
+no teacher runs in the loop.
 
-    python train.py config/a5.py                                   # 1 GPU, COCO cache of SigLIP 2 L
-    torchrun --standalone --nproc_per_node=8 train.py config/a5.py # 8 GPUs (embeddings gathered across ranks)
-    python train.py config/a5.py --device=cpu --dtype=float32 --max_iters=20 --batch_size=16   # laptop smoke
-    python train.py config/a5.py --init_from=resume                # continue exactly where ckpt.pt stopped
+    # 1 GPU, COCO cache of SigLIP 2 L
+    python train.py config/a5.py
+    # 8 GPUs (embeddings gathered across ranks)
+    torchrun --standalone --nproc_per_node=8 train.py config/a5.py
+    # laptop smoke
+    python train.py config/a5.py --device=cpu --dtype=float32 --max_iters=20 --batch_size=16
+    # continue exactly where ckpt.pt stopped
+    python train.py config/a5.py --init_from=resume
 
-Writes out_dir/{ckpt.pt, model.safetensors, config.json, processor files, [decoder.*], meta.json, log.jsonl}.
+Writes out_dir/{ckpt.pt, model.safetensors, config.json, processor files, [decoder.*],
+meta.json, log.jsonl}.
 """
 import os, sys, json, time, math, shutil, atexit, subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +23,8 @@ import torch.nn.functional as F
 import torch.distributed as dist
 from model import Student, StudentConfig, LoccaDecoder, DINOHead
 from loss import SigLIP2Loss, feature_loss, affinity_loss, crop_boxes
-from eval import load_cache, retrieval_metrics, check_no_leak, embed_student, what_changed, replace_durably, Rows
+from eval import (load_cache, retrieval_metrics, check_no_leak, embed_student, what_changed,
+                  replace_durably, Rows)
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -29,20 +36,27 @@ init_from = 'scratch' # 'scratch' or 'resume' (from out_dir/ckpt.pt)
 train_cache = 'cache/coco-L/train+restval'
 val_cache = 'cache/coco-L/val'
 val_images = 1000 # fixed val subset (first N images, all their captions) -> deterministic R@1
-views = 1 # reinforced views: each step one of the cache's first `views` stored views per image; 1 = the full image only
-extra_image_cache = '' # unpaired images (an image-only cache, same teacher): feature + image-image affinity terms
-extra_text_cache = '' # unpaired captions (a text-only cache, same teacher): feature + text-text affinity terms
+# reinforced views: each step one of the cache's first `views` stored views per image;
+views = 1 # 1 = the full image only
+# unpaired images (an image-only cache, same teacher): feature + image-image affinity terms
+extra_image_cache = ''
+# unpaired captions (a text-only cache, same teacher): feature + text-text affinity terms
+extra_text_cache = ''
 extra_batch_size = 0 # unpaired images and captions per step, each; 0 = batch_size
 # student model
-image_model = 'vit_small_patch16_224' # any timm model: vit_tiny_patch16_224, resnet50, mobilenetv3_large_100, ...
-image_size = 224 # seed: students at 224x224; cached pixels (the teacher's 256/384) resized on the fly; 0 = the cache's
-image_kwargs = {} # extra timm.create_model kwargs (tiny demo towers: patch_size, embed_dim, depth, num_heads)
+# any timm model: vit_tiny_patch16_224, resnet50, mobilenetv3_large_100, ...
+image_model = 'vit_small_patch16_224'
+# seed: students at 224x224; cached pixels (the teacher's 256/384) resized on the fly;
+image_size = 224 # 0 = the cache's
+# extra timm.create_model kwargs (tiny demo towers: patch_size, embed_dim, depth, num_heads)
+image_kwargs = {}
 pretrained = False # timm ImageNet weights (downloaded from the hub on your machine)
 text_width = 384
 text_depth = 6
 text_heads = 6
 embed_dim = 0 # 0 = the teacher's embedding dim (manifest); set it for a cache without teacher
-# loss: total = λ_feat·L_feat + λ_affinity·L_affinity + SigLIP2Loss(λ_contrast·L_sig + λ_locca·L_LocCa + γ·(...))
+# loss: total = λ_feat·L_feat + λ_affinity·L_affinity
+#   + SigLIP2Loss(λ_contrast·L_sig + λ_locca·L_LocCa + γ·(...))
 contrast = 'sigmoid' # 'sigmoid' (SigLIP) or 'infonce'
 lambda_contrast = 1.0
 lambda_feat = 0.0
@@ -50,7 +64,8 @@ lambda_affinity = 0.0
 affinity_kind = 'softmax' # 'softmax' (KL over in-batch rows) or 'sigmoid' (per-pair Bernoulli KL)
 lambda_extra_feat = 1.0 # on the unpaired batches (DIME-FM): feature MSE to the teacher, per tower
 lambda_extra_affinity = 1.0 # ... and KL of the in-batch image-image / text-text similarity rows
-lambda_extra_cross = 0.0 # the affinity term on unpaired images x unpaired captions (DIME-FM's cross-modal KD)
+# the affinity term on unpaired images x unpaired captions (DIME-FM's cross-modal KD)
+lambda_extra_cross = 0.0
 lambda_locca = 0.0 # 1.0 = SigLIP 2 (§2.2 equal weight with the sigmoid loss)
 decoder_depth = 0 # 0 = text_depth // 2 (SigLIP 2 §2.2)
 gamma = 0.0 # SILC/TIPS size factor γ (§2.3: 0.25 B, 0.5 L, 1.0 So400m); 0 = off
@@ -64,10 +79,12 @@ dino_dim = 65536 # DINO head prototypes K (choice U14; small runs use fewer)
 dino_hidden = 2048
 dino_bottleneck = 256
 # optimizer
-batch_size = 256 # per rank per micro-step; the batch-level losses see batch_size * world_size pairs
+# per rank per micro-step; the batch-level losses see batch_size * world_size pairs
+batch_size = 256
 grad_accum = 1
 learning_rate = 1e-3
-weight_decay = 0.1 # torch AdamW (lr-coupled): 0.1 at lr 1e-3 = SigLIP 2's decoupled 1e-4 (§2.1)
+# torch AdamW (lr-coupled): 0.1 at lr 1e-3 = SigLIP 2's decoupled 1e-4 (§2.1)
+weight_decay = 0.1
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0 # §2.1
@@ -81,8 +98,10 @@ device = 'cuda'
 dtype = 'bfloat16' # autocast dtype on GPU; 'float32' on CPU
 compile = False
 seed = 0
-num_threads = 0 # CPU threads (0 = torch default); 1 when running jobs side by side on a small machine
-config_keys = [k for k,v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, dict))]
+# CPU threads (0 = torch default); 1 when running jobs side by side on a small machine
+num_threads = 0
+config_keys = [k for k,v in globals().items()
+               if not k.startswith('_') and isinstance(v, (int, float, bool, str, dict))]
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 config = {k: globals()[k] for k in config_keys}
 # -----------------------------------------------------------------------------
@@ -96,22 +115,33 @@ if ddp:
         torch.cuda.set_device(device)
 master = rank == 0
 def print0(*a, **k):
-    if master: print(*a, **k, flush=True)
+    if master:
+        print(*a, **k, flush=True)
 if num_threads:
     torch.set_num_threads(num_threads)
 device_type = 'cuda' if 'cuda' in device else 'cpu'
 torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-autocast = torch.autocast(device_type=device_type, dtype=getattr(torch, dtype), enabled=dtype != 'float32')
-for k, ok in [('contrast', contrast in ('sigmoid', 'infonce')), ('affinity_kind', affinity_kind in ('softmax', 'sigmoid')),
-              ('init_from', init_from in ('scratch', 'resume')), ('batch_size', batch_size >= 2), ('max_iters', max_iters >= 0),
-              ('eval_interval', eval_interval > 0), ('log_interval', log_interval > 0), ('val_images', val_images > 0),
-              ('grad_accum', grad_accum > 0), ('warmup_iters', warmup_iters >= 0)]:
-    if not ok: sys.exit(f"train.py: bad value {k}={globals()[k]!r}")
+autocast = torch.autocast(device_type=device_type, dtype=getattr(torch, dtype),
+                          enabled=dtype != 'float32')
+for k, ok in [('contrast', contrast in ('sigmoid', 'infonce')),
+              ('affinity_kind', affinity_kind in ('softmax', 'sigmoid')),
+              ('init_from', init_from in ('scratch', 'resume')),
+              ('batch_size', batch_size >= 2),
+              ('max_iters', max_iters >= 0),
+              ('eval_interval', eval_interval > 0),
+              ('log_interval', log_interval > 0),
+              ('val_images', val_images > 0),
+              ('grad_accum', grad_accum > 0),
+              ('warmup_iters', warmup_iters >= 0)]:
+    if not ok:
+        sys.exit(f"train.py: bad value {k}={globals()[k]!r}")
 if not timm.is_model(image_model):
-    sys.exit(f"train.py: unknown timm model image_model={image_model!r} (see timm.list_models('vit_*'))")
+    sys.exit(f"train.py: unknown timm model image_model={image_model!r} "
+             f"(see timm.list_models('vit_*'))")
 
 # -----------------------------------------------------------------------------
-# one train.py per out_dir: an O_EXCL lock file with our pid (two runs would interleave log.jsonl, overwrite ckpt.pt)
+# one train.py per out_dir: an O_EXCL lock file with our pid (two runs would interleave
+# log.jsonl, overwrite ckpt.pt)
 lock = os.path.join(out_dir, 'lock')
 def pid_alive(pid):
     try:
@@ -130,17 +160,21 @@ if master:
                 fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
                 txt = open(lock).read().strip()
-                pid = int(txt) if txt.isdigit() else None # empty: killed between create and write
+                # empty: killed between create and write
+                pid = int(txt) if txt.isdigit() else None
                 if pid is not None and pid_alive(pid):
-                    sys.exit(f"train.py: {out_dir} is in use by a run with pid {pid} (lock file {lock}); wait for it or "
-                             f"choose another out_dir (delete the lock only if pid {pid} is not a train.py run)")
-                print0(f"train.py: taking over the stale lock {lock} of pid {pid}, which is no longer running")
+                    sys.exit(f"train.py: {out_dir} is in use by a run with pid {pid} "
+                             f"(lock file {lock}); wait for it or choose another out_dir "
+                             f"(delete the lock only if pid {pid} is not a train.py run)")
+                print0(f"train.py: taking over the stale lock {lock} of pid {pid}, "
+                       f"which is no longer running")
                 os.remove(lock)
         os.write(fd, str(os.getpid()).encode())
         os.close(fd)
     except OSError as e: # out_dir is a file, read-only, on a full disk, ...
         sys.exit(f"train.py: cannot use out_dir={out_dir!r}: {e.strerror or e}")
-    def release_lock(): # on every exit but kill -9, which leaves a stale lock the next run takes over
+    # on every exit but kill -9, which leaves a stale lock the next run takes over
+    def release_lock():
         if os.path.isfile(lock) and open(lock).read() == str(os.getpid()):
             os.remove(lock)
     atexit.register(release_lock)
@@ -151,56 +185,74 @@ if init_from == 'resume':
         sys.exit(f"train.py: --init_from=resume, but there is no {path}")
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=False)
-    except Exception as e: # truncated copy, disk error: name the file instead of a zip-reader traceback
-        sys.exit(f"train.py: cannot read {path}, truncated or corrupt ({type(e).__name__}: {str(e).splitlines()[0]})")
+    except Exception as e:
+        # truncated copy, disk error: name the file instead of a zip-reader traceback
+        sys.exit(f"train.py: cannot read {path}, truncated or corrupt "
+                 f"({type(e).__name__}: {str(e).splitlines()[0]})")
     saved_iter = ckpt['iter_num']
 
 # -----------------------------------------------------------------------------
-# data: caches memory-mapped (uint8 pixels, fp16 embeddings stay in the shard files; ids in memory), checked
-# before any long work; each step gathers its rows, so RSS does not grow with the cache and ranks share the pages
+# data: caches memory-mapped (uint8 pixels, fp16 embeddings stay in the shard files; ids
+# in memory), checked before any long work; each step gathers its rows, so RSS does not
+# grow with the cache and ranks share the pages
 data, man = load_cache(train_cache, mmap=True)
 val, vman = load_cache(val_cache, mmap=True)
 if vman['teacher_fingerprint'] != man['teacher_fingerprint']:
-    sys.exit(f"train.py: {val_cache} was cached with another teacher/processor than {train_cache}")
+    sys.exit(f"train.py: {val_cache} was cached with another teacher/processor "
+             f"than {train_cache}")
 check_no_leak(data['image_ids'], val['image_ids'], f'{train_cache} vs {val_cache}')
-if ckpt and ckpt['fingerprint'] != man['fingerprint']: # content, not paths: `./cache/x` and `cache/x` are one cache
-    sys.exit(f"train.py: resume: {train_cache} is not the cache {out_dir}/ckpt.pt was trained on: "
+# content, not paths: `./cache/x` and `cache/x` are one cache
+if ckpt and ckpt['fingerprint'] != man['fingerprint']:
+    sys.exit(f"train.py: resume: {train_cache} is not the cache {out_dir}/ckpt.pt "
+             f"was trained on: "
              f"{what_changed(ckpt.get('cache_content'), man.get('content'))}")
 has_teacher = 'image_embeds' in data
 if (lambda_feat or lambda_affinity) and not has_teacher:
-    sys.exit(f"train.py: lambda_feat/lambda_affinity need teacher embeddings, but {train_cache} was cached with teacher=none")
+    sys.exit(f"train.py: lambda_feat/lambda_affinity need teacher embeddings, "
+             f"but {train_cache} was cached with teacher=none")
 embed_dim = embed_dim or man['embed_dim'] or 0
 if not embed_dim:
     sys.exit("train.py: the cache has no teacher: set --embed_dim")
 if has_teacher and embed_dim != man['embed_dim']:
-    sys.exit(f"train.py: embed_dim={embed_dim} but the teacher in {train_cache} has D={man['embed_dim']}")
-t_scale, t_bias = man['logit_scale'], man['logit_bias'] # the teacher's own similarity for the affinity targets
+    sys.exit(f"train.py: embed_dim={embed_dim} but the teacher in {train_cache} "
+             f"has D={man['embed_dim']}")
+# the teacher's own similarity for the affinity targets
+t_scale, t_bias = man['logit_scale'], man['logit_bias']
 n_views = data['view_embeds'].shape[1] if 'view_embeds' in data else 1
 if views < 1 or views > n_views:
-    sys.exit(f"train.py: views={views} but {train_cache} stores {n_views} view(s) per image (cache_teacher.py --views=K)")
+    sys.exit(f"train.py: views={views} but {train_cache} stores {n_views} view(s) "
+             f"per image (cache_teacher.py --views=K)")
 
 def load_extra(path, keys): # an unpaired cache: same teacher, never the val images
     if not path:
         return None
     d, m = load_cache(path, mmap=True)
     if m['teacher_fingerprint'] != man['teacher_fingerprint']:
-        sys.exit(f"train.py: {path} was cached with another teacher/processor than {train_cache}")
+        sys.exit(f"train.py: {path} was cached with another teacher/processor "
+                 f"than {train_cache}")
     if not all(k in d for k in keys):
         sys.exit(f"train.py: {path} holds no {' / '.join(keys)}: cache it with the teacher "
                  f"({'images' if 'pixels' in keys else 'captions'} kept)")
-    if m['dataset']['reader'] in ('coco', 'karpathy'): # ids of a folder or a caption file are positions, not COCO ids
+    # ids of a folder or a caption file are positions, not COCO ids
+    if m['dataset']['reader'] in ('coco', 'karpathy'):
         check_no_leak(d['image_ids'], val['image_ids'], f'{path} vs {val_cache}')
     return d
 extra_img = load_extra(extra_image_cache, ['pixels', 'image_embeds'])
 extra_txt = load_extra(extra_text_cache, ['input_ids', 'text_embeds'])
-if extra_img is not None and 'view_embeds' in extra_img and extra_img['view_embeds'].shape[1] < views:
-    sys.exit(f"train.py: views={views} but {extra_image_cache} stores {extra_img['view_embeds'].shape[1]} views per image")
+if (extra_img is not None and 'view_embeds' in extra_img
+        and extra_img['view_embeds'].shape[1] < views):
+    sys.exit(f"train.py: views={views} but {extra_image_cache} stores "
+             f"{extra_img['view_embeds'].shape[1]} views per image")
 if lambda_extra_cross and (extra_img is None or extra_txt is None):
-    print0("note: lambda_extra_cross needs both extra_image_cache and extra_text_cache: the cross term is off")
+    print0("note: lambda_extra_cross needs both extra_image_cache and extra_text_cache: "
+           "the cross term is off")
 
-def memory(): # MiB resident: private (anon) vs file pages (the maps, shared); PSS splits shared pages among ranks
+# MiB resident: private (anon) vs file pages (the maps, shared); PSS splits shared
+# pages among ranks
+def memory():
     out = {}
-    for f in ('/proc/self/status', '/proc/self/smaps_rollup'): # Linux only; elsewhere nothing is printed
+    # Linux only; elsewhere nothing is printed
+    for f in ('/proc/self/status', '/proc/self/smaps_rollup'):
         for line in open(f) if os.path.isfile(f) else []:
             k, *v = line.split()
             if k in ('VmRSS:', 'RssAnon:', 'RssFile:', 'Pss:'):
@@ -208,53 +260,70 @@ def memory(): # MiB resident: private (anon) vs file pages (the maps, shared); P
     return out
 print(f"rank {rank}: memory after loading the caches (MiB): {memory()}", flush=True)
 
-def index(owner, ids): # rows of a per-caption/per-region table -> (start, count) per image, CSR style
-    pos = torch.searchsorted(ids, owner) # both sorted by image id as written by cache_teacher.py
+# rows of a per-caption/per-region table -> (start, count) per image, CSR style
+def index(owner, ids):
+    # both sorted by image id as written by cache_teacher.py
+    pos = torch.searchsorted(ids, owner)
     count = torch.bincount(pos, minlength=len(ids))
     return torch.cumsum(count, 0) - count, count
-def shards(x): # a memory-mapped key's per-shard tensors (a plain tensor is its own single shard)
+# a memory-mapped key's per-shard tensors (a plain tensor is its own single shard)
+def shards(x):
     return x.parts if isinstance(x, Rows) else [x]
-for k in ('cap', 'aref', 'gcap'): # LocCa targets are stored padded to 64: trim the all-pad tail once (decoder cost ∝ L)
-    n_used = [int((p != 0).sum(1).max()) for p in shards(data[f'{k}_ids']) if len(p)] # shard by shard
+# LocCa targets are stored padded to 64: trim the all-pad tail once (decoder cost ∝ L)
+for k in ('cap', 'aref', 'gcap'):
+    # shard by shard
+    n_used = [int((p != 0).sum(1).max()) for p in shards(data[f'{k}_ids']) if len(p)]
     data[f'{k}_ids'] = data[f'{k}_ids'][:, :max(n_used + [1])]
 cap_start, cap_count = index(data['caption_image_ids'], data['image_ids'])
 reg_start, reg_count = index(data['region_image_ids'], data['image_ids'])
 N = len(data['image_ids'])
 n_regions = len(data['region_image_ids'])
 if batch_size * world > N:
-    sys.exit(f"train.py: batch_size={batch_size} x {world} ranks > the {N} images in {train_cache}")
-no_reg = int((reg_count == 0).sum()) # LocCa ARef/GCap need a box: images without one get weight 0 there
+    sys.exit(f"train.py: batch_size={batch_size} x {world} ranks > the {N} images "
+             f"in {train_cache}")
+# LocCa ARef/GCap need a box: images without one get weight 0 there
+no_reg = int((reg_count == 0).sum())
 if lambda_locca and no_reg:
-    print0(f"LocCa: {no_reg} of {N} images in {train_cache} have no regions (boxes): their ARef/GCap terms are skipped "
+    print0(f"LocCa: {no_reg} of {N} images in {train_cache} have no regions (boxes): "
+           f"their ARef/GCap terms are skipped "
            f"(weight 0)" + ('; cache with --instances for ARef/GCap' if no_reg == N else ''))
 
-def get_batch(it, micro): # same global batch on every rank (seeded by step), each rank takes its slice
+# same global batch on every rank (seeded by step), each rank takes its slice
+def get_batch(it, micro):
     g = torch.Generator().manual_seed(seed * 1_000_003 + it * 101 + micro)
     idx = torch.randperm(N, generator=g)[:batch_size * world]
-    cap = cap_start[idx] + (torch.rand(len(idx), generator=g) * cap_count[idx]).long() # one random caption
+    # one random caption
+    cap = cap_start[idx] + (torch.rand(len(idx), generator=g) * cap_count[idx]).long()
     has_reg = reg_count[idx] > 0
-    aref = reg_start[idx] + (torch.rand(len(idx), generator=g) * reg_count[idx]).long() # one region for ARef,
-    gcap = reg_start[idx] + (torch.rand(len(idx), generator=g) * reg_count[idx]).long() # another for GCap (U11)
+    # one region for ARef,
+    aref = reg_start[idx] + (torch.rand(len(idx), generator=g) * reg_count[idx]).long()
+    # another for GCap (U11)
+    gcap = reg_start[idx] + (torch.rand(len(idx), generator=g) * reg_count[idx]).long()
     aref, gcap = aref.clamp(max=max(n_regions - 1, 0)), gcap.clamp(max=max(n_regions - 1, 0))
     sl = slice(rank * batch_size, (rank + 1) * batch_size)
-    b = dict(pixels=data['pixels'][idx[sl]], ids=data['input_ids'][cap[sl]].long(), cap=cap[sl], aref=aref[sl], gcap=gcap[sl], has_reg=has_reg[sl])
+    b = dict(pixels=data['pixels'][idx[sl]], ids=data['input_ids'][cap[sl]].long(),
+             cap=cap[sl], aref=aref[sl], gcap=gcap[sl], has_reg=has_reg[sl])
     if has_teacher:
-        b['t_img'] = data['image_embeds'][idx].float() # global batch: the affinity targets span all ranks
+        # global batch: the affinity targets span all ranks
+        b['t_img'] = data['image_embeds'][idx].float()
         b['t_txt'] = data['text_embeds'][cap].float()
     if views > 1: # drawn last, so views=1 draws exactly what it always drew
         pick_view(b, data, idx, sl, g)
     return b
 
-def pick_view(b, d, idx, sl, g): # one stored view per image: its box + flip (this rank's rows), its teacher embedding (all)
+# one stored view per image: its box + flip (this rank's rows), its teacher embedding (all)
+def pick_view(b, d, idx, sl, g):
     v = (torch.rand(len(idx), generator=g) * views).long()
     b['box'] = d['view_boxes'][idx[sl], v[sl]]
     b['flip'] = d['view_flips'][idx[sl], v[sl]].bool()
     b['t_img'] = d['view_embeds'][idx, v].float()
 
-def get_extra(d, it, micro, stream): # an unpaired batch (stream 1: images, 2: captions), the same on every rank
+# an unpaired batch (stream 1: images, 2: captions), the same on every rank
+def get_extra(d, it, micro, stream):
     g = torch.Generator().manual_seed(seed * 1_000_003 + it * 101 + micro + stream * 7_777_777)
     n = extra_batch_size or batch_size
-    idx = torch.randint(len(d['image_ids']) if stream == 1 else len(d['input_ids']), (n * world,), generator=g)
+    idx = torch.randint(len(d['image_ids']) if stream == 1 else len(d['input_ids']),
+                        (n * world,), generator=g)
     sl = slice(rank * n, (rank + 1) * n)
     if stream == 2:
         return dict(ids=d['input_ids'][idx[sl]].long(), t=d['text_embeds'][idx].float())
@@ -263,10 +332,14 @@ def get_extra(d, it, micro, stream): # an unpaired batch (stream 1: images, 2: c
         pick_view(b, d, idx, sl, g)
     return dict(b, t=b['t_img'])
 
-def student_input(b): # uint8 pixels (+ a stored view's box / flip) -> normalised student input on the device
-    px = b['pixels'].to(device, non_blocking=True) # pinned by fetch() on GPU: the copy overlaps the compute
-    if 'box' in b: # re-apply the view's crop to the cached pixels, at the student's resolution (no decode)
-        px = crop_boxes(px.float(), b['box'].to(device), b['flip'].to(device), student.config.image_size)
+# uint8 pixels (+ a stored view's box / flip) -> normalised student input on the device
+def student_input(b):
+    # pinned by fetch() on GPU: the copy overlaps the compute
+    px = b['pixels'].to(device, non_blocking=True)
+    # re-apply the view's crop to the cached pixels, at the student's resolution (no decode)
+    if 'box' in b:
+        px = crop_boxes(px.float(), b['box'].to(device), b['flip'].to(device),
+                        student.config.image_size)
     return student.preprocess(px)
 
 # -----------------------------------------------------------------------------
@@ -275,36 +348,49 @@ if ckpt:
     model_args = ckpt['model_args']
 else:
     keys = ('input_ids', 'cap_ids', 'aref_ids', 'gcap_ids')
-    texts = [torch.unique(p) for k in keys for p in shards(data[k])] # shard by shard: no full copy
-    if extra_txt is not None: # the unpaired captions' words belong to the student's vocabulary too
+    # shard by shard: no full copy
+    texts = [torch.unique(p) for k in keys for p in shards(data[k])]
+    # the unpaired captions' words belong to the student's vocabulary too
+    if extra_txt is not None:
         texts += [torch.unique(p) for p in shards(extra_txt['input_ids'])]
     kept = torch.unique(torch.cat(texts + [torch.arange(5)]))
-    model_args = dict(image_model=image_model, image_size=image_size or man['image_size'], image_kwargs=image_kwargs,
-                      pretrained=pretrained, text_width=text_width, text_depth=text_depth, text_heads=text_heads,
-                      kept_ids=kept.tolist(), embed_dim=embed_dim, image_mean=man['mean'], image_std=man['std'])
-torch.manual_seed(seed) # the same seed on every rank: identical initial weights without a broadcast
+    model_args = dict(image_model=image_model, image_size=image_size or man['image_size'],
+                      image_kwargs=image_kwargs, pretrained=pretrained,
+                      text_width=text_width, text_depth=text_depth, text_heads=text_heads,
+                      kept_ids=kept.tolist(), embed_dim=embed_dim,
+                      image_mean=man['mean'], image_std=man['std'])
+# the same seed on every rank: identical initial weights without a broadcast
+torch.manual_seed(seed)
 student = Student(StudentConfig(**model_args)).to(device)
 vocab = len(model_args['kept_ids'])
-decoder_args = dict(vocab_size=vocab, width=text_width, depth=decoder_depth or max(text_depth // 2, 1), heads=text_heads,
+decoder_args = dict(vocab_size=vocab, width=text_width,
+                    depth=decoder_depth or max(text_depth // 2, 1), heads=text_heads,
                     mlp_dim=4 * text_width, enc_dim=student.visual.enc_dim, max_len=64)
 decoder = LoccaDecoder(**decoder_args) if lambda_locca else None
 heads = dict(out_dim=dino_dim, hidden_dim=dino_hidden, bottleneck_dim=dino_bottleneck)
 silc_head = DINOHead(student.visual.pool_dim, **heads) if gamma and lambda_silc else None
 tips_head = DINOHead(student.visual.enc_dim, **heads) if gamma and lambda_tips else None
-loss_fn = SigLIP2Loss(student.visual, student.visual.patch_embed_proj, decoder=decoder, silc_head=silc_head, tips_head=tips_head,
-                      mask_id=vocab, sig_weight=lambda_contrast, locca_weight=lambda_locca, gamma=gamma, silc_weight=lambda_silc,
-                      tips_weight=lambda_tips, switch=switch, ema_momentum=ema_momentum, n_local=n_local,
+loss_fn = SigLIP2Loss(student.visual, student.visual.patch_embed_proj, decoder=decoder,
+                      silc_head=silc_head, tips_head=tips_head, mask_id=vocab,
+                      sig_weight=lambda_contrast, locca_weight=lambda_locca, gamma=gamma,
+                      silc_weight=lambda_silc, tips_weight=lambda_tips, switch=switch,
+                      ema_momentum=ema_momentum, n_local=n_local,
                       local_size=local_size or None, contrast=contrast).to(device)
 n_params, n_params_nt = student.num_params(), student.num_params(token_table=False)
-print0(f"student: {n_params / 1e6:.2f}M params ({n_params_nt / 1e6:.2f}M without the {vocab}-row token table); "
-       f"loss module: {sum(p.numel() for p in loss_fn.parameters() if p.requires_grad) / 1e6:.2f}M trainable")
+print0(f"student: {n_params / 1e6:.2f}M params "
+       f"({n_params_nt / 1e6:.2f}M without the {vocab}-row token table); "
+       f"loss module: "
+       f"{sum(p.numel() for p in loss_fn.parameters() if p.requires_grad) / 1e6:.2f}M trainable")
 
 # -----------------------------------------------------------------------------
-# optimizer: AdamW, weight decay on matrices only (nanoGPT); lr schedule: warmup -> cosine -> min_lr
-params = [p for p in list(student.parameters()) + list(loss_fn.parameters()) if p.requires_grad]
-optimizer = torch.optim.AdamW([{'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
-                               {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}],
-                              lr=learning_rate, betas=(beta1, beta2), fused=device_type == 'cuda')
+# optimizer: AdamW, weight decay on matrices only (nanoGPT);
+# lr schedule: warmup -> cosine -> min_lr
+params = [p for p in list(student.parameters()) + list(loss_fn.parameters())
+          if p.requires_grad]
+optimizer = torch.optim.AdamW(
+    [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
+     {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}],
+    lr=learning_rate, betas=(beta1, beta2), fused=device_type == 'cuda')
 iter_num, best_val = 0, -1.0
 if ckpt:
     student.load_state_dict(ckpt['model'])
@@ -318,16 +404,20 @@ def get_lr(it):
     decay = lr_decay_iters or max_iters
     ratio = min((it - warmup_iters) / max(decay - warmup_iters, 1), 1.0)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
-model = torch.compile(student) if compile else student # checkpoints always save the uncompiled `student`
+# checkpoints always save the uncompiled `student`
+model = torch.compile(student) if compile else student
 
-def gather(x): # (B, D) per rank -> (B * world, D), gradient flows back to the owning rank
+# (B, D) per rank -> (B * world, D), gradient flows back to the owning rank
+def gather(x):
     return torch.cat(torch.distributed.nn.functional.all_gather(x)) if ddp else x
 
-def affinity(s_img, s_txt, t_img, t_txt): # student rows (all ranks) vs teacher rows, the teacher's own scale
+# student rows (all ranks) vs teacher rows, the teacher's own scale
+def affinity(s_img, s_txt, t_img, t_txt):
     s_img, s_txt = F.normalize(s_img, dim=-1), F.normalize(s_txt, dim=-1)
     t_img, t_txt = F.normalize(t_img.to(device), dim=-1), F.normalize(t_txt.to(device), dim=-1)
     s_scale = student.logit_scale.exp()
-    return affinity_loss(s_img, s_txt, t_img, t_txt, s_scale, t_scale, student.logit_bias, t_bias, kind=affinity_kind)
+    return affinity_loss(s_img, s_txt, t_img, t_txt, s_scale, t_scale,
+                         student.logit_bias, t_bias, kind=affinity_kind)
 
 # -----------------------------------------------------------------------------
 # eval on a fixed val subset (first val_images images, all their captions) and checkpointing
@@ -344,32 +434,47 @@ def evaluate():
 
 def git_state():
     try:
-        run = lambda *a: subprocess.run(['git', *a], capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+        run = lambda *a: subprocess.run(
+            ['git', *a], capture_output=True, text=True,
+            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
         return dict(commit=run('rev-parse', 'HEAD'), dirty=bool(run('status', '--porcelain')))
     except OSError:
         return {}
 
 def save(metrics):
     global saved_iter
-    if not all(torch.isfinite(p).all() for p in list(student.parameters()) + list(loss_fn.parameters())):
-        sys.exit(f"train.py: iter {iter_num}: non-finite weights, not saved; {out_dir}/ckpt.pt keeps iter {saved_iter}")
-    ck = dict(model=student.state_dict(), loss=loss_fn.state_dict(), optimizer=optimizer.state_dict(), model_args=model_args,
-              iter_num=iter_num, best_val=best_val, config=config, fingerprint=man['fingerprint'], cache_content=man.get('content'))
+    if not all(torch.isfinite(p).all()
+               for p in list(student.parameters()) + list(loss_fn.parameters())):
+        sys.exit(f"train.py: iter {iter_num}: non-finite weights, not saved; "
+                 f"{out_dir}/ckpt.pt keeps iter {saved_iter}")
+    ck = dict(model=student.state_dict(), loss=loss_fn.state_dict(),
+              optimizer=optimizer.state_dict(), model_args=model_args,
+              iter_num=iter_num, best_val=best_val, config=config,
+              fingerprint=man['fingerprint'], cache_content=man.get('content'))
     torch.save(ck, os.path.join(out_dir, 'ckpt.pt.tmp'))
-    replace_durably(os.path.join(out_dir, 'ckpt.pt.tmp'), os.path.join(out_dir, 'ckpt.pt')) # a crash keeps the last one
+    # a crash keeps the last one
+    replace_durably(os.path.join(out_dir, 'ckpt.pt.tmp'), os.path.join(out_dir, 'ckpt.pt'))
     saved_iter = iter_num
-    student.save_pretrained(out_dir) # config.json + model.safetensors: all that Student.from_pretrained needs
+    # config.json + model.safetensors: all that Student.from_pretrained needs
+    student.save_pretrained(out_dir)
     if decoder is not None:
         decoder.save_pretrained(out_dir)
-    proc = os.path.join(train_cache, 'processor') # the teacher's tokenizer + image settings travel with the student
+    # the teacher's tokenizer + image settings travel with the student
+    proc = os.path.join(train_cache, 'processor')
     for f in os.listdir(proc):
         shutil.copy(os.path.join(proc, f), os.path.join(out_dir, f))
-    meta = dict(config=config, model_args=model_args, iter_num=iter_num, metrics=metrics, train_cache=train_cache,
-                val_cache=val_cache, fingerprint=man['fingerprint'], teacher_fingerprint=man['teacher_fingerprint'],
-                teacher=man['teacher'], teacher_eval=os.path.join(os.path.dirname(val_cache.rstrip('/')), 'test', 'eval.json'),
-                params=dict(total=n_params, without_token_table=n_params_nt), git=git_state(), world_size=world,
+    meta = dict(config=config, model_args=model_args, iter_num=iter_num, metrics=metrics,
+                train_cache=train_cache, val_cache=val_cache,
+                fingerprint=man['fingerprint'],
+                teacher_fingerprint=man['teacher_fingerprint'],
+                teacher=man['teacher'],
+                teacher_eval=os.path.join(os.path.dirname(val_cache.rstrip('/')),
+                                          'test', 'eval.json'),
+                params=dict(total=n_params, without_token_table=n_params_nt),
+                git=git_state(), world_size=world,
                 locca_images_without_regions=no_reg,
-                text_length=data['input_ids'].shape[1]) # a teacher of ours must be cached at this length
+                # a teacher of ours must be cached at this length
+                text_length=data['input_ids'].shape[1])
     with open(os.path.join(out_dir, 'meta.json.tmp'), 'w') as f:
         json.dump(meta, f, indent=1)
     os.replace(os.path.join(out_dir, 'meta.json.tmp'), os.path.join(out_dir, 'meta.json'))
@@ -387,13 +492,16 @@ if master:
     if iter_num == 0 and os.path.exists(logf):
         os.remove(logf)
     elif os.path.exists(logf): # resume: drop rows logged after the checkpoint we continue from
-        rows = [l for l in open(logf) if row_iter(l) is not None and row_iter(l) <= iter_num]
+        rows = [l for l in open(logf)
+                if row_iter(l) is not None and row_iter(l) <= iter_num]
         open(logf, 'w').writelines(rows)
 
 # -----------------------------------------------------------------------------
-# prefetcher: a thread gathers the next micro-step's rows from the maps while this one computes. Every batch
-# comes from its own (step, micro)-seeded generator, so the thread changes no draw and resume stays exact
-def pin(x): # page-locked host memory: .to(device, non_blocking=True) then overlaps the copy on GPU
+# prefetcher: a thread gathers the next micro-step's rows from the maps while this one
+# computes. Every batch comes from its own (step, micro)-seeded generator, so the thread
+# changes no draw and resume stays exact
+# page-locked host memory: .to(device, non_blocking=True) then overlaps the copy on GPU
+def pin(x):
     if isinstance(x, dict):
         return {k: pin(v) for k, v in x.items()}
     if isinstance(x, list):
@@ -402,10 +510,13 @@ def pin(x): # page-locked host memory: .to(device, non_blocking=True) then overl
 def fetch(it, micro): # -> everything one micro-step reads from the caches
     b = get_batch(it, micro)
     if decoder is not None: # the LocCa targets of the drawn caption / regions
-        for k in ('cap', 'aref', 'gcap') if n_regions else ('cap',): # no boxes: ARef/GCap are skipped
-            b[f'{k}_ids'], b[f'{k}_prefix'] = data[f'{k}_ids'][b[k]], data[f'{k}_prefix'][b[k]]
+        # no boxes: ARef/GCap are skipped
+        for k in ('cap', 'aref', 'gcap') if n_regions else ('cap',):
+            b[f'{k}_ids'], b[f'{k}_prefix'] = (data[f'{k}_ids'][b[k]],
+                                               data[f'{k}_prefix'][b[k]])
     streams = ((extra_img, 1), (extra_txt, 2))
-    b['extra'] = [get_extra(d, it, micro, stream) if d is not None else None for d, stream in streams]
+    b['extra'] = [get_extra(d, it, micro, stream) if d is not None else None
+                  for d, stream in streams]
     return pin(b)
 prefetcher = ThreadPoolExecutor(1)
 def prefetch(it, micro): # submit the micro-step after (it, micro); None past the last step
@@ -418,19 +529,23 @@ pending = prefetch(iter_num, -1) # the first micro-step of the first step
 t_start, t_last, start_iter = time.time(), time.time(), iter_num
 while True:
     last = iter_num == max_iters
-    if master and (iter_num % eval_interval == 0 or last) and (iter_num != start_iter or init_from == 'scratch'):
+    if (master and (iter_num % eval_interval == 0 or last)
+            and (iter_num != start_iter or init_from == 'scratch')):
         metrics = evaluate()
         best_val = max(best_val, metrics['val/i2t_r1'] + metrics['val/t2i_r1'])
-        print0(f"iter {iter_num}: val I→T R@1 {metrics['val/i2t_r1']:.2f}  T→I R@1 {metrics['val/t2i_r1']:.2f}")
+        print0(f"iter {iter_num}: val I→T R@1 {metrics['val/i2t_r1']:.2f}  "
+               f"T→I R@1 {metrics['val/t2i_r1']:.2f}")
         log({'iter': iter_num, **metrics})
         save(metrics)
     if last:
         break
     progress = iter_num / max(max_iters, 1)
-    # the switch's fresh heads are drawn from (seed, step) only, the same on every rank: a checkpoint written
-    # exactly at the switch step resumes like the uninterrupted run (the global RNG state there is not saved)
+    # the switch's fresh heads are drawn from (seed, step) only, the same on every rank: a
+    # checkpoint written exactly at the switch step resumes like the uninterrupted run (the
+    # global RNG state there is not saved)
     torch.manual_seed(seed * 1_000_003 + iter_num * 101 + 100)
-    for p in loss_fn.maybe_switch(progress): # SigLIP 2 §2.3: new heads + mask token get fresh optimizer state
+    # SigLIP 2 §2.3: new heads + mask token get fresh optimizer state
+    for p in loss_fn.maybe_switch(progress):
         optimizer.state.pop(p, None)
     lr = get_lr(iter_num)
     for group in optimizer.param_groups:
@@ -439,7 +554,8 @@ while True:
     for micro in range(grad_accum):
         b = pending.result()
         pending = prefetch(iter_num, micro)
-        torch.manual_seed(seed * 1_000_003 + iter_num * 101 + micro + 7919 * rank) # SigLIP2Loss's draws: exact resume
+        # SigLIP2Loss's draws: exact resume
+        torch.manual_seed(seed * 1_000_003 + iter_num * 101 + micro + 7919 * rank)
         x = student_input(b)
         locca = None
         if decoder is not None: # teacher ids -> the student's compact vocabulary (decoder vocab)
@@ -453,12 +569,15 @@ while True:
         with autocast:
             img, txt, tokens = model(x, b['ids'].to(device))
             img_all, txt_all = gather(img.float()), gather(txt.float())
-            total, terms = loss_fn(x, img_all, txt_all, tokens, student.logit_scale.exp(), student.logit_bias, progress, locca=locca)
+            total, terms = loss_fn(x, img_all, txt_all, tokens, student.logit_scale.exp(),
+                                   student.logit_bias, progress, locca=locca)
             if lambda_feat: # per example: local batch (grads are averaged over ranks)
                 sl = slice(rank * batch_size, (rank + 1) * batch_size)
-                terms['feat'] = feature_loss(img.float(), b['t_img'][sl].to(device)) + feature_loss(txt.float(), b['t_txt'][sl].to(device))
+                terms['feat'] = (feature_loss(img.float(), b['t_img'][sl].to(device))
+                                 + feature_loss(txt.float(), b['t_txt'][sl].to(device)))
                 total = total + lambda_feat * terms['feat']
-            if lambda_affinity: # batch-level: global student rows vs teacher rows with the teacher's own scale
+            # batch-level: global student rows vs teacher rows with the teacher's own scale
+            if lambda_affinity:
                 terms['affinity'] = affinity(img_all, txt_all, b['t_img'], b['t_txt'])
                 total = total + lambda_affinity * terms['affinity']
             unpaired = {} # name -> (student rows, teacher rows), all ranks
@@ -466,22 +585,31 @@ while True:
                 if d is None: # unpaired batches: each tower alone against the teacher (DIME-FM)
                     continue
                 e = b['extra'][stream - 1]
-                s = student.encode_image(student_input(e)) if stream == 1 else student.encode_text(e['ids'].to(device))
-                s_all, t_all = F.normalize(gather(s.float()), dim=-1), F.normalize(e['t'].to(device), dim=-1)
+                s = (student.encode_image(student_input(e)) if stream == 1
+                     else student.encode_text(e['ids'].to(device)))
+                s_all, t_all = (F.normalize(gather(s.float()), dim=-1),
+                                F.normalize(e['t'].to(device), dim=-1))
                 unpaired[name] = (s_all, e['t'])
                 n = len(s)
-                terms[f'{name}/feat'] = feature_loss(s.float(), e['t'][rank * n:(rank + 1) * n].to(device))
-                # image-image / text-text rows, both at the teacher's scale (choice): 0 when student == teacher
-                terms[f'{name}/affinity'] = affinity_loss(s_all, s_all, t_all, t_all, t_scale, t_scale)
-                total = total + lambda_extra_feat * terms[f'{name}/feat'] + lambda_extra_affinity * terms[f'{name}/affinity']
-            if lambda_extra_cross and len(unpaired) == 2: # DIME-FM: unpaired images x unpaired captions, teacher as target
+                terms[f'{name}/feat'] = feature_loss(
+                    s.float(), e['t'][rank * n:(rank + 1) * n].to(device))
+                # image-image / text-text rows, both at the teacher's scale (choice): 0 when
+                # student == teacher
+                terms[f'{name}/affinity'] = affinity_loss(s_all, s_all, t_all, t_all,
+                                                          t_scale, t_scale)
+                total = (total + lambda_extra_feat * terms[f'{name}/feat']
+                         + lambda_extra_affinity * terms[f'{name}/affinity'])
+            # DIME-FM: unpaired images x unpaired captions, teacher as target
+            if lambda_extra_cross and len(unpaired) == 2:
                 (si, ti), (st, tt) = unpaired['extra_img'], unpaired['extra_txt']
                 terms['extra_cross'] = affinity(si, st, ti, tt)
                 total = total + lambda_extra_cross * terms['extra_cross']
         (total / grad_accum).backward()
         for k, v in [('loss', total)] + list(terms.items()):
             terms_sum[k] = terms_sum.get(k, 0.0) + v.detach() / grad_accum
-    if ddp: # average gradients over ranks in one flat all-reduce (no DDP wrapper: the loss module has params too)
+    # average gradients over ranks in one flat all-reduce (no DDP wrapper: the loss module
+    # has params too)
+    if ddp:
         grads = [p.grad for p in params if p.grad is not None]
         flat = torch.cat([g.flatten() for g in grads])
         dist.all_reduce(flat)
@@ -489,15 +617,21 @@ while True:
         for g, f in zip(grads, flat.split([g.numel() for g in grads])):
             g.copy_(f.view_as(g))
     vals = torch.stack(list(terms_sum.values())).float()
-    if ddp: # log global means: per-example terms differ between ranks, batch-level ones are identical
+    # log global means: per-example terms differ between ranks, batch-level ones are identical
+    if ddp:
         dist.all_reduce(vals)
         vals /= world
     terms_sum = dict(zip(terms_sum, vals.tolist()))
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or math.inf).item() # inf: no clipping, norm only
-    bad = [k for k, v in [*terms_sum.items(), ('grad_norm', grad_norm)] if not math.isfinite(v)] # same on every rank
-    if bad: # stop before the step: the weights stay finite and ckpt.pt keeps the last good checkpoint
-        sys.exit(f"train.py: iter {iter_num}: non-finite {', '.join(bad)} (loss {terms_sum['loss']}); stopped without "
-                 f"saving: {out_dir}/ckpt.pt keeps iter {saved_iter}. Lower learning_rate or check the cache" if master else 1)
+    # inf: no clipping, norm only
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or math.inf).item()
+    # same on every rank
+    bad = [k for k, v in [*terms_sum.items(), ('grad_norm', grad_norm)] if not math.isfinite(v)]
+    # stop before the step: the weights stay finite and ckpt.pt keeps the last good checkpoint
+    if bad:
+        sys.exit(f"train.py: iter {iter_num}: non-finite {', '.join(bad)} "
+                 f"(loss {terms_sum['loss']}); stopped without "
+                 f"saving: {out_dir}/ckpt.pt keeps iter {saved_iter}. "
+                 f"Lower learning_rate or check the cache" if master else 1)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     loss_fn.after_step() # EMA teacher + centres (after the step, as DINO does)
@@ -509,11 +643,14 @@ while True:
         sps = batch_size * world * grad_accum / dt
         eta = (t_now - t_start) / (iter_num - start_iter) * (max_iters - iter_num)
         extra = ' '.join(f"{k} {v:.4f}" for k, v in terms_sum.items() if k != 'loss')
-        print0(f"iter {iter_num}: loss {terms_sum['loss']:.4f} ({extra}) | lr {lr:.2e} | {dt * 1000:.0f}ms | {sps:.0f} samples/s | ETA {eta:.0f}s")
-        log({'iter': iter_num, 'lr': lr, 'dt_ms': dt * 1000, 'samples_per_s': sps, 'scale': student.logit_scale.exp().item(),
+        print0(f"iter {iter_num}: loss {terms_sum['loss']:.4f} ({extra}) | lr {lr:.2e} | "
+               f"{dt * 1000:.0f}ms | {sps:.0f} samples/s | ETA {eta:.0f}s")
+        log({'iter': iter_num, 'lr': lr, 'dt_ms': dt * 1000, 'samples_per_s': sps,
+             'scale': student.logit_scale.exp().item(),
              **{(k if k == 'loss' else f'loss/{k}'): v for k, v in terms_sum.items()}})
 print(f"rank {rank}: memory at the end (MiB): {memory()}", flush=True)
 prefetcher.shutdown()
-print0(f"done: {max_iters} iters, best val R@1 sum {best_val:.2f}, {time.time() - t_start:.0f}s")
+print0(f"done: {max_iters} iters, best val R@1 sum {best_val:.2f}, "
+       f"{time.time() - t_start:.0f}s")
 if ddp:
     dist.destroy_process_group()

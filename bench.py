@@ -242,6 +242,6 @@ if teacher:
     ms, _ = measure(forward)
     bare = batch_size / ms * 1000
     for pre, rate in rates.items():
-        print(f"cache pass ({pre} preprocessing, {num_workers} workers) {rate:.0f} img/s "
-              f"/ bare teacher forward {bare:.0f} img/s = {rate / bare:.2f}x "
+        print(f"cache pass ({pre} preprocessing, {num_workers} workers) {rate:.3g} img/s "
+              f"/ bare teacher forward {bare:.3g} img/s = {rate / bare:.2f}x "
               f"(target >= 0.85 on a GPU, batch path)")

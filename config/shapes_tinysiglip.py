@@ -1,9 +1,11 @@
 # The TinySigLIP recipe on the synthetic world: the demo twin of
 # config/tinysiglip.py. The same 0.19M student and the same 500 paired images as
 # A1-A7, plus K teacher views per image and the web split UNPAIRED: its images and
-# its captions sit in separate caches, so no web pair is ever seen (demo.sh builds
-# all three caches and runs this with --views=4).
-#   python train.py config/shapes_tinysiglip.py   (time and R@1: the README)
+# its captions sit in separate caches, so no web pair is ever seen (RECIPE=1 bash
+# demo.sh builds all three caches with K = 8 and runs this).
+#   python train.py config/shapes_tinysiglip.py
+# ~16 min on one thread beside another job; test R@1 66.7 / 63.3 over 2 seeds
+# (teacher 71.4 / 67.0: 0.93x / 0.94x)
 exec(open('config/tinysiglip.py').read())
 exec(open('config/shapes.py').read())
 out_dir = 'out/shapes/tinysiglip'

@@ -58,7 +58,10 @@ def refused(e, path, run_dir=None): # -> why this eval.json must not be shown, o
 
 @functools.cache
 def seeds(name): # valid eval.json of a run and its extra seeds; refusals go to NOTES[name]
-    dirs = [os.path.join(runs_dir, name)] + sorted(glob.glob(os.path.join(runs_dir, f'{name}-s*')))
+    # extra seeds are the directories <name>-s<k>; demo.sh's <name>-s<k>.log beside them are not runs
+    extra = sorted(glob.glob(os.path.join(runs_dir, f'{name}-s*')))
+    extra = [d for d in extra if os.path.isdir(d) and d.rsplit('-s', 1)[1].isdigit()]
+    dirs = [os.path.join(runs_dir, name)] + extra
     out, notes = [], NOTES.setdefault(name, [])
     for d in dirs:
         path = os.path.join(d, 'eval.json')

@@ -272,6 +272,8 @@ def test_report_prints_the_seeds_tables(tmp_path):
             'b1': ([50.0, 76.0, 85.0], [36.0, 63.0, 74.0]), 'b4': ([62.4, 86.0, 92.0], [44.1, 71.0, 81.0])}
     for n, (i2t, t2i) in runs.items():
         write(tmp_path / 'out' / n / 'eval.json', ev(i2t, t2i, student_p))
+        (tmp_path / 'out' / f'{n}.log').write_text('demo.sh writes each run\'s log beside its dir\n')
+    write(tmp_path / 'out/a1-sweep/eval.json', ev([1.0] * 3, [1.0] * 3, student_p)) # another run, not a seed of a1
     for n, t, tev, model in [('b1', 'google/siglip2-base-patch16-224', tb, 'vit_tiny_patch16_224'),
                              ('b4', 'google/siglip2-large-patch16-256', tl, 'vit_small_patch16_224')]:
         write(tmp_path / 'out' / n / 'meta.json', dict(teacher=t, teacher_eval=str(tev), config=dict(image_model=model)))

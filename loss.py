@@ -94,6 +94,76 @@ def affinity_loss(s_img, s_txt, t_img, t_txt, s_scale, t_scale,
     kl = ce - entropy
     return kl.sum() / len(s_img)
 
+class DistillLoss(nn.Module):
+    """The distillation objective, the cached teacher's embeddings as targets:
+      feat·(L_feat(img) + L_feat(txt)) + affinity·L_affinity(img × txt)         the pairs
+      + extra_feat·L_feat + extra_affinity·L_affinity(rows × rows)    each unpaired tower (DIME-FM)
+      + extra_cross·L_affinity(unpaired images × unpaired captions)      DIME-FM's cross-modal KD
+    Affinity targets use the teacher's own scale and bias (t_scale, t_bias from its checkpoint);
+    the unpaired towers' rows are compared at the teacher's scale on both sides, softmax kind.
+    Feature terms are per example (this rank's rows), affinity terms batch-level (all ranks').
+
+        distill = DistillLoss(t_scale, t_bias, feat=1.0, affinity=1.0)
+        total, terms = distill(img, txt, img_all, txt_all, t_img, t_txt,
+                               student.logit_scale, student.logit_bias, total=total, terms=terms)
+    """
+    def __init__(self, t_scale, t_bias, feat=0.0, affinity=0.0, extra_feat=1.0,
+                 extra_affinity=1.0, extra_cross=0.0, kind='softmax'):
+        super().__init__()
+        self.t_scale = t_scale
+        self.t_bias = t_bias
+        self.w = dict(feat=feat, affinity=affinity, extra_feat=extra_feat,
+                      extra_affinity=extra_affinity, extra_cross=extra_cross)
+        self.kind = kind
+
+    def _affinity(self, s_img, s_txt, t_img, t_txt, logit_scale, logit_bias):
+        # student rows at the student's scale vs teacher rows at the teacher's
+        s_img, s_txt = F.normalize(s_img, dim=-1), F.normalize(s_txt, dim=-1)
+        t_img, t_txt = F.normalize(t_img, dim=-1), F.normalize(t_txt, dim=-1)
+        return affinity_loss(s_img, s_txt, t_img, t_txt, logit_scale.exp(), self.t_scale,
+                             logit_bias, self.t_bias, kind=self.kind)
+
+    def forward(self, img, txt, img_all, txt_all, t_img, t_txt, logit_scale, logit_bias,
+                unpaired_img=None, unpaired_txt=None, rank=0, total=0.0, terms=None):
+        """img, txt (B, D): this rank's student embeddings; img_all, txt_all (B·world, D): all
+        ranks' (float32); t_img, t_txt (B·world, D): the teacher's, on the same device.
+        logit_scale: the student's log scale (exp'd per term), logit_bias its bias.
+        unpaired_img / unpaired_txt: (this rank's student rows (n, D), all ranks' (n·world, D)
+        float32, the teacher's (n·world, D)), or None.
+        total, terms: the terms are added onto these (SigLIP2Loss's output) -> (total, terms)."""
+        terms = {} if terms is None else terms
+        if self.w['feat']:
+            # per example: this rank's rows
+            rows = slice(rank * len(img), (rank + 1) * len(img))
+            terms['feat'] = (feature_loss(img.float(), t_img[rows])
+                             + feature_loss(txt.float(), t_txt[rows]))
+            total = total + self.w['feat'] * terms['feat']
+        if self.w['affinity']:
+            terms['affinity'] = self._affinity(img_all, txt_all, t_img, t_txt,
+                                               logit_scale, logit_bias)
+            total = total + self.w['affinity'] * terms['affinity']
+        unpaired = {} # name -> (normalised student rows, teacher rows), all ranks
+        for name, rows in (('extra_img', unpaired_img), ('extra_txt', unpaired_txt)):
+            if rows is None:
+                continue
+            s, s_all, t = rows
+            s_all, t_all = F.normalize(s_all, dim=-1), F.normalize(t, dim=-1)
+            unpaired[name] = (s_all, t)
+            n = len(s)
+            terms[f'{name}/feat'] = feature_loss(s.float(), t[rank * n:(rank + 1) * n])
+            # image-image / text-text rows, both at the teacher's scale (README): 0 when
+            # student == teacher
+            terms[f'{name}/affinity'] = affinity_loss(s_all, s_all, t_all, t_all,
+                                                      self.t_scale, self.t_scale)
+            total = (total + self.w['extra_feat'] * terms[f'{name}/feat']
+                     + self.w['extra_affinity'] * terms[f'{name}/affinity'])
+        if self.w['extra_cross'] and len(unpaired) == 2:
+            (s_img, t_img), (s_txt, t_txt) = unpaired['extra_img'], unpaired['extra_txt']
+            terms['extra_cross'] = self._affinity(s_img, s_txt, t_img, t_txt,
+                                                  logit_scale, logit_bias)
+            total = total + self.w['extra_cross'] * terms['extra_cross']
+        return total, terms
+
 # -----------------------------------------------------------------------------
 # LocCa decoder loss
 # (§2.2; CapPa: big_vision models/proj/cappa/cappa.py, trainers/proj/cappa/generative.py)

@@ -405,6 +405,7 @@ model = torch.compile(student) if compile else student
 
 # -----------------------------------------------------------------------------
 # one micro-step's inputs on the device: the fetched batch -> what the losses take
+
 # uint8 pixels (+ a stored view's box / flip) -> normalised student input on the device
 def student_input(b):
     # pinned by fetch() on GPU: the copy overlaps the compute

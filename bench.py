@@ -21,12 +21,21 @@ forward on inputs already on the device:
     python bench.py --device=cuda --teacher=google/siglip2-base-patch16-224 \
         --teacher_data=/data/coco --teacher_split=val --cache_images=5000 --num_workers=16 \
         --batch_size=256
+
+The GPU check (README, "Speed"): (1)-(2) at two sizes, then (4) with a randomly initialised
+SigLIP B/16-shaped teacher (no download) on a 20k-image synthetic world at 64 px:
+    python bench.py
+    python bench.py --batch_size=256 --image_size=256
+    python data/shapes/prepare.py --out_dir=/tmp/w --n_web=20000 --n_train=10 --n_val=10 \
+        --n_test=10 --image_size=64
+    python bench.py --teacher=random-b16 --teacher_data=/tmp/w --cache_images=20000 \
+        --batch_size=256 --num_workers=12
 """
 import os, time
 import torch
 import torch.nn.functional as F
 from model import Student, StudentConfig, LoccaDecoder, DINOHead
-from loss import SigLIP2Loss, chunked_cross_entropy, feature_loss, affinity_loss
+from loss import SigLIP2Loss, DistillLoss, chunked_cross_entropy
 
 # -----------------------------------------------------------------------------
 device = 'cuda'
@@ -38,24 +47,31 @@ vocab = 256000 # Gemma: the decoder's output layer is [V, W]
 width = 384 # text tower / decoder width
 seq_len = 64
 embed_dim = 1024 # SigLIP 2 L
+# the distillation rows' affinity targets: a teacher's scale and bias (SigLIP's init, §3.2)
+teacher_scale = 10.0
+teacher_bias = -10.0
 dino_dim = 16384
 iters = 10
 # a train cache (teacher=none is enough): adds (3),
 # train.py from the memory-mapped cache vs a bare step
 cache = ''
 val_cache = '' # its val split (train.py needs one)
-rss_caches = '' # comma-separated train caches of different sizes: train.py's RSS after loading each
+# comma-separated train caches of different sizes: train.py's RSS after loading each
+rss_caches = ''
 # an HF SigLIP (2) name/dir or one of our runs: adds (4),
-# the cache pass / the teacher's bare forward
+# the cache pass / the teacher's bare forward; 'random-b16': a randomly initialised SigLIP
+# B/16 (768 wide, 12 layers, 256k vocab, 224 px) with teacher_data's tokenizer, built here
 teacher = ''
 teacher_data = 'data/shapes' # ... over the first cache_images images of this COCO-layout split
 teacher_split = 'web'
 cache_images = 2048
 num_workers = 2 # cache_teacher.py's decoding workers
-config_keys = [k for k,v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
+config_keys = [k for k,v in globals().items()
+               if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
 cuda = device.startswith('cuda')
+print(f"torch {torch.__version__} on {torch.cuda.get_device_name() if cuda else 'cpu'}")
 autocast = torch.autocast(device_type='cuda' if cuda else 'cpu', dtype=getattr(torch, dtype),
                           enabled=dtype != 'float32')
 def sync():
@@ -118,22 +134,20 @@ def setup(locca_w=0.0, silc=0.0, tips=0.0, distill=False):
                      gamma=1.0 if (silc or tips) else 0.0,
                      silc_weight=silc, tips_weight=tips, switch=0.0).to(device)
     fn.maybe_switch(1.0)
+    # train.py's distillation objective (A5: feature + affinity); weight 0 leaves it out
+    weight = 1.0 if distill else 0.0
+    distill_fn = DistillLoss(teacher_scale, teacher_bias, feat=weight, affinity=weight)
     params = [p for p in list(student.parameters()) + list(fn.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, fused=cuda)
     def step():
         with autocast:
             img, txt, tok = student(x, ids)
-            total, _ = fn(x, img.float(), txt.float(), tok,
-                          student.logit_scale.exp(), student.logit_bias, 0.9,
-                          locca=locca if locca_w else None)
-            if distill:
-                total = (total + feature_loss(img.float(), t_img)
-                         + feature_loss(txt.float(), t_txt)
-                         + affinity_loss(F.normalize(img.float(), dim=-1),
-                                         F.normalize(txt.float(), dim=-1),
-                                         F.normalize(t_img, dim=-1),
-                                         F.normalize(t_txt, dim=-1),
-                                         student.logit_scale.exp(), 100.0))
+            total, terms = fn(x, img.float(), txt.float(), tok,
+                              student.logit_scale.exp(), student.logit_bias, 0.9,
+                              locca=locca if locca_w else None)
+            total, _ = distill_fn(img, txt, img.float(), txt.float(), t_img, t_txt,
+                                  student.logit_scale, student.logit_bias,
+                                  total=total, terms=terms)
         total.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -175,14 +189,14 @@ if cache:
     rows = [json.loads(l) for l in open(os.path.join(out, 'log.jsonl'))]
     dts = sorted(r['dt_ms'] for r in rows if 'dt_ms' in r and r['iter'] > 3)
     step_ms = dts[len(dts) // 2] # median
-    meta = json.load(open(os.path.join(out, 'meta.json')))
-    student = Student(StudentConfig(**meta['model_args'])).to(device)
+    # the trained student's shape, text length included (config.json)
+    cfg = StudentConfig(**json.load(open(os.path.join(out, 'config.json'))))
+    student = Student(cfg).to(device)
     fn = SigLIP2Loss(student.visual, student.visual.patch_embed_proj).to(device)
     params = [p for p in list(student.parameters()) + list(fn.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, fused=cuda)
     x = torch.randn(batch_size, 3, image_size, image_size, device=device)
-    ids = torch.randint(0, len(meta['model_args']['kept_ids']),
-                        (batch_size, meta['text_length']), device=device)
+    ids = torch.randint(0, len(cfg.kept_ids), (batch_size, cfg.text_length), device=device)
     def bare(): # what train.py does per step, minus the data: fwd + loss + bwd + clip + AdamW
         with autocast:
             img, txt, tok = student(x, ids)
@@ -206,6 +220,20 @@ for c in filter(None, rss_caches.split(',')):
 
 # 4) cache pass: cache_teacher.py's image pass
 # (decode + preprocess + teacher, an image-only cache) / bare forward
+if teacher == 'random-b16': # SigLIP B/16's shapes, random weights: no download
+    import transformers as T
+    torch.manual_seed(0)
+    tok = T.AutoTokenizer.from_pretrained(os.path.join(teacher_data, 'processor'))
+    b16 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+               num_attention_heads=12)
+    siglip = T.SiglipModel(T.SiglipConfig(
+        text_config=dict(vocab_size=256000, max_position_embeddings=64, **b16),
+        vision_config=dict(patch_size=16, image_size=224, **b16)))
+    teacher = tempfile.mkdtemp()
+    siglip.save_pretrained(teacher)
+    improc = T.SiglipImageProcessor(size={'height': 224, 'width': 224})
+    T.SiglipProcessor(image_processor=improc, tokenizer=tok).save_pretrained(teacher)
+    del siglip
 if teacher:
     from transformers import AutoModel, AutoImageProcessor
     rates = {}

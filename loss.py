@@ -2,9 +2,10 @@
 Every loss of TinySigLIP, importing torch only, so the file can be copied into any codebase:
 sigmoid / InfoNCE / feature / affinity distillation, and the complete SigLIP 2 objective
 (arXiv 2502.14786) as one module, SigLIP2Loss: sigmoid + LocCa decoder loss + (from 80%)
-SILC self-distillation + TIPS masked prediction, with its EMA teacher. Values the paper states
-are cited by section; where it is silent the choice is tagged (U<n>), numbered as in
-SPEC_SIGLIP2_LOSS.md §11.
+SILC self-distillation + TIPS masked prediction, with its EMA teacher; the distillation
+objective as another, DistillLoss. Values the paper states are cited by section; where it is
+silent the choice is tagged (U<n>), numbered as in the README's "Choices where the paper is
+silent".
 
     from loss import SigLIP2Loss
     loss_fn = SigLIP2Loss(vision, patch_embed, decoder=LoccaDecoder(...),
@@ -71,7 +72,7 @@ def feature_loss(student, teacher):
 
 def affinity_loss(s_img, s_txt, t_img, t_txt, s_scale, t_scale,
                   s_bias=None, t_bias=None, kind='softmax'):
-    """Affinity distillation, teacher as target (TinyCLIP, CLIP-KD CRD, MobileCLIP; ANCHORS §4.3).
+    """Affinity distillation, teacher as target (TinyCLIP, CLIP-KD, MobileCLIP).
     Inputs normalised.
     softmax: ½ [KL(softmax(Z_t) ‖ softmax(Z_s)) over image rows + the same over text rows],
       mean over rows, Z = scale·cos with each model's own scale (the teacher's from its
@@ -94,6 +95,76 @@ def affinity_loss(s_img, s_txt, t_img, t_txt, s_scale, t_scale,
     kl = ce - entropy
     return kl.sum() / len(s_img)
 
+class DistillLoss(nn.Module):
+    """The distillation objective, the cached teacher's embeddings as targets:
+      feat·(L_feat(img) + L_feat(txt)) + affinity·L_affinity(img × txt)         the pairs
+      + extra_feat·L_feat + extra_affinity·L_affinity(rows × rows)  per unpaired tower (DIME-FM)
+      + extra_cross·L_affinity(unpaired images × unpaired captions)      DIME-FM's cross-modal KD
+    Affinity targets use the teacher's own scale and bias (t_scale, t_bias from its checkpoint);
+    the unpaired towers' rows are compared at the teacher's scale on both sides, softmax kind.
+    Feature terms are per example (this rank's rows), affinity terms batch-level (all ranks').
+
+        distill = DistillLoss(t_scale, t_bias, feat=1.0, affinity=1.0)
+        total, terms = distill(img, txt, img_all, txt_all, t_img, t_txt,
+                               student.logit_scale, student.logit_bias, total=total, terms=terms)
+    """
+    def __init__(self, t_scale, t_bias, feat=0.0, affinity=0.0, extra_feat=1.0,
+                 extra_affinity=1.0, extra_cross=0.0, kind='softmax'):
+        super().__init__()
+        self.t_scale = t_scale
+        self.t_bias = t_bias
+        self.w = dict(feat=feat, affinity=affinity, extra_feat=extra_feat,
+                      extra_affinity=extra_affinity, extra_cross=extra_cross)
+        self.kind = kind
+
+    def _affinity(self, s_img, s_txt, t_img, t_txt, logit_scale, logit_bias):
+        # student rows at the student's scale vs teacher rows at the teacher's
+        s_img, s_txt = F.normalize(s_img, dim=-1), F.normalize(s_txt, dim=-1)
+        t_img, t_txt = F.normalize(t_img, dim=-1), F.normalize(t_txt, dim=-1)
+        return affinity_loss(s_img, s_txt, t_img, t_txt, logit_scale.exp(), self.t_scale,
+                             logit_bias, self.t_bias, kind=self.kind)
+
+    def forward(self, img, txt, img_all, txt_all, t_img, t_txt, logit_scale, logit_bias,
+                unpaired_img=None, unpaired_txt=None, rank=0, total=0.0, terms=None):
+        """img, txt (B, D): this rank's student embeddings; img_all, txt_all (B·world, D): all
+        ranks' (float32); t_img, t_txt (B·world, D): the teacher's, on the same device.
+        logit_scale: the student's log scale (exp'd per term), logit_bias its bias.
+        unpaired_img / unpaired_txt: (this rank's student rows (n, D), all ranks' (n·world, D)
+        float32, the teacher's (n·world, D)), or None.
+        total, terms: the terms are added onto these (SigLIP2Loss's output) -> (total, terms)."""
+        terms = {} if terms is None else terms
+        if self.w['feat']:
+            # per example: this rank's rows
+            rows = slice(rank * len(img), (rank + 1) * len(img))
+            terms['feat'] = (feature_loss(img.float(), t_img[rows])
+                             + feature_loss(txt.float(), t_txt[rows]))
+            total = total + self.w['feat'] * terms['feat']
+        if self.w['affinity']:
+            terms['affinity'] = self._affinity(img_all, txt_all, t_img, t_txt,
+                                               logit_scale, logit_bias)
+            total = total + self.w['affinity'] * terms['affinity']
+        unpaired = {} # name -> (normalised student rows, teacher rows), all ranks
+        for name, rows in (('extra_img', unpaired_img), ('extra_txt', unpaired_txt)):
+            if rows is None:
+                continue
+            s, s_all, t = rows
+            s_all, t_all = F.normalize(s_all, dim=-1), F.normalize(t, dim=-1)
+            unpaired[name] = (s_all, t)
+            n = len(s)
+            terms[f'{name}/feat'] = feature_loss(s.float(), t[rank * n:(rank + 1) * n])
+            # image-image / text-text rows, both at the teacher's scale (README): 0 when
+            # student == teacher
+            terms[f'{name}/affinity'] = affinity_loss(s_all, s_all, t_all, t_all,
+                                                      self.t_scale, self.t_scale)
+            total = (total + self.w['extra_feat'] * terms[f'{name}/feat']
+                     + self.w['extra_affinity'] * terms[f'{name}/affinity'])
+        if self.w['extra_cross'] and len(unpaired) == 2:
+            (s_img, t_img), (s_txt, t_txt) = unpaired['extra_img'], unpaired['extra_txt']
+            terms['extra_cross'] = self._affinity(s_img, s_txt, t_img, t_txt,
+                                                  logit_scale, logit_bias)
+            total = total + self.w['extra_cross'] * terms['extra_cross']
+        return total, terms
+
 # -----------------------------------------------------------------------------
 # LocCa decoder loss
 # (§2.2; CapPa: big_vision models/proj/cappa/cappa.py, trainers/proj/cappa/generative.py)
@@ -110,8 +181,8 @@ def chunked_cross_entropy(hidden, weight, bias, targets, chunk_size=1024):
 def locca_inputs(seq, prefix_len, parallel, mask_id):
     """Decoder inputs for targets seq (B, L). Autoregressive: shift_right(seq) with 0 as BOS,
     causal attention. Parallel prediction (CapPa): every target position becomes the mask
-    token, full attention; the task prefix stays visible as context (choice U4: CapPa had no
-    prefix). Position p predicts seq[p] in both modes."""
+    token, full attention; the task prefix stays visible as context (README choices, U4:
+    CapPa had no prefix). Position p predicts seq[p] in both modes."""
     pos = torch.arange(seq.shape[1], device=seq.device)[None]
     ar = F.pad(seq, (1, 0))[:, :-1]
     par = torch.where(pos < prefix_len[:, None], seq, torch.full_like(seq, mask_id))
@@ -119,8 +190,8 @@ def locca_inputs(seq, prefix_len, parallel, mask_id):
 
 def locca_loss(decoder, enc, seq, prefix_len, parallel, mask_id, valid=None, chunk_size=1024):
     """Token CE on target tokens only (not the prefix, not pads), normalised per sequence
-    (U6: big_vision weighted_softmax_xent normalize=True), then mean over valid examples
-    (U10: no region -> no ARef/GCap loss)."""
+    (README choices, U6: big_vision weighted_softmax_xent normalize=True), then mean over valid
+    examples (U10: no region -> no ARef/GCap loss)."""
     inp, causal = locca_inputs(seq, prefix_len, parallel, mask_id)
     hidden = decoder(inp, enc, causal) # (B, L, W)
     pos = torch.arange(seq.shape[1], device=seq.device)[None]
@@ -194,7 +265,7 @@ def random_resized_crops(x, n, scale, size, flip=True, ratio=(3 / 4, 4 / 3)):
     theta[:, 1, 2] = cy
     return _affine_crops(x.repeat(n, 1, 1, 1), theta, size)
 
-# (B, N) bool, exactly floor(ratio·N) True per row (U22)
+# (B, N) bool, exactly floor(ratio·N) True per row (README choices, U22)
 def random_patch_mask(B, N, ratio=0.5, device=None):
     return torch.rand(B, N, device=device).argsort(1) < int(ratio * N)
 
@@ -234,7 +305,7 @@ class SigLIP2Loss(nn.Module):
         self.local_size = local_size # §2.3
         self.mask_ratio = mask_ratio # §2.3
         self.p_parallel = p_parallel # §2.2
-        # U15, U16
+        # README choices, U15, U16
         self.student_temp = student_temp
         self.teacher_temp = teacher_temp
         self.center_m = center_momentum
@@ -247,7 +318,8 @@ class SigLIP2Loss(nn.Module):
                              "mask); set its weight to 0 for CNNs")
         self.silc_head = silc_head
         self.tips_head = tips_head
-        # EMA teacher: vision tower + heads (U24); the text tower and decoder have none (§2.3)
+        # EMA teacher: vision tower + heads (README choices, U24); the text tower and decoder
+        # have none (§2.3)
         if self.sd:
             self.teacher = copy.deepcopy(vision).requires_grad_(False)
             self.silc_head_t = (copy.deepcopy(silc_head).requires_grad_(False)
@@ -343,7 +415,7 @@ class SigLIP2Loss(nn.Module):
                 terms[f'locca/{task}'] = locca_loss(self.decoder, tokens, ids, pre, p,
                                                     self.mask_id, valid[0] if valid else None,
                                                     self.ce_chunk)
-            # U5: mean of the tasks
+            # README choices, U5: mean of the tasks
             terms['locca'] = (terms['locca/cap'] + terms['locca/aref'] + terms['locca/gcap']) / 3
         if self.sd and bool(self.switched):
             self._self_distillation(images, progress, terms)
@@ -357,18 +429,18 @@ class SigLIP2Loss(nn.Module):
 
     def _self_distillation(self, images, progress, terms):
         B, size = len(images), images.shape[-1]
-        # U15: τ_t warm-up, first 10% of the phase
+        # README choices, U15: τ_t warm-up, first 10% of the phase
         warmup = max(0.1 * (1 - self.switch), 1e-8)
         frac = min((progress - self.switch) / warmup, 1.0)
         t_temp = self.teacher_temp[0] + frac * (self.teacher_temp[1] - self.teacher_temp[0])
-        # 1 global view (§2.3), U20
+        # 1 global view (§2.3; README choices, U20)
         glob = random_resized_crops(images, 1, self.global_scale, size)
         with torch.no_grad():
             # eval: BatchNorm statistics come from the student (after_step)
             t_tok, t_pool = self._run(self.teacher.eval(), glob)
         # local student views -> teacher's global view, on pooled features (§2.3)
         if self.w['silc']:
-            # U19
+            # README choices, U19
             local_size = self.local_size or size // 2
             local = random_resized_crops(images, self.n_local, self.local_scale, local_size)
             s_pool = self._run(self._vision[0], local)[1].view(self.n_local, B, -1)
@@ -386,14 +458,14 @@ class SigLIP2Loss(nn.Module):
                 pt = teacher_probs(t_logits, self.tips_center, t_temp)
             # (B·N/2,), rows image-major
             ce = dino_kl(self.tips_head(s_tok[mask]), pt, self.student_temp)
-            # U23: mean over masked patches, then over images
+            # README choices, U23: mean over masked patches, then over images
             terms['tips'] = ce.view(B, -1).mean(1).mean()
             self._batch_centers['tips'] = t_logits.mean(0, keepdim=True)
 
     @torch.no_grad()
     def after_step(self):
-        """After optimizer.step(): EMA teacher p_t = m·p_t + (1-m)·p_s (fixed m, U17) and centre
-        updates (U16)."""
+        """After optimizer.step(): EMA teacher p_t = m·p_t + (1-m)·p_s (fixed m; README
+        choices, U17) and centre updates (U16)."""
         self.step += 1
         if not (self.sd and bool(self.switched)):
             return

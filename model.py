@@ -115,7 +115,10 @@ class StudentConfig:
     text_width: int = 384
     text_depth: int = 6
     text_heads: int = 6
-    context_length: int = 64 # SigLIP text length
+    context_length: int = 64 # SigLIP text length: the positional table's rows
+    # the caption length the student trained on (its cache's max_length: 64 for SigLIP 2, 32 on
+    # the demo); a teacher of ours is cached at it. None: unknown (written before this field)
+    text_length: int = None
     # compact vocab: the teacher ids we keep
     kept_ids: list = field(default_factory=lambda: list(range(5)))
     embed_dim: int = 1024 # the teacher's embedding dim (projection target)
@@ -203,7 +206,7 @@ class Student(nn.Module):
         (B, D), the compact-vocabulary lookup inside. Unnormalised, as encode_image/encode_text."""
         import warnings
         os.makedirs(out_dir, exist_ok=True)
-        S, L = self.config.image_size, self.config.context_length
+        S, L = self.config.image_size, self.config.text_length or self.config.context_length
         examples = dict(image=torch.zeros(2, 3, S, S),
                         image_uint8=torch.zeros(2, 3, S, S, dtype=torch.uint8),
                         text=torch.zeros(2, L, dtype=torch.long))
@@ -300,7 +303,8 @@ class LoccaDecoder(nn.Module):
         return dec.eval()
 
 # -----------------------------------------------------------------------------
-# DINO head for SILC (pooled) and TIPS (per patch): dinov2/layers/dino_head.py form (choice U14)
+# DINO head for SILC (pooled) and TIPS (per patch): dinov2/layers/dino_head.py form
+# (README choices, U14)
 class DINOHead(nn.Module):
     def __init__(self, in_dim, out_dim=65536, hidden_dim=2048, bottleneck_dim=256):
         super().__init__()
@@ -327,7 +331,8 @@ class DINOHead(nn.Module):
         return F.normalize(self.mlp(x), dim=-1) @ F.normalize(self.last, dim=-1).T
 
 # -----------------------------------------------------------------------------
-# boxes as text for LocCa (choice U1/U2: xyxy normalised to [0, 1], integers 0..499, single spaces)
+# boxes as text for LocCa (README choices, U1/U2: xyxy normalised to [0, 1], integers 0..499,
+# single spaces)
 def box_to_text(box):
     return ' '.join(str(int(round(min(max(v, 0.0), 1.0) * 499))) for v in box)
 

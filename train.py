@@ -19,10 +19,9 @@ import os, sys, json, time, math, shutil, atexit, subprocess
 from concurrent.futures import ThreadPoolExecutor
 import timm
 import torch
-import torch.nn.functional as F
 import torch.distributed as dist
 from model import Student, StudentConfig, LoccaDecoder, DINOHead
-from loss import SigLIP2Loss, feature_loss, affinity_loss, crop_boxes
+from loss import SigLIP2Loss, DistillLoss, crop_boxes
 from eval import (load_cache, retrieval_metrics, check_no_leak, embed_student, what_changed,
                   replace_durably, Rows)
 
@@ -75,7 +74,7 @@ switch = 0.8 # SILC/TIPS + EMA teacher from this training fraction on (§2.3)
 ema_momentum = 0.996
 n_local = 8 # SILC local crops (§2.3)
 local_size = 0 # 0 = image_size // 2
-dino_dim = 65536 # DINO head prototypes K (choice U14; small runs use fewer)
+dino_dim = 65536 # DINO head prototypes K (README choices, U14; small runs use fewer)
 dino_hidden = 2048
 dino_bottleneck = 256
 # optimizer
@@ -275,6 +274,8 @@ for k in ('cap', 'aref', 'gcap'):
     n_used = [int((p != 0).sum(1).max()) for p in shards(data[f'{k}_ids']) if len(p)]
     data[f'{k}_ids'] = data[f'{k}_ids'][:, :max(n_used + [1])]
 cap_start, cap_count = index(data['caption_image_ids'], data['image_ids'])
+# the caption length the student trains on: a teacher of ours must be cached at it
+text_length = data['input_ids'].shape[1]
 reg_start, reg_count = index(data['region_image_ids'], data['image_ids'])
 N = len(data['image_ids'])
 n_regions = len(data['region_image_ids'])
@@ -297,7 +298,7 @@ def get_batch(it, micro):
     has_reg = reg_count[idx] > 0
     # one region for ARef,
     aref = reg_start[idx] + (torch.rand(len(idx), generator=g) * reg_count[idx]).long()
-    # another for GCap (U11)
+    # another for GCap (README choices, U11)
     gcap = reg_start[idx] + (torch.rand(len(idx), generator=g) * reg_count[idx]).long()
     aref, gcap = aref.clamp(max=max(n_regions - 1, 0)), gcap.clamp(max=max(n_regions - 1, 0))
     sl = slice(rank * batch_size, (rank + 1) * batch_size)
@@ -332,16 +333,6 @@ def get_extra(d, it, micro, stream):
         pick_view(b, d, idx, sl, g)
     return dict(b, t=b['t_img'])
 
-# uint8 pixels (+ a stored view's box / flip) -> normalised student input on the device
-def student_input(b):
-    # pinned by fetch() on GPU: the copy overlaps the compute
-    px = b['pixels'].to(device, non_blocking=True)
-    # re-apply the view's crop to the cached pixels, at the student's resolution (no decode)
-    if 'box' in b:
-        px = crop_boxes(px.float(), b['box'].to(device), b['flip'].to(device),
-                        student.config.image_size)
-    return student.preprocess(px)
-
 # -----------------------------------------------------------------------------
 # model: student (+ LocCa decoder and SILC/TIPS heads owned by the loss module)
 if ckpt:
@@ -358,7 +349,8 @@ else:
                       image_kwargs=image_kwargs, pretrained=pretrained,
                       text_width=text_width, text_depth=text_depth, text_heads=text_heads,
                       kept_ids=kept.tolist(), embed_dim=embed_dim,
-                      image_mean=man['mean'], image_std=man['std'])
+                      image_mean=man['mean'], image_std=man['std'],
+                      text_length=text_length)
 # the same seed on every rank: identical initial weights without a broadcast
 torch.manual_seed(seed)
 student = Student(StudentConfig(**model_args)).to(device)
@@ -376,6 +368,10 @@ loss_fn = SigLIP2Loss(student.visual, student.visual.patch_embed_proj, decoder=d
                       silc_weight=lambda_silc, tips_weight=lambda_tips, switch=switch,
                       ema_momentum=ema_momentum, n_local=n_local,
                       local_size=local_size or None, contrast=contrast).to(device)
+# feature + affinity to the teacher at its own scale and bias (paired and unpaired rows)
+distill = DistillLoss(t_scale, t_bias, feat=lambda_feat, affinity=lambda_affinity,
+                      extra_feat=lambda_extra_feat, extra_affinity=lambda_extra_affinity,
+                      extra_cross=lambda_extra_cross, kind=affinity_kind)
 n_params, n_params_nt = student.num_params(), student.num_params(token_table=False)
 print0(f"student: {n_params / 1e6:.2f}M params "
        f"({n_params_nt / 1e6:.2f}M without the {vocab}-row token table); "
@@ -407,17 +403,48 @@ def get_lr(it):
 # checkpoints always save the uncompiled `student`
 model = torch.compile(student) if compile else student
 
+# -----------------------------------------------------------------------------
+# one micro-step's inputs on the device: the fetched batch -> what the losses take
+
+# uint8 pixels (+ a stored view's box / flip) -> normalised student input on the device
+def student_input(b):
+    # pinned by fetch() on GPU: the copy overlaps the compute
+    px = b['pixels'].to(device, non_blocking=True)
+    # re-apply the view's crop to the cached pixels, at the student's resolution (no decode)
+    if 'box' in b:
+        px = crop_boxes(px.float(), b['box'].to(device), b['flip'].to(device),
+                        student.config.image_size)
+    return student.preprocess(px)
+
+# the LocCa targets of the drawn caption / regions: teacher ids -> the decoder's vocabulary
+def locca_targets(b):
+    if decoder is None:
+        return None
+    ids = lambda k: student.map_ids(b[f'{k}_ids'].long().to(device))
+    prefix = lambda k: b[f'{k}_prefix'].long().to(device)
+    has_reg = b['has_reg'].to(device)
+    targets = {'cap': (ids('cap'), prefix('cap'))}
+    if n_regions: # no boxes in the cache: ARef/GCap are skipped (weight 0), said once above
+        targets['aref'] = (ids('aref'), prefix('aref'), has_reg)
+        targets['gcap'] = (ids('gcap'), prefix('gcap'), has_reg)
+    return targets
+
+# the teacher's embeddings of the global batch (all ranks); None for a cache without teacher
+def teacher_rows(b):
+    return tuple(b[k].to(device) if k in b else None for k in ('t_img', 't_txt'))
+
 # (B, D) per rank -> (B * world, D), gradient flows back to the owning rank
 def gather(x):
     return torch.cat(torch.distributed.nn.functional.all_gather(x)) if ddp else x
 
-# student rows (all ranks) vs teacher rows, the teacher's own scale
-def affinity(s_img, s_txt, t_img, t_txt):
-    s_img, s_txt = F.normalize(s_img, dim=-1), F.normalize(s_txt, dim=-1)
-    t_img, t_txt = F.normalize(t_img.to(device), dim=-1), F.normalize(t_txt.to(device), dim=-1)
-    s_scale = student.logit_scale.exp()
-    return affinity_loss(s_img, s_txt, t_img, t_txt, s_scale, t_scale,
-                         student.logit_bias, t_bias, kind=affinity_kind)
+# the unpaired batches through one tower each (DIME-FM) -> per tower None or
+# (this rank's student rows, all ranks' rows, the teacher's rows)
+def encode_unpaired(extra):
+    e_img, e_txt = extra
+    img = student.encode_image(student_input(e_img)) if e_img is not None else None
+    txt = student.encode_text(e_txt['ids'].to(device)) if e_txt is not None else None
+    return [(s, gather(s.float()), e['t'].to(device)) if e is not None else None
+            for s, e in ((img, e_img), (txt, e_txt))]
 
 # -----------------------------------------------------------------------------
 # eval on a fixed val subset (first val_images images, all their captions) and checkpointing
@@ -473,8 +500,8 @@ def save(metrics):
                 params=dict(total=n_params, without_token_table=n_params_nt),
                 git=git_state(), world_size=world,
                 locca_images_without_regions=no_reg,
-                # a teacher of ours must be cached at this length
-                text_length=data['input_ids'].shape[1])
+                # as in config.json (older readers look here)
+                text_length=text_length)
     with open(os.path.join(out_dir, 'meta.json.tmp'), 'w') as f:
         json.dump(meta, f, indent=1)
     os.replace(os.path.join(out_dir, 'meta.json.tmp'), os.path.join(out_dir, 'meta.json'))
@@ -557,53 +584,17 @@ while True:
         # SigLIP2Loss's draws: exact resume
         torch.manual_seed(seed * 1_000_003 + iter_num * 101 + micro + 7919 * rank)
         x = student_input(b)
-        locca = None
-        if decoder is not None: # teacher ids -> the student's compact vocabulary (decoder vocab)
-            m = lambda k: student.map_ids(b[f'{k}_ids'].long().to(device))
-            pre = lambda k: b[f'{k}_prefix'].long().to(device)
-            hr = b['has_reg'].to(device)
-            locca = {'cap': (m('cap'), pre('cap'))}
-            if n_regions: # no boxes in the cache: ARef/GCap are skipped (weight 0), said once above
-                locca['aref'] = (m('aref'), pre('aref'), hr)
-                locca['gcap'] = (m('gcap'), pre('gcap'), hr)
+        t_img, t_txt = teacher_rows(b)
         with autocast:
             img, txt, tokens = model(x, b['ids'].to(device))
             img_all, txt_all = gather(img.float()), gather(txt.float())
             total, terms = loss_fn(x, img_all, txt_all, tokens, student.logit_scale.exp(),
-                                   student.logit_bias, progress, locca=locca)
-            if lambda_feat: # per example: local batch (grads are averaged over ranks)
-                sl = slice(rank * batch_size, (rank + 1) * batch_size)
-                terms['feat'] = (feature_loss(img.float(), b['t_img'][sl].to(device))
-                                 + feature_loss(txt.float(), b['t_txt'][sl].to(device)))
-                total = total + lambda_feat * terms['feat']
-            # batch-level: global student rows vs teacher rows with the teacher's own scale
-            if lambda_affinity:
-                terms['affinity'] = affinity(img_all, txt_all, b['t_img'], b['t_txt'])
-                total = total + lambda_affinity * terms['affinity']
-            unpaired = {} # name -> (student rows, teacher rows), all ranks
-            for d, stream, name in ((extra_img, 1, 'extra_img'), (extra_txt, 2, 'extra_txt')):
-                if d is None: # unpaired batches: each tower alone against the teacher (DIME-FM)
-                    continue
-                e = b['extra'][stream - 1]
-                s = (student.encode_image(student_input(e)) if stream == 1
-                     else student.encode_text(e['ids'].to(device)))
-                s_all, t_all = (F.normalize(gather(s.float()), dim=-1),
-                                F.normalize(e['t'].to(device), dim=-1))
-                unpaired[name] = (s_all, e['t'])
-                n = len(s)
-                terms[f'{name}/feat'] = feature_loss(
-                    s.float(), e['t'][rank * n:(rank + 1) * n].to(device))
-                # image-image / text-text rows, both at the teacher's scale (choice): 0 when
-                # student == teacher
-                terms[f'{name}/affinity'] = affinity_loss(s_all, s_all, t_all, t_all,
-                                                          t_scale, t_scale)
-                total = (total + lambda_extra_feat * terms[f'{name}/feat']
-                         + lambda_extra_affinity * terms[f'{name}/affinity'])
-            # DIME-FM: unpaired images x unpaired captions, teacher as target
-            if lambda_extra_cross and len(unpaired) == 2:
-                (si, ti), (st, tt) = unpaired['extra_img'], unpaired['extra_txt']
-                terms['extra_cross'] = affinity(si, st, ti, tt)
-                total = total + lambda_extra_cross * terms['extra_cross']
+                                   student.logit_bias, progress, locca=locca_targets(b))
+            unpaired_img, unpaired_txt = encode_unpaired(b['extra'])
+            total, terms = distill(img, txt, img_all, txt_all, t_img, t_txt,
+                                   student.logit_scale, student.logit_bias,
+                                   unpaired_img, unpaired_txt, rank=rank, total=total,
+                                   terms=terms)
         (total / grad_accum).backward()
         for k, v in [('loss', total)] + list(terms.items()):
             terms_sum[k] = terms_sum.get(k, 0.0) + v.detach() / grad_accum

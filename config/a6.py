@@ -1,8 +1,9 @@
 # A6 — A5 + the SigLIP 2 terms on the student: LocCa decoder (§2.2) and SILC/TIPS from 80% (§2.3).
-# 1 GPU: python train.py config/a6.py   (same cache as config/a1.py; up to ~8× the A5 step time:
-#   bench.py on an H100 measured 8.7× sigmoid-only with a 256k-vocab decoder head; the compact vocabulary costs less)
+# 1 GPU: python train.py config/a6.py   (same cache as config/a1.py; several times the A5 step:
+#   the decoder's passes and the SILC/TIPS views, step-time ratios in the README's GPU table)
 exec(open('config/a5.py').read())
 out_dir = 'out/a6'
 lambda_locca = 1.0 # §2.2: equal weight with the sigmoid loss
-gamma = 0.25 # §2.3 size factor; a ViT-S student takes the smallest model's γ (B: 0.25), choice U25
-dino_dim = 16384 # choice U14: DINOv2's 65,536 prototypes are sized for 100M-image runs; COCO is small
+gamma = 0.25 # §2.3 size factor; a ViT-S student takes the smallest model's γ (B: 0.25), README choices, U25
+# README choices, U14: DINOv2's 65,536 prototypes are sized for 100M-image runs; COCO is small
+dino_dim = 16384

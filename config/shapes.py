@@ -1,7 +1,6 @@
 # Synthetic "shapes" world on a laptop CPU (add after an A/B/C config): tiny towers,
 # 32 px, 500 student images.
 #   python train.py config/a5.py config/shapes.py --out_dir=out/shapes/a5
-#   (~1 min on 1 CPU thread)
 # Run by demo.sh after it has cached the demo teacher (data/shapes/teacher).
 train_cache = 'cache/shapes/train'
 val_cache = 'cache/shapes/val'

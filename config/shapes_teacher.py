@@ -1,10 +1,10 @@
 # The demo teacher: trained from scratch on the large synthetic "web" split (20k
 # images), standing in for a SigLIP 2 checkpoint trained on billions of pairs, to
-# convergence (val R@1 flat over the last 20% of its 4000 steps). Trained once, kept in
+# convergence (its curve: log.jsonl beside it). Trained once, kept in
 # the repo as data/shapes/teacher (weights, log.jsonl with the curve) and cached like any
 # teacher by demo.sh, so every machine distils from the same ceiling. To retrain it:
 #   RETRAIN_TEACHER=1 bash demo.sh
-# (packs web + val with --max_length=32, then this config; 59 min on a loaded 2-core box)
+# (packs web + val with --max_length=32, then this config)
 out_dir = 'out/shapes/teacher'
 train_cache = 'cache/shapes-raw/web'
 val_cache = 'cache/shapes-raw/val'
@@ -18,7 +18,7 @@ text_depth = 2
 text_heads = 4
 lambda_contrast = 1.0
 batch_size = 128
-# the 800 steps of earlier demos stopped on the b = -10 plateau (seed- and CPU-dependent)
+# long enough to leave the b = -10 plateau on any seed
 max_iters = 4000
 # cosine to min_lr by 3000, then 1000 flat steps: the curve must be flat at the end
 lr_decay_iters = 3000
@@ -29,4 +29,4 @@ eval_interval = 250
 log_interval = 50
 device = 'cpu'
 dtype = 'float32'
-num_threads = 1 # ran beside other jobs; 1 thread each is faster than 2 competing (DEMO_CALIBRATION)
+num_threads = 1 # runs beside other jobs: 1 thread each, not 2 competing

@@ -4,15 +4,15 @@
 # its captions sit in separate caches, so no web pair is ever seen (RECIPE=1 bash
 # demo.sh builds all three caches with K = 8 and runs this).
 #   python train.py config/shapes_tinysiglip.py
-# ~16 min on one thread beside another job; test R@1 66.7 / 63.3 over 2 seeds
-# (teacher 71.4 / 67.0: 0.93x / 0.94x)
+# (its numbers: the README's reinforced-distillation section)
 exec(open('config/tinysiglip.py').read())
 exec(open('config/shapes.py').read())
 out_dir = 'out/shapes/tinysiglip'
 extra_image_cache = 'cache/shapes-img/web'
 extra_text_cache = 'cache/shapes-txt/web'
 # 3 batches a step (pairs, unpaired images, unpaired captions), K = 8 views;
-# 4000 steps: still climbing at 1000 (val R@1 35 / 35), flat from ~3000 (val 63 / 63)
+# 4000 steps: the three streams take longer to flatten than the A runs' 400 (README,
+# "Reinforced distillation")
 views = 8
 max_iters = 4000
 eval_interval = 500

@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 import torch.distributed as dist
 from model import Student, StudentConfig, LoccaDecoder, DINOHead
-from loss import SigLIP2Loss, feature_loss, affinity_loss, crop_boxes
-from eval import (load_cache, retrieval_metrics, check_no_leak, embed_student, what_changed,
-                  replace_durably, Rows)
+from loss import SigLIP2Loss, feature_loss, affinity_loss
+from eval import retrieval_metrics, embed_student
+from cache_teacher import (load_cache, check_no_leak, what_changed, replace_durably, Rows,
+                           crop_boxes)
 
 # -----------------------------------------------------------------------------
 # I/O

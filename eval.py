@@ -122,13 +122,17 @@ def locca_metrics(student, decoder, data, tokenizer, device, max_images=500):
     return dict(aref_acc_iou50=100.0 * hits / max(n, 1), n_regions=n,
                 cap_token_acc=100.0 * (pred == tgt)[w].float().mean().item())
 
-# one eval.json per model: the retrieval row (replaced by each retrieval eval) and the product
-# modes' fields (zeroshot, speed: each kept until that mode runs again)
-def update_eval_json(path, run, retrieval=False, **fields):
+def update_eval_json(path, retrieval=False, **fields):
+    """One eval.json per model: read, merge, write atomically. A retrieval row replaces the
+    previous one; the product modes' fields (zeroshot, speed) are kept until that mode runs
+    again, and they keep the run name a retrieval eval wrote."""
     old = read_json(path)
     if retrieval:
         old = {k: old[k] for k in ('zeroshot', 'speed') if k in old}
-    write_json(path, {'run': run, **old, **fields})
+    row = {**old, **fields}
+    if not retrieval and 'run' in old:
+        row['run'] = old['run']
+    write_json(path, row)
 
 def retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca):
     """The cached teacher embeddings (ckpt='') or a train.py out_dir on a cache split -> the
@@ -272,7 +276,7 @@ def zeroshot_mode(enc, src, templates, batch_size, out, run):
                      f"tokenizer: pass --templates")
     zs = zeroshot_classify(enc, paths, labels, classes, temps, batch_size)
     zs['source'] = src
-    update_eval_json(out, run, zeroshot=zs)
+    update_eval_json(out, zeroshot=zs, run=run)
     print(f"{run}: zero-shot on {src}: {zs['n_images']} images, "
           f"{zs['n_classes']} classes, {len(temps)} templates | "
           f"top-1 {zs['top1']:.2f} top-5 {zs['top5']:.2f} -> {out}")
@@ -313,7 +317,7 @@ def speed_mode(enc, cache, batch_size, seconds, device, out, run):
     sp.update(img_ratio=r['img'] / r['teacher_img'], txt_ratio=r['txt'] / r['teacher_txt'])
     sp.update(batch=n, device=device, threads=torch.get_num_threads(), teacher=man['teacher'],
               params=enc.params['total'], teacher_params=teacher.params['total'])
-    update_eval_json(out, run, speed=sp)
+    update_eval_json(out, speed=sp, run=run)
     print(f"{run}: {sp['img_per_s']:.0f} img/s, {sp['txt_per_s']:.0f} txt/s | "
           f"teacher {sp['teacher']}: {sp['teacher_img_per_s']:.0f} img/s, "
           f"{sp['teacher_txt_per_s']:.0f} txt/s | student/teacher "
@@ -432,7 +436,7 @@ if __name__ == '__main__':
         sys.exit(0)
     row = retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca)
     out = out or os.path.join(ckpt or cache, 'eval.json')
-    update_eval_json(out, row['run'], retrieval=True, **row)
+    update_eval_json(out, retrieval=True, **row)
     m = row['metrics']
     print(f"{row['run']}: {row['split']} {row['n_images']} images / {row['n_captions']} captions "
           f"| I→T R@1 {m['i2t_r1']:.2f} R@5 {m['i2t_r5']:.2f} R@10 {m['i2t_r10']:.2f} "

@@ -33,6 +33,10 @@ Writes <out_dir>/<split>/{<split>-00000.safetensors, ..., manifest.json, process
 Resumable: finished shards (written to a temp name, then renamed) are kept and skipped; the
 manifest is written last, so a directory without one is never read as a cache. Takes ~20 s
 for the 1k-image synthetic train split on 2 cores.
+
+The module is also the cache library (`from cache_teacher import load_cache, Teacher` has no
+side effects): the format and its checks, the views, and the one teacher wrapper that
+eval.py and bench.py use too.
 """
 import os, sys, io, re, glob, json, time, math, tarfile, hashlib
 from concurrent.futures import ThreadPoolExecutor
@@ -40,357 +44,231 @@ import numpy as np
 import torch
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save_file, load_file
 from tqdm import tqdm
-
-# -----------------------------------------------------------------------------
-# I/O
-# COCO-2017 layout: annotations/captions_<split>2017.json, <split>2017/*.jpg
-data_dir = 'data/shapes'
-# COCO: train/val/test/web...; with --karpathy: train, restval, train+restval, val, test
-split = 'train'
-# path to a Karpathy split file (dataset_coco.json); images are looked up under data_dir
-karpathy = ''
-# instances json(s) for boxes, comma-separated (Karpathy train+restval: COCO 2014 train + val);
-# '' = annotations/instances_<split>2017.json if it exists (Karpathy: no boxes)
-instances = ''
-out_dir = 'cache/shapes'
-max_images = 0 # 0 = all; else the first N images by id (smoke tests)
-skip_missing = False # missing image files: error (default) or drop and count them in the manifest
-# unpaired data (DIME-FM distils from unpaired images and texts): image-only and text-only caches
-images = True # False: a text-only cache (the split's captions, no pixels)
-# False: an image-only cache (captions ignored; COCO unlabeled2017 has none anyway)
-captions = True
-# a folder of images (searched recursively, sorted by path) -> an image-only cache, or
-image_folder = ''
-# ... paired by a JSON-lines file: {"file": "<path under image_folder>", "caption": "..."} a line
-folder_captions = ''
-caption_file = '' # a text file, one caption per line -> a text-only cache
-# webdataset tars (img2dataset: key.jpg|png + key.txt [+ key.json]): a glob or
-# 'cc3m-{00000..00331}.tar'
-tars = ''
-# reinforced views (MobileCLIP's DataCompDR: augmentations stored with their teacher embeddings)
-# K views per image: view 0 the full image, 1..K-1 random-resized crops (+ flips), seeded by
-# image id
-views = 1
-# crop area fraction ~ U(view_scale, 1); aspect ~ log-U(3/4, 4/3) as torchvision's
-# RandomResizedCrop
-view_scale = 0.35
-view_flip = True # mirror half of the crops (a world whose captions say 'left of' may want False)
-# teacher
-# HF SigLIP/SigLIP 2 name or dir | a train.py out_dir | 'none' (pixels + tokens only)
-teacher = 'none'
-processor = '' # processor dir (tokenizer + image settings); '' = the teacher's own
-image_size = 0 # stored pixel resolution for the student; 0 = the teacher's input size
-# SigLIP 2 was trained on lowercased text (HF_TIMM_NOTES); the fixed-res tokenizer won't do it
-lowercase = True
-# text length, right-padded with 0: 0 = the teacher's own (64 for SigLIP; ours: the length it
-# trained on)
-max_length = 0
-# system
-batch_size = 64
-shard_size = 2048 # images per shard
-num_workers = 2 # DataLoader workers decoding JPEGs
-# HF teachers: 'worker' runs the processor per image in the DataLoader workers (the reference
-# path); 'batch' has the workers only decode (and cut the views), then runs the processor once
-# per batch on `device` (a GPU: resize + normalise there, not on the CPU). Same pixels on CPU
-# (tested); on a GPU cos >= 0.999 to the reference.
-preprocess = 'worker'
-device = 'cpu'
-dtype = 'float32' # 'bfloat16' / 'float16' autocast on GPU
-config_keys = [k for k,v in globals().items()
-               if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
-exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
-config = {k: globals()[k] for k in config_keys}
-# -----------------------------------------------------------------------------
 from model import box_to_text
-from eval import cache_fingerprint, sha256, what_changed, replace_durably
-for k, ok in [('max_images', max_images >= 0),
-              ('batch_size', batch_size > 0),
-              ('shard_size', shard_size > 0),
-              ('max_length', max_length == 0 or max_length > 1),
-              ('num_workers', num_workers >= 0)]:
-    if not ok:
-        sys.exit(f"cache_teacher: bad value {k}={globals()[k]!r}")
+from loss import _affine_crops
 
-rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
-if world > 1:
-    # only used for a barrier before the manifest
-    torch.distributed.init_process_group(backend='gloo')
-split_dir = os.path.join(out_dir, split)
-os.makedirs(split_dir, exist_ok=True)
+# one list for every reader of image files (folders, tars, eval.py's folder search)
+IMAGE_EXT = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.gif', '.tif', '.tiff')
 
 # -----------------------------------------------------------------------------
-# read the dataset into one record format: {image_id, path, width, height, captions, regions}
-# basename -> sha256 of every annotation file read: the cache fingerprint hashes content
-annotations = {}
-def read_json(path, annotation=True):
+# the cache format: files, fingerprints, durable writes, loading
+def sha256(path): # hashlib reads the file in blocks: teacher weights of GBs stay out of memory
+    with open(path, 'rb') as f:
+        return hashlib.file_digest(f, 'sha256').hexdigest()
+
+def replace_durably(tmp, path):
+    """fsync the data, rename, fsync the directory: after a power loss `path` is the old or the
+    new file, never a 0-byte one (a rename can reach the disk before the data does)."""
+    fd = os.open(tmp, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    os.replace(tmp, path)
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+
+def atomic_write(path, save):
+    """save(tmp_path) writes the file under a temporary name, then it replaces `path` durably: a
+    half-written file never carries the final name. Exceptions propagate."""
+    save(path + '.tmp')
+    replace_durably(path + '.tmp', path)
+
+def write_json(path, obj):
+    def save(tmp):
+        with open(tmp, 'w') as f:
+            json.dump(obj, f, indent=1)
+    atomic_write(path, save)
+
+def read_json(path): # -> {} when the file does not exist
     if not os.path.isfile(path):
-        sys.exit(f"cache_teacher: {path} not found (data_dir={data_dir!r}, split={split!r})")
+        return {}
     try:
         with open(path) as f:
-            obj = json.load(f)
+            return json.load(f)
     except ValueError as e:
-        sys.exit(f"cache_teacher: {path} is not valid JSON ({e})")
-    if annotation:
-        annotations[os.path.basename(path)] = sha256(path)
-    return obj
+        raise SystemExit(f"{path} is not valid JSON ({e})")
 
-IMAGE_EXT = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
-if folder_captions and not image_folder:
-    sys.exit(f"cache_teacher: folder_captions={folder_captions} pairs the images "
-             f"of an --image_folder; none given")
-# any folder of images: ids are the positions in path order (stable for the same folder)
-if image_folder:
-    paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(image_folder)
-                   for f in fs if f.lower().endswith(IMAGE_EXT))
-    recs = {i: dict(image_id=i, path=p, captions=[], regions=[]) for i, p in enumerate(paths)}
-    # which files, in which order
-    annotations['image_folder'] = hashlib.sha256('\n'.join(paths).encode()).hexdigest()
-    by_path = {os.path.relpath(p, image_folder): recs[i] for i, p in enumerate(paths)}
-    if folder_captions and not os.path.isfile(folder_captions):
-        sys.exit(f"cache_teacher: folder_captions {folder_captions} not found")
-    # several lines may name one file
-    for n, line in enumerate(open(folder_captions) if folder_captions else [], 1):
-        if not line.strip():
+# what a cache is: teacher + processor + annotation files (content hashes, never paths), the
+# settings, the teacher's own scale/bias and the pixel normalisation train.py uses, and the
+# exact shard bytes
+FINGERPRINT_KEYS = ('teacher_fingerprint', 'content', 'embed_dim', 'image_size', 'processor',
+                    'split', 'dataset', 'counts', 'shards', 'logit_scale', 'logit_bias',
+                    'mean', 'std')
+
+def cache_fingerprint(manifest):
+    return hashlib.sha256(
+        json.dumps({k: manifest.get(k) for k in FINGERPRINT_KEYS}, sort_keys=True).encode()
+    ).hexdigest()[:16]
+
+# the teacher's part of a manifest, the same for every split of one teacher + processor
+def teacher_fingerprint(content, embed_dim, image_size, mean, std, processor_info,
+                        logit_scale, logit_bias):
+    tf = dict(teacher=content['teacher'], processor_files=content['processor'],
+              embed_dim=embed_dim, image_size=image_size, mean=mean, std=std,
+              processor=processor_info, logit_scale=logit_scale, logit_bias=logit_bias)
+    return hashlib.sha256(json.dumps(tf, sort_keys=True).encode()).hexdigest()[:16]
+
+def what_changed(old, new):
+    """Two `content` records (teacher / processor / annotations / settings hashes) -> what
+    differs, in words, so a refusal says whether the teacher weights, the tokenizer, a caption
+    file or a setting changed."""
+    if not old or not new:
+        return ('content hashes missing (written by an older version): '
+                're-cache or start a new out_dir')
+    out = [what for key, what in (('teacher', 'teacher weights/config'),
+                                  ('processor', 'processor/tokenizer files'))
+           if old.get(key) != new.get(key)]
+    a, b = old.get('annotations', {}), new.get('annotations', {})
+    out += [f"annotation file {f} "
+            f"{'changed' if f in a and f in b else 'added' if f in b else 'removed'}"
+            for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]
+    a, b = old.get('settings', {}), new.get('settings', {})
+    out += [f"setting {k}: {a.get(k)!r} -> {b.get(k)!r}"
+            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return '; '.join(out) or 'the shards (same teacher, annotations and settings)'
+
+def check_same_teacher(man, other_man, what):
+    """man, other_man: manifests (or a run's meta.json) -> refuses when their teacher
+    fingerprints differ: embeddings of two teachers / tokenizers do not mix."""
+    if man['teacher_fingerprint'] != other_man['teacher_fingerprint']:
+        raise SystemExit(f"{what}: cached with another teacher/processor "
+                         f"(teacher fingerprint {other_man['teacher_fingerprint']} "
+                         f"vs {man['teacher_fingerprint']})")
+
+def check_no_leak(train_image_ids, eval_image_ids, what):
+    n = len(set(train_image_ids.tolist()) & set(eval_image_ids.tolist()))
+    if n:
+        raise SystemExit(
+            f"{what}: {n} of {len(eval_image_ids)} evaluation images overlap the training "
+            f"images. Karpathy test images come from COCO 2014 val, most of which is inside "
+            f"2017 train: train on Karpathy train+restval and evaluate on Karpathy test "
+            f"(or train 2017 train, evaluate 2017 val)")
+
+# safetensors dtype names -> (numpy dtype of the same width to map the bytes,
+# torch dtype to view them as)
+ST_DTYPES = {'U8': ('u1', torch.uint8), 'I8': ('i1', torch.int8),
+             'I16': ('i2', torch.int16), 'I32': ('i4', torch.int32),
+             'I64': ('i8', torch.int64), 'F16': ('i2', torch.float16),
+             'BF16': ('i2', torch.bfloat16), 'F32': ('i4', torch.float32),
+             'F64': ('i8', torch.float64), 'BOOL': ('u1', torch.bool)}
+
+def safetensors_header(path): # safetensors: u64 header length, JSON header, then the data
+    with open(path, 'rb') as f:
+        n = int.from_bytes(f.read(8), 'little')
+        return n, json.loads(f.read(n))
+
+# -> {key: tensor backed by the file's pages (copy-on-write), nothing read yet}
+def mmap_safetensors(path):
+    n, header = safetensors_header(path)
+    out = {}
+    for k, h in header.items():
+        if k == '__metadata__':
             continue
+        begin, end = h['data_offsets']
+        np_dtype, dtype = ST_DTYPES[h['dtype']]
+        if end == begin: # numpy cannot map 0 bytes
+            out[k] = torch.empty(h['shape'], dtype=dtype)
+            continue
+        # mode 'c': pages are shared with the page cache (and other ranks) until written;
+        # nothing here writes
+        count = (end - begin) // np.dtype(np_dtype).itemsize
+        mm = np.memmap(path, dtype=np_dtype, mode='c', offset=8 + n + begin, shape=count)
+        out[k] = torch.from_numpy(mm).view(dtype).view(h['shape'])
+    return out
+
+# a 0-byte / truncated shard (power loss, full disk) must be recomputed, not trusted
+def shard_ok(path):
+    try:
+        n, header = safetensors_header(path)
+        end = max([v['data_offsets'][1] for k, v in header.items() if k != '__metadata__'],
+                  default=0)
+        return '__metadata__' in header and os.path.getsize(path) == 8 + n + end
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+class Rows:
+    """One key's rows over all shards, left in the memory maps: acts like torch.cat(parts) for
+    len, .shape, x[i], x[idx], x[idx, v], x[mask], x[a:b], x[:, :L] (a view) and .split(n); only
+    the rows asked for are read."""
+    def __init__(self, parts):
+        self.parts = parts
+        n = torch.tensor([len(p) for p in parts])
+        self.starts = torch.cumsum(n, 0) - n # (S,) global row of each shard's first row
+        self.shape = torch.Size([int(n.sum()), *parts[0].shape[1:]])
+        self.dtype = parts[0].dtype
+    def __len__(self):
+        return self.shape[0]
+    def split(self, n): # lazily: each chunk is read when the loop reaches it
+        return (self[i:i + n] for i in range(0, len(self), n))
+    def __getitem__(self, key):
+        key, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        columns = rest and all(isinstance(r, slice) for r in rest)
+        # x[:, :L]: still mapped, nothing read
+        if isinstance(key, slice) and key == slice(None) and columns:
+            return Rows([p[(key, *rest)] for p in self.parts])
+        if isinstance(key, int):
+            return self[(torch.tensor([key % len(self)]), *rest)][0]
+        if isinstance(key, slice):
+            key = torch.arange(len(self))[key]
+        key = torch.as_tensor(key)
+        # (n,) global rows
+        idx = key.nonzero().squeeze(1) if key.dtype == torch.bool else key.long()
+        # (n,) vectorised shard lookup
+        shard = torch.searchsorted(self.starts, idx, right=True) - 1
+        local = idx - self.starts[shard]
+        # x[idx, v]: v per row
+        sub = lambda m: [r[m] if torch.is_tensor(r) else r for r in rest]
+        empty = idx[:0]
+        # the row shape after the extra indexes
+        tail = self.parts[0][(empty, *sub(empty))].shape[1:]
+        out = torch.empty((len(idx), *tail), dtype=self.dtype)
+        for s in shard.unique().tolist():
+            m = (shard == s).nonzero().squeeze(1)
+            out[m] = self.parts[s][(local[m], *sub(m))]
+        return out
+
+def load_cache(split_dir, verify=True, mmap=False):
+    """-> (tensors concatenated over shards, manifest). Refuses incomplete or modified caches.
+    mmap=True: per-row metadata (1-D: ids, prefixes) is read into memory, every larger key stays
+    in the shard files as a Rows object, so a process holds only what it gathers and ranks on a
+    node share the page cache. verify still reads each file once (sha256 through read(): the
+    page cache fills, the process does not grow)."""
+    path = os.path.join(split_dir, 'manifest.json')
+    if not os.path.isfile(path):
+        raise SystemExit(f"no manifest.json in {split_dir}: "
+                         f"cache incomplete or not a cache (run cache_teacher.py)")
+    try:
+        man = json.load(open(path))
+    # truncated or hand-edited: name the file instead of a JSONDecodeError traceback
+    except ValueError as e:
+        raise SystemExit(f"{path}: corrupt manifest ({e}); "
+                         f"re-run cache_teacher.py for this split")
+    if man.get('fingerprint') != cache_fingerprint(man):
+        raise SystemExit(f"{path}: fingerprint mismatch (manifest edited?)")
+    parts = []
+    for s in man['shards']:
+        f = os.path.join(split_dir, s['file'])
+        if not os.path.isfile(f):
+            raise SystemExit(f"{split_dir}: shard {s['file']} listed in the manifest is missing")
+        if verify and sha256(f) != s['sha256']:
+            raise SystemExit(f"{f}: checksum differs from {path} (shard corrupted or rewritten)")
         try:
-            row = json.loads(line)
-            rec = by_path[os.path.normpath(row['file'])]
-            caps = [row['caption']] if 'caption' in row else row['captions']
-            if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
-                raise TypeError('captions must be strings')
-            rec['captions'] += caps
-        except (ValueError, KeyError, TypeError) as e:
-            sys.exit(f"cache_teacher: {folder_captions}, line {n}: "
-                     f"want {{\"file\": <image under {image_folder}>, \"caption\": ...}}, "
-                     f"got {line.strip()[:120]!r} ({type(e).__name__}: {e})")
-    if folder_captions:
-        annotations[os.path.basename(folder_captions)] = sha256(folder_captions)
-    no_caption = sum(not r['captions'] for r in recs.values())
-    if captions and folder_captions and no_caption:
-        sys.exit(f"cache_teacher: {no_caption} of {len(recs)} images in {image_folder} "
-                 f"have no caption in {folder_captions}: "
-                 f"pass --captions=False for an image-only cache")
-    captions = captions and bool(folder_captions)
-elif tars:
-    # webdataset: members grouped by key; each image is read later straight from its byte
-    # range in the tar
-    # webdataset's brace notation: {00000..00331} ranges (zero-padded as written) and {a,b}
-    # lists
-    def expand(p):
-        m = re.search(r'\{([^{}]*)\}', p)
-        if not m:
-            return sorted(glob.glob(p)) or [p]
-        a, dots, b = m.group(1).partition('..')
-        items = ([f'{i:0{len(a)}d}' for i in range(int(a), int(b) + 1)] if dots
-                 else m.group(1).split(','))
-        return [q for i in items for q in expand(p[:m.start()] + i + p[m.end():])]
-    recs, no_caption = {}, 0
-    for path in expand(tars):
-        if not os.path.isfile(path):
-            sys.exit(f"cache_teacher: tar {path} not found (tars={tars!r})")
-        with tarfile.open(path) as tf:
-            found = {} # key -> {ext: member}
-            for m in tf.getmembers():
-                key, _, ext = m.name.rpartition('.')
-                if m.isfile() and key:
-                    found.setdefault(key, {})[ext.lower()] = m
-            for key in sorted(found):
-                im = next((found[key][e] for e in ('jpg', 'jpeg', 'png', 'webp')
-                           if e in found[key]), None)
-                # a caption or json without an image (img2dataset writes these for failed
-                # downloads)
-                if im is None:
-                    continue
-                txt = found[key].get('txt')
-                cap = tf.extractfile(txt).read().decode('utf-8').strip() if txt else ''
-                no_caption += not cap
-                i = len(recs) # ids are positions in (tar, key) order, as for a folder
-                recs[i] = dict(image_id=i, path=path, offset=im.offset_data, size=im.size,
-                               key=key, captions=[cap] if cap else [], regions=[])
-    if captions and no_caption:
-        sys.exit(f"cache_teacher: {no_caption} of {len(recs)} images in {tars} "
-                 f"have no .txt caption: pass "
-                 f"--captions=False for an image-only cache")
-elif caption_file: # one caption per line; a record per caption, so shards split the file
-    lines = ([l.strip() for l in open(caption_file) if l.strip()]
-             if os.path.isfile(caption_file) else
-             sys.exit(f"cache_teacher: caption_file {caption_file} not found"))
-    recs = {i: dict(image_id=i, path='', captions=[c], regions=[])
-            for i, c in enumerate(lines)}
-    annotations[os.path.basename(caption_file)] = sha256(caption_file)
-    images = False
-elif karpathy: # Karpathy split file: keep ALL captions (COCO test has 25,010, not 25,000)
-    wanted = set(split.split('+'))
-    recs = {im['cocoid']: dict(image_id=im['cocoid'],
-                               path=os.path.join(data_dir, im['filepath'], im['filename']),
-                               captions=[s['raw'] for s in im['sentences']], regions=[])
-            for im in read_json(karpathy)['images'] if im['split'] in wanted}
-else:
-    caps_path = os.path.join(data_dir, 'annotations', f'captions_{split}2017.json')
-    info_path = os.path.join(data_dir, 'annotations', f'image_info_{split}2017.json')
-    # COCO unlabeled2017: images without captions
-    if not os.path.isfile(caps_path) and os.path.isfile(info_path):
-        caps_path, captions = info_path, False
-    caps = read_json(caps_path)
-    recs = {im['id']: dict(image_id=im['id'],
-                           path=os.path.join(data_dir, f'{split}2017', im['file_name']),
-                           width=im['width'], height=im['height'], captions=[], regions=[])
-            for im in caps['images']}
-    for a in caps.get('annotations', []):
-        recs[a['image_id']]['captions'].append(a['caption'])
-    default = os.path.join(data_dir, 'annotations', f'instances_{split}2017.json')
-    instances = instances or (default if os.path.isfile(default) else '')
-n_boxes_dropped, n_crowd = 0, 0
-# boxes + category names feed the LocCa ARef/GCap targets
-for path in filter(None, instances.split(',')):
-    # a file named by --instances must exist: no silent cache without boxes
-    inst = read_json(path)
-    names = {c['id']: c['name'] for c in inst['categories']}
-    sizes = {im['id']: (im['width'], im['height']) for im in inst['images']}
-    for a in inst['annotations']:
-        if a['image_id'] not in recs:
-            continue
-        if a.get('iscrowd', 0): # crowd regions have no single-object caption: dropped, counted
-            n_crowd += 1
-            continue
-        W, H = sizes[a['image_id']]
-        x, y, w, h = a['bbox']
-        # clip boxes outside the image
-        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
-        # nothing left inside the image: drop, counted in the manifest
-        if x1 - x0 < 1 or y1 - y0 < 1:
-            n_boxes_dropped += 1
-            continue
-        recs[a['image_id']]['regions'].append(([x0 / W, y0 / H, x1 / W, y1 / H],
-                                               names[a['category_id']]))
-records = [recs[k] for k in sorted(recs)]
-if not records:
-    sys.exit(f"cache_teacher: split {split!r} of {karpathy or data_dir} has no images")
-records = records[:max_images] if max_images else records
-# image-only: the captions (and the LocCa targets built from them) are left out
-if not captions:
-    records = [dict(r, captions=[], regions=[]) for r in records]
-if not images and not captions:
-    sys.exit("cache_teacher: images=False and captions=False leave nothing to cache")
-if preprocess not in ('worker', 'batch'):
-    sys.exit(f"cache_teacher: preprocess={preprocess!r} must be 'worker' or 'batch'")
-if views < 1 or not 0 < view_scale <= 1:
-    sys.exit(f"cache_teacher: views={views} must be >= 1 and view_scale={view_scale} in (0, 1]")
-missing = [r['path'] for r in records if images and not os.path.isfile(r['path'])]
-if missing and not skip_missing:
-    sys.exit(f"cache_teacher: {len(missing)} of {len(records)} image files missing, "
-             f"e.g. {missing[:3]}; "
-             f"fix data_dir or pass --skip_missing=True to drop them (counted in the manifest)")
-records = [r for r in records if not images or os.path.isfile(r['path'])]
+            parts.append(mmap_safetensors(f) if mmap else load_file(f))
+        except Exception as e: # verify=False on a truncated shard
+            raise SystemExit(f"{f}: unreadable shard ({type(e).__name__}: {e})")
+    if mmap:
+        join = lambda k: (torch.cat([p[k] for p in parts]) if parts[0][k].dim() == 1
+                          else Rows([p[k] for p in parts]))
+        return {k: join(k) for k in parts[0]}, man
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}, man
 
 # -----------------------------------------------------------------------------
-# teacher + processor: HF SigLIP (fixed res), HF SigLIP 2 NaFlex, one of our train.py runs, or none
-from transformers import AutoTokenizer, AutoProcessor
-model, kind, logit_scale, logit_bias, embed_dim = None, 'none', None, None, None
-if (teacher != 'none' and os.path.isfile(os.path.join(teacher, 'model.safetensors'))
-        and 'kept_ids' in read_json(os.path.join(teacher, 'config.json'), annotation=False)):
-    from model import Student
-    kind, model = 'ours', Student.from_pretrained(teacher)
-    proc_dir = processor or teacher
-    # train.py records the text length the teacher trained on
-    meta_path = os.path.join(teacher, 'meta.json')
-    trained_length = (read_json(meta_path, annotation=False).get('text_length', 64)
-                      if os.path.isfile(meta_path) else 64)
-    # the text tower pools the last (pad) position: length matters
-    if max_length and max_length != trained_length:
-        sys.exit(f"cache_teacher: {teacher} was trained on text length {trained_length}, "
-                 f"not max_length={max_length}")
-    max_length = trained_length
-elif teacher != 'none':
-    from transformers import AutoModel
-    model = AutoModel.from_pretrained(teacher, dtype=torch.float32)
-    kind = 'siglip2' if model.config.model_type == 'siglip2' else 'siglip'
-    proc_dir = processor or teacher
-else:
-    proc_dir = processor
-    if not proc_dir:
-        sys.exit("cache_teacher: --teacher=none needs --processor=<dir> "
-                 "(tokenizer + image settings)")
-# SigLIP / SigLIP 2 (§2.1): 64 tokens; another length silently breaks the teacher
-max_length = max_length or 64
-tok = AutoTokenizer.from_pretrained(proc_dir)
-# the teacher must read the ids this tokenizer writes: checked here, before any image is read
-if (kind == 'ours' and proc_dir != teacher
-        and os.path.isfile(os.path.join(teacher, 'tokenizer_config.json'))):
-    # train.py saves the tokenizer it was trained with beside the weights
-    own = AutoTokenizer.from_pretrained(teacher)
-    if own.get_vocab() != tok.get_vocab():
-        sys.exit(f"cache_teacher: --processor={processor} has another vocabulary "
-                 f"({len(tok)} tokens) than the tokenizer "
-                 f"teacher {teacher} was trained with ({len(own)} tokens): "
-                 f"its embeddings would be garbage; drop --processor")
-if kind == 'ours' and max(model.config.kept_ids) >= len(tok):
-    sys.exit(f"cache_teacher: teacher {teacher} knows token ids up to "
-             f"{max(model.config.kept_ids)}, but the tokenizer "
-             f"in {proc_dir} has only {len(tok)}: another vocabulary")
-if kind in ('siglip', 'siglip2') and model.config.text_config.vocab_size < len(tok):
-    sys.exit(f"cache_teacher: teacher {teacher} has a text vocabulary of "
-             f"{model.config.text_config.vocab_size} tokens, "
-             f"the tokenizer in {proc_dir} has {len(tok)}: "
-             f"ids past the table would crash or embed garbage")
-# SigLIP pools the last position: left padding silently changes the embedding
-tok.padding_side = 'right'
-improc = AutoProcessor.from_pretrained(proc_dir).image_processor
-mean, std = list(improc.image_mean), list(improc.image_std)
-resample = getattr(improc, 'resample', Image.BILINEAR)
-# which pixels the HF teacher saw: transformers 5.x processors default to torchvision (PIL is
-# the other backend)
-backend = getattr(improc, 'backend', 'pil') if kind in ('siglip', 'siglip2') else 'pil'
-# NaFlex: aspect-preserving patches; the student's pixels get a fixed square size
-if kind == 'siglip2':
-    teacher_size = int(improc.patch_size * math.isqrt(improc.max_num_patches))
-elif kind == 'ours':
-    teacher_size = model.config.image_size
-else:
-    teacher_size = improc.size['height']
-image_size = image_size or teacher_size
-count = lambda *mods: sum(p.numel() for m in mods for p in m.parameters())
-# Table 1's teacher row: image tower and total, counted on the loaded weights
-teacher_params = None
-# our image path: timm tower + projection (HF's vision_model holds its pooling head)
-if kind == 'ours':
-    teacher_params = dict(image=count(model.visual, model.img_proj), total=count(model))
-elif model is not None:
-    teacher_params = dict(image=count(model.vision_model), total=count(model))
-if model is not None:
-    model.to(device).eval()
-    logit_scale, logit_bias = model.logit_scale.exp().item(), model.logit_bias.item()
-if views > 1 and model is None:
-    sys.exit("cache_teacher: views > 1 stores teacher embeddings of crops: "
-             "it needs a teacher (not --teacher=none)")
-
-# -----------------------------------------------------------------------------
-# text: teacher ids for the text tower, LocCa sequences for the decoder (tokenised once, here)
-def norm_text(s):
-    return ' '.join(s.lower().split()) if lowercase else ' '.join(s.split())
-_piece_cache = {}
-# tokenise one piece without specials; pieces concatenate so inference prefixes match
-def piece(s):
-    if s not in _piece_cache:
-        _piece_cache[s] = tok(norm_text(s), add_special_tokens=False)['input_ids']
-    return _piece_cache[s]
-# -> (ids padded to max_length, prefix length); eos stays even when truncated
-def locca_seq(*pieces):
-    ids = [t for p in pieces for t in piece(p)][:max_length - 1] + [tok.eos_token_id]
-    return ids + [0] * (max_length - len(ids)), len(piece(pieces[0]))
-n_truncated = 0
-def encode_captions(caps):
-    global n_truncated
-    caps = [norm_text(c) for c in caps]
-    n_truncated += sum(len(x) > max_length for x in tok(caps)['input_ids'])
-    return tok(caps, padding='max_length', max_length=max_length, truncation=True)['input_ids']
-
-# -----------------------------------------------------------------------------
-# images: decoded in DataLoader workers; corrupt / unreadable files are skipped and counted
-def view_boxes(image_id, W, H):
-    """-> K (pixel box, flip) pairs: view 0 the whole image, then random-resized crops.
+# views (MobileCLIP's reinforced views): boxes drawn here, re-applied by train.py on the pixels
+def view_boxes(image_id, W, H, views, view_scale, view_flip):
+    """-> K (pixel box, flip) pairs: view 0 the whole image, then random-resized crops (area
+    fraction ~ U(view_scale, 1), aspect ~ log-U(3/4, 4/3) as torchvision's RandomResizedCrop).
     Drawn from a generator seeded by the image id (not by position or rank), so reruns and
     torchrun ranks store the same views. Boxes are whole pixels of the original image: the
     stored normalised box is exactly the region the teacher saw."""
@@ -409,15 +287,380 @@ def view_boxes(image_id, W, H):
         out.append(((left, top, min(right, W), min(bottom, H)), flip))
     return out
 
+def crop_boxes(x, boxes, flips, size):
+    """Re-apply stored crops (MobileCLIP's reinforced views): x (B, C, H, W) float, boxes (B, 4)
+    xyxy in [0, 1] of the image, flips (B,) bool -> (B, C, size, size), the box resized to size
+    (bilinear), mirrored where flipped. The crop runs on x's device from the cached pixels, so
+    no image is decoded again."""
+    x0, y0, x1, y1 = boxes.to(x.dtype).unbind(-1)
+    # a flip mirrors the output grid: x_in runs right to left
+    sign = 1.0 - 2.0 * flips.to(x.dtype)
+    theta = torch.zeros(len(x), 2, 3, device=x.device, dtype=x.dtype)
+    # affine_grid maps output [-1, 1] onto input [2·x0 - 1, 2·x1 - 1]
+    theta[:, 0, 0] = (x1 - x0) * sign
+    theta[:, 0, 2] = x0 + x1 - 1
+    theta[:, 1, 1] = y1 - y0
+    theta[:, 1, 2] = y0 + y1 - 1
+    return _affine_crops(x, theta, size)
+
+# -----------------------------------------------------------------------------
+# the teacher: HF SigLIP (fixed res), HF SigLIP 2 NaFlex, one of our train.py runs, or none
+def is_student_dir(path): # train.py's out_dirs (and the demo teacher) save the kept vocabulary
+    return 'kept_ids' in read_json(os.path.join(path, 'config.json'))
+
+def local_dir(name): # an HF hub name -> its local snapshot (from_pretrained has downloaded it)
+    if os.path.isdir(name):
+        return name
+    from huggingface_hub import snapshot_download
+    return snapshot_download(name, local_files_only=True)
+
+# content, never paths: `./out/t` and `out/t` hash the same, new weights at one path do not
+def hash_files(paths):
+    pairs = sorted((os.path.basename(p), sha256(p)) for p in paths)
+    return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
+
+# transformers 5.x returns BaseModelOutputWithPooling; 4.x returned the tensor
+def features(out):
+    return out if torch.is_tensor(out) else out.pooler_output
+
+class Teacher:
+    """Any model dir behind one interface: `path` a train.py out_dir (our students, the demo
+    teacher), an HF SigLIP / SigLIP 2 (NaFlex too) dir or hub name, or 'none' (tokenizer and
+    image settings of `processor` only). One resize, one tokenisation, one forward, shared by
+    the cache, eval.py (zero-shot, speed, folder search) and bench.py."""
+    def __init__(self, path, device='cpu', processor='', max_length=0, lowercase=True,
+                 dtype='float32'):
+        from transformers import AutoTokenizer, AutoProcessor
+        self.path, self.device, self.lowercase = path, device, lowercase
+        self.model, self.kind = None, 'none'
+        if path != 'none' and os.path.isdir(path) and not os.path.isfile(
+                os.path.join(path, 'config.json')):
+            sys.exit(f"no config.json in {path!r}: not a student / teacher directory")
+        if path != 'none' and is_student_dir(path):
+            from model import Student
+            self.kind, self.model = 'ours', Student.from_pretrained(path)
+            # the text tower pools the last (pad) position: tokenise at the length it trained
+            # on (config.json; older run dirs: meta.json)
+            trained = (getattr(self.model.config, 'text_length', None)
+                       or read_json(os.path.join(path, 'meta.json')).get('text_length', 64))
+            if max_length and max_length != trained:
+                sys.exit(f"cache_teacher: {path} was trained on text length {trained}, "
+                         f"not max_length={max_length}")
+            max_length = trained
+        elif path != 'none':
+            from transformers import AutoModel
+            self.model = AutoModel.from_pretrained(path, dtype=torch.float32)
+            self.kind = 'siglip2' if self.model.config.model_type == 'siglip2' else 'siglip'
+        elif not processor:
+            sys.exit("cache_teacher: --teacher=none needs --processor=<dir> "
+                     "(tokenizer + image settings)")
+        self.proc_dir = processor or path
+        # SigLIP / SigLIP 2 (§2.1): 64 tokens; another length silently breaks the teacher
+        self.length = max_length or 64
+        self.tok = AutoTokenizer.from_pretrained(self.proc_dir)
+        self.check_vocabulary()
+        # SigLIP pools the last position: left padding silently changes the embedding
+        self.tok.padding_side = 'right'
+        # NaFlex: the processor's saved values, not Siglip2Processor's class defaults
+        self.improc = AutoProcessor.from_pretrained(self.proc_dir).image_processor
+        self.mean, self.std = list(self.improc.image_mean), list(self.improc.image_std)
+        self.resample = getattr(self.improc, 'resample', Image.BILINEAR)
+        hf = self.kind in ('siglip', 'siglip2')
+        # which pixels the HF teacher saw: transformers 5.x processors default to torchvision
+        # (PIL is the other backend)
+        self.backend = getattr(self.improc, 'backend', 'pil') if hf else 'pil'
+        # NaFlex: aspect-preserving patches; the student's pixels get a fixed square size
+        if self.kind == 'siglip2':
+            self.input_size = int(self.improc.patch_size * math.isqrt(self.improc.max_num_patches))
+        elif self.kind == 'ours':
+            self.input_size = self.model.config.image_size
+        else:
+            self.input_size = self.improc.size['height']
+        self.autocast = torch.autocast(device_type=torch.device(device).type,
+                                       dtype=getattr(torch, dtype), enabled=dtype != 'float32')
+        self.params, self.logit_scale, self.logit_bias, self.embed_dim = None, None, None, None
+        self._pieces = {}
+        if self.model is None:
+            return
+        count = lambda *mods: sum(p.numel() for m in mods for p in m.parameters())
+        # Table 1's teacher row: image tower and total, counted on the loaded weights; our image
+        # path is timm tower + projection (HF's vision_model holds its pooling head)
+        image_part = (self.model.visual, self.model.img_proj) if self.kind == 'ours' else (
+            self.model.vision_model,)
+        self.params = dict(image=count(*image_part), total=count(self.model))
+        self.model.to(device).eval()
+        self.logit_scale = self.model.logit_scale.exp().item()
+        self.logit_bias = self.model.logit_bias.item()
+        # read D off the model's own output rather than guessing which config field holds it
+        self.embed_dim = self.texts(torch.zeros(1, self.length, dtype=torch.long)).shape[-1]
+
+    def check_vocabulary(self): # the teacher must read the ids this tokenizer writes
+        tok, path = self.tok, self.path
+        own_tok = os.path.join(path, 'tokenizer_config.json')
+        if self.kind == 'ours' and self.proc_dir != path and os.path.isfile(own_tok):
+            from transformers import AutoTokenizer
+            # train.py saves the tokenizer it was trained with beside the weights
+            own = AutoTokenizer.from_pretrained(path)
+            if own.get_vocab() != tok.get_vocab():
+                sys.exit(f"cache_teacher: --processor={self.proc_dir} has another vocabulary "
+                         f"({len(tok)} tokens) than the tokenizer "
+                         f"teacher {path} was trained with ({len(own)} tokens): "
+                         f"its embeddings would be garbage; drop --processor")
+        if self.kind == 'ours' and max(self.model.config.kept_ids) >= len(tok):
+            sys.exit(f"cache_teacher: teacher {path} knows token ids up to "
+                     f"{max(self.model.config.kept_ids)}, but the tokenizer "
+                     f"in {self.proc_dir} has only {len(tok)}: another vocabulary")
+        if self.kind in ('siglip', 'siglip2') and (
+                self.model.config.text_config.vocab_size < len(tok)):
+            sys.exit(f"cache_teacher: teacher {path} has a text vocabulary of "
+                     f"{self.model.config.text_config.vocab_size} tokens, "
+                     f"the tokenizer in {self.proc_dir} has {len(tok)}: "
+                     f"ids past the table would crash or embed garbage")
+
+    def files(self): # what the teacher fingerprint hashes: weights + config
+        if self.kind == 'ours':
+            return [os.path.join(self.path, f) for f in ('model.safetensors', 'config.json')]
+        hf_dir = local_dir(self.path)
+        return [os.path.join(hf_dir, f) for f in sorted(os.listdir(hf_dir))
+                if f == 'config.json' or f.endswith(('.safetensors', '.bin'))]
+
+    def processor_files(self): # tokenizer + image settings only, not eval.json, logs, ...
+        proc_local = local_dir(self.proc_dir)
+        return [os.path.join(proc_local, f) for f in sorted(os.listdir(proc_local))
+                if f.startswith(('tokenizer', 'special_tokens', 'added_tokens', 'preprocessor',
+                                 'processor', 'vocab', 'merges', 'spiece'))
+                or f.endswith('.model')]
+
+    # text --------------------------------------------------------------------
+    # SigLIP 2 was trained on lowercased text; the fixed-res tokenizer won't do it
+    def norm_text(self, s):
+        return ' '.join(s.lower().split()) if self.lowercase else ' '.join(s.split())
+
+    def tokenize(self, texts): # -> (M, L) int64, right-padded with 0, truncated to L
+        if not texts: # the tokenizer cannot make a (0, L) tensor
+            return torch.zeros(0, self.length, dtype=torch.long)
+        texts = [self.norm_text(t) for t in texts]
+        return self.tok(texts, padding='max_length', max_length=self.length, truncation=True,
+                        return_tensors='pt')['input_ids']
+
+    def n_truncated(self, texts): # how many texts are longer than L tokens
+        if not texts:
+            return 0
+        ids = self.tok([self.norm_text(t) for t in texts])['input_ids']
+        return sum(len(x) > self.length for x in ids)
+
+    # one piece without specials; pieces concatenate so inference prefixes match
+    def piece(self, s):
+        if s not in self._pieces:
+            self._pieces[s] = self.tok(self.norm_text(s), add_special_tokens=False)['input_ids']
+        return self._pieces[s]
+
+    # images ------------------------------------------------------------------
+    def pixels(self, img, size, box=None): # PIL RGB (or its box) -> uint8 (3, size, size)
+        px = np.array(img.resize((size, size), self.resample, box=box)) # (size, size, 3)
+        return torch.from_numpy(px).permute(2, 0, 1)
+
+    def process(self, images, device=None): # HF: PIL or uint8 (3, h, w) images -> its inputs
+        kw = dict(device=device) if device else {}
+        return dict(self.improc(images, return_tensors='pt', **kw))
+
+    def prep(self, images): # PIL RGB images -> the model's inputs on the device
+        if self.kind != 'ours':
+            return {k: v.to(self.device) for k, v in self.process(images).items()}
+        S = self.model.config.image_size
+        px = torch.stack([self.pixels(im, S) for im in images]).to(self.device) # (B, 3, S, S)
+        return self.model.preprocess(px)
+
+    # forward -----------------------------------------------------------------
+    @torch.no_grad()
+    def images(self, inputs): # prep's output (ours: normalised (B, 3, S, S)) -> (B, D) float
+        with self.autocast:
+            if self.kind == 'ours':
+                return self.model.encode_image(inputs).float()
+            inputs = {k: v.to(self.device) for k, v in inputs.items()}
+            return features(self.model.get_image_features(**inputs)).float()
+
+    @torch.no_grad()
+    def texts(self, ids): # (M, L) -> (M, D) float
+        ids = ids.long().to(self.device)
+        with self.autocast:
+            if self.kind == 'ours':
+                return self.model.encode_text(ids).float()
+            return features(self.model.get_text_features(input_ids=ids)).float()
+
+# -----------------------------------------------------------------------------
+# readers: one per source, each -> ({image_id: record}, {file: sha256 of what it read})
+# a record is {image_id, path, captions, regions} (+ width/height, or a tar member's offset)
+def read_annotation(path, annotations):
+    if not os.path.isfile(path):
+        sys.exit(f"cache_teacher: {path} not found")
+    obj = read_json(path)
+    # the cache fingerprint hashes content
+    annotations[os.path.basename(path)] = sha256(path)
+    return obj
+
+def read_coco(data_dir, split): # COCO-2017 layout
+    annotations = {}
+    caps = read_annotation(os.path.join(data_dir, 'annotations', f'captions_{split}2017.json'),
+                           annotations)
+    recs = coco_images(data_dir, split, caps['images'])
+    for a in caps.get('annotations', []):
+        recs[a['image_id']]['captions'].append(a['caption'])
+    return recs, annotations
+
+def read_coco_unlabeled(data_dir, split): # COCO unlabeled2017: images without captions
+    annotations = {}
+    info = read_annotation(os.path.join(data_dir, 'annotations', f'image_info_{split}2017.json'),
+                           annotations)
+    return coco_images(data_dir, split, info['images']), annotations
+
+def coco_images(data_dir, split, images):
+    return {im['id']: dict(image_id=im['id'],
+                           path=os.path.join(data_dir, f'{split}2017', im['file_name']),
+                           width=im['width'], height=im['height'], captions=[], regions=[])
+            for im in images}
+
+def read_karpathy(karpathy, data_dir, split):
+    """Karpathy split file: keep ALL captions (COCO test has 25,010, not 25,000); split may
+    join several ('train+restval')."""
+    annotations = {}
+    wanted = set(split.split('+'))
+    recs = {im['cocoid']: dict(image_id=im['cocoid'],
+                               path=os.path.join(data_dir, im['filepath'], im['filename']),
+                               captions=[s['raw'] for s in im['sentences']], regions=[])
+            for im in read_annotation(karpathy, annotations)['images']
+            if im['split'] in wanted}
+    return recs, annotations
+
+def read_folder(image_folder, folder_captions, captions):
+    """Any folder of images (searched recursively): ids are the positions in path order (stable
+    for the same folder); optionally paired by a JSON-lines file, several lines per file."""
+    paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(image_folder)
+                   for f in fs if f.lower().endswith(IMAGE_EXT))
+    recs = {i: dict(image_id=i, path=p, captions=[], regions=[]) for i, p in enumerate(paths)}
+    # which files, in which order
+    annotations = {'image_folder': hashlib.sha256('\n'.join(paths).encode()).hexdigest()}
+    if not folder_captions:
+        return recs, annotations
+    if not os.path.isfile(folder_captions):
+        sys.exit(f"cache_teacher: folder_captions {folder_captions} not found")
+    by_path = {os.path.relpath(p, image_folder): recs[i] for i, p in enumerate(paths)}
+    for n, line in enumerate(open(folder_captions), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            rec = by_path[os.path.normpath(row['file'])]
+            caps = [row['caption']] if 'caption' in row else row['captions']
+            if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+                raise TypeError('captions must be strings')
+            rec['captions'] += caps
+        except (ValueError, KeyError, TypeError) as e:
+            sys.exit(f"cache_teacher: {folder_captions}, line {n}: "
+                     f"want {{\"file\": <image under {image_folder}>, \"caption\": ...}}, "
+                     f"got {line.strip()[:120]!r} ({type(e).__name__}: {e})")
+    annotations[os.path.basename(folder_captions)] = sha256(folder_captions)
+    no_caption = sum(not r['captions'] for r in recs.values())
+    if captions and no_caption:
+        sys.exit(f"cache_teacher: {no_caption} of {len(recs)} images in {image_folder} "
+                 f"have no caption in {folder_captions}: "
+                 f"pass --captions=False for an image-only cache")
+    return recs, annotations
+
+def expand_braces(p):
+    """webdataset's brace notation: {00000..00331} ranges (zero-padded as written) and {a,b}
+    lists; otherwise a glob."""
+    m = re.search(r'\{([^{}]*)\}', p)
+    if not m:
+        return sorted(glob.glob(p)) or [p]
+    a, dots, b = m.group(1).partition('..')
+    items = ([f'{i:0{len(a)}d}' for i in range(int(a), int(b) + 1)] if dots
+             else m.group(1).split(','))
+    return [q for i in items for q in expand_braces(p[:m.start()] + i + p[m.end():])]
+
+def read_tars(tars, captions):
+    """webdataset tars (img2dataset: key.jpg|png + key.txt [+ key.json]): members grouped by
+    key; each image is read later straight from its byte range in the tar."""
+    recs, no_caption = {}, 0
+    for path in expand_braces(tars):
+        if not os.path.isfile(path):
+            sys.exit(f"cache_teacher: tar {path} not found (tars={tars!r})")
+        with tarfile.open(path) as tf:
+            found = {} # key -> {ext: member}
+            for m in tf.getmembers():
+                key, _, ext = m.name.rpartition('.')
+                if m.isfile() and key:
+                    found.setdefault(key, {})[ext.lower()] = m
+            for key in sorted(found):
+                im = next((found[key][e[1:]] for e in IMAGE_EXT if e[1:] in found[key]), None)
+                # a caption or json without an image (img2dataset writes these for failed
+                # downloads)
+                if im is None:
+                    continue
+                txt = found[key].get('txt')
+                cap = tf.extractfile(txt).read().decode('utf-8').strip() if txt else ''
+                no_caption += not cap
+                i = len(recs) # ids are positions in (tar, key) order, as for a folder
+                recs[i] = dict(image_id=i, path=path, offset=im.offset_data, size=im.size,
+                               key=key, captions=[cap] if cap else [], regions=[])
+    if captions and no_caption:
+        sys.exit(f"cache_teacher: {no_caption} of {len(recs)} images in {tars} "
+                 f"have no .txt caption: pass "
+                 f"--captions=False for an image-only cache")
+    return recs, {}
+
+def read_caption_file(caption_file):
+    """One caption per line; a record per caption, so shards split the file."""
+    if not os.path.isfile(caption_file):
+        sys.exit(f"cache_teacher: caption_file {caption_file} not found")
+    lines = [l.strip() for l in open(caption_file) if l.strip()]
+    recs = {i: dict(image_id=i, path='', captions=[c], regions=[])
+            for i, c in enumerate(lines)}
+    return recs, {os.path.basename(caption_file): sha256(caption_file)}
+
+def add_boxes(recs, instance_paths, annotations):
+    """COCO instances files -> each record's regions ([x0, y0, x1, y1] normalised, category
+    name), the LocCa ARef/GCap targets. -> (boxes dropped outside the image, crowd boxes)."""
+    n_dropped, n_crowd = 0, 0
+    for path in instance_paths:
+        # a file named by --instances must exist: no silent cache without boxes
+        inst = read_annotation(path, annotations)
+        names = {c['id']: c['name'] for c in inst['categories']}
+        sizes = {im['id']: (im['width'], im['height']) for im in inst['images']}
+        for a in inst['annotations']:
+            if a['image_id'] not in recs:
+                continue
+            # crowd regions have no single-object caption: dropped, counted
+            if a.get('iscrowd', 0):
+                n_crowd += 1
+                continue
+            W, H = sizes[a['image_id']]
+            x, y, w, h = a['bbox']
+            # clip boxes outside the image
+            x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
+            # nothing left inside the image: drop, counted in the manifest
+            if x1 - x0 < 1 or y1 - y0 < 1:
+                n_dropped += 1
+                continue
+            recs[a['image_id']]['regions'].append(([x0 / W, y0 / H, x1 / W, y1 / H],
+                                                   names[a['category_id']]))
+    return n_dropped, n_crowd
+
+# -----------------------------------------------------------------------------
+# images: decoded in DataLoader workers; corrupt / unreadable files are skipped and counted
 class Images(torch.utils.data.Dataset):
     """-> (i, pixels uint8 (3, S, S), teacher inputs for the K views, boxes (K, 4)
-    normalised xyxy, flips (K,)), or (i, None, reason) for an unreadable file."""
-    def __init__(self, recs):
-        self.recs = recs
+    normalised xyxy, flips (K,)), or (i, None, reason) for an unreadable file.
+    batch_preprocess: HF teachers get the decoded uint8 views (the processor runs per batch)."""
+    def __init__(self, recs, teacher, image_size, views, view_scale, view_flip,
+                 batch_preprocess):
+        self.recs, self.teacher, self.image_size = recs, teacher, image_size
+        self.views, self.view_scale, self.view_flip = views, view_scale, view_flip
+        self.batch_preprocess = batch_preprocess
     def __len__(self):
         return len(self.recs)
     def __getitem__(self, i):
-        r = self.recs[i]
+        r, teacher, S = self.recs[i], self.teacher, self.image_size
         try:
             src = r['path']
             if 'offset' in r: # an image inside a webdataset tar: its bytes, read by offset
@@ -429,17 +672,16 @@ class Images(torch.utils.data.Dataset):
             img = img.convert('RGB')
         except Exception as e:
             return i, None, f'{type(e).__name__}: {e}'
-        to_px = lambda im: torch.from_numpy(
-            np.array(im.resize((image_size, image_size), resample))).permute(2, 0, 1)
-        px = to_px(img).contiguous()
+        px = teacher.pixels(img, S).contiguous()
         W, H = img.size
-        hf = kind in ('siglip', 'siglip2')
+        hf = teacher.kind in ('siglip', 'siglip2')
         decoded = (torch.from_numpy(np.array(img)).permute(2, 0, 1)
-                   if hf and preprocess == 'batch' else None) # (3, H, W)
+                   if hf and self.batch_preprocess else None) # (3, H, W)
         crops = [img if decoded is None else decoded]
         boxes, flips = [[0.0, 0.0, 1.0, 1.0]], [False]
         # views come from the ORIGINAL image
-        for (x0, y0, x1, y1), flip in view_boxes(r['image_id'], W, H)[1:]:
+        view_list = view_boxes(r['image_id'], W, H, self.views, self.view_scale, self.view_flip)
+        for (x0, y0, x1, y1), flip in view_list[1:]:
             if decoded is not None:
                 # batch: the same pixels as PIL's crop + mirror, cut from the decoded tensor
                 view = decoded[:, y0:y1, x0:x1]
@@ -449,8 +691,7 @@ class Images(torch.utils.data.Dataset):
                 # samples the cached pixels (neighbours past the box edge included); an HF
                 # processor needs the cropped image itself
                 box = (x0, y0, x1, y1)
-                view = img.crop(box) if hf else img.resize((image_size, image_size),
-                                                           resample, box=box)
+                view = img.crop(box) if hf else img.resize((S, S), teacher.resample, box=box)
                 crops.append(view.transpose(Image.FLIP_LEFT_RIGHT) if flip else view)
             boxes.append([x0 / W, y0 / H, x1 / W, y1 / H])
             flips.append(flip)
@@ -458,139 +699,52 @@ class Images(torch.utils.data.Dataset):
             # K uint8 (3, h, w) views: the processor runs later, per batch (take_views)
             tin = crops
         elif hf: # the teacher sees exactly its own processor's output, per view
-            tin = dict(improc(crops, return_tensors='pt'))
+            tin = teacher.process(crops)
         else: # ours: every view at the cached resolution, as view 0 always was
-            tin = torch.stack([px] + [to_px(c) for c in crops[1:]])
+            tin = torch.stack([px] + [teacher.pixels(c, S) for c in crops[1:]])
         return i, px, tin, torch.tensor(boxes), torch.tensor(flips)
+
 def collate(batch):
     return batch
 
-# transformers 5.x returns BaseModelOutputWithPooling; 4.x returned the tensor
-def features(out):
-    return out if torch.is_tensor(out) else out.pooler_output
-
-autocast = torch.autocast(device_type=torch.device(device).type, dtype=getattr(torch, dtype),
-                          enabled=dtype != 'float32')
 # (B, K, ...) teacher inputs (a tensor or the processor's dict) -> rows, image-major
-def take_views(tin, views_slice):
-    # preprocess=batch: B lists of K uint8 views -> the processor, on `device`
+def take_views(teacher, tin, views_slice):
+    # preprocess=batch: B lists of K uint8 views -> the processor, on the teacher's device
     if isinstance(tin, list):
         crops = [view for per_image in tin for view in per_image[views_slice]]
-        return dict(improc(crops, return_tensors='pt', device=device))
+        return teacher.process(crops, device=teacher.device)
     pick = lambda x: x[:, views_slice].flatten(0, 1)
-    return pick(tin) if torch.is_tensor(tin) else {k: pick(v) for k, v in tin.items()}
+    if torch.is_tensor(tin): # ours: uint8 pixels
+        return teacher.model.preprocess(pick(tin).to(teacher.device))
+    return {k: pick(v) for k, v in tin.items()}
 
-# ours: uint8 (B, 3, S, S); HF: the processor's batched outputs -> (B, D)
-@torch.inference_mode()
-def embed_images(tin):
-    with autocast:
-        if kind == 'ours':
-            return model.encode_image(model.preprocess(tin.to(device)))
-        return features(model.get_image_features(
-            **{k: v.to(device) for k, v in tin.items()}))
-@torch.inference_mode()
-def embed_texts(ids): # (M, L) -> (M, D)
-    with autocast:
-        ids = ids.to(device)
-        return (model.encode_text(ids) if kind == 'ours'
-                else features(model.get_text_features(input_ids=ids)))
+def embed_views(teacher, batch, batch_preprocess, views):
+    """A batch of Images items -> (B, K, D) float on CPU: view 0 alone, then the crops, so the
+    full images see exactly the batches of a cache without views."""
+    if teacher.kind == 'ours':
+        tin = torch.stack([b[2] for b in batch]) # (B, K, 3, S, S)
+    elif batch_preprocess:
+        tin = [b[2] for b in batch] # B lists of K views
+    else:
+        tin = {key: torch.stack([b[2][key] for b in batch]) for key in batch[0][2]}
+    e = [teacher.images(take_views(teacher, tin, slice(0, 1)))]
+    if views > 1:
+        e.append(teacher.images(take_views(teacher, tin, slice(1, None))))
+    return torch.cat([x.float().cpu().view(len(batch), -1, teacher.embed_dim) for x in e], 1)
 
-# read D off the model's own output rather than guessing which config field holds it
-if model is not None:
-    embed_dim = embed_texts(torch.zeros(1, max_length, dtype=torch.long)).shape[-1]
+# -> (ids padded to the teacher's length, prefix length); eos stays even when truncated
+def locca_seq(teacher, *pieces):
+    L = teacher.length
+    ids = [t for p in pieces for t in teacher.piece(p)][:L - 1] + [teacher.tok.eos_token_id]
+    return ids + [0] * (L - len(ids)), len(teacher.piece(pieces[0]))
 
-# atomic and durable: a half-written shard never carries the final name
-def save_shard(tensors, meta, path):
-    save_file(tensors, path + '.tmp', metadata={'info': json.dumps(meta)})
-    replace_durably(path + '.tmp', path)
-def save_json(obj, path):
-    with open(path + '.tmp', 'w') as f:
-        json.dump(obj, f, indent=1)
-    replace_durably(path + '.tmp', path)
-# a 0-byte / truncated shard (power loss, full disk) must be recomputed, not trusted
-def shard_ok(path):
-    try:
-        with open(path, 'rb') as f:
-            n = int.from_bytes(f.read(8), 'little')
-            header = json.loads(f.read(n))
-        end = max([v['data_offsets'][1] for k, v in header.items() if k != '__metadata__'],
-                  default=0)
-        return '__metadata__' in header and os.path.getsize(path) == 8 + n + end
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-# content, never paths: `./out/t` and `out/t` hash the same, new weights at one path do not
-def hash_files(paths):
-    pairs = sorted((os.path.basename(p), sha256(p)) for p in paths)
-    return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
-
-# -----------------------------------------------------------------------------
-# content the shards on disk must share with this run (guards resume against mixing caches):
-# hashes of the teacher's weights + config, of the processor files and of every annotation
-# file read, and the settings
-# an HF hub name -> its local snapshot (from_pretrained above has downloaded it)
-def local_dir(name):
-    if os.path.isdir(name):
-        return name
-    from huggingface_hub import snapshot_download
-    return snapshot_download(name, local_files_only=True)
-if kind == 'ours':
-    teacher_files = [os.path.join(teacher, f) for f in ('model.safetensors', 'config.json')]
-elif model is not None:
-    hf_dir = local_dir(teacher)
-    teacher_files = [os.path.join(hf_dir, f) for f in sorted(os.listdir(hf_dir))
-                     if f == 'config.json' or f.endswith(('.safetensors', '.bin'))]
-proc_local = local_dir(proc_dir)
-# tokenizer + image settings only:
-proc_files = [os.path.join(proc_local, f) for f in sorted(os.listdir(proc_local))
-              if f.startswith(('tokenizer', 'special_tokens', 'added_tokens', 'preprocessor',
-                               'processor', 'vocab', 'merges', 'spiece'))
-              or f.endswith('.model')] # not eval.json, logs, ...
-contents = 'paired' if images and captions else ('images' if images else 'texts')
-settings = dict(kind=kind, image_size=image_size, lowercase=lowercase, max_length=max_length,
-                split=split, karpathy=bool(karpathy), n_records=len(records),
-                shard_size=shard_size, max_images=max_images, contents=contents,
-                views=views, view_scale=view_scale, view_flip=view_flip, tars=tars,
-                preprocess=preprocess)
-content = dict(teacher=hash_files(teacher_files) if model is not None else 'none',
-               processor=hash_files(proc_files), annotations=annotations, settings=settings)
-settings_path = os.path.join(split_dir, 'settings.json')
-if os.path.isfile(settings_path) and read_json(settings_path, annotation=False) != content:
-    sys.exit(f"cache_teacher: {split_dir} holds shards written with other settings "
-             f"or content: "
-             f"{what_changed(read_json(settings_path, annotation=False), content)}; "
-             f"delete it or choose another out_dir")
-if rank == 0:
-    save_json(content, settings_path)
-
-n_shards = math.ceil(len(records) / shard_size)
-shard_path = lambda k: os.path.join(split_dir, f'{split}-{k:05d}.safetensors')
-for k in range(rank, n_shards, world):
-    if os.path.isfile(shard_path(k)) and not shard_ok(shard_path(k)):
-        print(f"{shard_path(k)}: truncated or unreadable "
-              f"({os.path.getsize(shard_path(k))} bytes): recomputing it")
-        os.remove(shard_path(k))
-todo = [k for k in range(rank, n_shards, world) if not os.path.isfile(shard_path(k))]
-print(f"{split}: {len(records)} images in {n_shards} shards, teacher={teacher} ({kind}), "
-      f"{image_size}px; "
-      f"rank {rank} writes {len(todo)} shards ({n_shards - len(todo)} done before)")
-# a writer error (disk full, permission) stops the run here, naming the shard
-def wait_write(job):
-    path, future = job
-    try:
-        future.result()
-    except Exception as e:
-        sys.exit(f"cache_teacher: writing {path} failed ({type(e).__name__}: {e}); "
-                 f"fix it and rerun (finished shards are kept)")
-writer, pending, t0, n_done = ThreadPoolExecutor(1), None, time.time(), 0
-bar = tqdm(total=sum(len(records[k * shard_size:(k + 1) * shard_size]) for k in todo),
-           unit='img', mininterval=2, disable=not todo)
-for k in todo:
-    # the previous shard's write failed already: stop before computing this one
-    if pending and pending[1].done():
-        wait_write(pending)
-    recs = records[k * shard_size:(k + 1) * shard_size]
+def cache_shard(recs, teacher, images, captions, image_size, views, view_scale, view_flip,
+                batch_preprocess, batch_size, num_workers, bar):
+    """One shard's records -> (tensors, meta): the cache format's keys and dtypes."""
+    has_teacher = teacher.model is not None
     pixels, view_emb, boxes, flips, kept, skipped = [], [], [], [], [], []
-    loader = torch.utils.data.DataLoader(Images(recs), batch_size=batch_size,
+    dataset = Images(recs, teacher, image_size, views, view_scale, view_flip, batch_preprocess)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size,
                                          num_workers=num_workers, collate_fn=collate)
     for batch in (loader if images else []): # a text-only cache never opens an image
         skipped += [dict(image_id=recs[b[0]]['image_id'], file=recs[b[0]]['path'],
@@ -603,35 +757,19 @@ for k in todo:
         pixels.append(torch.stack([b[1] for b in batch]))
         boxes.append(torch.stack([b[3] for b in batch]))
         flips.append(torch.stack([b[4] for b in batch]))
-        if model is not None:
-            if kind == 'ours':
-                tin = torch.stack([b[2] for b in batch]) # (B, K, 3, S, S)
-            elif preprocess == 'batch':
-                tin = [b[2] for b in batch] # B lists of K views
-            else:
-                tin = {key: torch.stack([b[2][key] for b in batch]) for key in batch[0][2]}
-            # view 0 alone, then the crops: the full images see exactly the batches of a
-            # cache without views
-            e = [embed_images(take_views(tin, slice(0, 1)))]
-            if views > 1:
-                e.append(embed_images(take_views(tin, slice(1, None))))
-            view_emb.append(torch.cat([x.float().cpu().view(len(batch), -1, embed_dim)
-                                       for x in e], 1)) # (B, K, D)
-        n_done += len(batch)
+        if has_teacher:
+            view_emb.append(embed_views(teacher, batch, batch_preprocess, views)) # (B, K, D)
         bar.update(len(batch))
     if images:
         recs = [recs[i] for i in kept]
-    cap_img = [r['image_id'] for r in recs for _ in r['captions']]
     caps = [c for r in recs for c in r['captions']]
-    regs = ([(r['image_id'], b, n) for r in recs for b, n in r['regions']]
-            if images and captions else [])
     L = lambda x, dt: torch.tensor(x, dtype=dt)
     t = dict(image_ids=L([r['image_id'] for r in recs], torch.int64))
     if images:
         t['pixels'] = (torch.cat(pixels) if pixels
                        else torch.zeros(0, 3, image_size, image_size, dtype=torch.uint8))
-    if images and model is not None:
-        e = torch.cat(view_emb) if view_emb else torch.zeros(0, views, embed_dim)
+    if images and has_teacher:
+        e = torch.cat(view_emb) if view_emb else torch.zeros(0, views, teacher.embed_dim)
         t['image_embeds'] = e[:, 0].half() # view 0: the full image
         # (N, K, D) fp16 + each view's box and flip, re-applied by train.py on the cached
         # pixels
@@ -639,54 +777,94 @@ for k in todo:
             t['view_embeds'] = e.half()
             t['view_boxes'] = torch.cat(boxes)
             t['view_flips'] = torch.cat(flips).to(torch.uint8)
+    n_truncated = 0
     if captions:
-        t['caption_image_ids'] = L(cap_img, torch.int64)
-        t['input_ids'] = L(encode_captions(caps), torch.int32).view(-1, max_length)
-    if captions and model is not None:
+        # counted before the padded call, whose padding/truncation state the fast tokenizer
+        # keeps (and save_pretrained writes into the cache's processor/tokenizer.json)
+        n_truncated = teacher.n_truncated(caps)
+        t['caption_image_ids'] = L([r['image_id'] for r in recs for _ in r['captions']],
+                                   torch.int64)
+        t['input_ids'] = teacher.tokenize(caps).int().view(-1, teacher.length)
+    if captions and has_teacher:
         ids = t['input_ids'].long()
-        t['text_embeds'] = torch.cat([embed_texts(ids[i:i + 4 * batch_size]).float().cpu()
-                                      for i in range(0, len(caps), 4 * batch_size)]
-                                     + [torch.zeros(0, embed_dim)]).half()
+        step = 4 * batch_size
+        t['text_embeds'] = torch.cat([teacher.texts(ids[i:i + step]).float().cpu()
+                                      for i in range(0, len(caps), step)]
+                                     + [torch.zeros(0, teacher.embed_dim)]).half()
+    regs = ([(r['image_id'], b, n) for r in recs for b, n in r['regions']]
+            if images and captions else [])
     # LocCa targets exist only where images and their captions / regions are paired
     if images and captions:
-        cap_seq = [locca_seq('cap:', c) for c in caps]
-        aref_seq = [locca_seq('aref:', n + ' :', box_to_text(b)) for _, b, n in regs]
-        gcap_seq = [locca_seq('gcap:', box_to_text(b) + ' :', n) for _, b, n in regs]
-        t.update(cap_ids=L([s for s, _ in cap_seq], torch.int32).view(-1, max_length),
-                 cap_prefix=L([p for _, p in cap_seq], torch.int32),
-                 region_image_ids=L([i for i, _, _ in regs], torch.int64),
-                 boxes=L([b for _, b, _ in regs], torch.float32).view(-1, 4),
-                 aref_ids=L([s for s, _ in aref_seq], torch.int32).view(-1, max_length),
-                 aref_prefix=L([p for _, p in aref_seq], torch.int32),
-                 gcap_ids=L([s for s, _ in gcap_seq], torch.int32).view(-1, max_length),
-                 gcap_prefix=L([p for _, p in gcap_seq], torch.int32))
-    meta = dict(skipped=skipped, truncated_captions=n_truncated, n_images=len(recs),
-                n_captions=len(caps), n_regions=len(regs))
-    n_truncated = 0
-    # at most one write in flight: its error surfaces one shard later, not after all of them
-    if pending:
-        wait_write(pending)
-    # next shard's compute overlaps this write
-    pending = (shard_path(k), writer.submit(save_shard, t, meta, shard_path(k)))
-if pending:
-    wait_write(pending)
-writer.shutdown()
-bar.close()
-print(f"rank {rank}: {n_done} images in {time.time() - t0:.1f}s "
-      f"({n_done / (time.time() - t0):.0f} img/s)")
+        t.update(locca_tensors(teacher, caps, regs))
+    meta = dict(skipped=skipped, truncated_captions=n_truncated,
+                n_images=len(recs), n_captions=len(caps), n_regions=len(regs))
+    return t, meta
+
+def locca_tensors(teacher, caps, regs): # captions, (image_id, box, name) regions -> targets
+    L, length = (lambda x, dt: torch.tensor(x, dtype=dt)), teacher.length
+    cap_seq = [locca_seq(teacher, 'cap:', c) for c in caps]
+    aref_seq = [locca_seq(teacher, 'aref:', n + ' :', box_to_text(b)) for _, b, n in regs]
+    gcap_seq = [locca_seq(teacher, 'gcap:', box_to_text(b) + ' :', n) for _, b, n in regs]
+    return dict(cap_ids=L([s for s, _ in cap_seq], torch.int32).view(-1, length),
+                cap_prefix=L([p for _, p in cap_seq], torch.int32),
+                region_image_ids=L([i for i, _, _ in regs], torch.int64),
+                boxes=L([b for _, b, _ in regs], torch.float32).view(-1, 4),
+                aref_ids=L([s for s, _ in aref_seq], torch.int32).view(-1, length),
+                aref_prefix=L([p for _, p in aref_seq], torch.int32),
+                gcap_ids=L([s for s, _ in gcap_seq], torch.int32).view(-1, length),
+                gcap_prefix=L([p for _, p in gcap_seq], torch.int32))
+
+def save_shard(tensors, meta, path):
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={'info': json.dumps(meta)}))
+
 
 # -----------------------------------------------------------------------------
-# manifest (rank 0, after every rank's shards exist): counts, checksums, fingerprints
-if world > 1:
-    torch.distributed.barrier()
-if rank == 0:
-    shards, counts = [], dict(images=0, captions=0, regions=0, skipped_images=0,
-                              truncated_captions=0)
-    skipped = []
+# the script: read the split, load the teacher, write the shards, then the manifest
+def shard_path(split_dir, split, k):
+    return os.path.join(split_dir, f'{split}-{k:05d}.safetensors')
+
+def write_shards(records, todo, split_dir, split, shard_size, teacher, shard_args):
+    """Shards `todo` of records -> files; at most one write in flight, so the next shard's
+    compute overlaps it and a writer error (disk full, permission) stops the run one shard
+    later, naming the shard. shard_args: cache_shard's settings. -> images embedded."""
+    def wait_write(job):
+        path, future = job
+        try:
+            future.result()
+        except Exception as e:
+            sys.exit(f"cache_teacher: writing {path} failed ({type(e).__name__}: {e}); "
+                     f"fix it and rerun (finished shards are kept)")
+    writer, pending = ThreadPoolExecutor(1), None
+    bar = tqdm(total=sum(len(records[k * shard_size:(k + 1) * shard_size]) for k in todo),
+               unit='img', mininterval=2, disable=not todo)
+    for k in todo:
+        # the previous shard's write failed already: stop before computing this one
+        if pending and pending[1].done():
+            wait_write(pending)
+        recs = records[k * shard_size:(k + 1) * shard_size]
+        tensors, meta = cache_shard(recs, teacher, bar=bar, **shard_args)
+        if pending:
+            wait_write(pending)
+        path = shard_path(split_dir, split, k)
+        pending = (path, writer.submit(save_shard, tensors, meta, path))
+    if pending:
+        wait_write(pending)
+    writer.shutdown()
+    bar.close()
+    # images embedded (the bar is disabled only when there is nothing to do)
+    return bar.n
+
+def write_manifest(split_dir, split, n_shards, teacher, content, image_size, extra_counts,
+                   dataset, data_dir, preprocess):
+    """Rank 0, after every rank's shards exist: counts, checksums, fingerprints; written last,
+    durably: a directory with a manifest is a finished cache."""
+    shards, skipped = [], []
+    counts = dict(images=0, captions=0, regions=0, skipped_images=0, truncated_captions=0)
     for k in range(n_shards):
-        with safe_open(shard_path(k), 'pt') as f:
+        path = shard_path(split_dir, split, k)
+        with safe_open(path, 'pt') as f:
             meta = json.loads(f.metadata()['info'])
-        shards.append(dict(file=os.path.basename(shard_path(k)), sha256=sha256(shard_path(k)),
+        shards.append(dict(file=os.path.basename(path), sha256=sha256(path),
                            n_images=meta['n_images'], n_captions=meta['n_captions'],
                            n_regions=meta['n_regions']))
         for c in ('images', 'captions', 'regions'):
@@ -694,45 +872,229 @@ if rank == 0:
         counts['skipped_images'] += len(meta['skipped'])
         counts['truncated_captions'] += meta['truncated_captions']
         skipped += meta['skipped']
-    counts.update(missing_images=len(missing), dropped_boxes=n_boxes_dropped,
-                  crowd_boxes=n_crowd)
+    counts.update(extra_counts)
     proc_out = os.path.join(split_dir, 'processor')
     # the student must tokenise exactly like the teacher: ship the files along
+    tok = teacher.tok
     tok.save_pretrained(proc_out)
-    improc.save_pretrained(proc_out)
+    teacher.improc.save_pretrained(proc_out)
     processor_info = dict(tokenizer=type(tok).__name__, vocab_size=len(tok),
-                          max_length=max_length, padding='right',
+                          max_length=teacher.length, padding='right',
                           pad_id=tok.pad_token_id, eos_id=tok.eos_token_id,
-                          lowercase=lowercase, resample=int(resample),
-                          backend=backend, teacher_image_size=teacher_size)
-    reader = ('folder' if image_folder else 'webdataset' if tars
-              else 'caption_file' if caption_file else 'karpathy' if karpathy else 'coco')
-    manifest = dict(teacher=teacher, teacher_kind=kind, teacher_params=teacher_params,
-                    embed_dim=embed_dim, logit_scale=logit_scale, logit_bias=logit_bias,
-                    image_size=image_size, mean=mean, std=std, processor=processor_info,
-                    dataset=dict(name=os.path.basename(os.path.abspath(data_dir)),
-                                 reader=reader,
-                                 karpathy=os.path.basename(karpathy),
-                                 instances=','.join(os.path.basename(p)
-                                                    for p in instances.split(',') if p),
-                                 contents=contents, views=views, view_scale=view_scale,
-                                 view_flip=view_flip),
-                    data_dir=os.path.abspath(data_dir), split=split, counts=counts,
-                    skipped=skipped[:100], shards=shards,
+                          lowercase=teacher.lowercase, resample=int(teacher.resample),
+                          backend=teacher.backend, teacher_image_size=teacher.input_size)
+    t = teacher
+    manifest = dict(teacher=t.path, teacher_kind=t.kind, teacher_params=t.params,
+                    embed_dim=t.embed_dim, logit_scale=t.logit_scale, logit_bias=t.logit_bias,
+                    image_size=image_size, mean=t.mean, std=t.std, processor=processor_info,
+                    dataset=dataset, data_dir=os.path.abspath(data_dir), split=split,
+                    counts=counts, skipped=skipped[:100], shards=shards,
                     content=content, preprocess=preprocess)
     # the teacher: its weights + processor (content hashes) and everything train.py takes
     # from it; the same for every split, so train.py can check that train and val caches
     # share a teacher
-    tf = dict(teacher=content['teacher'], processor_files=content['processor'],
-              embed_dim=embed_dim, image_size=image_size, mean=mean, std=std,
-              processor=processor_info, logit_scale=logit_scale, logit_bias=logit_bias)
-    tf_json = json.dumps(tf, sort_keys=True)
-    manifest['teacher_fingerprint'] = hashlib.sha256(tf_json.encode()).hexdigest()[:16]
+    manifest['teacher_fingerprint'] = teacher_fingerprint(
+        content, t.embed_dim, image_size, t.mean, t.std, processor_info, t.logit_scale,
+        t.logit_bias)
     manifest['fingerprint'] = cache_fingerprint(manifest)
     path = os.path.join(split_dir, 'manifest.json')
-    save_json(manifest, path) # last, durably: a directory with a manifest is a finished cache
+    write_json(path, manifest)
     print(f"wrote {path}: {counts}")
-if world > 1:
-    torch.distributed.destroy_process_group()
-# expected (synthetic train split, tiny teacher, 2 cores):
-# "wrote cache/shapes/train/manifest.json: {'images': 1000, ...}"
+
+def main(data_dir, split, karpathy, instances, out_dir, max_images, skip_missing, images,
+         captions, image_folder, folder_captions, caption_file, tars, views, view_scale,
+         view_flip, teacher, processor, image_size, lowercase, max_length, batch_size,
+         shard_size, num_workers, preprocess, device, dtype):
+    for k, value, ok in [('max_images', max_images, max_images >= 0),
+                         ('batch_size', batch_size, batch_size > 0),
+                         ('shard_size', shard_size, shard_size > 0),
+                         ('max_length', max_length, max_length == 0 or max_length > 1),
+                         ('num_workers', num_workers, num_workers >= 0)]:
+        if not ok:
+            sys.exit(f"cache_teacher: bad value {k}={value!r}")
+    rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
+    if world > 1:
+        # only used for a barrier before the manifest
+        torch.distributed.init_process_group(backend='gloo')
+    split_dir = os.path.join(out_dir, split)
+    os.makedirs(split_dir, exist_ok=True)
+
+    # the source, chosen once; its reader gives the records and the annotation files' hashes
+    if folder_captions and not image_folder:
+        sys.exit(f"cache_teacher: folder_captions={folder_captions} pairs the images "
+                 f"of an --image_folder; none given")
+    coco_captions = os.path.join(data_dir, 'annotations', f'captions_{split}2017.json')
+    coco_info = os.path.join(data_dir, 'annotations', f'image_info_{split}2017.json')
+    unlabeled = not os.path.isfile(coco_captions) and os.path.isfile(coco_info)
+    source = ('folder' if image_folder else 'webdataset' if tars
+              else 'caption_file' if caption_file else 'karpathy' if karpathy
+              else 'coco_unlabeled' if unlabeled else 'coco')
+    if source == 'folder':
+        recs, annotations = read_folder(image_folder, folder_captions, captions)
+        captions = captions and bool(folder_captions)
+    elif source == 'webdataset':
+        recs, annotations = read_tars(tars, captions)
+    elif source == 'caption_file':
+        recs, annotations = read_caption_file(caption_file)
+        images = False
+    elif source == 'karpathy':
+        recs, annotations = read_karpathy(karpathy, data_dir, split)
+    elif source == 'coco':
+        recs, annotations = read_coco(data_dir, split)
+    else:
+        recs, annotations = read_coco_unlabeled(data_dir, split)
+        captions = False
+    default = os.path.join(data_dir, 'annotations', f'instances_{split}2017.json')
+    if source in ('coco', 'coco_unlabeled') and not instances and os.path.isfile(default):
+        instances = default
+    n_boxes_dropped, n_crowd = add_boxes(recs, [p for p in instances.split(',') if p],
+                                         annotations)
+    records = [recs[k] for k in sorted(recs)]
+    if not records:
+        sys.exit(f"cache_teacher: split {split!r} of {karpathy or data_dir} has no images")
+    records = records[:max_images] if max_images else records
+    # image-only: the captions (and the LocCa targets built from them) are left out
+    if not captions:
+        records = [dict(r, captions=[], regions=[]) for r in records]
+    if not images and not captions:
+        sys.exit("cache_teacher: images=False and captions=False leave nothing to cache")
+    if preprocess not in ('worker', 'batch'):
+        sys.exit(f"cache_teacher: preprocess={preprocess!r} must be 'worker' or 'batch'")
+    if views < 1 or not 0 < view_scale <= 1:
+        sys.exit(f"cache_teacher: views={views} must be >= 1 and view_scale={view_scale} "
+                 f"in (0, 1]")
+    missing = [r['path'] for r in records if images and not os.path.isfile(r['path'])]
+    if missing and not skip_missing:
+        sys.exit(f"cache_teacher: {len(missing)} of {len(records)} image files missing, "
+                 f"e.g. {missing[:3]}; fix data_dir or pass --skip_missing=True to drop them "
+                 f"(counted in the manifest)")
+    records = [r for r in records if not images or os.path.isfile(r['path'])]
+
+    t = Teacher(teacher, device, processor, max_length, lowercase, dtype)
+    if views > 1 and t.model is None:
+        sys.exit("cache_teacher: views > 1 stores teacher embeddings of crops: "
+                 "it needs a teacher (not --teacher=none)")
+    image_size = image_size or t.input_size
+
+    # content the shards on disk must share with this run (guards resume against mixing
+    # caches): hashes of the teacher's weights + config, of the processor files and of every
+    # annotation file read, and the settings
+    contents = 'paired' if images and captions else ('images' if images else 'texts')
+    settings = dict(kind=t.kind, image_size=image_size, lowercase=lowercase,
+                    max_length=t.length, split=split, karpathy=bool(karpathy),
+                    n_records=len(records), shard_size=shard_size, max_images=max_images,
+                    contents=contents, views=views, view_scale=view_scale,
+                    view_flip=view_flip, tars=tars, preprocess=preprocess)
+    content = dict(teacher=hash_files(t.files()) if t.model is not None else 'none',
+                   processor=hash_files(t.processor_files()), annotations=annotations,
+                   settings=settings)
+    settings_path = os.path.join(split_dir, 'settings.json')
+    old = read_json(settings_path)
+    if old and old != content:
+        sys.exit(f"cache_teacher: {split_dir} holds shards written with other settings "
+                 f"or content: {what_changed(old, content)}; "
+                 f"delete it or choose another out_dir")
+    if rank == 0:
+        write_json(settings_path, content)
+
+    n_shards = math.ceil(len(records) / shard_size)
+    mine = range(rank, n_shards, world)
+    for k in mine:
+        path = shard_path(split_dir, split, k)
+        if os.path.isfile(path) and not shard_ok(path):
+            print(f"{path}: truncated or unreadable "
+                  f"({os.path.getsize(path)} bytes): recomputing it")
+            os.remove(path)
+    todo = [k for k in mine if not os.path.isfile(shard_path(split_dir, split, k))]
+    print(f"{split}: {len(records)} images in {n_shards} shards, teacher={teacher} "
+          f"({t.kind}), {image_size}px; "
+          f"rank {rank} writes {len(todo)} shards ({n_shards - len(todo)} done before)")
+    t0 = time.time()
+    shard_args = dict(images=images, captions=captions, image_size=image_size, views=views,
+                      view_scale=view_scale, view_flip=view_flip,
+                      batch_preprocess=preprocess == 'batch', batch_size=batch_size,
+                      num_workers=num_workers)
+    n_done = write_shards(records, todo, split_dir, split, shard_size, t, shard_args)
+    print(f"rank {rank}: {n_done} images in {time.time() - t0:.1f}s "
+          f"({n_done / (time.time() - t0):.0f} img/s)")
+
+    if world > 1:
+        torch.distributed.barrier()
+    if rank == 0:
+        dataset = dict(name=os.path.basename(os.path.abspath(data_dir)),
+                       reader='coco' if source == 'coco_unlabeled' else source,
+                       karpathy=os.path.basename(karpathy),
+                       instances=','.join(os.path.basename(p)
+                                          for p in instances.split(',') if p),
+                       contents=contents, views=views, view_scale=view_scale,
+                       view_flip=view_flip)
+        extra_counts = dict(missing_images=len(missing), dropped_boxes=n_boxes_dropped,
+                            crowd_boxes=n_crowd)
+        write_manifest(split_dir, split, n_shards, t, content, image_size, extra_counts,
+                       dataset, data_dir, preprocess)
+    if world > 1:
+        torch.distributed.destroy_process_group()
+
+if __name__ == '__main__':
+    # -----------------------------------------------------------------------------
+    # I/O
+    # COCO-2017 layout: annotations/captions_<split>2017.json, <split>2017/*.jpg
+    data_dir = 'data/shapes'
+    # COCO: train/val/test/web...; with --karpathy: train, restval, train+restval, val, test
+    split = 'train'
+    # path to a Karpathy split file (dataset_coco.json); images are looked up under data_dir
+    karpathy = ''
+    # instances json(s) for boxes, comma-separated (Karpathy train+restval: COCO 2014 train +
+    # val); '' = annotations/instances_<split>2017.json if it exists (Karpathy: no boxes)
+    instances = ''
+    out_dir = 'cache/shapes'
+    max_images = 0 # 0 = all; else the first N images by id (smoke tests)
+    skip_missing = False # missing image files: error (default) or drop and count them
+    # unpaired data (DIME-FM distils from unpaired images and texts): image-only and text-only
+    images = True # False: a text-only cache (the split's captions, no pixels)
+    # False: an image-only cache (captions ignored; COCO unlabeled2017 has none anyway)
+    captions = True
+    # a folder of images (searched recursively, sorted by path) -> an image-only cache, or
+    image_folder = ''
+    # ... paired by a JSON-lines file: {"file": "<path under image_folder>", "caption": "..."}
+    folder_captions = ''
+    caption_file = '' # a text file, one caption per line -> a text-only cache
+    # webdataset tars (img2dataset: key.jpg|png + key.txt [+ key.json]): a glob or
+    # 'cc3m-{00000..00331}.tar'
+    tars = ''
+    # reinforced views (MobileCLIP's DataCompDR: augmentations stored with their teacher
+    # embeddings): K views per image, view 0 the full image, 1..K-1 random-resized crops
+    # (+ flips), seeded by image id
+    views = 1
+    # crop area fraction ~ U(view_scale, 1); aspect ~ log-U(3/4, 4/3) as torchvision's
+    # RandomResizedCrop
+    view_scale = 0.35
+    view_flip = True # mirror half of the crops (a world whose captions say 'left of' may not)
+    # teacher
+    # HF SigLIP/SigLIP 2 name or dir | a train.py out_dir | 'none' (pixels + tokens only)
+    teacher = 'none'
+    processor = '' # processor dir (tokenizer + image settings); '' = the teacher's own
+    image_size = 0 # stored pixel resolution for the student; 0 = the teacher's input size
+    # SigLIP 2 was trained on lowercased text; the fixed-res tokenizer won't do it
+    lowercase = True
+    # text length, right-padded with 0: 0 = the teacher's own (64 for SigLIP; ours: the
+    # length it trained on)
+    max_length = 0
+    # system
+    batch_size = 64
+    shard_size = 2048 # images per shard
+    num_workers = 2 # DataLoader workers decoding JPEGs
+    # HF teachers: 'worker' runs the processor per image in the DataLoader workers (the
+    # reference path); 'batch' has the workers only decode (and cut the views), then runs the
+    # processor once per batch on `device` (a GPU: resize + normalise there, not on the CPU).
+    # Same pixels on CPU (tested); on a GPU cos >= 0.999 to the reference.
+    preprocess = 'worker'
+    device = 'cpu'
+    dtype = 'float32' # 'bfloat16' / 'float16' autocast on GPU
+    config_keys = [k for k, v in globals().items()
+                   if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
+    exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+    # -----------------------------------------------------------------------------
+    main(**{k: globals()[k] for k in config_keys})
+    # expected (synthetic train split, tiny teacher, 2 cores):
+    # "wrote cache/shapes/train/manifest.json: {'images': 1000, ...}"

@@ -1,183 +1,34 @@
 """
-COCO-style retrieval (CLIP_benchmark protocol, every caption kept) for the teacher straight from
-its cache or for a student checkpoint, plus the LocCa decoder's ARef box accuracy; writes
-eval.json.
+Scoring: COCO-style retrieval (CLIP_benchmark protocol, every caption kept) for the teacher
+straight from its cache or for a student checkpoint, plus the LocCa decoder's ARef box accuracy;
+and the student as a product: zero-shot classification, speed vs the teacher, folder search,
+ONNX export. Every score goes into one eval.json per model.
 
     python eval.py --cache=cache/shapes/test          # teacher row -> cache/shapes/test/eval.json
-    python eval.py --cache=cache/shapes/test --ckpt=out/shapes/a5 # student -> out/shapes/a5/eval.json
+    # student -> out/shapes/a5/eval.json
+    python eval.py --cache=cache/shapes/test --ckpt=out/shapes/a5
     python eval.py --cache=cache/coco-L/test --ckpt=out/a5 --device=cuda
+    python eval.py --ckpt=out/a5 --zeroshot=/data/imagenet/val    # top-1/top-5 into eval.json
+    # img/s, txt/s of the student and of the cache's teacher
+    python eval.py --cache=cache/coco-L/test --ckpt=out/a5 --speed=True
+    python eval.py --ckpt=out/a5 --folder=photos --query="a dog on a beach"
+    python eval.py --ckpt=out/a5 --export_onnx=True   # out/a5/onnx/*.onnx + export.json
 
-`from eval import retrieval_metrics, load_cache` has no side effects.
+`from eval import retrieval_metrics` has no side effects. The cache format (load_cache, ...) and
+the model wrapper (Teacher) live in cache_teacher.py.
 """
 import os, sys, json, time, hashlib, statistics
 import torch
 import torch.nn.functional as F
-
-# what a cache is: teacher + processor + annotation files (content hashes, never paths), the
-# settings, the teacher's own scale/bias and the pixel normalisation train.py uses, and the
-# exact shard bytes
-FINGERPRINT_KEYS = ('teacher_fingerprint', 'content', 'embed_dim', 'image_size', 'processor',
-                    'split', 'dataset', 'counts', 'shards', 'logit_scale', 'logit_bias',
-                    'mean', 'std')
-
-def cache_fingerprint(manifest):
-    return hashlib.sha256(
-        json.dumps({k: manifest.get(k) for k in FINGERPRINT_KEYS}, sort_keys=True).encode()
-    ).hexdigest()[:16]
-
-def sha256(path): # hashlib reads the file in blocks: teacher weights of GBs stay out of memory
-    with open(path, 'rb') as f:
-        return hashlib.file_digest(f, 'sha256').hexdigest()
-
-def what_changed(old, new):
-    """Two `content` records (cache_teacher.py: teacher / processor / annotations / settings
-    hashes) -> what differs, in words, so a refusal says whether the teacher weights, the
-    tokenizer, a caption file or a setting changed."""
-    if not old or not new:
-        return ('content hashes missing (written by an older version): '
-                're-cache or start a new out_dir')
-    out = [what for key, what in (('teacher', 'teacher weights/config'),
-                                  ('processor', 'processor/tokenizer files'))
-           if old.get(key) != new.get(key)]
-    a, b = old.get('annotations', {}), new.get('annotations', {})
-    out += [f"annotation file {f} "
-            f"{'changed' if f in a and f in b else 'added' if f in b else 'removed'}"
-            for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]
-    a, b = old.get('settings', {}), new.get('settings', {})
-    out += [f"setting {k}: {a.get(k)!r} -> {b.get(k)!r}"
-            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    return '; '.join(out) or 'the shards (same teacher, annotations and settings)'
-
-def replace_durably(tmp, path):
-    """fsync the data, rename, fsync the directory: after a power loss `path` is the old or the
-    new file, never a 0-byte one (a rename can reach the disk before the data does)."""
-    fd = os.open(tmp, os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
-    os.replace(tmp, path)
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
-
-# safetensors dtype names -> (numpy dtype of the same width to map the bytes,
-# torch dtype to view them as)
-ST_DTYPES = {'U8': ('u1', torch.uint8), 'I8': ('i1', torch.int8),
-             'I16': ('i2', torch.int16), 'I32': ('i4', torch.int32),
-             'I64': ('i8', torch.int64), 'F16': ('i2', torch.float16),
-             'BF16': ('i2', torch.bfloat16), 'F32': ('i4', torch.float32),
-             'F64': ('i8', torch.float64), 'BOOL': ('u1', torch.bool)}
-
-# -> {key: tensor backed by the file's pages (copy-on-write), nothing read yet}
-def mmap_safetensors(path):
-    import numpy as np
-    with open(path, 'rb') as f:
-        # safetensors: u64 header length, JSON header, then the data
-        n = int.from_bytes(f.read(8), 'little')
-        header = json.loads(f.read(n))
-    out = {}
-    for k, h in header.items():
-        if k == '__metadata__':
-            continue
-        begin, end = h['data_offsets']
-        np_dtype, dtype = ST_DTYPES[h['dtype']]
-        if end == begin: # numpy cannot map 0 bytes
-            out[k] = torch.empty(h['shape'], dtype=dtype)
-            continue
-        # mode 'c': pages are shared with the page cache (and other ranks) until written;
-        # nothing here writes
-        count = (end - begin) // np.dtype(np_dtype).itemsize
-        mm = np.memmap(path, dtype=np_dtype, mode='c', offset=8 + n + begin, shape=count)
-        out[k] = torch.from_numpy(mm).view(dtype).view(h['shape'])
-    return out
-
-class Rows:
-    """One key's rows over all shards, left in the memory maps: acts like torch.cat(parts) for
-    len, .shape, x[i], x[idx], x[idx, v], x[mask], x[a:b], x[:, :L] (a view) and .split(n); only
-    the rows asked for are read."""
-    def __init__(self, parts):
-        self.parts = parts
-        n = torch.tensor([len(p) for p in parts])
-        self.starts = torch.cumsum(n, 0) - n # (S,) global row of each shard's first row
-        self.shape = torch.Size([int(n.sum()), *parts[0].shape[1:]])
-        self.dtype = parts[0].dtype
-    def __len__(self):
-        return self.shape[0]
-    def split(self, n): # lazily: each chunk is read when the loop reaches it
-        return (self[i:i + n] for i in range(0, len(self), n))
-    def __getitem__(self, key):
-        key, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
-        columns = rest and all(isinstance(r, slice) for r in rest)
-        # x[:, :L]: still mapped, nothing read
-        if isinstance(key, slice) and key == slice(None) and columns:
-            return Rows([p[(key, *rest)] for p in self.parts])
-        if isinstance(key, int):
-            return self[(torch.tensor([key % len(self)]), *rest)][0]
-        if isinstance(key, slice):
-            key = torch.arange(len(self))[key]
-        key = torch.as_tensor(key)
-        idx = key.nonzero().squeeze(1) if key.dtype == torch.bool else key.long() # (n,) global rows
-        shard = torch.searchsorted(self.starts, idx, right=True) - 1 # (n,) vectorised shard lookup
-        local = idx - self.starts[shard]
-        sub = lambda m: [r[m] if torch.is_tensor(r) else r for r in rest] # x[idx, v]: v per row
-        empty = idx[:0]
-        tail = self.parts[0][(empty, *sub(empty))].shape[1:] # the row shape after the extra indexes
-        out = torch.empty((len(idx), *tail), dtype=self.dtype)
-        for s in shard.unique().tolist():
-            m = (shard == s).nonzero().squeeze(1)
-            out[m] = self.parts[s][(local[m], *sub(m))]
-        return out
-
-def load_cache(split_dir, verify=True, mmap=False):
-    """-> (tensors concatenated over shards, manifest). Refuses incomplete or modified caches.
-    mmap=True: per-row metadata (1-D: ids, prefixes) is read into memory, every larger key stays
-    in the shard files as a Rows object, so a process holds only what it gathers and ranks on a
-    node share the page cache. verify still reads each file once (sha256 through read(): the
-    page cache fills, the process does not grow)."""
-    from safetensors.torch import load_file
-    path = os.path.join(split_dir, 'manifest.json')
-    if not os.path.isfile(path):
-        raise SystemExit(f"no manifest.json in {split_dir}: "
-                         f"cache incomplete or not a cache (run cache_teacher.py)")
-    try:
-        man = json.load(open(path))
-    # truncated or hand-edited: name the file instead of a JSONDecodeError traceback
-    except ValueError as e:
-        raise SystemExit(f"{path}: corrupt manifest ({e}); "
-                         f"re-run cache_teacher.py for this split")
-    if man.get('fingerprint') != cache_fingerprint(man):
-        raise SystemExit(f"{path}: fingerprint mismatch (manifest edited?)")
-    parts = []
-    for s in man['shards']:
-        f = os.path.join(split_dir, s['file'])
-        if not os.path.isfile(f):
-            raise SystemExit(f"{split_dir}: shard {s['file']} listed in the manifest is missing")
-        if verify and sha256(f) != s['sha256']:
-            raise SystemExit(f"{f}: checksum differs from {path} (shard corrupted or rewritten)")
-        try:
-            parts.append(mmap_safetensors(f) if mmap else load_file(f))
-        except Exception as e: # verify=False on a truncated shard
-            raise SystemExit(f"{f}: unreadable shard ({type(e).__name__}: {e})")
-    if mmap:
-        join = lambda k: (torch.cat([p[k] for p in parts]) if parts[0][k].dim() == 1
-                          else Rows([p[k] for p in parts]))
-        return {k: join(k) for k in parts[0]}, man
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}, man
-
-def check_no_leak(train_image_ids, eval_image_ids, what):
-    n = len(set(train_image_ids.tolist()) & set(eval_image_ids.tolist()))
-    if n:
-        raise SystemExit(
-            f"{what}: {n} of {len(eval_image_ids)} evaluation images overlap the training "
-            f"images. Karpathy test images come from COCO 2014 val, most of which is inside "
-            f"2017 train: train on Karpathy train+restval and evaluate on Karpathy test "
-            f"(or train 2017 train, evaluate 2017 val)")
+from cache_teacher import (load_cache, sha256, check_no_leak, check_same_teacher, read_json,
+                           write_json, atomic_write, IMAGE_EXT, Teacher)
 
 @torch.no_grad()
 def retrieval_metrics(image_embeds, text_embeds, text_image_index, chunk=1024):
     """image_embeds (N, D), text_embeds (M, D), text_image_index (M,) -> recall@{1,5,10} in
     percent. I→T: share of images with >= 1 of their captions in the top k of all M texts; T→I:
-    share of the M captions whose image is in the top k (CLIP_benchmark zeroshot_retrieval.py;
-    ANCHORS §5). Chunked: small memory at 5k x 25k. Exact ties (e.g. the same caption string on
+    share of the M captions whose image is in the top k (CLIP_benchmark zeroshot_retrieval.py).
+    Chunked: small memory at 5k x 25k. Exact ties (e.g. the same caption string on
     two images) count against the query, so rankings never depend on index order and a shared
     caption cannot score for both images (topk would pick one arbitrarily)."""
     # a diverged model must not score: NaN makes every comparison below false,
@@ -271,73 +122,72 @@ def locca_metrics(student, decoder, data, tokenizer, device, max_images=500):
     return dict(aref_acc_iou50=100.0 * hits / max(n, 1), n_regions=n,
                 cap_token_acc=100.0 * (pred == tgt)[w].float().mean().item())
 
+def update_eval_json(path, retrieval=False, **fields):
+    """One eval.json per model: read, merge, write atomically. A retrieval row replaces the
+    previous one; the product modes' fields (zeroshot, speed) are kept until that mode runs
+    again, and they keep the run name a retrieval eval wrote."""
+    old = read_json(path)
+    if retrieval:
+        old = {k: old[k] for k in ('zeroshot', 'speed') if k in old}
+    row = {**old, **fields}
+    if not retrieval and 'run' in old:
+        row['run'] = old['run']
+    write_json(path, row)
+
+def retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca):
+    """The cached teacher embeddings (ckpt='') or a train.py out_dir on a cache split -> the
+    eval.json row: metrics, params, the checkpoint scored and the cache's fingerprint."""
+    data, man = load_cache(cache, mmap=True) # pixels are read batch by batch
+    index = torch.searchsorted(data['image_ids'], data['caption_image_ids'])
+    row = dict(split=man['split'], cache=cache, n_images=len(data['image_ids']),
+               n_captions=len(index), fingerprint=man['fingerprint'])
+    if not ckpt:
+        if 'image_embeds' not in data:
+            sys.exit(f"eval.py: {cache} holds no teacher embeddings "
+                     f"(cached with teacher=none): pass --ckpt")
+        metrics = retrieval_metrics(data['image_embeds'][:], data['text_embeds'][:], index)
+        # params: {image, total} counted at cache time (None: older caches)
+        row.update(model='teacher', run='teacher', teacher=man['teacher'], metrics=metrics,
+                   params=man.get('teacher_params'))
+        return row
+    from model import Student, LoccaDecoder
+    missing = [f for f in ('meta.json', 'config.json', 'model.safetensors')
+               if not os.path.isfile(os.path.join(ckpt, f))]
+    if missing:
+        sys.exit(f"eval.py: {ckpt} is not a finished train.py out_dir: "
+                 f"missing {', '.join(missing)}")
+    meta = read_json(os.path.join(ckpt, 'meta.json'))
+    check_same_teacher(man, meta, f"eval.py: {ckpt} (its training cache) vs {cache}")
+    train_dir = meta['train_cache']
+    if not os.path.isfile(os.path.join(train_dir, 'manifest.json')):
+        sys.exit(f"eval.py: {train_dir} (the training cache in {ckpt}/meta.json) is gone: "
+                 f"cannot check train/test overlap")
+    train_ids = load_cache(train_dir, verify=False, mmap=True)[0]['image_ids']
+    check_no_leak(train_ids, data['image_ids'], f'{ckpt} (trained on {train_dir}) vs {cache}')
+    # the checkpoint scored: report.py refuses this eval.json once the run's model.safetensors
+    # has changed
+    row['checkpoint'] = dict(iter_num=meta['iter_num'],
+                             model_sha256=sha256(os.path.join(ckpt, 'model.safetensors')))
+    student = Student.from_pretrained(ckpt).to(device)
+    img, txt = embed_student(student, data['pixels'], data['input_ids'], device, batch_size)
+    metrics = retrieval_metrics(img, txt, index)
+    row.update(model='student', run=os.path.basename(os.path.normpath(ckpt)), metrics=metrics,
+               params=dict(total=student.num_params(),
+                           without_token_table=student.num_params(token_table=False)))
+    if locca and os.path.isfile(os.path.join(ckpt, 'decoder.safetensors')):
+        from transformers import AutoTokenizer
+        decoder = LoccaDecoder.from_pretrained(ckpt).to(device)
+        row['locca'] = locca_metrics(student, decoder, data,
+                                     AutoTokenizer.from_pretrained(ckpt), device, max_locca)
+    return row
+
 # -----------------------------------------------------------------------------
-# the student as a product: any model dir behind one interface (zero-shot, folder search, speed)
-CONTEXT = 64 # SigLIP text length: ids right-padded to 64, as cache_teacher.py tokenises
+# the student as a product: any model dir behind cache_teacher.Teacher (zero-shot, speed,
+# folder search), so it is resized and tokenised exactly as the cache was
 # the 7-template ensemble of CLIP's ImageNet prompt-engineering notebook
 CLIP_TEMPLATES = ['itap of a {c}.', 'a bad photo of the {c}.', 'a origami {c}.',
                   'a photo of the large {c}.', 'a {c} in a video game.', 'art of the {c}.',
                   'a photo of the small {c}.']
-IMAGE_EXT = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
-
-def pooled(out): # transformers 5.x returns BaseModelOutputWithPooling; 4.x returned the tensor
-    return (out if torch.is_tensor(out) else out.pooler_output).float()
-
-class Encoder:
-    """A Student dir (our students, the demo teacher) or an HF SigLIP / SigLIP 2 dir or name:
-    PIL images and strings in, unnormalised embeddings out, preprocessed as the cache does."""
-    def __init__(self, path, device='cpu'):
-        from transformers import AutoTokenizer, AutoProcessor
-        cfg = os.path.join(path, 'config.json')
-        if os.path.isdir(path) and not os.path.isfile(cfg):
-            sys.exit(f"eval.py: no config.json in {path!r}: not a student / teacher directory")
-        self.path, self.device = path, device
-        self.tok = AutoTokenizer.from_pretrained(path)
-        # NaFlex: the processor's saved values, not Siglip2Processor's class defaults
-        self.improc = AutoProcessor.from_pretrained(path).image_processor
-        self.is_student = os.path.isfile(cfg) and 'kept_ids' in json.load(open(cfg))
-        # our towers pool the last (pad) position:
-        # tokenise at the length they trained on (train.py's meta.json)
-        meta = os.path.join(path, 'meta.json')
-        self.length = read_json(meta).get('text_length', CONTEXT) if self.is_student else CONTEXT
-        if self.is_student:
-            from model import Student
-            self.model = Student.from_pretrained(path).to(device)
-        else:
-            from transformers import AutoModel
-            self.model = AutoModel.from_pretrained(path).to(device).eval()
-        self.n_params = sum(p.numel() for p in self.model.parameters())
-
-    def prep(self, images): # PIL RGB images -> the model's inputs
-        if not self.is_student:
-            inputs = self.improc(images, return_tensors='pt')
-            return {k: v.to(self.device) for k, v in inputs.items()}
-        # the student: cache_teacher.py's resize (processor's filter), then its normalisation
-        import numpy as np
-        S = self.model.config.image_size
-        rs = getattr(self.improc, 'resample', 2) # 2 = PIL bilinear
-        px = np.stack([np.asarray(im.resize((S, S), rs)) for im in images]) # (B, S, S, 3)
-        px = torch.from_numpy(px).permute(0, 3, 1, 2).to(self.device)
-        return self.model.preprocess(px)
-
-    @torch.no_grad()
-    def images(self, inputs): # -> (B, D)
-        if self.is_student:
-            return self.model.encode_image(inputs).float()
-        return pooled(self.model.get_image_features(**inputs))
-
-    def tokenize(self, texts): # -> (M, L) int64, lowercased like the cache (lowercase=True)
-        texts = [' '.join(t.lower().split()) for t in texts]
-        enc = self.tok(texts, padding='max_length', max_length=self.length, truncation=True,
-                       return_tensors='pt')
-        return enc['input_ids']
-
-    @torch.no_grad()
-    def texts(self, ids): # (M, 64) -> (M, D)
-        ids = ids.long().to(self.device)
-        if self.is_student:
-            return self.model.encode_text(ids).float()
-        return pooled(self.model.get_text_features(input_ids=ids))
 
 def embed_files(enc, paths, batch_size):
     """-> (N, D) normalised on CPU, indices of the files read (unreadable ones: named, skipped)."""
@@ -379,7 +229,8 @@ def zeroshot_items(src):
             labels += [k] * len(files)
         return paths, labels, [c.replace('_', ' ') for c in classes]
     if not (src.endswith('.json') and os.path.isfile(src)):
-        sys.exit(f"eval.py: --zeroshot={src!r} is neither an ImageFolder dir nor an instances json")
+        sys.exit(f"eval.py: --zeroshot={src!r} is neither an ImageFolder dir "
+                 f"nor an instances json")
     inst = json.load(open(src))
     cats = sorted(inst['categories'], key=lambda c: c['id'])
     row = {c['id']: k for k, c in enumerate(cats)}
@@ -411,9 +262,72 @@ def zeroshot_classify(enc, paths, labels, classes, templates, batch_size):
     return dict(top1=top1, top5=top5, n_images=len(keep), n_classes=len(classes),
                 templates=templates)
 
+def zeroshot_mode(enc, src, templates, batch_size, out, run):
+    temps = templates.split('|') if templates else CLIP_TEMPLATES
+    paths, labels, classes = zeroshot_items(src)
+    if not paths:
+        sys.exit(f"eval.py: no images to classify in {src}")
+    # a word the tokenizer can't spell makes every class's prompts alike: refuse early
+    unk = enc.tok.unk_token_id
+    for t in temps:
+        ids = enc.tokenize([t.format(c=c) for c in classes])
+        if unk is not None and (ids == unk).any():
+            sys.exit(f"eval.py: template {t!r} tokenizes to <unk> with {enc.path}'s "
+                     f"tokenizer: pass --templates")
+    zs = zeroshot_classify(enc, paths, labels, classes, temps, batch_size)
+    zs['source'] = src
+    update_eval_json(out, zeroshot=zs, run=run)
+    print(f"{run}: zero-shot on {src}: {zs['n_images']} images, "
+          f"{zs['n_classes']} classes, {len(temps)} templates | "
+          f"top-1 {zs['top1']:.2f} top-5 {zs['top5']:.2f} -> {out}")
+
+def throughput(fns, n, seconds, device):
+    """{name: fn} each processing n items -> {name: items/s}: the median over rounds that call
+    every fn in turn, so a load change on a shared machine hits the student and the teacher
+    alike."""
+    sync = torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
+    times = {k: [] for k in fns}
+    for f in fns.values(): # warm-up
+        f()
+    end = time.time() + seconds
+    while time.time() < end or len(times[next(iter(fns))]) < 3:
+        for k, f in fns.items():
+            sync()
+            t = time.perf_counter()
+            f()
+            sync()
+            times[k].append(time.perf_counter() - t)
+    return {k: n / statistics.median(v) for k, v in times.items()}
+
+def speed_mode(enc, cache, batch_size, seconds, device, out, run):
+    """Images/s and texts/s of enc and of the cache's teacher (its manifest's 'teacher'): the
+    same cached images and captions, inputs prepared beforehand, only the forward passes
+    timed."""
+    from PIL import Image
+    data, man = load_cache(cache, verify=False)
+    teacher = Teacher(man['teacher'], device)
+    n = min(batch_size, len(data['pixels']))
+    ims = [Image.fromarray(p.permute(1, 2, 0).numpy()) for p in data['pixels'][:n]]
+    ids = data['input_ids'][:n]
+    x_s, x_t = enc.prep(ims), teacher.prep(ims)
+    fns = dict(img=lambda: enc.images(x_s), txt=lambda: enc.texts(ids),
+               teacher_img=lambda: teacher.images(x_t), teacher_txt=lambda: teacher.texts(ids))
+    r = throughput(fns, n, 4 * seconds, device)
+    sp = {f'{k}_per_s': v for k, v in r.items()}
+    sp.update(img_ratio=r['img'] / r['teacher_img'], txt_ratio=r['txt'] / r['teacher_txt'])
+    sp.update(batch=n, device=device, threads=torch.get_num_threads(), teacher=man['teacher'],
+              params=enc.params['total'], teacher_params=teacher.params['total'])
+    update_eval_json(out, speed=sp, run=run)
+    print(f"{run}: {sp['img_per_s']:.0f} img/s, {sp['txt_per_s']:.0f} txt/s | "
+          f"teacher {sp['teacher']}: {sp['teacher_img_per_s']:.0f} img/s, "
+          f"{sp['teacher_txt_per_s']:.0f} txt/s | student/teacher "
+          f"x{sp['img_ratio']:.2f} images, x{sp['txt_ratio']:.2f} texts "
+          f"(batch {sp['batch']}, {device}, {sp['threads']} threads) -> {out}")
+
 def model_hash(path): # config + weights bytes: a retrained checkpoint gets a new index
     h = hashlib.sha256(path.encode())
-    files = sorted(os.listdir(path)) if os.path.isdir(path) else [] # an HF name: the name alone
+    # an HF name: the name alone
+    files = sorted(os.listdir(path)) if os.path.isdir(path) else []
     for f in files:
         if f == 'config.json' or (f.startswith('model') and f.endswith('.safetensors')):
             with open(os.path.join(path, f), 'rb') as fh:
@@ -423,8 +337,8 @@ def model_hash(path): # config + weights bytes: a retrained checkpoint gets a ne
 
 def folder_index(enc, folder, batch_size):
     """Every image under folder -> (relative paths, (N, D) normalised embeddings), saved as
-    index-<hash of folder + model>.safetensors in the model dir (in the folder for an HF name) and
-    reused while the folder's file list, sizes, mtimes and the model's bytes are unchanged."""
+    index-<hash of folder + model>.safetensors in the model dir (in the folder for an HF name)
+    and reused while the folder's file list, sizes, mtimes and the model's bytes are unchanged."""
     from safetensors.torch import save_file, safe_open
     folder = os.path.abspath(folder)
     if not os.path.isdir(folder):
@@ -446,87 +360,40 @@ def folder_index(enc, folder, batch_size):
     emb, keep = embed_files(enc, [os.path.join(folder, r) for r in rel], batch_size)
     paths = [rel[i] for i in keep]
     meta = dict(signature=sig, folder=folder, paths=json.dumps(paths))
-    save_file({'embeds': emb.contiguous()}, path + '.tmp', metadata=meta)
-    os.replace(path + '.tmp', path)
+    atomic_write(path, lambda tmp: save_file({'embeds': emb.contiguous()}, tmp, metadata=meta))
     print(f"indexed {len(paths)} images of {folder} -> {path}")
     return paths, emb
 
-def export_and_check(enc, out_dir):
-    """Student.export_onnx, then onnxruntime vs PyTorch at batch 5 (the graphs were traced at 2):
-    random pixels, real prompts and a row of random ids over the whole teacher vocabulary (mostly
-    UNK inside the graph) -> {graph: min cos, max |diff|}."""
-    import onnxruntime as ort
+def search_mode(enc, folder, query, query_image, topk, batch_size):
+    """Index the folder (once), then print the top-k images for a text or an image query."""
+    from PIL import Image
+    paths, emb = folder_index(enc, folder, batch_size)
+    if not (query or query_image):
+        return
+    if query_image:
+        q = enc.images(enc.prep([Image.open(query_image).convert('RGB')]))
+    else:
+        q = enc.texts(enc.tokenize([query]))
+    scores = (F.normalize(q.cpu(), dim=-1) @ emb.T)[0]
+    top = scores.topk(min(topk, len(paths)))
+    print(f"top {len(top.indices)} of {len(paths)} for {query_image or repr(query)}:")
+    for s, i in zip(top.values.tolist(), top.indices.tolist()):
+        print(f"{s:8.4f}  {os.path.join(folder, paths[i])}")
+
+def export_mode(enc, out_dir):
+    """Student.export_onnx + export.json: what a runtime needs to feed the graphs (pixel size,
+    normalisation, text length and padding). Their parity with PyTorch under onnxruntime is
+    checked by test_smoke.py (test_student_dir_onnx_export_reload_query)."""
+    if enc.kind != 'ours':
+        sys.exit(f"eval.py: --export_onnx exports a Student; {enc.path} is an HF model")
     st = enc.model.cpu()
     paths = st.export_onnx(out_dir)
-    g = torch.Generator().manual_seed(0)
-    S = st.config.image_size
-    px = torch.randint(0, 256, (5, 3, S, S), dtype=torch.uint8, generator=g)
-    prompts = ['a red circle', 'a small blue square in the top left', 'a photo of a cat.', '']
-    noise = torch.randint(0, len(enc.tok), (1, enc.length), generator=g)
-    ids = torch.cat([enc.tokenize(prompts), noise])
-    x = st.preprocess(px)
-    feeds = dict(image=x, image_uint8=px, text=ids)
-    with torch.no_grad():
-        img, txt = st.encode_image(x), st.encode_text(ids)
-    want = dict(image=img, image_uint8=img, text=txt)
-    parity = {}
-    for name, p in paths.items():
-        sess = ort.InferenceSession(p, providers=['CPUExecutionProvider'])
-        got = sess.run(None, {sess.get_inputs()[0].name: feeds[name].numpy()})[0]
-        got = torch.from_numpy(got)
-        cos = F.cosine_similarity(got, want[name], dim=-1).min().item()
-        diff = (got - want[name]).abs().max().item()
-        parity[name] = dict(min_cos=cos, max_abs_diff=diff, batch=len(got))
-        print(f"onnx {name}: {p} | batch {len(got)}: min cos {cos:.7f}, max |diff| {diff:.2e}")
-    info = dict(paths=paths, parity=parity, image_size=S, mean=st.config.image_mean,
-                std=st.config.image_std, context_length=enc.length, padding='right', lowercase=True)
+    info = dict(paths=paths, image_size=st.config.image_size, mean=st.config.image_mean,
+                std=st.config.image_std, context_length=enc.length, padding='right',
+                lowercase=enc.lowercase)
     write_json(os.path.join(out_dir, 'export.json'), info)
     st.to(enc.device)
-    return parity
-
-def throughput(fns, n, seconds, device):
-    """{name: fn} each processing n items -> {name: items/s}: the median over rounds that call every
-    fn in turn, so a load change on a shared machine hits the student and the teacher alike."""
-    sync = torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
-    times = {k: [] for k in fns}
-    for f in fns.values(): # warm-up
-        f()
-    end = time.time() + seconds
-    while time.time() < end or len(times[next(iter(fns))]) < 3:
-        for k, f in fns.items():
-            sync()
-            t = time.perf_counter()
-            f()
-            sync()
-            times[k].append(time.perf_counter() - t)
-    return {k: n / statistics.median(v) for k, v in times.items()}
-
-def speed_vs_teacher(enc, cache, batch_size, seconds, device):
-    """Images/s and texts/s of enc and of the cache's teacher (its manifest's 'teacher'): the same
-    cached images and captions, inputs prepared beforehand, only the forward passes timed."""
-    from PIL import Image
-    data, man = load_cache(cache, verify=False)
-    teacher = Encoder(man['teacher'], device)
-    n = min(batch_size, len(data['pixels']))
-    ims = [Image.fromarray(p.permute(1, 2, 0).numpy()) for p in data['pixels'][:n]]
-    ids = data['input_ids'][:n]
-    x_s, x_t = enc.prep(ims), teacher.prep(ims)
-    fns = dict(img=lambda: enc.images(x_s), txt=lambda: enc.texts(ids),
-               teacher_img=lambda: teacher.images(x_t), teacher_txt=lambda: teacher.texts(ids))
-    r = throughput(fns, n, 4 * seconds, device)
-    sp = {f'{k}_per_s': v for k, v in r.items()}
-    sp.update(img_ratio=r['img'] / r['teacher_img'], txt_ratio=r['txt'] / r['teacher_txt'])
-    sp.update(batch=n, device=device, threads=torch.get_num_threads(), teacher=man['teacher'],
-              params=enc.n_params, teacher_params=teacher.n_params)
-    return sp
-
-def write_json(path, row):
-    with open(path + '.tmp', 'w') as f:
-        json.dump(row, f, indent=1)
-    replace_durably(path + '.tmp', path)
-
-def read_json(path):
-    return json.load(open(path)) if os.path.isfile(path) else {}
+    print(f"exported {', '.join(paths.values())}")
 
 if __name__ == '__main__':
     # -----------------------------------------------------------------------------
@@ -538,7 +405,7 @@ if __name__ == '__main__':
     locca = True # also evaluate the LocCa decoder when the checkpoint has one
     max_locca = 500
     # the student as a product (these replace the retrieval eval; --ckpt may be an HF SigLIP)
-    export_onnx = False # <ckpt>/onnx/{image,image_uint8,text}.onnx, checked with onnxruntime
+    export_onnx = False # <ckpt>/onnx/{image,image_uint8,text}.onnx + export.json
     zeroshot = '' # ImageFolder dir or COCO instances json -> top-1/top-5 into eval.json
     templates = '' # '|'-separated prompts with {c}; '' = CLIP's 7-template ensemble
     speed = False # images/s, texts/s of --ckpt and of --cache's teacher (its manifest), one run
@@ -547,119 +414,31 @@ if __name__ == '__main__':
     query = '' # text query for --folder
     query_image = '' # image query for --folder
     topk = 5
-    config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
+    config_keys = [k for k, v in globals().items()
+                   if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
     # -----------------------------------------------------------------------------
     # product modes: export, zero-shot, speed, folder search (combinable; no retrieval eval)
     if export_onnx or zeroshot or speed or folder:
         if not ckpt:
             sys.exit("eval.py: --export_onnx / --zeroshot / --speed / --folder need --ckpt")
-        enc = Encoder(ckpt, device)
+        enc = Teacher(ckpt, device)
         out = out or os.path.join(ckpt, 'eval.json')
         run = os.path.basename(os.path.normpath(ckpt))
-        if export_onnx and not enc.is_student:
-            sys.exit(f"eval.py: --export_onnx exports a Student; {ckpt} is an HF model")
         if export_onnx:
-            parity = export_and_check(enc, os.path.join(ckpt, 'onnx'))
-            if min(v['min_cos'] for v in parity.values()) < 0.9999:
-                sys.exit("eval.py: the ONNX graphs differ from PyTorch (cos < 0.9999)")
+            export_mode(enc, os.path.join(ckpt, 'onnx'))
         if zeroshot:
-            temps = templates.split('|') if templates else CLIP_TEMPLATES
-            paths, labels, classes = zeroshot_items(zeroshot)
-            if not paths:
-                sys.exit(f"eval.py: no images to classify in {zeroshot}")
-            # a word the tokenizer can't spell makes every class's prompts alike: refuse early
-            unk = enc.tok.unk_token_id
-            for t in temps:
-                ids = enc.tokenize([t.format(c=c) for c in classes])
-                if unk is not None and (ids == unk).any():
-                    sys.exit(f"eval.py: template {t!r} tokenizes to <unk> with {ckpt}'s "
-                             f"tokenizer: pass --templates")
-            zs = zeroshot_classify(enc, paths, labels, classes, temps, batch_size)
-            zs['source'] = zeroshot
-            row = read_json(out)
-            row.update(zeroshot=zs, run=row.get('run', run))
-            write_json(out, row)
-            print(f"{run}: zero-shot on {zeroshot}: {zs['n_images']} images, "
-                  f"{zs['n_classes']} classes, {len(temps)} templates | "
-                  f"top-1 {zs['top1']:.2f} top-5 {zs['top5']:.2f} -> {out}")
+            zeroshot_mode(enc, zeroshot, templates, batch_size, out, run)
         if speed:
-            sp = speed_vs_teacher(enc, cache, batch_size, speed_seconds, device)
-            row = read_json(out)
-            row.update(speed=sp, run=row.get('run', run))
-            write_json(out, row)
-            print(f"{run}: {sp['img_per_s']:.0f} img/s, {sp['txt_per_s']:.0f} txt/s | "
-                  f"teacher {sp['teacher']}: {sp['teacher_img_per_s']:.0f} img/s, "
-                  f"{sp['teacher_txt_per_s']:.0f} txt/s | student/teacher "
-                  f"x{sp['img_ratio']:.2f} images, x{sp['txt_ratio']:.2f} texts "
-                  f"(batch {sp['batch']}, {device}, {sp['threads']} threads) -> {out}")
+            speed_mode(enc, cache, batch_size, speed_seconds, device, out, run)
         if folder:
-            paths, emb = folder_index(enc, folder, batch_size)
-            if query_image:
-                from PIL import Image
-                q = enc.images(enc.prep([Image.open(query_image).convert('RGB')]))
-            elif query:
-                q = enc.texts(enc.tokenize([query]))
-            if query or query_image:
-                scores = (F.normalize(q.cpu(), dim=-1) @ emb.T)[0]
-                top = scores.topk(min(topk, len(paths)))
-                print(f"top {len(top.indices)} of {len(paths)} for {query_image or repr(query)}:")
-                for s, i in zip(top.values.tolist(), top.indices.tolist()):
-                    print(f"{s:8.4f}  {os.path.join(folder, paths[i])}")
+            search_mode(enc, folder, query, query_image, topk, batch_size)
         sys.exit(0)
-    data, man = load_cache(cache, mmap=True) # pixels are read batch by batch
-    index = torch.searchsorted(data['image_ids'], data['caption_image_ids'])
-    row = dict(split=man['split'], cache=cache, n_images=len(data['image_ids']),
-               n_captions=len(index), fingerprint=man['fingerprint'])
-    if not ckpt:
-        if 'image_embeds' not in data:
-            sys.exit(f"eval.py: {cache} holds no teacher embeddings "
-                     f"(cached with teacher=none): pass --ckpt")
-        metrics = retrieval_metrics(data['image_embeds'][:], data['text_embeds'][:], index)
-        row.update(model='teacher', run='teacher', teacher=man['teacher'], metrics=metrics,
-                   # {image, total} counted at cache time (None: older caches)
-                   params=man.get('teacher_params'))
-        out = out or os.path.join(cache, 'eval.json')
-    else:
-        from model import Student, LoccaDecoder
-        missing = [f for f in ('meta.json', 'config.json', 'model.safetensors')
-                   if not os.path.isfile(os.path.join(ckpt, f))]
-        if missing:
-            sys.exit(f"eval.py: {ckpt} is not a finished train.py out_dir: "
-                     f"missing {', '.join(missing)}")
-        meta = json.load(open(os.path.join(ckpt, 'meta.json')))
-        if meta['teacher_fingerprint'] != man['teacher_fingerprint']:
-            sys.exit(f"eval.py: {ckpt} was trained on a cache of another teacher/processor "
-                     f"than {cache}")
-        from safetensors import safe_open
-        train_dir = meta['train_cache']
-        if not os.path.isfile(os.path.join(train_dir, 'manifest.json')):
-            sys.exit(f"eval.py: {train_dir} (the training cache in {ckpt}/meta.json) is gone: "
-                     f"cannot check train/test overlap")
-        train_ids = torch.cat(
-            [safe_open(os.path.join(train_dir, s['file']), 'pt').get_tensor('image_ids')
-             for s in json.load(open(os.path.join(train_dir, 'manifest.json')))['shards']])
-        check_no_leak(train_ids, data['image_ids'], f'{ckpt} (trained on {train_dir}) vs {cache}')
-        # the checkpoint scored: report.py refuses this eval.json
-        # once the run's model.safetensors has changed
-        row['checkpoint'] = dict(iter_num=meta['iter_num'],
-                                 model_sha256=sha256(os.path.join(ckpt, 'model.safetensors')))
-        student = Student.from_pretrained(ckpt).to(device)
-        img, txt = embed_student(student, data['pixels'], data['input_ids'], device, batch_size)
-        metrics = retrieval_metrics(img, txt, index)
-        row.update(model='student', run=os.path.basename(os.path.normpath(ckpt)), metrics=metrics,
-                   params=dict(total=student.num_params(),
-                               without_token_table=student.num_params(token_table=False)))
-        if locca and os.path.isfile(os.path.join(ckpt, 'decoder.safetensors')):
-            from transformers import AutoTokenizer
-            decoder = LoccaDecoder.from_pretrained(ckpt).to(device)
-            row['locca'] = locca_metrics(student, decoder, data,
-                                         AutoTokenizer.from_pretrained(ckpt), device, max_locca)
-        out = out or os.path.join(ckpt, 'eval.json')
-    old = read_json(out) # the product modes' fields survive a new retrieval eval
-    write_json(out, {**{k: old[k] for k in ('zeroshot', 'speed') if k in old}, **row})
+    row = retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca)
+    out = out or os.path.join(ckpt or cache, 'eval.json')
+    update_eval_json(out, retrieval=True, **row)
     m = row['metrics']
-    print(f"{row['run']}: {man['split']} {row['n_images']} images / {row['n_captions']} captions "
+    print(f"{row['run']}: {row['split']} {row['n_images']} images / {row['n_captions']} captions "
           f"| I→T R@1 {m['i2t_r1']:.2f} R@5 {m['i2t_r5']:.2f} R@10 {m['i2t_r10']:.2f} "
           f"| T→I R@1 {m['t2i_r1']:.2f} R@5 {m['t2i_r5']:.2f} R@10 {m['t2i_r10']:.2f}"
           + (f" | ARef acc@0.5 {row['locca']['aref_acc_iou50']:.1f}" if 'locca' in row else '')

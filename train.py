@@ -21,9 +21,10 @@ import timm
 import torch
 import torch.distributed as dist
 from model import Student, StudentConfig, LoccaDecoder, DINOHead
-from loss import SigLIP2Loss, DistillLoss, crop_boxes
-from eval import (load_cache, retrieval_metrics, check_no_leak, embed_student, what_changed,
-                  replace_durably, Rows)
+from loss import SigLIP2Loss, DistillLoss
+from eval import retrieval_metrics, embed_student
+from cache_teacher import (load_cache, check_no_leak, check_same_teacher, what_changed,
+                           atomic_write, write_json, Rows, crop_boxes)
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -196,9 +197,7 @@ if init_from == 'resume':
 # grow with the cache and ranks share the pages
 data, man = load_cache(train_cache, mmap=True)
 val, vman = load_cache(val_cache, mmap=True)
-if vman['teacher_fingerprint'] != man['teacher_fingerprint']:
-    sys.exit(f"train.py: {val_cache} was cached with another teacher/processor "
-             f"than {train_cache}")
+check_same_teacher(man, vman, f"train.py: {val_cache} vs {train_cache}")
 check_no_leak(data['image_ids'], val['image_ids'], f'{train_cache} vs {val_cache}')
 # content, not paths: `./cache/x` and `cache/x` are one cache
 if ckpt and ckpt['fingerprint'] != man['fingerprint']:
@@ -226,9 +225,7 @@ def load_extra(path, keys): # an unpaired cache: same teacher, never the val ima
     if not path:
         return None
     d, m = load_cache(path, mmap=True)
-    if m['teacher_fingerprint'] != man['teacher_fingerprint']:
-        sys.exit(f"train.py: {path} was cached with another teacher/processor "
-                 f"than {train_cache}")
+    check_same_teacher(man, m, f"train.py: {path} vs {train_cache}")
     if not all(k in d for k in keys):
         sys.exit(f"train.py: {path} holds no {' / '.join(keys)}: cache it with the teacher "
                  f"({'images' if 'pixels' in keys else 'captions'} kept)")
@@ -478,9 +475,8 @@ def save(metrics):
               optimizer=optimizer.state_dict(), model_args=model_args,
               iter_num=iter_num, best_val=best_val, config=config,
               fingerprint=man['fingerprint'], cache_content=man.get('content'))
-    torch.save(ck, os.path.join(out_dir, 'ckpt.pt.tmp'))
     # a crash keeps the last one
-    replace_durably(os.path.join(out_dir, 'ckpt.pt.tmp'), os.path.join(out_dir, 'ckpt.pt'))
+    atomic_write(os.path.join(out_dir, 'ckpt.pt'), lambda tmp: torch.save(ck, tmp))
     saved_iter = iter_num
     # config.json + model.safetensors: all that Student.from_pretrained needs
     student.save_pretrained(out_dir)
@@ -502,9 +498,7 @@ def save(metrics):
                 locca_images_without_regions=no_reg,
                 # as in config.json (older readers look here)
                 text_length=text_length)
-    with open(os.path.join(out_dir, 'meta.json.tmp'), 'w') as f:
-        json.dump(meta, f, indent=1)
-    os.replace(os.path.join(out_dir, 'meta.json.tmp'), os.path.join(out_dir, 'meta.json'))
+    write_json(os.path.join(out_dir, 'meta.json'), meta)
 
 def log(row):
     with open(os.path.join(out_dir, 'log.jsonl'), 'a') as f:

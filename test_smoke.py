@@ -501,6 +501,7 @@ def test_crops_and_mask_shapes():
     with pytest.raises(ValueError, match='ViT'):
         SigLIP2Loss(cnn, None, tips_head=DINOHead(8, 8, 8, 8), gamma=1.0)
 
+@fast
 def test_readme_snippet_trains_a_tiny_siglip2(tmp_path):
     """The README's 15-line snippet, verbatim, on a tiny random Siglip2Model: every term finite,
     total going down."""
@@ -651,6 +652,7 @@ def test_cache_karpathy_split_keeps_every_caption(tmp_path):
     assert m2['fingerprint'] == m['fingerprint']
     assert [s['sha256'] for s in m['shards']] == [s['sha256'] for s in m2['shards']]
 
+@fast
 def test_views_crops_match_the_stored_teacher_embeddings(tmp_path):
     """cache_teacher.py --views=4: view 0 is the full image; the crop train.py cuts from the cached
     pixels with a stored box + flip, re-embedded by the teacher, agrees with that view's stored

@@ -1,7 +1,8 @@
 """
 TinySigLIP's tests, on CPU. Unit tests call model.py, loss.py and eval.py directly; the rest run
 the scripts through their command line, as a user would. Sections follow the file each test
-exercises.
+exercises. A test_rel_ name marks a reliability test: each reproduced its failure (a silent wrong
+result or a traceback) on the code before its fix.
 
     python test_smoke.py                         # the full suite: what the README and CI run
     python test_smoke.py -m fast                 # the inner loop: unit tests + small command lines

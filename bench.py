@@ -235,7 +235,9 @@ if teacher == 'random-b16': # SigLIP B/16's shapes, random weights: no download
     T.SiglipProcessor(image_processor=improc, tokenizer=tok).save_pretrained(teacher)
     del siglip
 if teacher:
-    from transformers import AutoModel, AutoImageProcessor
+    import numpy as np
+    from PIL import Image
+    from cache_teacher import Teacher
     rates = {}
     # batch: workers decode, the processor runs per batch on the device
     for pre in ('worker', 'batch'):
@@ -252,21 +254,13 @@ if teacher:
                      f"{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
         n, secs = re.search(r'rank 0: (\d+) images in ([\d.]+)s', p.stdout).groups()
         rates[pre] = int(n) / float(secs)
-    ours = os.path.isfile(os.path.join(teacher, 'meta.json')) # one of our train.py runs
-    if ours:
-        t = Student.from_pretrained(teacher).to(device).eval()
-        px = torch.randint(0, 256, (batch_size, 3, t.config.image_size, t.config.image_size),
-                           dtype=torch.uint8)
-        embed = lambda: t.encode_image(t.preprocess(px.to(device)))
-    else: # the processor's own output for random images, moved to the device once
-        t = AutoModel.from_pretrained(teacher, dtype=torch.float32).to(device).eval()
-        improc = AutoImageProcessor.from_pretrained(teacher)
-        ims = list(torch.randint(0, 256, (batch_size, 3, 256, 256), dtype=torch.uint8))
-        tin = {k: v.to(device) for k, v in improc(ims, return_tensors='pt').items()}
-        embed = lambda: t.get_image_features(**tin)
-    def forward():
-        with torch.inference_mode(), autocast:
-            embed()
+    # the bare forward: the same Teacher wrapper cache_teacher.py embeds with, on inputs
+    # prepared beforehand (random 256 px images through its own preprocessing)
+    t = Teacher(teacher, device, dtype=dtype)
+    ims = [Image.fromarray(a) for a in np.random.default_rng(0).integers(
+        0, 256, (batch_size, 256, 256, 3), dtype=np.uint8)]
+    inputs = t.prep(ims)
+    forward = lambda: t.images(inputs)
     ms, _ = measure(forward)
     bare = batch_size / ms * 1000
     for pre, rate in rates.items():

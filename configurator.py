@@ -1,6 +1,6 @@
 """
-nanoGPT's configurator, hardened (STYLE.md §2). Exec'd by every script after its config block
-and config_keys:
+nanoGPT's configurator (karpathy/nanoGPT configurator.py), hardened. Exec'd by every script
+after its config block and config_keys:
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
     python train.py config/a1.py --batch_size=32 --out_dir=out/a1
 A bare argument is a config file: Python exec'd with the script's globals (it may `import` and

@@ -10,7 +10,7 @@ annotations/dataset_shapes.json (Karpathy-style split file) and processor/ (a Ge
 tokenizer of the world's words + SigLIP image settings, loadable offline with
 AutoTokenizer/AutoProcessor).
 
-The world (DEMO_CALIBRATION.md): 1-3 objects of 8 colours x 6 shapes x 2 sizes on a 3x3 grid,
+The world: 1-3 objects of 8 colours x 6 shapes x 2 sizes on a 3x3 grid,
 5 captions per image from varied templates (synonyms, order, relations, counts). A "web" split
 teaches the demo teacher; the student's 500-image "train" split is the bottleneck, and 12
 held-out colour-shape pairs are rare in it (2% of their usual rate) but common in val/test: the

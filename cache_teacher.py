@@ -70,16 +70,30 @@ def replace_durably(tmp, path):
     os.close(fd)
 
 def atomic_write(path, save):
-    """save(tmp_path) writes the file under a temporary name, then it replaces `path` durably: a
-    half-written file never carries the final name. Exceptions propagate."""
-    save(path + '.tmp')
-    replace_durably(path + '.tmp', path)
+    """save(tmp_path) writes the file under a temporary name (closing it, so an error reported at
+    close, as a full disk or quota is, raises there), then it replaces `path` durably: a
+    half-written file never carries the final name and the last good one stays. Exceptions
+    propagate; the temporary file is removed."""
+    try:
+        save(path + '.tmp')
+        replace_durably(path + '.tmp', path)
+    except BaseException:
+        if os.path.exists(path + '.tmp'):
+            os.remove(path + '.tmp')
+        raise
 
 def write_json(path, obj):
     def save(tmp):
-        with open(tmp, 'w') as f:
+        with open(tmp, 'w') as f: # the with block closes it: a close error raises here
             json.dump(obj, f, indent=1)
     atomic_write(path, save)
+
+def check_name(value, key):
+    """A split (or any name that becomes a file or folder name) is a name, never a path: no
+    separator, no '..', so nothing is written outside --out_dir."""
+    if not re.fullmatch(r'[A-Za-z0-9_+\-][A-Za-z0-9_+.\-]*', value):
+        sys.exit(f"cache_teacher: {key}={value!r} must be a name (letters, digits, _ + - .), "
+                 f"not a path")
 
 def read_json(path): # -> {} when the file does not exist
     if not os.path.isfile(path):
@@ -916,6 +930,14 @@ def main(data_dir, split, karpathy, instances, out_dir, max_images, skip_missing
     if world > 1:
         # only used for a barrier before the manifest
         torch.distributed.init_process_group(backend='gloo')
+    check_name(split, 'split')
+    # one source per run: a second one would be ignored without a word
+    given = [f'{k}={v}' for k, v in (('image_folder', image_folder), ('tars', tars),
+                                     ('caption_file', caption_file), ('karpathy', karpathy))
+             if v]
+    if len(given) > 1:
+        sys.exit(f"cache_teacher: one source per cache run, got {' and '.join(given)}: "
+                 f"cache each into its own --split")
     split_dir = os.path.join(out_dir, split)
     os.makedirs(split_dir, exist_ok=True)
 

@@ -337,7 +337,8 @@ def model_hash(path): # config + weights bytes: a retrained checkpoint gets a ne
 
 def folder_index(enc, folder, batch_size):
     """Every image under folder -> (relative paths, (N, D) normalised embeddings), saved as
-    index-<hash of folder + model>.safetensors in the model dir (in the folder for an HF name)
+    index-<hash of folder + model>.safetensors in the model dir (for an HF name: in
+    $XDG_CACHE_HOME/tinysiglip, never in the folder)
     and reused while the folder's file list, sizes, mtimes and the model's bytes are unchanged."""
     from safetensors.torch import save_file, safe_open
     folder = os.path.abspath(folder)
@@ -347,7 +348,11 @@ def folder_index(enc, folder, batch_size):
     stat = [os.stat(os.path.join(folder, r)) for r in rel]
     state = [[r, s.st_size, s.st_mtime_ns] for r, s in zip(rel, stat)]
     sig = hashlib.sha256(json.dumps([state, model_hash(enc.path)]).encode()).hexdigest()[:16]
-    where = enc.path if os.path.isdir(enc.path) else folder
+    # never into the user's folder: an HF name's index goes to the user cache dir
+    where = (enc.path if os.path.isdir(enc.path) else
+             os.path.join(os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')),
+                          'tinysiglip'))
+    os.makedirs(where, exist_ok=True)
     name = hashlib.sha256((folder + enc.path).encode()).hexdigest()[:12]
     path = os.path.join(where, f"index-{name}.safetensors")
     if os.path.isfile(path):

@@ -466,6 +466,16 @@ def git_state():
         return {}
 
 def save(metrics):
+    """Every file atomically (cache_teacher.atomic_write): a failed write (full disk, quota,
+    permission) exits non-zero naming the file, and the files of the last good save stay."""
+    try:
+        write_checkpoint(metrics)
+    except OSError as e:
+        sys.exit(f"train.py: iter {iter_num}: saving to {out_dir} failed "
+                 f"({e.filename or ''}: {e.strerror or e}); the last good save "
+                 f"(iter {saved_iter}) is kept")
+
+def write_checkpoint(metrics):
     global saved_iter
     if not all(torch.isfinite(p).all()
                for p in list(student.parameters()) + list(loss_fn.parameters())):
@@ -477,7 +487,6 @@ def save(metrics):
               fingerprint=man['fingerprint'], cache_content=man.get('content'))
     # a crash keeps the last one
     atomic_write(os.path.join(out_dir, 'ckpt.pt'), lambda tmp: torch.save(ck, tmp))
-    saved_iter = iter_num
     # config.json + model.safetensors: all that Student.from_pretrained needs
     student.save_pretrained(out_dir)
     if decoder is not None:
@@ -485,7 +494,8 @@ def save(metrics):
     # the teacher's tokenizer + image settings travel with the student
     proc = os.path.join(train_cache, 'processor')
     for f in os.listdir(proc):
-        shutil.copy(os.path.join(proc, f), os.path.join(out_dir, f))
+        atomic_write(os.path.join(out_dir, f),
+                     lambda tmp: shutil.copyfile(os.path.join(proc, f), tmp))
     meta = dict(config=config, model_args=model_args, iter_num=iter_num, metrics=metrics,
                 train_cache=train_cache, val_cache=val_cache,
                 fingerprint=man['fingerprint'],
@@ -499,6 +509,7 @@ def save(metrics):
                 # as in config.json (older readers look here)
                 text_length=text_length)
     write_json(os.path.join(out_dir, 'meta.json'), meta)
+    saved_iter = iter_num
 
 def log(row):
     with open(os.path.join(out_dir, 'log.jsonl'), 'a') as f:

@@ -568,15 +568,15 @@ def text_lines(path): # -> [(line number, str)] of a UTF-8 text file, each line 
 def list_image_files(folder):
     """Every image under folder (IMAGE_EXT), sorted paths, and what was left out, counted:
     other files, special files (a FIFO or socket named .jpg would block a reader), dangling
-    symlinks. Symlinked subfolders are followed once (a link back up the tree is a loop: not
-    followed, counted)."""
+    symlinks. Symlinked subfolders are followed; a folder reached a second time (a link back
+    up the tree, two links to one folder) is read once, counted."""
     paths = []
-    dropped = dict(not_images=0, not_regular_files=0, symlink_loops=0)
+    dropped = dict(not_images=0, not_regular_files=0, repeated_folders=0)
     seen = set() # real paths of the folders walked
     for d, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(d)
         if real in seen:
-            dropped['symlink_loops'] += 1
+            dropped['repeated_folders'] += 1
             dirs[:] = []
             continue
         seen.add(real)

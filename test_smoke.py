@@ -1399,7 +1399,7 @@ def test_r18_failed_writes_keep_the_last_good_file(w18, tmp_path):
     assert clean_error(p, 'does not exist')
     (tmp_path / 'report.md').write_text('the last good report\n')
     p = subprocess.run([sys.executable, '-c', FSIZE.format(10) + "import runpy; sys.argv = sys.argv[1:]; "
-                        "runpy.run_path('report.py', run_name='__main__')", 'report.py', f'--runs_dir={tmp_path}',
+                        "runpy.run_path('report.py', run_name='__main__')", 'report.py', f'--runs_dir={tmp_path / "none"}',
                         f'--out={tmp_path / "report.md"}'], cwd=REPO, env=ENV, capture_output=True, text=True)
     assert clean_error(p, 'cannot write') and (tmp_path / 'report.md').read_text() == 'the last good report\n'
     # a split is a name: nothing written outside --out_dir
@@ -1475,12 +1475,15 @@ def test_r18_readers_count_what_they_drop_or_merge(w18, tmp_path):
     (f / 'notes.txt').write_text('not an image')
     os.mkfifo(f / 'pipe.jpg')
     os.symlink(tmp_path / 'gone.jpg', f / 'dangling.jpg')
-    os.symlink(f / 'real', f / 'linked') # followed: real/x.gif twice, under two names
-    os.symlink(f, f / 'real/up') # a loop
+    (tmp_path / 'outside').mkdir()
+    Image.open(webs[5]).save(tmp_path / 'outside/y.gif')
+    os.symlink(tmp_path / 'outside', f / 'linked') # followed
+    os.symlink(f, f / 'real/up') # a loop: read once
+    os.symlink(f / 'real', f / 'again') # the same folder twice: read once
     run('cache_teacher.py', f'--image_folder={f}', '--split=folder', '--captions=False', *common, timeout=120)
     _, m = load_cache(str(tmp_path / 'c/folder'))
-    assert m['counts']['images'] == 6 # 3 jpg + tif + gif under real/ and linked/
-    assert m['counts']['not_images'] == 1 and m['counts']['not_regular_files'] == 2 and m['counts']['symlink_loops'] >= 1
+    assert m['counts']['images'] == 6 # 3 jpg + tif + real/x.gif + linked/y.gif
+    assert m['counts']['not_images'] == 1 and m['counts']['not_regular_files'] == 2 and m['counts']['repeated_folders'] == 2
     p = run('cache_teacher.py', f'--image_folder={f}', f'--tars={tmp_path / "a.tar"}', '--split=two', *common, ok=False)
     assert clean_error(p, 'one source per cache run')
     (tmp_path / 'cut.tar').write_bytes((tmp_path / 'a.tar').read_bytes()[:1500])
@@ -1538,18 +1541,20 @@ def test_r18_folder_search_index_and_special_files(w18, tmp_path):
     f = tmp_path / 'f'
     f.mkdir()
     webs = sorted((w18 / 'w/web2017').iterdir())
-    for i in range(3):
-        shutil.copy(webs[i], f / f'{i}.jpg')
+    from PIL import Image
+    for i in range(3): # BMP: one size for every image of the same dimensions
+        Image.open(webs[i]).save(f / f'{i}.bmp')
     os.mkfifo(f / 'pipe.jpg')
     os.symlink(tmp_path / 'gone.jpg', f / 'dangling.jpg')
     search = ['eval.py', f'--ckpt={tmp_path / "s"}', f'--folder={f}', '--query=a red circle', '--topk=3']
     out = run(*search, timeout=120).stdout
     assert 'indexed 3 images' in out and "'not_regular_files': 2" in out, out
     assert 'reusing index' in run(*search, timeout=120).stdout
-    st = os.stat(f / '0.jpg')
-    same_size = webs[5].read_bytes()[:st.st_size].ljust(st.st_size, b'\0')
-    (f / '0.jpg').write_bytes(same_size)
-    os.utime(f / '0.jpg', ns=(st.st_atime_ns, st.st_mtime_ns))
+    st = os.stat(f / '0.bmp')
+    Image.open(webs[5]).save(tmp_path / '5.bmp')
+    assert os.path.getsize(tmp_path / '5.bmp') == st.st_size
+    (f / '0.bmp').write_bytes((tmp_path / '5.bmp').read_bytes()) # another image, same size and mtime
+    os.utime(f / '0.bmp', ns=(st.st_atime_ns, st.st_mtime_ns))
     assert 'indexed 3 images' in run(*search, timeout=120).stdout
     index = [p for p in os.listdir(tmp_path / 's') if p.startswith('index-')]
     assert len(index) == 1

@@ -480,9 +480,10 @@ def save(metrics):
     permission) exits non-zero naming the file, and the files of the last good save stay."""
     try:
         write_checkpoint(metrics)
-    except OSError as e:
+    # OSError from open/close/fsync, RuntimeError from torch.save's writer, safetensors' own
+    except Exception as e:
         sys.exit(f"train.py: iter {iter_num}: saving to {out_dir} failed "
-                 f"({e.filename or ''}: {e.strerror or e}); the last good save "
+                 f"({type(e).__name__}: {str(e).splitlines()[0]}); the last good save "
                  f"(iter {saved_iter}) is kept")
 
 def write_checkpoint(metrics):

@@ -70,16 +70,30 @@ def replace_durably(tmp, path):
     os.close(fd)
 
 def atomic_write(path, save):
-    """save(tmp_path) writes the file under a temporary name, then it replaces `path` durably: a
-    half-written file never carries the final name. Exceptions propagate."""
-    save(path + '.tmp')
-    replace_durably(path + '.tmp', path)
+    """save(tmp_path) writes the file under a temporary name (closing it, so an error reported at
+    close, as a full disk or quota is, raises there), then it replaces `path` durably: a
+    half-written file never carries the final name and the last good one stays. Exceptions
+    propagate; the temporary file is removed."""
+    try:
+        save(path + '.tmp')
+        replace_durably(path + '.tmp', path)
+    except BaseException:
+        if os.path.exists(path + '.tmp'):
+            os.remove(path + '.tmp')
+        raise
 
 def write_json(path, obj):
     def save(tmp):
-        with open(tmp, 'w') as f:
+        with open(tmp, 'w') as f: # the with block closes it: a close error raises here
             json.dump(obj, f, indent=1)
     atomic_write(path, save)
+
+def check_name(value, key):
+    """A split (or any name that becomes a file or folder name) is a name, never a path: no
+    separator, no '..', so nothing is written outside --out_dir."""
+    if not re.fullmatch(r'[A-Za-z0-9_+\-][A-Za-z0-9_+.\-]*', value):
+        sys.exit(f"cache_teacher: {key}={value!r} must be a name (letters, digits, _ + - .), "
+                 f"not a path")
 
 def read_json(path): # -> {} when the file does not exist
     if not os.path.isfile(path):
@@ -137,6 +151,14 @@ def check_same_teacher(man, other_man, what):
                          f"(teacher fingerprint {other_man['teacher_fingerprint']} "
                          f"vs {man['teacher_fingerprint']})")
 
+def check_contents(data, keys, path, what):
+    """A cache of the wrong kind (image-only, text-only, no teacher) for a step that needs `keys`
+    -> one line naming the cache and what it lacks, before any KeyError deep inside."""
+    lacking = [k for k in keys if k not in data]
+    if lacking:
+        raise SystemExit(f"{what}: {path} holds no {' / '.join(lacking)} "
+                         f"(an image-only, text-only or teacher=none cache?)")
+
 def check_no_leak(train_image_ids, eval_image_ids, what):
     n = len(set(train_image_ids.tolist()) & set(eval_image_ids.tolist()))
     if n:
@@ -145,6 +167,30 @@ def check_no_leak(train_image_ids, eval_image_ids, what):
             f"images. Karpathy test images come from COCO 2014 val, most of which is inside "
             f"2017 train: train on Karpathy train+restval and evaluate on Karpathy test "
             f"(or train 2017 train, evaluate 2017 val)")
+
+def check_same_images(pixels, eval_pixels, what, chunk=4096):
+    """Leaks by content, not id (folder, tar and caption caches number images by position):
+    refuses when rows of `pixels` (N, 3, S, S) uint8, a tensor or Rows, are byte-identical to
+    rows of `eval_pixels` (val / test sized: hashed whole, in memory). The large side is read
+    only as a 4 KiB prefix of each row (a few lines of the first channel), and whole only where
+    a prefix matches: exact, at ~2 % of the bytes of a 256 px cache. Caches stored at different
+    sizes cannot be byte-compared: nothing to check."""
+    if len(pixels) == 0 or len(eval_pixels) == 0 or pixels.shape[1:] != eval_pixels.shape[1:]:
+        return
+    digest = lambda row: hashlib.sha256(row.numpy().tobytes()).digest()
+    ref = eval_pixels[:] # (M, 3, S, S)
+    lines = max(1, min(ref.shape[2], 4096 // ref.shape[3])) # first-channel lines in the prefix
+    prefix = lambda x: [r.numpy().tobytes() for r in x[:, 0, :lines]]
+    ref_prefixes, ref_rows = set(prefix(ref)), {digest(r) for r in ref}
+    n, start = 0, 0
+    for part in pixels[:, :1, :lines].split(chunk): # (c, 1, lines, S): the prefixes only
+        hit = [start + i for i, p in enumerate(prefix(part)) if p in ref_prefixes]
+        n += sum(digest(r) in ref_rows for r in pixels[torch.tensor(hit, dtype=torch.long)])
+        start += len(part)
+    if n:
+        raise SystemExit(f"{what}: {n} of {len(pixels)} images are byte-identical to "
+                         f"evaluation images: training on them scores the evaluation set; "
+                         f"remove them from the training source and re-cache")
 
 # safetensors dtype names -> (numpy dtype of the same width to map the bytes,
 # torch dtype to view them as)
@@ -338,6 +384,8 @@ class Teacher:
             sys.exit(f"no config.json in {path!r}: not a student / teacher directory")
         if path != 'none' and is_student_dir(path):
             from model import Student
+            if not os.path.isfile(os.path.join(path, 'model.safetensors')):
+                sys.exit(f"{path}: no model.safetensors (a run that has not saved yet?)")
             self.kind, self.model = 'ours', Student.from_pretrained(path)
             # the text tower pools the last (pad) position: tokenise at the length it trained
             # on (config.json; older run dirs: meta.json)
@@ -349,7 +397,11 @@ class Teacher:
             max_length = trained
         elif path != 'none':
             from transformers import AutoModel
-            self.model = AutoModel.from_pretrained(path, dtype=torch.float32)
+            try:
+                self.model = AutoModel.from_pretrained(path, dtype=torch.float32)
+            except OSError as e: # a deleted dir, a hub name not downloaded (offline)
+                sys.exit(f"{path!r}: no such model dir, nor a downloaded HF model "
+                         f"({str(e).splitlines()[0]})")
             self.kind = 'siglip2' if self.model.config.model_type == 'siglip2' else 'siglip'
         elif not processor:
             sys.exit("cache_teacher: --teacher=none needs --processor=<dir> "
@@ -489,7 +541,8 @@ class Teacher:
             return features(self.model.get_text_features(input_ids=ids)).float()
 
 # -----------------------------------------------------------------------------
-# readers: one per source, each -> ({image_id: record}, {file: sha256 of what it read})
+# readers: one per source, each -> ({image_id: record}, {file: sha256 of what it read},
+# {what it dropped or merged: count}, written into the manifest's counts)
 # a record is {image_id, path, captions, regions} (+ width/height, or a tar member's offset)
 def read_annotation(path, annotations):
     if not os.path.isfile(path):
@@ -499,6 +552,45 @@ def read_annotation(path, annotations):
     annotations[os.path.basename(path)] = sha256(path)
     return obj
 
+def decode_text(raw, where):
+    """Bytes of a user's text (a caption file line, a tar caption, a jsonl line) -> str; bytes that
+    are not UTF-8 are an error naming where they are, not a traceback."""
+    try:
+        return raw.decode('utf-8')
+    except UnicodeDecodeError as e:
+        sys.exit(f"cache_teacher: {where}: not UTF-8 text (byte {e.start}: "
+                 f"{raw[e.start:e.start + 4]!r}); convert it, e.g. iconv -t UTF-8")
+
+def text_lines(path): # -> [(line number, str)] of a UTF-8 text file, each line checked
+    with open(path, 'rb') as f:
+        return [(n, decode_text(raw, f"{path}, line {n}")) for n, raw in enumerate(f, 1)]
+
+def list_image_files(folder):
+    """Every image under folder (IMAGE_EXT), sorted paths, and what was left out, counted:
+    other files, special files (a FIFO or socket named .jpg would block a reader), dangling
+    symlinks. Symlinked subfolders are followed; a folder reached a second time (a link back
+    up the tree, two links to one folder) is read once, counted."""
+    paths = []
+    dropped = dict(not_images=0, not_regular_files=0, repeated_folders=0)
+    seen = set() # real paths of the folders walked
+    for d, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(d)
+        if real in seen:
+            dropped['repeated_folders'] += 1
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        for f in files:
+            p = os.path.join(d, f)
+            if not f.lower().endswith(IMAGE_EXT):
+                dropped['not_images'] += 1
+            elif not os.path.isfile(p): # FIFO, socket, device, dangling symlink
+                dropped['not_regular_files'] += 1
+            else:
+                paths.append(p)
+    return sorted(paths), dropped
+
 def read_coco(data_dir, split): # COCO-2017 layout
     annotations = {}
     caps = read_annotation(os.path.join(data_dir, 'annotations', f'captions_{split}2017.json'),
@@ -506,13 +598,13 @@ def read_coco(data_dir, split): # COCO-2017 layout
     recs = coco_images(data_dir, split, caps['images'])
     for a in caps.get('annotations', []):
         recs[a['image_id']]['captions'].append(a['caption'])
-    return recs, annotations
+    return recs, annotations, {}
 
 def read_coco_unlabeled(data_dir, split): # COCO unlabeled2017: images without captions
     annotations = {}
     info = read_annotation(os.path.join(data_dir, 'annotations', f'image_info_{split}2017.json'),
                            annotations)
-    return coco_images(data_dir, split, info['images']), annotations
+    return coco_images(data_dir, split, info['images']), annotations, {}
 
 def coco_images(data_dir, split, images):
     return {im['id']: dict(image_id=im['id'],
@@ -530,22 +622,23 @@ def read_karpathy(karpathy, data_dir, split):
                                captions=[s['raw'] for s in im['sentences']], regions=[])
             for im in read_annotation(karpathy, annotations)['images']
             if im['split'] in wanted}
-    return recs, annotations
+    return recs, annotations, {}
 
 def read_folder(image_folder, folder_captions, captions):
     """Any folder of images (searched recursively): ids are the positions in path order (stable
     for the same folder); optionally paired by a JSON-lines file, several lines per file."""
-    paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(image_folder)
-                   for f in fs if f.lower().endswith(IMAGE_EXT))
+    paths, dropped = list_image_files(image_folder)
+    if any(dropped.values()):
+        print(f"{image_folder}: left out {dropped} (counted in the manifest)")
     recs = {i: dict(image_id=i, path=p, captions=[], regions=[]) for i, p in enumerate(paths)}
     # which files, in which order
     annotations = {'image_folder': hashlib.sha256('\n'.join(paths).encode()).hexdigest()}
     if not folder_captions:
-        return recs, annotations
+        return recs, annotations, dropped
     if not os.path.isfile(folder_captions):
         sys.exit(f"cache_teacher: folder_captions {folder_captions} not found")
     by_path = {os.path.relpath(p, image_folder): recs[i] for i, p in enumerate(paths)}
-    for n, line in enumerate(open(folder_captions), 1):
+    for n, line in text_lines(folder_captions):
         if not line.strip():
             continue
         try:
@@ -565,7 +658,7 @@ def read_folder(image_folder, folder_captions, captions):
         sys.exit(f"cache_teacher: {no_caption} of {len(recs)} images in {image_folder} "
                  f"have no caption in {folder_captions}: "
                  f"pass --captions=False for an image-only cache")
-    return recs, annotations
+    return recs, annotations, dropped
 
 def expand_braces(p):
     """webdataset's brace notation: {00000..00331} ranges (zero-padded as written) and {a,b}
@@ -581,24 +674,44 @@ def expand_braces(p):
 def read_tars(tars, captions):
     """webdataset tars (img2dataset: key.jpg|png + key.txt [+ key.json]): members grouped by
     key; each image is read later straight from its byte range in the tar."""
-    recs, no_caption = {}, 0
+    recs, no_caption, seen = {}, 0, set()
+    # what is dropped or merged, counted in the manifest
+    dropped = dict(repeated_tars=0, duplicate_members=0, not_images=0)
     for path in expand_braces(tars):
         if not os.path.isfile(path):
             sys.exit(f"cache_teacher: tar {path} not found (tars={tars!r})")
-        with tarfile.open(path) as tf:
-            found = {} # key -> {ext: member}
-            for m in tf.getmembers():
-                key, _, ext = m.name.rpartition('.')
-                if m.isfile() and key:
-                    found.setdefault(key, {})[ext.lower()] = m
+        # the same tar listed twice (or by two names) is read once
+        if os.path.realpath(path) in seen:
+            dropped['repeated_tars'] += 1
+            continue
+        seen.add(os.path.realpath(path))
+        try:
+            tf = tarfile.open(path)
+            members = tf.getmembers()
+        except (tarfile.TarError, EOFError, OSError) as e:
+            sys.exit(f"cache_teacher: {path}: not a readable tar ({type(e).__name__}: {e}); "
+                     f"re-download it or leave it out of tars={tars!r}")
+        found = {} # key -> {ext: member}
+        for m in members:
+            key, _, ext = m.name.rpartition('.')
+            if m.isfile() and key:
+                # a name twice in one tar: the last one counts (as tar -x leaves it)
+                dropped['duplicate_members'] += ext.lower() in found.get(key, {})
+                found.setdefault(key, {})[ext.lower()] = m
+        with tf:
             for key in sorted(found):
                 im = next((found[key][e[1:]] for e in IMAGE_EXT if e[1:] in found[key]), None)
                 # a caption or json without an image (img2dataset writes these for failed
                 # downloads)
                 if im is None:
+                    dropped['not_images'] += 1
                     continue
+                if im.offset_data + im.size > os.path.getsize(path):
+                    sys.exit(f"cache_teacher: {path}: truncated tar ({im.name} ends past the "
+                             f"file's end); re-download it or leave it out of tars={tars!r}")
                 txt = found[key].get('txt')
-                cap = tf.extractfile(txt).read().decode('utf-8').strip() if txt else ''
+                cap = (decode_text(tf.extractfile(txt).read(), f"{path}, member {txt.name}")
+                       .strip() if txt else '')
                 no_caption += not cap
                 i = len(recs) # ids are positions in (tar, key) order, as for a folder
                 recs[i] = dict(image_id=i, path=path, offset=im.offset_data, size=im.size,
@@ -607,16 +720,18 @@ def read_tars(tars, captions):
         sys.exit(f"cache_teacher: {no_caption} of {len(recs)} images in {tars} "
                  f"have no .txt caption: pass "
                  f"--captions=False for an image-only cache")
-    return recs, {}
+    if any(dropped.values()):
+        print(f"{tars}: dropped or merged {dropped} (counted in the manifest)")
+    return recs, {}, dropped
 
 def read_caption_file(caption_file):
     """One caption per line; a record per caption, so shards split the file."""
     if not os.path.isfile(caption_file):
         sys.exit(f"cache_teacher: caption_file {caption_file} not found")
-    lines = [l.strip() for l in open(caption_file) if l.strip()]
+    lines = [l.strip() for _, l in text_lines(caption_file) if l.strip()]
     recs = {i: dict(image_id=i, path='', captions=[c], regions=[])
             for i, c in enumerate(lines)}
-    return recs, {os.path.basename(caption_file): sha256(caption_file)}
+    return recs, {os.path.basename(caption_file): sha256(caption_file)}, {}
 
 def add_boxes(recs, instance_paths, annotations):
     """COCO instances files -> each record's regions ([x0, y0, x1, y1] normalised, category
@@ -916,6 +1031,14 @@ def main(data_dir, split, karpathy, instances, out_dir, max_images, skip_missing
     if world > 1:
         # only used for a barrier before the manifest
         torch.distributed.init_process_group(backend='gloo')
+    check_name(split, 'split')
+    # one source per run: a second one would be ignored without a word
+    given = [f'{k}={v}' for k, v in (('image_folder', image_folder), ('tars', tars),
+                                     ('caption_file', caption_file), ('karpathy', karpathy))
+             if v]
+    if len(given) > 1:
+        sys.exit(f"cache_teacher: one source per cache run, got {' and '.join(given)}: "
+                 f"cache each into its own --split")
     split_dir = os.path.join(out_dir, split)
     os.makedirs(split_dir, exist_ok=True)
 
@@ -930,19 +1053,19 @@ def main(data_dir, split, karpathy, instances, out_dir, max_images, skip_missing
               else 'caption_file' if caption_file else 'karpathy' if karpathy
               else 'coco_unlabeled' if unlabeled else 'coco')
     if source == 'folder':
-        recs, annotations = read_folder(image_folder, folder_captions, captions)
+        recs, annotations, dropped = read_folder(image_folder, folder_captions, captions)
         captions = captions and bool(folder_captions)
     elif source == 'webdataset':
-        recs, annotations = read_tars(tars, captions)
+        recs, annotations, dropped = read_tars(tars, captions)
     elif source == 'caption_file':
-        recs, annotations = read_caption_file(caption_file)
+        recs, annotations, dropped = read_caption_file(caption_file)
         images = False
     elif source == 'karpathy':
-        recs, annotations = read_karpathy(karpathy, data_dir, split)
+        recs, annotations, dropped = read_karpathy(karpathy, data_dir, split)
     elif source == 'coco':
-        recs, annotations = read_coco(data_dir, split)
+        recs, annotations, dropped = read_coco(data_dir, split)
     else:
-        recs, annotations = read_coco_unlabeled(data_dir, split)
+        recs, annotations, dropped = read_coco_unlabeled(data_dir, split)
         captions = False
     default = os.path.join(data_dir, 'annotations', f'instances_{split}2017.json')
     if source in ('coco', 'coco_unlabeled') and not instances and os.path.isfile(default):
@@ -975,6 +1098,15 @@ def main(data_dir, split, karpathy, instances, out_dir, max_images, skip_missing
         sys.exit("cache_teacher: views > 1 stores teacher embeddings of crops: "
                  "it needs a teacher (not --teacher=none)")
     image_size = image_size or t.input_size
+    # memory grows with views x batch (the teacher's inputs) and views x shard (the embeddings
+    # held until the shard is written): an absurd setting is refused before any work
+    need = (4 * batch_size * views * 3 * t.input_size ** 2
+            + 4 * shard_size * views * (t.embed_dim or 0) + shard_size * 3 * image_size ** 2)
+    have = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    if need > have // 2:
+        sys.exit(f"cache_teacher: views={views}, batch_size={batch_size}, "
+                 f"shard_size={shard_size} need ~{need / 2**30:.1f} GiB, more than half of "
+                 f"this machine's {have / 2**30:.0f} GiB: lower them")
 
     # content the shards on disk must share with this run (guards resume against mixing
     # caches): hashes of the teacher's weights + config, of the processor files and of every
@@ -1029,7 +1161,7 @@ def main(data_dir, split, karpathy, instances, out_dir, max_images, skip_missing
                        contents=contents, views=views, view_scale=view_scale,
                        view_flip=view_flip)
         extra_counts = dict(missing_images=len(missing), dropped_boxes=n_boxes_dropped,
-                            crowd_boxes=n_crowd)
+                            crowd_boxes=n_crowd, **dropped)
         write_manifest(split_dir, split, n_shards, t, content, image_size, extra_counts,
                        dataset, data_dir, preprocess)
     if world > 1:

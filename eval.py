@@ -20,8 +20,10 @@ the model wrapper (Teacher) live in cache_teacher.py.
 import os, sys, json, time, hashlib, statistics
 import torch
 import torch.nn.functional as F
+import string
 from cache_teacher import (load_cache, sha256, check_no_leak, check_same_teacher, read_json,
-                           write_json, atomic_write, IMAGE_EXT, Teacher)
+                           write_json, atomic_write, list_image_files, check_contents,
+                           check_same_images, Teacher)
 
 @torch.no_grad()
 def retrieval_metrics(image_embeds, text_embeds, text_image_index, chunk=1024):
@@ -138,6 +140,8 @@ def retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca):
     """The cached teacher embeddings (ckpt='') or a train.py out_dir on a cache split -> the
     eval.json row: metrics, params, the checkpoint scored and the cache's fingerprint."""
     data, man = load_cache(cache, mmap=True) # pixels are read batch by batch
+    # retrieval needs images and their captions: an image-only / text-only cache is refused
+    check_contents(data, ['pixels', 'input_ids', 'caption_image_ids'], cache, 'eval.py')
     index = torch.searchsorted(data['image_ids'], data['caption_image_ids'])
     row = dict(split=man['split'], cache=cache, n_images=len(data['image_ids']),
                n_captions=len(index), fingerprint=man['fingerprint'])
@@ -162,8 +166,11 @@ def retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca):
     if not os.path.isfile(os.path.join(train_dir, 'manifest.json')):
         sys.exit(f"eval.py: {train_dir} (the training cache in {ckpt}/meta.json) is gone: "
                  f"cannot check train/test overlap")
-    train_ids = load_cache(train_dir, verify=False, mmap=True)[0]['image_ids']
-    check_no_leak(train_ids, data['image_ids'], f'{ckpt} (trained on {train_dir}) vs {cache}')
+    train_data = load_cache(train_dir, verify=False, mmap=True)[0]
+    check_no_leak(train_data['image_ids'], data['image_ids'],
+                  f'{ckpt} (trained on {train_dir}) vs {cache}')
+    check_same_images(train_data['pixels'], data['pixels'],
+                      f'eval.py: {ckpt} (trained on {train_dir}) vs {cache}')
     # the checkpoint scored: report.py refuses this eval.json once the run's model.safetensors
     # has changed
     row['checkpoint'] = dict(iter_num=meta['iter_num'],
@@ -207,14 +214,21 @@ def embed_files(enc, paths, batch_size):
         sys.exit(f"eval.py: none of {len(paths)} image files could be read")
     return torch.cat(embs), keep
 
-def list_images(folder): # every image file under folder: sorted relative paths
-    out = []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        for f in sorted(files):
-            if f.lower().endswith(IMAGE_EXT):
-                out.append(os.path.relpath(os.path.join(root, f), folder))
-    return out
+def list_images(folder): # every image file under folder (as the cache reads a folder)
+    paths, dropped = list_image_files(folder)
+    if any(dropped.values()):
+        print(f"{folder}: left out {dropped}")
+    return [os.path.relpath(p, folder) for p in paths]
+
+def check_templates(templates): # each prompt holds {c} and no other field
+    for t in templates:
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(t) if f is not None}
+        except ValueError as e:
+            sys.exit(f"eval.py: --templates: {t!r} is not a template ({e})")
+        if fields != {'c'}:
+            sys.exit(f"eval.py: --templates: {t!r} must hold {{c}} (the class name) and no "
+                     f"other field, has {sorted(fields) or 'none'}")
 
 def zeroshot_items(src):
     """ImageFolder dir (class = subfolder) or a COCO instances json (the images with exactly
@@ -264,9 +278,14 @@ def zeroshot_classify(enc, paths, labels, classes, templates, batch_size):
 
 def zeroshot_mode(enc, src, templates, batch_size, out, run):
     temps = templates.split('|') if templates else CLIP_TEMPLATES
+    check_templates(temps)
     paths, labels, classes = zeroshot_items(src)
     if not paths:
         sys.exit(f"eval.py: no images to classify in {src}")
+    # one class: every image is right, a top-1 of 100 % that means nothing is not written
+    if len(classes) < 2:
+        sys.exit(f"eval.py: --zeroshot={src} has {len(classes)} class(es): "
+                 f"zero-shot needs at least 2")
     # a word the tokenizer can't spell makes every class's prompts alike: refuse early
     unk = enc.tok.unk_token_id
     for t in temps:
@@ -305,7 +324,9 @@ def speed_mode(enc, cache, batch_size, seconds, device, out, run):
     timed."""
     from PIL import Image
     data, man = load_cache(cache, verify=False)
-    teacher = Teacher(man['teacher'], device)
+    if 'input_ids' not in data or 'pixels' not in data:
+        sys.exit(f"eval.py: --speed needs a paired cache (images and captions); {cache} is not")
+    teacher = Teacher(man['teacher'], device) # gone: Teacher names it
     n = min(batch_size, len(data['pixels']))
     ims = [Image.fromarray(p.permute(1, 2, 0).numpy()) for p in data['pixels'][:n]]
     ids = data['input_ids'][:n]
@@ -337,26 +358,37 @@ def model_hash(path): # config + weights bytes: a retrained checkpoint gets a ne
 
 def folder_index(enc, folder, batch_size):
     """Every image under folder -> (relative paths, (N, D) normalised embeddings), saved as
-    index-<hash of folder + model>.safetensors in the model dir (in the folder for an HF name)
-    and reused while the folder's file list, sizes, mtimes and the model's bytes are unchanged."""
+    index-<hash of folder + model>.safetensors in the model dir (for an HF name: in
+    $XDG_CACHE_HOME/tinysiglip, never in the folder)
+    and reused while the folder's file list, sizes, mtimes, ctimes, inodes and the model's bytes
+    are unchanged: a file replaced at the same size and mtime gets a new ctime (no tool can set
+    it) and inode, so the index is keyed on the files, without reading every image each time."""
     from safetensors.torch import save_file, safe_open
     folder = os.path.abspath(folder)
     if not os.path.isdir(folder):
         sys.exit(f"eval.py: --folder={folder!r} is not a directory")
     rel = list_images(folder)
     stat = [os.stat(os.path.join(folder, r)) for r in rel]
-    state = [[r, s.st_size, s.st_mtime_ns] for r, s in zip(rel, stat)]
+    state = [[r, s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino] for r, s in zip(rel, stat)]
     sig = hashlib.sha256(json.dumps([state, model_hash(enc.path)]).encode()).hexdigest()[:16]
-    where = enc.path if os.path.isdir(enc.path) else folder
+    # never into the user's folder: an HF name's index goes to the user cache dir
+    where = (enc.path if os.path.isdir(enc.path) else
+             os.path.join(os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')),
+                          'tinysiglip'))
+    os.makedirs(where, exist_ok=True)
     name = hashlib.sha256((folder + enc.path).encode()).hexdigest()[:12]
     path = os.path.join(where, f"index-{name}.safetensors")
-    if os.path.isfile(path):
+    try:
         with safe_open(path, 'pt') as f:
             meta = f.metadata()
             if meta.get('signature') == sig:
                 paths = json.loads(meta['paths'])
                 print(f"reusing index {path} ({len(paths)} images)")
                 return paths, f.get_tensor('embeds')
+    except FileNotFoundError:
+        pass
+    except Exception as e: # truncated or corrupt: rebuilt, said so
+        print(f"index {path} unreadable ({type(e).__name__}): rebuilding it")
     emb, keep = embed_files(enc, [os.path.join(folder, r) for r in rel], batch_size)
     paths = [rel[i] for i in keep]
     meta = dict(signature=sig, folder=folder, paths=json.dumps(paths))
@@ -367,11 +399,23 @@ def folder_index(enc, folder, batch_size):
 def search_mode(enc, folder, query, query_image, topk, batch_size):
     """Index the folder (once), then print the top-k images for a text or an image query."""
     from PIL import Image
+    if topk < 1:
+        sys.exit(f"eval.py: --topk={topk} must be >= 1")
+    if query and not query.strip():
+        sys.exit(f"eval.py: --query={query!r} is empty: give words to search for")
+    if query_image and not os.path.isfile(query_image):
+        sys.exit(f"eval.py: --query_image={query_image!r} not found")
     paths, emb = folder_index(enc, folder, batch_size)
     if not (query or query_image):
+        print("no --query / --query_image: indexed only")
         return
     if query_image:
-        q = enc.images(enc.prep([Image.open(query_image).convert('RGB')]))
+        try:
+            img = Image.open(query_image).convert('RGB')
+        except Exception as e:
+            sys.exit(f"eval.py: --query_image={query_image!r} unreadable "
+                     f"({type(e).__name__}: {e})")
+        q = enc.images(enc.prep([img]))
     else:
         q = enc.texts(enc.tokenize([query]))
     scores = (F.normalize(q.cpu(), dim=-1) @ emb.T)[0]

@@ -23,15 +23,14 @@ from safetensors.torch import save_file, load_file
 UNK = 3 # Gemma special ids: pad 0, eos 1, bos 2, unk 3, mask 4
 
 def save_weights(module, out_dir, name, cfg_name, cfg):
-    """config JSON + safetensors, each written to a temp name and renamed
-    (a crash never leaves half a file)."""
+    """config JSON + safetensors, each through cache_teacher.atomic_write (temp name, closed,
+    fsynced, renamed): a crash or a full disk never leaves half a file, the last good one stays
+    and the error propagates."""
+    from cache_teacher import atomic_write, write_json # imported here: it imports this module
     os.makedirs(out_dir, exist_ok=True)
     sd = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
-    for fn, write in [(f'{name}.safetensors', lambda p: save_file(sd, p)),
-                      (cfg_name, lambda p: json.dump(cfg, open(p, 'w'), indent=1))]:
-        path = os.path.join(out_dir, fn)
-        write(path + '.tmp')
-        os.replace(path + '.tmp', path)
+    atomic_write(os.path.join(out_dir, f'{name}.safetensors'), lambda tmp: save_file(sd, tmp))
+    write_json(os.path.join(out_dir, cfg_name), cfg)
 
 # -----------------------------------------------------------------------------
 # image tower: any timm model, exposing pooled features AND un-pooled tokens

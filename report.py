@@ -26,6 +26,8 @@ teacher_eval = 'cache/coco-L/test/eval.json'
 out = 'report.md'
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+    raise SystemExit(f"report.py: --out={out!r}: folder {os.path.dirname(out)!r} does not exist")
 # -----------------------------------------------------------------------------
 NOTES = {} # run name -> why some of its eval.json were refused (printed in its rows)
 # -> the JSON, or None when missing; a corrupt file is noted, not a crash
@@ -289,6 +291,13 @@ if plt:
         plt.close(fig)
 text = '\n'.join(lines) + '\n'
 print(text)
-with open(out + '.tmp', 'w') as f:
-    f.write(text)
-os.replace(out + '.tmp', out)
+# as cache_teacher.atomic_write (this script stays free of torch): temp name, closed (a full disk
+# raises at close), fsynced, renamed; a failure exits non-zero and the last report.md stays
+try:
+    with open(out + '.tmp', 'w') as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(out + '.tmp', out)
+except OSError as e:
+    raise SystemExit(f"report.py: cannot write --out={out!r} ({e.strerror or e})")

@@ -1839,5 +1839,426 @@ def test_demo_quick_writes_tables(demo):
     assert json.load(open(demo / 'out/shapes/a5/meta.json'))['model_args']['image_size'] == 32
 
 
+# -----------------------------------------------------------------------------
+# reliability of the new surface: views, unpaired caches, tars / folders / caption files, the
+# product modes; each test names the kind of failure it covers (each failed before the fix)
+@pytest.fixture(scope='session')
+def w18(
+    tmp_path_factory,
+):  # a tiny world cached with the demo teacher: train (K=2 views), val, web images
+    tmp = tmp_path_factory.mktemp('w18')
+    w = tiny_world(tmp / 'w')
+    common = [
+        f'--data_dir={w}',
+        f'--teacher={TEACHER}',
+        '--num_workers=0',
+        f'--out_dir={tmp / "c"}',
+    ]
+    run('cache_teacher.py', *common, '--split=train', '--views=2')
+    run('cache_teacher.py', *common, '--split=val')
+    run('cache_teacher.py', *common, '--split=web', '--captions=False')
+    return tmp
+
+
+def train18(w18, out, *extra, **kw):
+    return run(
+        'train.py',
+        'config/a5.py',
+        'config/shapes.py',
+        f'--train_cache={w18 / "c/train"}',
+        f'--val_cache={w18 / "c/val"}',
+        f'--out_dir={out}',
+        '--batch_size=8',
+        '--val_images=20',
+        '--log_interval=1',
+        '--warmup_iters=1',
+        '--eval_interval=2',
+        '--max_iters=2',
+        *extra,
+        **kw,
+    )
+
+
+FSIZE = (
+    "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+    "resource.setrlimit(resource.RLIMIT_FSIZE, ({0}, {0})); "
+)
+
+
+def test_r18_failed_writes_keep_the_last_good_file(w18, tmp_path):
+    """Kind: data loss and unsafe writes. A write that fails (here: a file-size limit, as a full
+    disk or quota: the error comes at write or close) raises, leaves the last good config.json /
+    model.safetensors and no temp file; train.py exits non-zero with one line and keeps the last
+    good save; report.py --out likewise, and into a missing folder a clear error; a split is a
+    name, never a path."""
+    d = tmp_path / 's'
+    tiny_student().save_pretrained(str(d))
+    before = {f: (d / f).read_bytes() for f in os.listdir(d)}
+    code = (
+        FSIZE.format(100) + f"sys.path.insert(0, {REPO!r}); from test_smoke import tiny_student; "
+        f"tiny_student(embed_dim=32).save_pretrained({str(d)!r})"
+    )
+    p = subprocess.run(
+        [sys.executable, '-c', code], cwd=REPO, env=ENV, capture_output=True, text=True
+    )
+    assert p.returncode != 0 and {f: (d / f).read_bytes() for f in os.listdir(d)} == before
+    # train.py: a good save at iter 2, then a resume whose save cannot be written
+    train18(w18, tmp_path / 'o')
+    good = {
+        f: (tmp_path / 'o' / f).read_bytes()
+        for f in ('ckpt.pt', 'model.safetensors', 'config.json', 'meta.json')
+    }
+    p = subprocess.run(
+        [
+            sys.executable,
+            '-c',
+            FSIZE.format(10000) + "import runpy; sys.argv = sys.argv[1:]; "
+            "runpy.run_path('train.py', run_name='__main__')",
+            'train.py',
+            'config/a5.py',
+            'config/shapes.py',
+            f'--train_cache={w18 / "c/train"}',
+            f'--val_cache={w18 / "c/val"}',
+            f'--out_dir={tmp_path / "o"}',
+            '--batch_size=8',
+            '--val_images=20',
+            '--warmup_iters=1',
+            '--eval_interval=2',
+            '--max_iters=4',
+            '--init_from=resume',
+        ],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
+    assert clean_error(p, 'saving to', 'last good save (iter 2)'), p.stderr[-2000:]
+    assert {f: (tmp_path / 'o' / f).read_bytes() for f in good} == good
+    assert not [f for f in os.listdir(tmp_path / 'o') if f.endswith('.tmp')]
+    # report.py: a missing folder, and a write that fails keeps the last report
+    p = run('report.py', f'--runs_dir={tmp_path}', f'--out={tmp_path / "nope/report.md"}', ok=False)
+    assert clean_error(p, 'does not exist')
+    (tmp_path / 'report.md').write_text('the last good report\n')
+    p = subprocess.run(
+        [
+            sys.executable,
+            '-c',
+            FSIZE.format(10) + "import runpy; sys.argv = sys.argv[1:]; "
+            "runpy.run_path('report.py', run_name='__main__')",
+            'report.py',
+            f'--runs_dir={tmp_path / "none"}',
+            f'--out={tmp_path / "report.md"}',
+        ],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        clean_error(p, 'cannot write')
+        and (tmp_path / 'report.md').read_text() == 'the last good report\n'
+    )
+    # a split is a name: nothing written outside --out_dir
+    p = run(
+        'cache_teacher.py',
+        f'--data_dir={w18 / "w"}',
+        '--split=../x',
+        '--teacher=none',
+        f'--processor={w18 / "w/processor"}',
+        f'--out_dir={tmp_path / "c"}',
+        ok=False,
+    )
+    assert clean_error(p, "split='../x'") and not (tmp_path / 'x').exists()
+
+
+def test_r18_user_text_is_validated_where_read(w18, tmp_path):
+    """Kind: user-supplied text. Non-UTF-8 bytes in a caption file, a captions jsonl and a tar
+    caption; a template without {c} or with another field; an empty query, a missing
+    --query_image, --topk=-1: one line naming the file (and line / member) or the setting, no
+    traceback."""
+    import io, tarfile, shutil
+
+    common = [f'--teacher={TEACHER}', '--num_workers=0', f'--out_dir={tmp_path / "c"}']
+    (tmp_path / 'caps.txt').write_bytes(b'a red circle\nbad \xff\xfe bytes\n')
+    p = run(
+        'cache_teacher.py',
+        f'--caption_file={tmp_path / "caps.txt"}',
+        '--split=t',
+        *common,
+        ok=False,
+    )
+    assert clean_error(p, 'caps.txt, line 2', 'UTF-8')
+    (tmp_path / 'f').mkdir()
+    shutil.copy(sorted((w18 / 'w/web2017').iterdir())[0], tmp_path / 'f/a.jpg')
+    (tmp_path / 'caps.jsonl').write_bytes(b'{"file": "a.jpg", "caption": "caf\xe9"}\n')
+    p = run(
+        'cache_teacher.py',
+        f'--image_folder={tmp_path / "f"}',
+        f'--folder_captions={tmp_path / "caps.jsonl"}',
+        '--split=j',
+        *common,
+        ok=False,
+    )
+    assert clean_error(p, 'caps.jsonl, line 1', 'UTF-8')
+    with tarfile.open(tmp_path / 'a.tar', 'w') as tf:
+        for name, data in (('k.jpg', (tmp_path / 'f/a.jpg').read_bytes()), ('k.txt', b'\xff')):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    p = run('cache_teacher.py', f'--tars={tmp_path / "a.tar"}', '--split=tar', *common, ok=False)
+    assert clean_error(p, 'a.tar, member k.txt', 'UTF-8')
+    shutil.copytree(TEACHER, tmp_path / 's')
+    (tmp_path / 'zs/a').mkdir(parents=True)
+    (tmp_path / 'zs/b').mkdir()
+    shutil.copy(tmp_path / 'f/a.jpg', tmp_path / 'zs/a/1.jpg')
+    shutil.copy(tmp_path / 'f/a.jpg', tmp_path / 'zs/b/1.jpg')
+    for t in ('a photo', 'a {x}', '{c} and {d}'):
+        p = run(
+            'eval.py',
+            f'--ckpt={tmp_path / "s"}',
+            f'--zeroshot={tmp_path / "zs"}',
+            f'--templates={t}',
+            ok=False,
+        )
+        assert clean_error(p, '--templates', repr(t)) and not (tmp_path / 's/eval.json').exists()
+    search = ['eval.py', f'--ckpt={tmp_path / "s"}', f'--folder={tmp_path / "f"}']
+    assert clean_error(run(*search, '--query= ', ok=False), '--query', 'empty')
+    assert clean_error(
+        run(*search, f'--query_image={tmp_path / "nope.jpg"}', ok=False), 'nope.jpg', 'not found'
+    )
+    assert clean_error(run(*search, '--query=a red circle', '--topk=-1', ok=False), '--topk=-1')
+
+
+def tar_of(path, members):  # [(name, bytes)] -> an uncompressed tar
+    import io, tarfile
+
+    with tarfile.open(path, 'w') as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+
+
+def test_r18_readers_count_what_they_drop_or_merge(w18, tmp_path):
+    """Kind: readers dropping or merging without a count. Duplicate keys in one tar and the same tar
+    listed twice; a folder with a .gif, a .txt, a FIFO named .jpg, a dangling symlink, a
+    symlinked subfolder (followed) and a link back up the tree (a loop: counted, not followed);
+    two sources in one run -> error; truncated tar / not a tar -> one line."""
+    from PIL import Image
+    from cache_teacher import load_cache
+
+    webs = sorted((w18 / 'w/web2017').iterdir())
+    common = [
+        '--teacher=none',
+        f'--processor={w18 / "w/processor"}',
+        '--num_workers=0',
+        f'--out_dir={tmp_path / "c"}',
+    ]
+    jpg = [f.read_bytes() for f in webs[:3]]
+    tar_of(
+        tmp_path / 'a.tar',
+        [
+            ('k0.jpg', jpg[0]),
+            ('k0.txt', b'one'),
+            ('k1.jpg', jpg[1]),
+            ('k1.txt', b'two'),
+            ('k1.jpg', jpg[2]),
+            ('k1.txt', b'three'),
+        ],
+    )
+    out = run('cache_teacher.py', f'--tars={tmp_path}/{{a,a}}.tar', '--split=tar', *common).stdout
+    _, m = load_cache(str(tmp_path / 'c/tar'))
+    assert (
+        m['counts']['images'] == 2
+        and m['counts']['repeated_tars'] == 1
+        and m['counts']['duplicate_members'] == 2
+    )
+    assert 'counted in the manifest' in out
+    f = tmp_path / 'f'
+    (f / 'real').mkdir(parents=True)
+    for i, src in enumerate(webs[:3]):
+        shutil.copy(src, f / f'{i}.jpg')
+    Image.open(webs[3]).save(f / 'real/x.gif')
+    Image.open(webs[4]).save(f / 'x.tif')
+    (f / 'notes.txt').write_text('not an image')
+    os.mkfifo(f / 'pipe.jpg')
+    os.symlink(tmp_path / 'gone.jpg', f / 'dangling.jpg')
+    (tmp_path / 'outside').mkdir()
+    Image.open(webs[5]).save(tmp_path / 'outside/y.gif')
+    os.symlink(tmp_path / 'outside', f / 'linked')  # followed
+    os.symlink(f, f / 'real/up')  # a loop: read once
+    os.symlink(f / 'real', f / 'again')  # the same folder twice: read once
+    run(
+        'cache_teacher.py',
+        f'--image_folder={f}',
+        '--split=folder',
+        '--captions=False',
+        *common,
+        timeout=120,
+    )
+    _, m = load_cache(str(tmp_path / 'c/folder'))
+    assert m['counts']['images'] == 6  # 3 jpg + tif + real/x.gif + linked/y.gif
+    assert (
+        m['counts']['not_images'] == 1
+        and m['counts']['not_regular_files'] == 2
+        and m['counts']['repeated_folders'] == 2
+    )
+    p = run(
+        'cache_teacher.py',
+        f'--image_folder={f}',
+        f'--tars={tmp_path / "a.tar"}',
+        '--split=two',
+        *common,
+        ok=False,
+    )
+    assert clean_error(p, 'one source per cache run')
+    (tmp_path / 'cut.tar').write_bytes((tmp_path / 'a.tar').read_bytes()[:1500])
+    (tmp_path / 'no.tar').write_bytes(b'not a tar at all' * 100)
+    for name in ('cut.tar', 'no.tar'):
+        p = run('cache_teacher.py', f'--tars={tmp_path / name}', '--split=bad', *common, ok=False)
+        assert clean_error(p, name), p.stderr[-1500:]
+
+
+def test_r18_wrong_cache_kind_and_views_without_views(w18, tmp_path):
+    """Kind: silent wrong results in training. An image-only cache as train_cache or as eval.py
+    --cache -> one line; --views=2 with an extra image cache that stores no views -> refused (it
+    trained on full images only)."""
+    p = train18(w18, tmp_path / 'a', f'--train_cache={w18 / "c/web"}', ok=False)
+    assert clean_error(p, 'web', 'input_ids')
+    p = run('eval.py', f'--cache={w18 / "c/web"}', ok=False)
+    assert clean_error(p, 'web', 'input_ids')
+    p = train18(w18, tmp_path / 'b', '--views=2', f'--extra_image_cache={w18 / "c/web"}', ok=False)
+    assert clean_error(p, 'views=2', '1 view(s)')
+
+
+def test_r18_leaks_are_checked_by_content(w18, tmp_path):
+    """Kind: leak checks by id only. The val images cached again through --image_folder (ids are
+    positions) and given as the unpaired image cache, or as rows of the training cache: refused,
+    byte-identical rows counted."""
+    import shutil
+    from cache_teacher import load_cache, check_same_images
+
+    shutil.copytree(w18 / 'w/val2017', tmp_path / 'f')
+    run(
+        'cache_teacher.py',
+        f'--image_folder={tmp_path / "f"}',
+        '--split=again',
+        '--captions=False',
+        f'--teacher={TEACHER}',
+        '--num_workers=0',
+        f'--out_dir={tmp_path / "c"}',
+    )
+    p = train18(w18, tmp_path / 'o', f'--extra_image_cache={tmp_path / "c/again"}', ok=False)
+    assert clean_error(p, 'byte-identical', '20 of 20')
+    val = load_cache(str(w18 / 'c/val'))[0]['pixels']
+    train = load_cache(str(w18 / 'c/train'), mmap=True)[0]['pixels']  # Rows over the shards
+    check_same_images(train, val, 'clean')  # distinct images: no refusal
+    mixed = torch.cat([train[:5], val[3:4], train[5:9]])
+    with pytest.raises(SystemExit, match='1 of 10 images are byte-identical'):
+        check_same_images(mixed, val, 'mixed')
+
+
+def test_r18_meaningless_scores_and_unbounded_settings(w18, tmp_path):
+    """Kind: a score that cannot mean anything is written; settings that exhaust memory. Zero-shot
+    over one class (top-1 100 %) -> refused, nothing written; an absurd --views is refused before
+    any work."""
+    import shutil
+
+    shutil.copytree(TEACHER, tmp_path / 's')
+    (tmp_path / 'zs/a').mkdir(parents=True)
+    shutil.copy(sorted((w18 / 'w/web2017').iterdir())[0], tmp_path / 'zs/a/1.jpg')
+    p = run(
+        'eval.py',
+        f'--ckpt={tmp_path / "s"}',
+        f'--zeroshot={tmp_path / "zs"}',
+        '--templates=a {c}',
+        ok=False,
+    )
+    assert clean_error(p, '1 class') and not (tmp_path / 's/eval.json').exists()
+    p = run(
+        'cache_teacher.py',
+        f'--data_dir={w18 / "w"}',
+        '--split=val',
+        f'--teacher={TEACHER}',
+        '--views=1000000',
+        f'--out_dir={tmp_path / "c"}',
+        ok=False,
+        timeout=120,
+    )
+    assert clean_error(p, 'views=1000000', 'GiB')
+
+
+def test_r18_folder_search_index_and_special_files(w18, tmp_path):
+    """Kind: folder search keyed on size + mtime, blocking on special files, tracebacks on a bad
+    index. A file replaced at the same size and mtime is re-indexed; a FIFO named .jpg and a
+    dangling symlink are left out (said); a truncated index is rebuilt, said so; an HF name's
+    index never lands in the user's folder."""
+    import shutil
+
+    shutil.copytree(TEACHER, tmp_path / 's')
+    f = tmp_path / 'f'
+    f.mkdir()
+    webs = sorted((w18 / 'w/web2017').iterdir())
+    from PIL import Image
+
+    for i in range(3):  # BMP: one size for every image of the same dimensions
+        Image.open(webs[i]).save(f / f'{i}.bmp')
+    os.mkfifo(f / 'pipe.jpg')
+    os.symlink(tmp_path / 'gone.jpg', f / 'dangling.jpg')
+    search = [
+        'eval.py',
+        f'--ckpt={tmp_path / "s"}',
+        f'--folder={f}',
+        '--query=a red circle',
+        '--topk=3',
+    ]
+    out = run(*search, timeout=120).stdout
+    assert 'indexed 3 images' in out and "'not_regular_files': 2" in out, out
+    assert 'reusing index' in run(*search, timeout=120).stdout
+    st = os.stat(f / '0.bmp')
+    Image.open(webs[5]).save(tmp_path / '5.bmp')
+    assert os.path.getsize(tmp_path / '5.bmp') == st.st_size
+    (f / '0.bmp').write_bytes(
+        (tmp_path / '5.bmp').read_bytes()
+    )  # another image, same size and mtime
+    os.utime(f / '0.bmp', ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert 'indexed 3 images' in run(*search, timeout=120).stdout
+    index = [p for p in os.listdir(tmp_path / 's') if p.startswith('index-')]
+    assert len(index) == 1
+    (tmp_path / 's' / index[0]).write_bytes((tmp_path / 's' / index[0]).read_bytes()[:50])
+    out = run(*search, timeout=120).stdout
+    assert 'unreadable' in out and 'indexed 3 images' in out
+
+
+def test_r18_remaining_tracebacks(w18, tmp_path):
+    """Kind: tracebacks where a message belongs. A run dir without model.safetensors; --speed when
+    the manifest's teacher is gone."""
+    import shutil
+
+    shutil.copytree(TEACHER, tmp_path / 's')
+    os.remove(tmp_path / 's/model.safetensors')
+    p = run('eval.py', f'--ckpt={tmp_path / "s"}', f'--folder={w18 / "w/web2017"}', ok=False)
+    assert clean_error(p, 'no model.safetensors')
+    shutil.copytree(TEACHER, tmp_path / 't')
+    run(
+        'cache_teacher.py',
+        f'--data_dir={w18 / "w"}',
+        '--split=val',
+        f'--teacher={tmp_path / "t"}',
+        '--num_workers=0',
+        f'--out_dir={tmp_path / "c"}',
+    )
+    shutil.rmtree(tmp_path / 't')
+    p = run(
+        'eval.py',
+        f'--ckpt={TEACHER}',
+        f'--cache={tmp_path / "c/val"}',
+        '--speed=True',
+        '--speed_seconds=0.1',
+        f'--out={tmp_path / "e.json"}',
+        ok=False,
+    )
+    assert clean_error(p, str(tmp_path / 't')) and not (tmp_path / 'e.json').exists()
+
 if __name__ == '__main__':
     sys.exit(pytest.main([__file__, '-q', *sys.argv[1:]])) # e.g. -m fast, -k resume, -x

@@ -24,6 +24,7 @@ from model import Student, StudentConfig, LoccaDecoder, DINOHead
 from loss import SigLIP2Loss, DistillLoss
 from eval import retrieval_metrics, embed_student
 from cache_teacher import (load_cache, check_no_leak, check_same_teacher, what_changed,
+                           check_contents, check_same_images,
                            atomic_write, write_json, Rows, crop_boxes)
 
 # -----------------------------------------------------------------------------
@@ -197,8 +198,12 @@ if init_from == 'resume':
 # grow with the cache and ranks share the pages
 data, man = load_cache(train_cache, mmap=True)
 val, vman = load_cache(val_cache, mmap=True)
+# paired caches: an image-only or text-only one trains on nothing it should
+for path, d in ((train_cache, data), (val_cache, val)):
+    check_contents(d, ['pixels', 'input_ids', 'caption_image_ids'], path, 'train.py')
 check_same_teacher(man, vman, f"train.py: {val_cache} vs {train_cache}")
 check_no_leak(data['image_ids'], val['image_ids'], f'{train_cache} vs {val_cache}')
+check_same_images(data['pixels'], val['pixels'], f'train.py: {train_cache} vs {val_cache}')
 # content, not paths: `./cache/x` and `cache/x` are one cache
 if ckpt and ckpt['fingerprint'] != man['fingerprint']:
     sys.exit(f"train.py: resume: {train_cache} is not the cache {out_dir}/ckpt.pt "
@@ -226,19 +231,24 @@ def load_extra(path, keys): # an unpaired cache: same teacher, never the val ima
         return None
     d, m = load_cache(path, mmap=True)
     check_same_teacher(man, m, f"train.py: {path} vs {train_cache}")
-    if not all(k in d for k in keys):
-        sys.exit(f"train.py: {path} holds no {' / '.join(keys)}: cache it with the teacher "
-                 f"({'images' if 'pixels' in keys else 'captions'} kept)")
+    check_contents(d, keys, path, 'train.py')
     # ids of a folder or a caption file are positions, not COCO ids
     if m['dataset']['reader'] in ('coco', 'karpathy'):
         check_no_leak(d['image_ids'], val['image_ids'], f'{path} vs {val_cache}')
+    # ... so by content too (the val images cached again through a folder)
+    if 'pixels' in d:
+        check_same_images(d['pixels'], val['pixels'], f'train.py: {path} vs {val_cache}')
     return d
 extra_img = load_extra(extra_image_cache, ['pixels', 'image_embeds'])
 extra_txt = load_extra(extra_text_cache, ['input_ids', 'text_embeds'])
-if (extra_img is not None and 'view_embeds' in extra_img
-        and extra_img['view_embeds'].shape[1] < views):
-    sys.exit(f"train.py: views={views} but {extra_image_cache} stores "
-             f"{extra_img['view_embeds'].shape[1]} views per image")
+# views=K draws views of the extra images too: a cache without them must not quietly give
+# the full image only
+n_extra_views = (extra_img['view_embeds'].shape[1] if extra_img is not None
+                 and 'view_embeds' in extra_img else 1)
+if extra_img is not None and n_extra_views < views:
+    sys.exit(f"train.py: views={views} but {extra_image_cache} stores {n_extra_views} "
+             f"view(s) per image: cache it with cache_teacher.py --views={views} "
+             f"or train with --views={n_extra_views}")
 if lambda_extra_cross and (extra_img is None or extra_txt is None):
     print0("note: lambda_extra_cross needs both extra_image_cache and extra_text_cache: "
            "the cross term is off")
@@ -466,6 +476,17 @@ def git_state():
         return {}
 
 def save(metrics):
+    """Every file atomically (cache_teacher.atomic_write): a failed write (full disk, quota,
+    permission) exits non-zero naming the file, and the files of the last good save stay."""
+    try:
+        write_checkpoint(metrics)
+    # OSError from open/close/fsync, RuntimeError from torch.save's writer, safetensors' own
+    except Exception as e:
+        sys.exit(f"train.py: iter {iter_num}: saving to {out_dir} failed "
+                 f"({type(e).__name__}: {str(e).splitlines()[0]}); the last good save "
+                 f"(iter {saved_iter}) is kept")
+
+def write_checkpoint(metrics):
     global saved_iter
     if not all(torch.isfinite(p).all()
                for p in list(student.parameters()) + list(loss_fn.parameters())):
@@ -477,7 +498,6 @@ def save(metrics):
               fingerprint=man['fingerprint'], cache_content=man.get('content'))
     # a crash keeps the last one
     atomic_write(os.path.join(out_dir, 'ckpt.pt'), lambda tmp: torch.save(ck, tmp))
-    saved_iter = iter_num
     # config.json + model.safetensors: all that Student.from_pretrained needs
     student.save_pretrained(out_dir)
     if decoder is not None:
@@ -485,7 +505,8 @@ def save(metrics):
     # the teacher's tokenizer + image settings travel with the student
     proc = os.path.join(train_cache, 'processor')
     for f in os.listdir(proc):
-        shutil.copy(os.path.join(proc, f), os.path.join(out_dir, f))
+        atomic_write(os.path.join(out_dir, f),
+                     lambda tmp: shutil.copyfile(os.path.join(proc, f), tmp))
     meta = dict(config=config, model_args=model_args, iter_num=iter_num, metrics=metrics,
                 train_cache=train_cache, val_cache=val_cache,
                 fingerprint=man['fingerprint'],
@@ -499,6 +520,7 @@ def save(metrics):
                 # as in config.json (older readers look here)
                 text_length=text_length)
     write_json(os.path.join(out_dir, 'meta.json'), meta)
+    saved_iter = iter_num
 
 def log(row):
     with open(os.path.join(out_dir, 'log.jsonl'), 'a') as f:

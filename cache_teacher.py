@@ -137,6 +137,31 @@ def read_json(path, annotation=True):
     return obj
 
 IMAGE_EXT = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
+def karpathy_records(split_file, wanted, image_dir, path):
+    """Karpathy's dataset_{coco,flickr30k,flickr8k}.json -> ({image_id: record} of the wanted
+    splits, what the ids are). COCO: id = cocoid, image under image_dir/<filepath>/. Flickr
+    (no cocoid, no filepath, one image folder): id = the Flickr photo id that starts the file
+    name (1000092795.jpg, Flickr8k's 1000268201_693b08cb0e.jpg): the same in every release of
+    the data, where Karpathy's imgid is only a row of this file. eval.py compares ids only
+    within one id space (a COCO id and a Flickr id are different images)."""
+    recs, id_space = {}, 'coco'
+    for im in split_file['images']:
+        if im['split'] not in wanted:
+            continue
+        if 'cocoid' in im:
+            image_id = im['cocoid']
+            file = os.path.join(image_dir, im.get('filepath', ''), im['filename'])
+        else:
+            digits = re.match(r'\d+', im['filename'])
+            if not digits:
+                sys.exit(f"cache_teacher: {path}: image {im['filename']!r} has no cocoid and "
+                         f"its file name does not start with a Flickr photo id")
+            image_id, id_space = int(digits.group()), 'flickr'
+            file = os.path.join(image_dir, im['filename'])
+        recs[image_id] = dict(image_id=image_id, path=file, regions=[],
+                              captions=[s['raw'] for s in im['sentences']])
+    return recs, id_space
+
 if folder_captions and not image_folder:
     sys.exit(f"cache_teacher: folder_captions={folder_captions} pairs the images "
              f"of an --image_folder; none given")
@@ -222,11 +247,8 @@ elif caption_file: # one caption per line; a record per caption, so shards split
     annotations[os.path.basename(caption_file)] = sha256(caption_file)
     images = False
 elif karpathy: # Karpathy split file: keep ALL captions (COCO test has 25,010, not 25,000)
-    wanted = set(split.split('+'))
-    recs = {im['cocoid']: dict(image_id=im['cocoid'],
-                               path=os.path.join(data_dir, im['filepath'], im['filename']),
-                               captions=[s['raw'] for s in im['sentences']], regions=[])
-            for im in read_json(karpathy)['images'] if im['split'] in wanted}
+    split_file = read_json(karpathy)
+    recs, id_space = karpathy_records(split_file, set(split.split('+')), data_dir, karpathy)
 else:
     caps_path = os.path.join(data_dir, 'annotations', f'captions_{split}2017.json')
     info_path = os.path.join(data_dir, 'annotations', f'image_info_{split}2017.json')
@@ -710,8 +732,11 @@ if rank == 0:
     manifest = dict(teacher=teacher, teacher_kind=kind, teacher_params=teacher_params,
                     embed_dim=embed_dim, logit_scale=logit_scale, logit_bias=logit_bias,
                     image_size=image_size, mean=mean, std=std, processor=processor_info,
-                    dataset=dict(name=os.path.basename(os.path.abspath(data_dir)),
-                                 reader=reader,
+                    # Karpathy's files name their dataset (coco, flickr30k): eval.json keys
+                    # its results by it
+                    dataset=dict(name=(split_file.get('dataset') if karpathy else None)
+                                 or os.path.basename(os.path.abspath(data_dir)),
+                                 reader=reader, id_space=id_space if karpathy else None,
                                  karpathy=os.path.basename(karpathy),
                                  instances=','.join(os.path.basename(p)
                                                     for p in instances.split(',') if p),

@@ -476,11 +476,15 @@ def read_list(path): # a file of names or templates: a JSON list, or one a line
 
 def zeroshot_classnames(classes, src, classnames='', dataset=''):
     """zeroshot_items' classes -> (the names put into the prompts, where they came from, the
-    CLIP_benchmark dataset): --classnames (a file, one name a line in sorted folder order)
-    first; ImageNet WordNet-id folders get CLIP_benchmark's imagenet1k names; other folder
+    CLIP_benchmark dataset): --classnames (a file, one name a line in sorted folder order, or
+    a CLIP_benchmark dataset name: its names in index order) first; ImageNet WordNet-id folders get CLIP_benchmark's imagenet1k names; other folder
     names are used as written unless they are ids (no letter, or an unknown WordNet id)."""
     if classnames:
-        names = read_list(classnames)
+        names = (clip_benchmark_list('classnames', classnames) if not os.path.exists(classnames)
+                 else read_list(classnames))
+        if names is None:
+            sys.exit(f"eval.py: --classnames={classnames} is neither a file nor a dataset of "
+                     f"{CLIP_BENCHMARK}/en_classnames.json")
         if len(names) != len(classes):
             sys.exit(f"eval.py: --classnames={classnames} has {len(names)} names, "
                      f"{src} has {len(classes)} classes")
@@ -674,7 +678,8 @@ if __name__ == '__main__':
     # (ImageNet's WordNet-id folders: their imagenet1k names)
     zeroshot_dataset = ''
     templates = '' # '|'-separated prompts with {c}, or a file of them; '' = zeroshot_dataset's
-    classnames = '' # a file, one class name a line in sorted folder order; '' = see eval.py
+    # a file, one class name a line in sorted folder order, or a CLIP_benchmark dataset name
+    classnames = '' # '' = the folder names (ImageNet's WordNet ids: imagenet1k's names)
     speed = False # images/s, texts/s of --ckpt and of --cache's teacher (its manifest), one run
     speed_seconds = 2.0 # timing budget per tower (rounds alternate student and teacher)
     folder = '' # image folder to search: embedded once, index cached in the model dir

@@ -7,8 +7,8 @@ eval.json.
     python eval.py --cache=cache/shapes/test --ckpt=out/shapes/a5 # student -> out/shapes/a5/eval.json
     python eval.py --cache=cache/coco-L/test --ckpt=out/a5 --device=cuda
     python eval.py --cache=cache/flickr30k-L/test --ckpt=out/a5 --device=cuda # zero-shot transfer
-    python eval.py --ckpt=out/a5 --zeroshot=/data/imagenet/val --device=cuda # CLIP_benchmark's
-                                                    # imagenet1k names (by WordNet id), 80 templates
+    # ImageNet val (WordNet-id folders): CLIP_benchmark's imagenet1k names and its 80 templates
+    python eval.py --ckpt=out/a5 --zeroshot=/data/imagenet/val --device=cuda
 
 Every R@k and top-1 carries a 95 % bootstrap interval over test images (BOOTSTRAP) in eval.json.
 
@@ -477,8 +477,9 @@ def read_list(path): # a file of names or templates: a JSON list, or one a line
 def zeroshot_classnames(classes, src, classnames='', dataset=''):
     """zeroshot_items' classes -> (the names put into the prompts, where they came from, the
     CLIP_benchmark dataset): --classnames (a file, one name a line in sorted folder order, or
-    a CLIP_benchmark dataset name: its names in index order) first; ImageNet WordNet-id folders get CLIP_benchmark's imagenet1k names; other folder
-    names are used as written unless they are ids (no letter, or an unknown WordNet id)."""
+    a CLIP_benchmark dataset name: its names in index order) first; ImageNet WordNet-id folders
+    get CLIP_benchmark's imagenet1k names; other folder names are used as written unless they
+    are ids (no letter, or an unknown WordNet id)."""
     if classnames:
         names = (clip_benchmark_list('classnames', classnames) if not os.path.exists(classnames)
                  else read_list(classnames))

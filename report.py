@@ -271,8 +271,9 @@ if zs_rows:
               f"{z['n_classes']} classes, prompts {prompts} (a class = the mean of its normalised "
               f"prompt embeddings, CLIP_benchmark). Accuracy in %.",
               '', '| run | top-1 | top-5 |', '|---|---|---|']
-    lines += [f"| {n} | {stat([dict(z, metrics=z)], 'top1')} | {stat([dict(z, metrics=z)], 'top5')} |"
-              for n, z in zs_rows]
+    # stat() reads metrics and intervals: a zero-shot dict holds top1/top5 at its top level
+    cells = lambda z: [stat([dict(z, metrics=z)], k) for k in ('top1', 'top5')]
+    lines += ['| ' + ' | '.join([n, *cells(z)]) + ' |' for n, z in zs_rows]
 
 lines += arch_table('Table B: teacher × student (full method)', ['b1', 'b2', 'b3', 'b4', 'b5'])
 

@@ -1253,6 +1253,8 @@ def test_imagenet_folder_gets_the_standard_names_and_80_templates(tmp_path):
     with pytest.raises(SystemExit, match='has 2 names.*has 1 classes'):
         zeroshot_classnames(['000'], str(tmp_path / '000'), str(tmp_path / 'names.txt'))
     assert zeroshot_classnames(['red', 'blue'], str(tmp_path / 'val'))[0] == ['red', 'blue'] # names: as written
+    pets = json.load(open(os.path.join(CLIP_BENCHMARK, 'en_classnames.json')))['pets'] # by dataset name, index order
+    assert zeroshot_classnames([f'{i:03d}' for i in range(len(pets))], str(tmp_path / '000'), 'pets')[0] == pets
 
 
 def clip_benchmark_metrics():

@@ -719,12 +719,13 @@ if __name__ == '__main__':
                              f"tokenizer: pass --templates")
             zs = zeroshot_classify(enc, paths, labels, classes, temps, batch_size)
             zs.update(source=zeroshot, dataset=dataset, classnames=names_from)
+            lo, hi = zs['intervals']['top1']
             row = read_json(out)
             row.update(zeroshot=zs, run=row.get('run', run))
             write_json(out, row)
             print(f"{run}: zero-shot on {zeroshot}: {zs['n_images']} images, "
                   f"{zs['n_classes']} classes, {len(temps)} templates | "
-                  f"top-1 {zs['top1']:.2f} {zs['intervals']['top1']} "
+                  f"top-1 {zs['top1']:.2f} [{lo:.2f}, {hi:.2f}] "
                   f"top-5 {zs['top5']:.2f} -> {out}")
         if speed:
             sp = speed_vs_teacher(enc, cache, batch_size, speed_seconds, device)
@@ -790,12 +791,14 @@ if __name__ == '__main__':
             [safe_open(os.path.join(train_dir, s['file']), 'pt').get_tensor('image_ids')
              for s in train_man['shards']])
         in_domain = train_man['dataset']['name'] == dataset
-        if in_domain or id_space(train_man) == id_space(man):
+        spaces = [id_space(train_man), id_space(man)]
+        if in_domain or (spaces[0] is not None and spaces[0] == spaces[1]):
             check_no_leak(train_ids, data['image_ids'],
                           f'{ckpt} (trained on {train_dir}) vs {cache}')
         else: # e.g. COCO ids vs Flickr photo ids: equal numbers, different images
-            print(f"leak check skipped: {train_dir} holds {id_space(train_man)} ids, {cache} "
-                  f"{id_space(man)} ids (different datasets; Flickr30k and COCO are disjoint)")
+            what = [f"{s} ids" if s else 'positions' for s in spaces]
+            print(f"leak check skipped: {train_dir} holds {what[0]}, {cache} {what[1]} "
+                  f"(different datasets: Flickr30k and COCO are disjoint)")
         # the checkpoint scored: report.py refuses this eval.json
         # once the run's model.safetensors has changed
         row['checkpoint'] = dict(iter_num=meta['iter_num'],

@@ -266,6 +266,8 @@ zs_rows = [(n, e['zeroshot']) for n, e in zs_rows if e and 'zeroshot' in e]
 if zs_rows:
     z = zs_rows[0][1]
     prompts = ' / '.join(repr(t) for t in z['templates'])
+    if len(z['templates']) > 8: # CLIP_benchmark's 80 for ImageNet: their count and first one
+        prompts = f"{len(z['templates'])} templates ({z['templates'][0]!r}, ...)"
     lines += ['', '## Zero-shot classification', '',
               f"`{os.path.basename(z['source'].rstrip('/'))}`: {z['n_images']} images, "
               f"{z['n_classes']} classes, prompts {prompts} (a class = the mean of its normalised "

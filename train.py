@@ -198,7 +198,10 @@ if init_from == 'resume':
 data, man = load_cache(train_cache, mmap=True)
 val, vman = load_cache(val_cache, mmap=True)
 check_same_teacher(man, vman, f"train.py: {val_cache} vs {train_cache}")
-check_no_leak(data['image_ids'], val['image_ids'], f'{train_cache} vs {val_cache}')
+leak_skipped = check_no_leak(man, data['image_ids'], vman, val['image_ids'],
+                             f'{train_cache} vs {val_cache}')
+if leak_skipped:
+    print0(leak_skipped)
 # content, not paths: `./cache/x` and `cache/x` are one cache
 if ckpt and ckpt['fingerprint'] != man['fingerprint']:
     sys.exit(f"train.py: resume: {train_cache} is not the cache {out_dir}/ckpt.pt "
@@ -229,9 +232,11 @@ def load_extra(path, keys): # an unpaired cache: same teacher, never the val ima
     if not all(k in d for k in keys):
         sys.exit(f"train.py: {path} holds no {' / '.join(keys)}: cache it with the teacher "
                  f"({'images' if 'pixels' in keys else 'captions'} kept)")
-    # ids of a folder or a caption file are positions, not COCO ids
-    if m['dataset']['reader'] in ('coco', 'karpathy'):
-        check_no_leak(d['image_ids'], val['image_ids'], f'{path} vs {val_cache}')
+    # ids of a folder or a caption file are positions: not compared (said so)
+    leak_skipped = check_no_leak(m, d['image_ids'], vman, val['image_ids'],
+                                 f'{path} vs {val_cache}')
+    if leak_skipped:
+        print0(leak_skipped)
     return d
 extra_img = load_extra(extra_image_cache, ['pixels', 'image_embeds'])
 extra_txt = load_extra(extra_text_cache, ['input_ids', 'text_embeds'])

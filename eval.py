@@ -11,7 +11,9 @@ ONNX export. Every score goes into one eval.json per model.
     python eval.py --cache=cache/flickr30k-L/test --ckpt=out/a5 --device=cuda # zero-shot transfer
     # ImageNet val (WordNet-id folders): CLIP_benchmark's imagenet1k names and its 80 templates
     python eval.py --ckpt=out/a5 --zeroshot=/data/imagenet/val --device=cuda
-    python eval.py --ckpt=out/a5 --zeroshot=/data/pets/test --zeroshot_dataset=pets --classnames=pets
+    # a CLIP_benchmark dataset's names (index order) and templates
+    python eval.py --ckpt=out/a5 --zeroshot=/data/pets/test --zeroshot_dataset=pets \
+        --classnames=pets
     # img/s, txt/s of the student and of the cache's teacher
     python eval.py --cache=cache/coco-L/test --ckpt=out/a5 --speed=True
     python eval.py --ckpt=out/a5 --folder=photos --query="a dog on a beach"

@@ -19,6 +19,10 @@ ids, teacher embeddings, LocCa targets), so no teacher ever runs inside the trai
     python cache_teacher.py --data_dir=/data/coco --karpathy=/data/coco/dataset_coco.json \
         --split=test --teacher=google/siglip2-large-patch16-256 --out_dir=cache/coco-L \
         --device=cuda --dtype=bfloat16
+    # Flickr30k: Karpathy's dataset_flickr30k.json + its one image folder (Flickr photo ids)
+    python cache_teacher.py --data_dir=/data/flickr30k/flickr30k-images \
+        --karpathy=/data/flickr30k/dataset_flickr30k.json --split=test \
+        --teacher=google/siglip2-large-patch16-256 --out_dir=cache/flickr30k-L --device=cuda
     # an image folder paired by a jsonl ({"file": "a/b.jpg", "caption": "..."} a line);
     # the HF processor per batch on the GPU instead of per image in the workers
     # (--preprocess=batch)
@@ -159,7 +163,23 @@ def check_contents(data, keys, path, what):
         raise SystemExit(f"{what}: {path} holds no {' / '.join(lacking)} "
                          f"(an image-only, text-only or teacher=none cache?)")
 
-def check_no_leak(train_image_ids, eval_image_ids, what):
+def id_space(manifest):
+    """What a cache's image ids are: 'coco' (COCO image ids: the COCO reader, Karpathy's COCO
+    file), 'flickr' (Flickr photo ids: Karpathy's Flickr30k / 8k files) or None (positions in a
+    folder, tars or a caption file)."""
+    d = manifest['dataset']
+    # caches written before id_space was stored: only COCO ids came from these readers
+    return (d.get('id_space') or 'coco') if d['reader'] in ('coco', 'karpathy') else None
+
+def check_no_leak(train_man, train_image_ids, eval_man, eval_image_ids, what):
+    """Refuses evaluation images that are also training images. Ids are compared only within
+    one id space: a COCO id and a Flickr photo id of the same number are different images, and
+    positions name nothing. -> None, or why the ids were not compared (for the log)."""
+    spaces = [id_space(train_man), id_space(eval_man)]
+    if spaces[0] is None or spaces[0] != spaces[1]:
+        held = [f"{s} ids" if s else 'positions' for s in spaces]
+        return (f"{what}: leak check skipped: the training cache holds {held[0]}, the "
+                f"evaluation cache {held[1]} (no image can be matched across them)")
     n = len(set(train_image_ids.tolist()) & set(eval_image_ids.tolist()))
     if n:
         raise SystemExit(
@@ -613,16 +633,33 @@ def coco_images(data_dir, split, images):
             for im in images}
 
 def read_karpathy(karpathy, data_dir, split):
-    """Karpathy split file: keep ALL captions (COCO test has 25,010, not 25,000); split may
-    join several ('train+restval')."""
+    """Karpathy's dataset_{coco,flickr30k,flickr8k}.json: keep ALL captions (COCO test has
+    25,010, not 25,000); split may join several ('train+restval'). -> also what the ids are
+    (id_space) and the dataset the file names ('coco', 'flickr30k'). COCO: id = cocoid, image
+    under data_dir/<filepath>/. Flickr (no cocoid, no filepath, one image folder): id = the
+    Flickr photo id that starts the file name (1000092795.jpg, Flickr8k's
+    1000268201_693b08cb0e.jpg), the same in every release of the data, where Karpathy's imgid
+    is only a row of this file."""
     annotations = {}
+    split_file = read_annotation(karpathy, annotations)
     wanted = set(split.split('+'))
-    recs = {im['cocoid']: dict(image_id=im['cocoid'],
-                               path=os.path.join(data_dir, im['filepath'], im['filename']),
-                               captions=[s['raw'] for s in im['sentences']], regions=[])
-            for im in read_annotation(karpathy, annotations)['images']
-            if im['split'] in wanted}
-    return recs, annotations, {}
+    recs, space = {}, 'coco'
+    for im in split_file['images']:
+        if im['split'] not in wanted:
+            continue
+        if 'cocoid' in im:
+            image_id = im['cocoid']
+            path = os.path.join(data_dir, im['filepath'], im['filename'])
+        else:
+            digits = re.match(r'\d+', im['filename'])
+            if not digits:
+                sys.exit(f"cache_teacher: {karpathy}: image {im['filename']!r} has no cocoid "
+                         f"and its file name does not start with a Flickr photo id")
+            image_id, space = int(digits.group()), 'flickr'
+            path = os.path.join(data_dir, im['filename'])
+        recs[image_id] = dict(image_id=image_id, path=path, regions=[],
+                              captions=[s['raw'] for s in im['sentences']])
+    return recs, annotations, dict(name=split_file.get('dataset'), id_space=space)
 
 def read_folder(image_folder, folder_captions, captions):
     """Any folder of images (searched recursively): ids are the positions in path order (stable
@@ -1043,6 +1080,8 @@ def main(data_dir, split, karpathy, instances, out_dir, max_images, skip_missing
     os.makedirs(split_dir, exist_ok=True)
 
     # the source, chosen once; its reader gives the records and the annotation files' hashes
+    # (a Karpathy file also names its dataset and id space)
+    named = dict(name=None, id_space=None)
     if folder_captions and not image_folder:
         sys.exit(f"cache_teacher: folder_captions={folder_captions} pairs the images "
                  f"of an --image_folder; none given")
@@ -1061,7 +1100,9 @@ def main(data_dir, split, karpathy, instances, out_dir, max_images, skip_missing
         recs, annotations, dropped = read_caption_file(caption_file)
         images = False
     elif source == 'karpathy':
-        recs, annotations, dropped = read_karpathy(karpathy, data_dir, split)
+        # a Karpathy file drops nothing; it names its dataset and what its ids are
+        recs, annotations, named = read_karpathy(karpathy, data_dir, split)
+        dropped = {}
     elif source == 'coco':
         recs, annotations, dropped = read_coco(data_dir, split)
     else:
@@ -1153,8 +1194,10 @@ def main(data_dir, split, karpathy, instances, out_dir, max_images, skip_missing
     if world > 1:
         torch.distributed.barrier()
     if rank == 0:
-        dataset = dict(name=os.path.basename(os.path.abspath(data_dir)),
+        # eval.json keys its results by the dataset name (coco, flickr30k)
+        dataset = dict(name=named['name'] or os.path.basename(os.path.abspath(data_dir)),
                        reader='coco' if source == 'coco_unlabeled' else source,
+                       id_space=named['id_space'],
                        karpathy=os.path.basename(karpathy),
                        instances=','.join(os.path.basename(p)
                                           for p in instances.split(',') if p),
@@ -1174,7 +1217,8 @@ if __name__ == '__main__':
     data_dir = 'data/shapes'
     # COCO: train/val/test/web...; with --karpathy: train, restval, train+restval, val, test
     split = 'train'
-    # path to a Karpathy split file (dataset_coco.json); images are looked up under data_dir
+    # path to a Karpathy split file (dataset_coco.json, dataset_flickr30k.json); images are
+    # looked up under data_dir
     karpathy = ''
     # instances json(s) for boxes, comma-separated (Karpathy train+restval: COCO 2014 train +
     # val); '' = annotations/instances_<split>2017.json if it exists (Karpathy: no boxes)

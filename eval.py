@@ -8,16 +8,23 @@ ONNX export. Every score goes into one eval.json per model.
     # student -> out/shapes/a5/eval.json
     python eval.py --cache=cache/shapes/test --ckpt=out/shapes/a5
     python eval.py --cache=cache/coco-L/test --ckpt=out/a5 --device=cuda
-    python eval.py --ckpt=out/a5 --zeroshot=/data/imagenet/val    # top-1/top-5 into eval.json
+    python eval.py --cache=cache/flickr30k-L/test --ckpt=out/a5 --device=cuda # zero-shot transfer
+    # ImageNet val (WordNet-id folders): CLIP_benchmark's imagenet1k names and its 80 templates
+    python eval.py --ckpt=out/a5 --zeroshot=/data/imagenet/val --device=cuda
+    # a CLIP_benchmark dataset's names (index order) and templates
+    python eval.py --ckpt=out/a5 --zeroshot=/data/pets/test --zeroshot_dataset=pets \
+        --classnames=pets
     # img/s, txt/s of the student and of the cache's teacher
     python eval.py --cache=cache/coco-L/test --ckpt=out/a5 --speed=True
     python eval.py --ckpt=out/a5 --folder=photos --query="a dog on a beach"
     python eval.py --ckpt=out/a5 --export_onnx=True   # out/a5/onnx/*.onnx + export.json
 
+Every R@k and top-1 carries a 95 % bootstrap interval over test images (BOOTSTRAP) in eval.json.
+
 `from eval import retrieval_metrics` has no side effects. The cache format (load_cache, ...) and
 the model wrapper (Teacher) live in cache_teacher.py.
 """
-import os, sys, json, time, hashlib, statistics
+import os, re, sys, json, time, hashlib, statistics
 import torch
 import torch.nn.functional as F
 import string
@@ -25,14 +32,28 @@ from cache_teacher import (load_cache, sha256, check_no_leak, check_same_teacher
                            write_json, atomic_write, list_image_files, check_contents,
                            check_same_images, Teacher)
 
-@torch.no_grad()
 def retrieval_metrics(image_embeds, text_embeds, text_image_index, chunk=1024):
     """image_embeds (N, D), text_embeds (M, D), text_image_index (M,) -> recall@{1,5,10} in
     percent. I→T: share of images with >= 1 of their captions in the top k of all M texts; T→I:
-    share of the M captions whose image is in the top k (CLIP_benchmark zeroshot_retrieval.py).
-    Chunked: small memory at 5k x 25k. Exact ties (e.g. the same caption string on
-    two images) count against the query, so rankings never depend on index order and a shared
-    caption cannot score for both images (topk would pick one arbitrarily)."""
+    share of the M captions whose image is in the top k (CLIP_benchmark zeroshot_retrieval.py,
+    same numbers: test_smoke.py checks them against its evaluate)."""
+    return recalls(*retrieval_ranks(image_embeds, text_embeds, text_image_index, chunk))
+
+def recalls(rank_i, rank_t): # ranks of retrieval_ranks -> {i2t_r1, ..., t2i_r10, rsum} in %
+    out = {}
+    for k in (1, 5, 10):
+        out[f'i2t_r{k}'] = 100.0 * (rank_i < k).float().mean().item()
+        out[f't2i_r{k}'] = 100.0 * (rank_t < k).float().mean().item()
+    out['rsum'] = sum(out.values())
+    return out
+
+@torch.no_grad()
+def retrieval_ranks(image_embeds, text_embeds, text_image_index, chunk=1024):
+    """-> rank_i (N,): per image, how many texts score above its best caption; rank_t (M,):
+    per caption, how many images score above its own. Chunked: small memory at 5k x 25k. Exact
+    ties (e.g. the same caption string on two images) count against the query, so rankings
+    never depend on index order and a shared caption cannot score for both images
+    (CLIP_benchmark's topk picks one arbitrarily; random float embeddings have no ties)."""
     # a diverged model must not score: NaN makes every comparison below false,
     # i.e. rank 0 = R@1 of 100 %
     for name, x in (('image', image_embeds), ('text', text_embeds)):
@@ -47,7 +68,6 @@ def retrieval_metrics(image_embeds, text_embeds, text_image_index, chunk=1024):
             raise SystemExit(f"retrieval_metrics: all {len(x)} {name} embeddings "
                              f"are identical: the model collapsed")
     idx = text_image_index.long()
-    out = {}
     # T→I: rank of the true image for each caption = number of images scoring strictly higher
     rank_t = []
     for t, i in zip(txt.split(chunk), idx.split(chunk)):
@@ -66,12 +86,42 @@ def retrieval_metrics(image_embeds, text_embeds, text_image_index, chunk=1024):
         best = sim.masked_fill(~own, -float('inf')).max(1, keepdim=True).values
         # identical captions of two images: no free hit
         rank_i.append(((sim > best) | ((sim == best) & ~own)).sum(1))
-    rank_i = torch.cat(rank_i)
+    return torch.cat(rank_i), rank_t
+
+# 95 % percentile bootstrap over test images, 1000 resamples, fixed seed (stored in eval.json)
+BOOTSTRAP = dict(resamples=1000, seed=0, level=95.0,
+                 unit='test image, with all its captions; the gallery stays the full test set')
+
+def bootstrap_interval(hits, counts, resamples=1000, seed=0, level=95.0, **_):
+    """hits, counts (N, K): per test image and metric, its queries that hit and its queries
+    (an image and all its captions are drawn together) -> (K, 2) [low, high] percentiles of
+    100 * sum(hits) / sum(counts) over `resamples` draws of N images with replacement. Only
+    which queries count is resampled: duplicated images in the gallery would tie themselves."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(hits)
+    stats = []
+    for s in range(0, resamples, 100): # 100 resamples at a time: (100, N) in memory
+        b = min(100, resamples - s)
+        draws = torch.randint(0, n, (b, n), generator=g)
+        times = torch.zeros(b, n, dtype=torch.float64) # (b, N) how often each image is drawn
+        times.scatter_add_(1, draws, torch.ones(b, n, dtype=torch.float64))
+        stats.append(100.0 * (times @ hits.double()) / (times @ counts.double()))
+    tail = (100.0 - level) / 200
+    q = torch.tensor([tail, 1 - tail], dtype=torch.float64)
+    return torch.quantile(torch.cat(stats), q, dim=0).T
+
+def retrieval_intervals(rank_i, rank_t, text_image_index):
+    """Ranks of retrieval_ranks -> {metric: [low, high]} (BOOTSTRAP) for the six R@k."""
+    idx = text_image_index.long()
+    n = len(rank_i)
+    per_image = lambda x: torch.zeros(n).index_add_(0, idx, x.float()) # (M,) -> (N,) sums
+    names, hits, counts = [], [], []
     for k in (1, 5, 10):
-        out[f'i2t_r{k}'] = 100.0 * (rank_i < k).float().mean().item()
-        out[f't2i_r{k}'] = 100.0 * (rank_t < k).float().mean().item()
-    out['rsum'] = sum(out.values())
-    return out
+        names += [f'i2t_r{k}', f't2i_r{k}']
+        hits += [(rank_i < k).float(), per_image(rank_t < k)]
+        counts += [torch.ones(n), per_image(torch.ones(len(idx)))]
+    ci = bootstrap_interval(torch.stack(hits, 1), torch.stack(counts, 1), **BOOTSTRAP)
+    return {m: ci[j].tolist() for j, m in enumerate(names)}
 
 @torch.no_grad()
 def embed_student(student, pixels, input_ids, device, batch_size=256):
@@ -124,36 +174,46 @@ def locca_metrics(student, decoder, data, tokenizer, device, max_images=500):
     return dict(aref_acc_iou50=100.0 * hits / max(n, 1), n_regions=n,
                 cap_token_acc=100.0 * (pred == tgt)[w].float().mean().item())
 
-def update_eval_json(path, retrieval=False, **fields):
-    """One eval.json per model: read, merge, write atomically. A retrieval row replaces the
-    previous one; the product modes' fields (zeroshot, speed) are kept until that mode runs
-    again, and they keep the run name a retrieval eval wrote."""
+def update_eval_json(path, retrieval=False, in_domain=True, **fields):
+    """One eval.json per model: read, merge, write atomically. A retrieval row goes under
+    evals['<dataset>/<split>'] (COCO and Flickr30k side by side); the row of the dataset the
+    run trained on (in_domain) is also the top level, replacing the previous one. The product
+    modes' fields (zeroshot, speed) are kept until that mode runs again, and they keep the run
+    name a retrieval eval wrote."""
     old = read_json(path)
     if retrieval:
-        old = {k: old[k] for k in ('zeroshot', 'speed') if k in old}
+        evals = {**old.get('evals', {}), f"{fields['dataset']}/{fields['split']}": fields}
+        if in_domain:
+            old = {**{k: old[k] for k in ('zeroshot', 'speed') if k in old}, **fields}
+        write_json(path, {**old, 'evals': evals})
+        return
     row = {**old, **fields}
-    if not retrieval and 'run' in old:
+    if 'run' in old:
         row['run'] = old['run']
     write_json(path, row)
 
 def retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca):
-    """The cached teacher embeddings (ckpt='') or a train.py out_dir on a cache split -> the
-    eval.json row: metrics, params, the checkpoint scored and the cache's fingerprint."""
+    """The cached teacher embeddings (ckpt='') or a train.py out_dir on a cache split -> (the
+    eval.json row: metrics with bootstrap intervals, params, the checkpoint scored and the
+    cache's fingerprint; whether the cache is of the dataset the model trained on)."""
     data, man = load_cache(cache, mmap=True) # pixels are read batch by batch
     # retrieval needs images and their captions: an image-only / text-only cache is refused
     check_contents(data, ['pixels', 'input_ids', 'caption_image_ids'], cache, 'eval.py')
     index = torch.searchsorted(data['image_ids'], data['caption_image_ids'])
-    row = dict(split=man['split'], cache=cache, n_images=len(data['image_ids']),
-               n_captions=len(index), fingerprint=man['fingerprint'])
+    dataset = man['dataset']['name']
+    row = dict(split=man['split'], dataset=dataset, cache=cache,
+               n_images=len(data['image_ids']), n_captions=len(index),
+               fingerprint=man['fingerprint'], bootstrap=BOOTSTRAP)
     if not ckpt:
         if 'image_embeds' not in data:
             sys.exit(f"eval.py: {cache} holds no teacher embeddings "
                      f"(cached with teacher=none): pass --ckpt")
-        metrics = retrieval_metrics(data['image_embeds'][:], data['text_embeds'][:], index)
+        ranks = retrieval_ranks(data['image_embeds'][:], data['text_embeds'][:], index)
         # params: {image, total} counted at cache time (None: older caches)
-        row.update(model='teacher', run='teacher', teacher=man['teacher'], metrics=metrics,
+        row.update(model='teacher', run='teacher', teacher=man['teacher'],
+                   metrics=recalls(*ranks), intervals=retrieval_intervals(*ranks, index),
                    params=man.get('teacher_params'))
-        return row
+        return row, True
     from model import Student, LoccaDecoder
     missing = [f for f in ('meta.json', 'config.json', 'model.safetensors')
                if not os.path.isfile(os.path.join(ckpt, f))]
@@ -166,9 +226,12 @@ def retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca):
     if not os.path.isfile(os.path.join(train_dir, 'manifest.json')):
         sys.exit(f"eval.py: {train_dir} (the training cache in {ckpt}/meta.json) is gone: "
                  f"cannot check train/test overlap")
-    train_data = load_cache(train_dir, verify=False, mmap=True)[0]
-    check_no_leak(train_data['image_ids'], data['image_ids'],
-                  f'{ckpt} (trained on {train_dir}) vs {cache}')
+    train_data, train_man = load_cache(train_dir, verify=False, mmap=True)
+    leak_skipped = check_no_leak(train_man, train_data['image_ids'], man, data['image_ids'],
+                                 f'{ckpt} (trained on {train_dir}) vs {cache}')
+    if leak_skipped: # e.g. COCO ids vs Flickr photo ids: equal numbers, different images
+        print(leak_skipped)
+    # ids say nothing across id spaces (and positions never): the pixels do
     check_same_images(train_data['pixels'], data['pixels'],
                       f'eval.py: {ckpt} (trained on {train_dir}) vs {cache}')
     # the checkpoint scored: report.py refuses this eval.json once the run's model.safetensors
@@ -177,8 +240,9 @@ def retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca):
                              model_sha256=sha256(os.path.join(ckpt, 'model.safetensors')))
     student = Student.from_pretrained(ckpt).to(device)
     img, txt = embed_student(student, data['pixels'], data['input_ids'], device, batch_size)
-    metrics = retrieval_metrics(img, txt, index)
-    row.update(model='student', run=os.path.basename(os.path.normpath(ckpt)), metrics=metrics,
+    ranks = retrieval_ranks(img, txt, index)
+    row.update(model='student', run=os.path.basename(os.path.normpath(ckpt)),
+               metrics=recalls(*ranks), intervals=retrieval_intervals(*ranks, index),
                params=dict(total=student.num_params(),
                            without_token_table=student.num_params(token_table=False)))
     if locca and os.path.isfile(os.path.join(ckpt, 'decoder.safetensors')):
@@ -186,15 +250,15 @@ def retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca):
         decoder = LoccaDecoder.from_pretrained(ckpt).to(device)
         row['locca'] = locca_metrics(student, decoder, data,
                                      AutoTokenizer.from_pretrained(ckpt), device, max_locca)
-    return row
+    return row, train_man['dataset']['name'] == dataset
 
 # -----------------------------------------------------------------------------
 # the student as a product: any model dir behind cache_teacher.Teacher (zero-shot, speed,
 # folder search), so it is resized and tokenised exactly as the cache was
-# the 7-template ensemble of CLIP's ImageNet prompt-engineering notebook
-CLIP_TEMPLATES = ['itap of a {c}.', 'a bad photo of the {c}.', 'a origami {c}.',
-                  'a photo of the large {c}.', 'a {c} in a video game.', 'art of the {c}.',
-                  'a photo of the small {c}.']
+# CLIP_benchmark 1.6.2's English class names and templates per dataset (provenance and sha256:
+# data/clip_benchmark/README.md); imagenet1k: 1000 names in index order, the 80 OpenAI templates
+CLIP_BENCHMARK = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'clip_benchmark')
+WORDNET_ID = re.compile(r'n\d{8}') # an ImageNet val folder: n01440764 (tench)
 
 def embed_files(enc, paths, batch_size):
     """-> (N, D) normalised on CPU, indices of the files read (unreadable ones: named, skipped)."""
@@ -259,27 +323,105 @@ def zeroshot_items(src):
     labels = [row[objects[im['id']][0]] for im in ims]
     return paths, labels, [c['name'] for c in cats]
 
+def clip_benchmark_list(kind, dataset):
+    """kind 'classnames' / 'zeroshot_classification_templates', a CLIP_benchmark dataset name
+    -> its list from data/clip_benchmark/en_<kind>.json, or None if it has none."""
+    lists = json.load(open(os.path.join(CLIP_BENCHMARK, f'en_{kind}.json')))
+    return lists.get(dataset)
+
+def imagenet_classnames(wnids):
+    """ImageNet WordNet-id folders -> CLIP_benchmark's imagenet1k names: a wnid's index is its
+    row in timm's imagenet_synsets.txt (the 1000 ids sorted, as ImageFolder orders them)."""
+    import timm
+    path = os.path.join(os.path.dirname(timm.__file__), 'data', '_info', 'imagenet_synsets.txt')
+    index = {w: i for i, w in enumerate(open(path).read().split())}
+    unknown = [w for w in wnids if w not in index]
+    if unknown:
+        return None
+    names = clip_benchmark_list('classnames', 'imagenet1k')
+    return [names[index[w]] for w in wnids]
+
+def read_list(path): # a file of names or templates: a JSON list, or one a line
+    if not os.path.isfile(path):
+        sys.exit(f"eval.py: {path} not found")
+    text = open(path).read()
+    items = json.loads(text) if text.lstrip().startswith('[') else text.splitlines()
+    return [x.strip() for x in items if x.strip()]
+
+def zeroshot_classnames(classes, src, classnames='', dataset=''):
+    """zeroshot_items' classes -> (the names put into the prompts, where they came from, the
+    CLIP_benchmark dataset): --classnames (a file, one name a line in sorted folder order, or
+    a CLIP_benchmark dataset name: its names in index order) first; ImageNet WordNet-id folders
+    get CLIP_benchmark's imagenet1k names; other folder names are used as written unless they
+    are ids (no letter, or an unknown WordNet id)."""
+    if classnames:
+        names = (clip_benchmark_list('classnames', classnames) if not os.path.exists(classnames)
+                 else read_list(classnames))
+        if names is None:
+            sys.exit(f"eval.py: --classnames={classnames} is neither a file nor a dataset of "
+                     f"{CLIP_BENCHMARK}/en_classnames.json")
+        if len(names) != len(classes):
+            sys.exit(f"eval.py: --classnames={classnames} has {len(names)} names, "
+                     f"{src} has {len(classes)} classes")
+        return names, classnames, dataset
+    if not os.path.isdir(src): # instances json: COCO's category names
+        return classes, 'categories', dataset
+    if all(WORDNET_ID.fullmatch(c) for c in classes):
+        names = imagenet_classnames(classes)
+        if names:
+            return names, 'imagenet1k (CLIP_benchmark) by WordNet id', dataset or 'imagenet1k'
+    ids = [c for c in classes if WORDNET_ID.fullmatch(c) or not re.search('[a-zA-Z]', c)]
+    if ids:
+        sys.exit(f"eval.py: --zeroshot={src}: class folder {ids[0]!r} is an id, not a name "
+                 f"(WordNet ids outside ImageNet-1k, numbers): pass --classnames=<file, "
+                 f"one name a line in sorted folder order>")
+    return classes, 'folder names', dataset
+
+def zeroshot_templates(templates, dataset):
+    """--templates ('a|b' or a file) or, if '', the CLIP_benchmark templates of dataset
+    ('' = imagenet1k's 80, the default CLIP_benchmark uses for a dataset without its own)."""
+    if not templates:
+        temps = clip_benchmark_list('zeroshot_classification_templates', dataset or 'imagenet1k')
+        if temps is None:
+            sys.exit(f"eval.py: --zeroshot_dataset={dataset!r} has no templates in "
+                     f"{CLIP_BENCHMARK}: pass --templates")
+    else:
+        temps = read_list(templates) if os.path.isfile(templates) else templates.split('|')
+    check_templates(temps)
+    return temps
+
 @torch.no_grad()
-def zeroshot_classify(enc, paths, labels, classes, templates, batch_size):
-    """CLIP_benchmark zero-shot: a class is the normalised mean of its normalised prompt
-    embeddings; an image gets the class of highest cosine."""
+def zeroshot_weights(enc, classes, templates):
+    """CLIP_benchmark's classifier: a class is the normalised mean of its normalised prompt
+    embeddings -> (C, D) on CPU."""
     weights = []
     for c in classes:
         t = F.normalize(enc.texts(enc.tokenize([t.format(c=c) for t in templates])), dim=-1)
         weights.append(F.normalize(t.mean(0), dim=-1).cpu())
-    img, keep = embed_files(enc, paths, batch_size)
-    y = torch.tensor(labels)[keep]
-    sim = img @ torch.stack(weights).T # (N, C)
-    top = sim.topk(min(5, len(classes)), dim=1).indices # (N, 5)
-    top1 = 100.0 * (top[:, 0] == y).float().mean().item()
-    top5 = 100.0 * (top == y[:, None]).any(1).float().mean().item()
-    return dict(top1=top1, top5=top5, n_images=len(keep), n_classes=len(classes),
-                templates=templates)
+    return torch.stack(weights)
 
-def zeroshot_mode(enc, src, templates, batch_size, out, run):
-    temps = templates.split('|') if templates else CLIP_TEMPLATES
-    check_templates(temps)
+def zeroshot_hits(image_embeds, weights, labels):
+    """(N, D) image embeddings, (C, D) classifier, (N,) labels -> (N, 2) top-1 / top-5 hits
+    (top-5 is top-C below 5 classes); an image gets the class of highest cosine."""
+    sim = F.normalize(image_embeds.float(), dim=-1) @ weights.T # (N, C)
+    top = sim.topk(min(5, len(weights)), dim=1).indices # (N, 5)
+    return torch.stack([top[:, 0] == labels, (top == labels[:, None]).any(1)], 1).float()
+
+def zeroshot_classify(enc, paths, labels, classes, templates, batch_size):
+    """Zero-shot classification as CLIP_benchmark computes it (test_smoke.py checks top-1/top-5
+    against its evaluate) -> top1, top5 in % with bootstrap intervals over images."""
+    weights = zeroshot_weights(enc, classes, templates)
+    img, keep = embed_files(enc, paths, batch_size)
+    hits = zeroshot_hits(img, weights, torch.tensor(labels)[keep])
+    ci = bootstrap_interval(hits, torch.ones_like(hits), **BOOTSTRAP)
+    return dict(top1=100.0 * hits[:, 0].mean().item(), top5=100.0 * hits[:, 1].mean().item(),
+                intervals=dict(top1=ci[0].tolist(), top5=ci[1].tolist()), bootstrap=BOOTSTRAP,
+                n_images=len(keep), n_classes=len(classes), templates=templates)
+
+def zeroshot_mode(enc, src, classnames, dataset, templates, batch_size, out, run):
     paths, labels, classes = zeroshot_items(src)
+    classes, names_from, dataset = zeroshot_classnames(classes, src, classnames, dataset)
+    temps = zeroshot_templates(templates, dataset)
     if not paths:
         sys.exit(f"eval.py: no images to classify in {src}")
     # one class: every image is right, a top-1 of 100 % that means nothing is not written
@@ -294,11 +436,12 @@ def zeroshot_mode(enc, src, templates, batch_size, out, run):
             sys.exit(f"eval.py: template {t!r} tokenizes to <unk> with {enc.path}'s "
                      f"tokenizer: pass --templates")
     zs = zeroshot_classify(enc, paths, labels, classes, temps, batch_size)
-    zs['source'] = src
+    zs.update(source=src, dataset=dataset, classnames=names_from)
     update_eval_json(out, zeroshot=zs, run=run)
+    lo, hi = zs['intervals']['top1']
     print(f"{run}: zero-shot on {src}: {zs['n_images']} images, "
           f"{zs['n_classes']} classes, {len(temps)} templates | "
-          f"top-1 {zs['top1']:.2f} top-5 {zs['top5']:.2f} -> {out}")
+          f"top-1 {zs['top1']:.2f} [{lo:.2f}, {hi:.2f}] top-5 {zs['top5']:.2f} -> {out}")
 
 def throughput(fns, n, seconds, device):
     """{name: fn} each processing n items -> {name: items/s}: the median over rounds that call
@@ -451,7 +594,12 @@ if __name__ == '__main__':
     # the student as a product (these replace the retrieval eval; --ckpt may be an HF SigLIP)
     export_onnx = False # <ckpt>/onnx/{image,image_uint8,text}.onnx + export.json
     zeroshot = '' # ImageFolder dir or COCO instances json -> top-1/top-5 into eval.json
-    templates = '' # '|'-separated prompts with {c}; '' = CLIP's 7-template ensemble
+    # CLIP_benchmark dataset name (data/clip_benchmark): its templates; '' = imagenet1k's 80
+    # (ImageNet's WordNet-id folders: their imagenet1k names)
+    zeroshot_dataset = ''
+    templates = '' # '|'-separated prompts with {c}, or a file of them; '' = zeroshot_dataset's
+    # a file, one class name a line in sorted folder order, or a CLIP_benchmark dataset name
+    classnames = '' # '' = the folder names (ImageNet's WordNet ids: imagenet1k's names)
     speed = False # images/s, texts/s of --ckpt and of --cache's teacher (its manifest), one run
     speed_seconds = 2.0 # timing budget per tower (rounds alternate student and teacher)
     folder = '' # image folder to search: embedded once, index cached in the model dir
@@ -472,15 +620,16 @@ if __name__ == '__main__':
         if export_onnx:
             export_mode(enc, os.path.join(ckpt, 'onnx'))
         if zeroshot:
-            zeroshot_mode(enc, zeroshot, templates, batch_size, out, run)
+            zeroshot_mode(enc, zeroshot, classnames, zeroshot_dataset, templates, batch_size,
+                          out, run)
         if speed:
             speed_mode(enc, cache, batch_size, speed_seconds, device, out, run)
         if folder:
             search_mode(enc, folder, query, query_image, topk, batch_size)
         sys.exit(0)
-    row = retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca)
+    row, in_domain = retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca)
     out = out or os.path.join(ckpt or cache, 'eval.json')
-    update_eval_json(out, retrieval=True, **row)
+    update_eval_json(out, retrieval=True, in_domain=in_domain, **row)
     m = row['metrics']
     print(f"{row['run']}: {row['split']} {row['n_images']} images / {row['n_captions']} captions "
           f"| I→T R@1 {m['i2t_r1']:.2f} R@5 {m['i2t_r5']:.2f} R@10 {m['i2t_r10']:.2f} "

@@ -5,14 +5,21 @@ meta.json, log.jsonl.
     python report.py --runs_dir=out --teacher_eval=cache/coco-L/test/eval.json --out=report.md
     python report.py --runs_dir=out/shapes --teacher_eval=cache/shapes/test/eval.json \
         --out=out/shapes/report.md
+    # + zero-shot transfer columns: the teacher's eval.json of each other test cache
+    python report.py --runs_dir=out --teacher_eval=cache/coco-L/test/eval.json \
+        --transfer_evals=cache/flickr30k-L/test/eval.json --out=report.md
 
 The seed's tables: Table 1 Teacher (name) / Student (No KD) = a1 / Student (TinySigLIP) = the
 run `tinysiglip`, else a5, with params and speed vs the teacher (eval.py --speed); Table 2 Full
 Method (a5), w/o Feature Loss (a4), w/o Affinity Loss (a3), w/o Contrastive (a7), Delta vs Full.
 Then Table R (the recipe part by part), every loss combination a1-a7, zero-shot top-1/top-5
 (eval.py --zeroshot), Table B teacher x student (b1-b5, also as the seed's 2x3 grid) and Table C
-(c1, c2) with student/teacher R@1 ratios. Runs named <name>-s<seed> are extra seeds, shown as
-mean ± half-range. A missing run is a row of '—', never a crash.
+(c1, c2) with student/teacher R@1 ratios. Table 1 gains R@1 columns per --transfer_evals set
+(a student's row: its eval.json's evals['<dataset>/<split>']) and an ImageNet-1k zero-shot
+top-1 column when an eval.json holds one (eval.py --zeroshot on ImageNet). Every number carries
+its 95 % bootstrap interval over test images, `66.7 [64.5, 68.9]` (eval.py); runs named
+<name>-s<seed> are extra seeds, shown as mean ± half-range, the interval then the mean of the
+seeds' bounds. A missing run is a row of '—', never a crash.
 An eval.json that is corrupt, non-finite, scored on another cache than the teacher row, or stale
 (it scored another model.safetensors than the run holds now) is refused like a missing run: the
 row names the file and why.
@@ -23,6 +30,7 @@ import os, json, glob, math, hashlib, functools
 
 runs_dir = 'out'
 teacher_eval = 'cache/coco-L/test/eval.json'
+transfer_evals = '' # comma-separated teacher eval.json of other test caches (Flickr30k): columns
 out = 'report.md'
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
@@ -46,11 +54,13 @@ def sha256(path):
     with open(path, 'rb') as f:
         return hashlib.file_digest(f, 'sha256').hexdigest()
 
-def refused(e, path, run_dir=None): # -> why this eval.json must not be shown, or None
+# -> why this eval.json must not be shown, or None; reference: the teacher row of its test set
+def refused(e, path, run_dir=None, reference='main'):
+    reference = teacher if reference == 'main' else reference
     if not all(isinstance(v, (int, float)) and math.isfinite(v)
                for v in e.get('metrics', {}).values()):
         return f"non-finite metrics: {path} (a diverged model)"
-    if teacher and e.get('fingerprint') != teacher.get('fingerprint'):
+    if reference and e.get('fingerprint') != reference.get('fingerprint'):
         return f"scored on another cache than the teacher row (split {e.get('split')}): {path}"
     model = os.path.join(run_dir or '', 'model.safetensors')
     if (run_dir and os.path.isfile(model)
@@ -77,12 +87,16 @@ def gap(name): # the note of a row without numbers: why, or that the run is miss
     return (f"  ({'; '.join(NOTES[name])})" if NOTES.get(name)
             else f"  (missing: {os.path.join(runs_dir, name)})")
 
-def fmt(vals, digits=1): # mean ± half-range over seeds
+def fmt(vals, digits=1, intervals=()): # mean ± half-range over seeds [mean bootstrap bounds]
     if not vals:
         return '—'
     m = sum(vals) / len(vals)
+    ci = ''
+    if intervals and all(intervals):
+        lo, hi = [sum(b[j] for b in intervals) / len(intervals) for j in (0, 1)]
+        ci = f' [{lo:.{digits}f}, {hi:.{digits}f}]'
     return (f'{m:.{digits}f}'
-            + (f' ± {(max(vals) - min(vals)) / 2:.{digits}f}' if len(vals) > 1 else ''))
+            + (f' ± {(max(vals) - min(vals)) / 2:.{digits}f}' if len(vals) > 1 else '') + ci)
 
 def mean(evals, k):
     return sum(e['metrics'][k] for e in evals) / len(evals) if evals else None
@@ -103,8 +117,13 @@ def short(name): # an HF id (org/name) as it is; a local teacher dir by its last
     parts = os.path.normpath(name).split(os.sep)
     return name if len(parts) <= 2 and not os.path.isabs(name) else '/'.join(parts[-2:])
 
-def stat(evals, k): # one metric of a run: mean ± half-range over its seeds
-    return fmt([e['metrics'][k] for e in evals])
+def stat(evals, k): # one metric of a run: mean ± half-range over its seeds [bootstrap interval]
+    return fmt([e['metrics'][k] for e in evals],
+               intervals=[e.get('intervals', {}).get(k) for e in evals])
+
+def zeroshot_stat(evals, k='top1'): # ImageNet-1k zero-shot top-1 of a run (eval.py --zeroshot)
+    zs = [e['zeroshot'] for e in evals if (e.get('zeroshot') or {}).get('dataset') == 'imagenet1k']
+    return fmt([z[k] for z in zs], intervals=[z.get('intervals', {}).get(k) for z in zs])
 
 # a markdown table row; a run's missing or refused eval.json is named after it
 def row(*cells, run=None):
@@ -144,15 +163,37 @@ t_name = short(teacher.get('teacher', 'teacher')) if teacher else 'not evaluated
 lines += ['', '## Table 1: teacher vs students', '',
           "Params: the teacher's image tower / total; "
           "a student's total (without the token table).", '']
-lines += header('Model', 'Params', 'I→T R@1', 'R@5', 'R@10', 'T→I R@1', 'R@5', 'R@10',
-                'Speed vs teacher')
-for label, evals in [(f'Teacher ({t_name})', [teacher] if teacher else []),
-                     ('Student (No KD)', seeds('a1')),
-                     (f'Student (TinySigLIP, run {tiny})', seeds(tiny))]:
+# zero-shot transfer sets: the teacher's eval.json of each; a student's row is its
+# evals['<dataset>/<split>'], scored on the same cache (fingerprint)
+transfers = []
+for path in filter(None, transfer_evals.split(',')):
+    t = read(path, teacher_notes)
+    why = t and (refused(t, path, reference=None)
+                 or ('dataset' not in t and f"no dataset (older eval.py): {path}"))
+    if why:
+        teacher_notes.append(why)
+    elif t:
+        transfers.append((f"{t['dataset']}/{t['split']}", t))
+def transfer(evals, key, t): # each seed's row of one transfer set: same cache, same checkpoint
+    rows = [((e.get('evals') or {}).get(key), e.get('checkpoint')) for e in evals]
+    return [r for r, ckpt in rows if r and r.get('checkpoint') == ckpt
+            and not refused(r, key, reference=t)]
+table1 = [(f'Teacher ({t_name})', [teacher] if teacher else []),
+          ('Student (No KD)', seeds('a1')),
+          (f'Student (TinySigLIP, run {tiny})', seeds(tiny))]
+has_imagenet = any(zeroshot_stat(ev) != '—' for _, ev in table1)
+extra = [f"{key.split('/')[0]} {d} R@1" for key, _ in transfers for d in ('I→T', 'T→I')]
+lines += header('Model', 'Params', 'I→T R@1', 'R@5', 'R@10', 'T→I R@1', 'R@5', 'R@10', *extra,
+                *(['ImageNet-1k ZS top-1'] if has_imagenet else []), 'Speed vs teacher')
+for label, evals in table1:
     first = evals[0] if evals else None
-    note = (f"  ({'; '.join(teacher_notes)})"
-            if label.startswith('Teacher') and teacher_notes else '')
-    lines.append(row(label, params(first), *[stat(evals, k) for k in KEYS], speed(first)) + note)
+    is_teacher = label.startswith('Teacher')
+    note = f"  ({'; '.join(teacher_notes)})" if is_teacher and teacher_notes else ''
+    cells = [stat([t] if is_teacher else transfer(evals, key, t), k)
+             for key, t in transfers for k in R1]
+    cells += [zeroshot_stat(evals)] if has_imagenet else []
+    lines.append(row(label, params(first), *[stat(evals, k) for k in KEYS], *cells, speed(first))
+                 + note)
 
 # Table 2 as the seed writes it: the full method, then one term removed at a time
 SEED_ABLATION = [('Full Method', 'a5'), ('w/o Feature Loss', 'a4'), ('w/o Affinity Loss', 'a3'),
@@ -227,12 +268,16 @@ zs_rows = [(n, e['zeroshot']) for n, e in zs_rows if e and 'zeroshot' in e]
 if zs_rows:
     z = zs_rows[0][1]
     prompts = ' / '.join(repr(t) for t in z['templates'])
+    if len(z['templates']) > 8: # CLIP_benchmark's 80 for ImageNet: their count and first one
+        prompts = f"{len(z['templates'])} templates ({z['templates'][0]!r}, ...)"
     lines += ['', '## Zero-shot classification', '',
               f"`{os.path.basename(z['source'].rstrip('/'))}`: {z['n_images']} images, "
               f"{z['n_classes']} classes, prompts {prompts} (a class = the mean of its normalised "
               f"prompt embeddings, CLIP_benchmark). Accuracy in %.",
               '', '| run | top-1 | top-5 |', '|---|---|---|']
-    lines += [f"| {n} | {z['top1']:.1f} | {z['top5']:.1f} |" for n, z in zs_rows]
+    # stat() reads metrics and intervals: a zero-shot dict holds top1/top5 at its top level
+    cells = lambda z: [stat([dict(z, metrics=z)], k) for k in ('top1', 'top5')]
+    lines += ['| ' + ' | '.join([n, *cells(z)]) + ' |' for n, z in zs_rows]
 
 lines += arch_table('Table B: teacher × student (full method)', ['b1', 'b2', 'b3', 'b4', 'b5'])
 

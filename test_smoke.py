@@ -2260,5 +2260,374 @@ def test_r18_remaining_tracebacks(w18, tmp_path):
     )
     assert clean_error(p, str(tmp_path / 't')) and not (tmp_path / 'e.json').exists()
 
+
+# -----------------------------------------------------------------------------
+# evaluation as the field does: ImageNet names and templates, CLIP_benchmark parity, bootstrap
+# intervals, Flickr30k (eval.py, cache_teacher.py's Karpathy reader, report.py's columns)
+def test_imagenet_folder_gets_the_standard_names_and_80_templates(tmp_path):
+    """An ImageNet-style val folder (WordNet-id subfolders) is classified with CLIP_benchmark's
+    imagenet1k names and its 80 templates (checked on the prompts actually embedded); folders
+    named by ids are refused unless --classnames is given; the shipped lists are the files
+    data/clip_benchmark/README.md names (sha256)."""
+    from PIL import Image
+    from eval import (
+        zeroshot_items,
+        zeroshot_classnames,
+        zeroshot_templates,
+        zeroshot_classify,
+        CLIP_BENCHMARK,
+    )
+
+    for f, digest in re.findall(
+        r'\| `(en_\w+\.json)` \| `(\w{64})` \|',
+        open(os.path.join(CLIP_BENCHMARK, 'README.md')).read(),
+    ):
+        assert (
+            hashlib.sha256(open(os.path.join(CLIP_BENCHMARK, f), 'rb').read()).hexdigest() == digest
+        ), f
+    cb = lambda kind: json.load(open(os.path.join(CLIP_BENCHMARK, f'en_{kind}.json')))['imagenet1k']
+    wnids = ['n01440764', 'n01443537', 'n02123045']  # ImageNet classes 0, 1, 281
+    for k, w in enumerate(wnids):
+        os.makedirs(tmp_path / 'val' / w)
+        for i in range(k + 1):
+            Image.new('RGB', (8, 8), (40 * i, 80, 120)).save(
+                tmp_path / 'val' / w / f'ILSVRC2012_val_{k}{i}.JPEG'
+            )
+    paths, labels, classes = zeroshot_items(str(tmp_path / 'val'))
+    names, source, dataset = zeroshot_classnames(classes, str(tmp_path / 'val'))
+    assert names == ['tench', 'goldfish', 'tabby cat'] == [cb('classnames')[i] for i in (0, 1, 281)]
+    assert dataset == 'imagenet1k' and 'WordNet' in source
+    temps = zeroshot_templates('', dataset)
+    assert temps == cb('zeroshot_classification_templates') and len(temps) == 80
+    embedded = []
+
+    class Recorder:  # records every prompt the text tower sees
+        tokenize = staticmethod(lambda texts: embedded.extend(texts) or texts)
+        prep = staticmethod(lambda ims: torch.ones(len(ims), 4))
+        images = staticmethod(lambda x: x)
+        texts = staticmethod(lambda ts: torch.randn(len(ts), 4))
+
+    zs = zeroshot_classify(Recorder(), paths, labels, names, temps, batch_size=4)
+    assert embedded == [t.format(c=c) for c in names for t in temps] and len(embedded) == 240
+    assert (
+        not any(re.search(r'n\d{8}', p) for p in embedded) and 'a bad photo of a tench.' in embedded
+    )
+    assert (
+        zs['n_images'] == 6
+        and zs['intervals']['top1'][0] <= zs['top1'] <= zs['intervals']['top1'][1]
+    )
+    for bad in (
+        '000',
+        'n99999999',
+    ):  # class ids without names: refused, naming the folder and the way out
+        os.makedirs(tmp_path / bad / bad)
+        Image.new('RGB', (8, 8)).save(tmp_path / bad / bad / 'a.png')
+        with pytest.raises(SystemExit, match=f"class folder '{bad}' is an id.*--classnames"):
+            zeroshot_classnames(zeroshot_items(str(tmp_path / bad))[2], str(tmp_path / bad))
+    (tmp_path / 'names.txt').write_text('mystery fish\n')
+    assert zeroshot_classnames(['000'], str(tmp_path / '000'), str(tmp_path / 'names.txt'))[0] == [
+        'mystery fish'
+    ]
+    (tmp_path / 'names.txt').write_text('a\nb\n')
+    with pytest.raises(SystemExit, match='has 2 names.*has 1 classes'):
+        zeroshot_classnames(['000'], str(tmp_path / '000'), str(tmp_path / 'names.txt'))
+    assert zeroshot_classnames(['red', 'blue'], str(tmp_path / 'val'))[0] == [
+        'red',
+        'blue',
+    ]  # names: as written
+    pets = json.load(open(os.path.join(CLIP_BENCHMARK, 'en_classnames.json')))[
+        'pets'
+    ]  # by dataset name, index order
+    assert (
+        zeroshot_classnames([f'{i:03d}' for i in range(len(pets))], str(tmp_path / '000'), 'pets')[
+            0
+        ]
+        == pets
+    )
+
+
+def clip_benchmark_metrics():
+    """CLIP_benchmark's metric modules. Installed without its dependencies (`pip install --no-deps
+    clip-benchmark==1.6.2`, .ci/run): zeroshot_classification imports scikit-learn for the
+    balanced accuracy only, which these tests do not compare, so a stand-in module answers that
+    import when scikit-learn is absent."""
+    import types, importlib.util
+
+    if importlib.util.find_spec('clip_benchmark') is None:
+        raise AssertionError(
+            'clip_benchmark missing: pip install --no-deps clip-benchmark==1.6.2 (see .ci/run)'
+        )
+    if importlib.util.find_spec('sklearn') is None:
+        sys.modules['sklearn'] = types.ModuleType('sklearn')
+        sys.modules['sklearn.metrics'] = types.SimpleNamespace(
+            balanced_accuracy_score=lambda y, p: float('nan'),
+            classification_report=lambda *a, **k: '',
+        )
+    from clip_benchmark.metrics import zeroshot_classification, zeroshot_retrieval
+
+    return zeroshot_classification, zeroshot_retrieval
+
+
+def test_zeroshot_and_retrieval_match_clip_benchmark():
+    """Our retrieval R@k and zero-shot top-1/top-5 equal CLIP_benchmark's evaluate on the same
+    random embeddings (ImageNet's 1000 real class names x the 80 templates). Random float
+    embeddings have no exact ties, where our ranks (ties count against the query) and its topk
+    could differ."""
+    from eval import retrieval_metrics, zeroshot_weights, zeroshot_hits, CLIP_BENCHMARK
+
+    cb_zs, cb_ret = clip_benchmark_metrics()
+    g = torch.Generator().manual_seed(0)
+
+    class Fake:  # a CLIP-like model over fixed tables: "images" and "tokens" are row numbers
+        def __init__(self, img, txt):
+            self.img, self.txt = img, txt
+
+        encode_image = lambda self, rows: self.img[rows]
+        encode_text = lambda self, rows: self.txt[rows]
+
+    # retrieval: 40 images with 4-6 captions each
+    n_caps = torch.randint(4, 7, (40,), generator=g)
+    index = torch.repeat_interleave(torch.arange(40), n_caps)
+    img, txt = torch.randn(40, 16, generator=g), torch.randn(len(index), 16, generator=g)
+    txt += 0.5 * img[index]  # related, so the recalls are neither 0 nor 100
+    caps = [[str(j) for j in (index == i).nonzero().squeeze(1).tolist()] for i in range(40)]
+    loader = torch.utils.data.DataLoader(
+        list(zip(range(40), caps)),
+        batch_size=16,
+        collate_fn=lambda b: (torch.tensor([i for i, _ in b]), [c for _, c in b]),
+    )
+    theirs = cb_ret.evaluate(
+        Fake(img, txt),
+        loader,
+        lambda ts: torch.tensor([int(t) for t in ts]),
+        'cpu',
+        amp=False,
+        recall_k_list=[1, 5, 10],
+    )
+    ours = retrieval_metrics(img, txt, index)
+    for k in (1, 5, 10):  # text_retrieval = images querying texts (I→T)
+        assert abs(ours[f'i2t_r{k}'] - 100 * theirs[f'text_retrieval_recall@{k}']) <= 0.01
+        assert abs(ours[f't2i_r{k}'] - 100 * theirs[f'image_retrieval_recall@{k}']) <= 0.01
+    assert 0 < ours['t2i_r1'] < ours['t2i_r10'] < 100
+    # zero-shot: the real imagenet1k names and templates, each prompt a random row
+    names = json.load(open(os.path.join(CLIP_BENCHMARK, 'en_classnames.json')))['imagenet1k']
+    temps = json.load(
+        open(os.path.join(CLIP_BENCHMARK, 'en_zeroshot_classification_templates.json'))
+    )['imagenet1k']
+    # 79,840 distinct prompts: two classes each are named 'missile' and 'sunglasses' (as in
+    # CLIP's list)
+    prompts = {
+        p: j for j, p in enumerate(dict.fromkeys(t.format(c=c) for c in names for t in temps))
+    }
+    table = torch.randn(len(prompts), 64, generator=g)
+    labels = torch.randint(0, 1000, (300,), generator=g)
+    rows = lambda c: torch.tensor(
+        [prompts[t.format(c=c)] for t in temps]
+    )  # (80,) a class's prompt rows
+    mean = torch.stack(
+        [F.normalize(F.normalize(table[rows(names[y])], dim=-1).mean(0), dim=0) for y in labels]
+    )
+    images = mean + 0.3 * torch.randn(
+        300, 64, generator=g
+    )  # near their class's mean prompt: top-1 about half
+
+    class Stub:
+        tokenize = staticmethod(lambda texts: torch.tensor([prompts[t] for t in texts]))
+        texts = staticmethod(lambda rows: table[rows])
+
+    hits = zeroshot_hits(images, zeroshot_weights(Stub(), names, temps), labels)
+
+    class Labelled(list):  # CLIP_benchmark reads dataloader.dataset.classes
+        classes = names
+
+    loader = torch.utils.data.DataLoader(Labelled(zip(range(300), labels.tolist())), batch_size=64)
+    # its evaluate() = zero_shot_classifier + run_classification + accuracy; accuracy() calls
+    # float() on a 1-element array, a TypeError since NumPy 2.4, so its top-k is read off its
+    # logits here as accuracy() does
+    classifier = cb_zs.zero_shot_classifier(
+        Fake(images, table), Stub.tokenize, names, temps, 'cpu', amp=False
+    )
+    logits, target = cb_zs.run_classification(
+        Fake(images, table), classifier, loader, 'cpu', amp=False
+    )
+    top = logits.topk(5, 1).indices  # (N, 5)
+    theirs = [100 * (top[:, :k] == target[:, None]).any(1).float().mean().item() for k in (1, 5)]
+    assert abs(100 * hits[:, 0].mean().item() - theirs[0]) <= 0.01
+    assert abs(100 * hits[:, 1].mean().item() - theirs[1]) <= 0.01
+    assert 5 < theirs[0] < theirs[1] < 95, theirs
+
+
+def test_bootstrap_interval_resamples_images_with_their_captions():
+    """The interval brackets the point estimate, shrinks with more test images, is reproducible
+    (fixed seed), and resamples images, not captions: one image owning all hits moves T→I as a
+    block."""
+    from eval import bootstrap_interval, retrieval_ranks, retrieval_intervals, recalls
+
+    g = torch.Generator().manual_seed(1)
+    small, large = [(torch.rand(n, 1, generator=g) < 0.6).float() for n in (100, 10000)]
+    a, b = [bootstrap_interval(h, torch.ones_like(h))[0] for h in (small, large)]
+    assert (
+        a[0] < 100 * small.mean() < a[1]
+        and b[0] < 100 * large.mean() < b[1]
+        and (b[1] - b[0]) < (a[1] - a[0]) / 5
+    )
+    assert torch.equal(
+        bootstrap_interval(small, torch.ones_like(small)),
+        bootstrap_interval(small, torch.ones_like(small)),
+    )
+    # image 0 has 10 captions that all hit, 9 images have one caption that misses: T→I R@1 =
+    # 10/19 = 52.6 %; drawing images, the share of runs without image 0 is (9/10)^10 = 35 %, so
+    # the 95 % interval reaches 0
+    hits, counts = torch.tensor([[10.0]] + [[0.0]] * 9), torch.tensor([[10.0]] + [[1.0]] * 9)
+    lo, hi = bootstrap_interval(hits, counts)[0].tolist()
+    assert lo == 0.0 and hi > 52.6
+    img = torch.randn(30, 8, generator=g)
+    index = torch.arange(30).repeat_interleave(3)
+    ranks = retrieval_ranks(img, img[index] + torch.randn(90, 8, generator=g), index)
+    ci, m = retrieval_intervals(*ranks, index), recalls(*ranks)
+    assert all(ci[k][0] <= m[k] <= ci[k][1] for k in ci) and set(ci) == set(m) - {'rsum'}
+
+
+def test_flickr30k_karpathy_cached_scored_and_reported(tmp_path):
+    """Karpathy's dataset_flickr30k.json (filename, imgid, sentences, split; no filepath / cocoid) +
+    one flat image folder: the 1k-test-style split is cached with every caption and Flickr photo
+    ids, the teacher row and a COCO-trained student are scored on it; COCO ids equal to the
+    Flickr ids are not a leak (other id space, said so); eval.json keeps the COCO row on top and
+    both under evals; report.py's Table 1 gains Flickr30k columns."""
+    sys.path.insert(0, os.path.join(REPO, 'data', 'shapes'))
+    from prepare import make_tiny_hf_teacher
+    from safetensors.torch import load_file
+
+    w = tiny_world(tmp_path / 'w')
+    make_tiny_hf_teacher(str(tmp_path / 't'), str(w / 'processor'))
+    base = [
+        'cache_teacher.py',
+        f'--teacher={tmp_path / "t"}',
+        '--num_workers=0',
+        f'--out_dir={tmp_path / "c"}',
+    ]
+    for split in (
+        'train',
+        'test',
+    ):  # COCO layout: the student's training cache and its in-domain test split
+        run(*base, f'--data_dir={w}', f'--split={split}')
+    train_ids = load_file(str(tmp_path / 'c/train/train-00000.safetensors'))['image_ids'].tolist()
+    caps = json.load(open(w / 'annotations/captions_test2017.json'))
+    flickr = tmp_path / 'flickr30k-images'
+    flickr.mkdir()
+    rows = []
+    for k, im in enumerate(
+        caps['images']
+    ):  # Flickr file names carry the photo id; here equal to COCO train ids
+        name = f'{train_ids[k]}.jpg'
+        shutil.copy(w / 'test2017' / im['file_name'], flickr / name)
+        sents = [
+            dict(raw=a['caption'], tokens=[])
+            for a in caps['annotations']
+            if a['image_id'] == im['id']
+        ]
+        rows.append(
+            dict(
+                filename=name,
+                imgid=k,
+                sentids=[],
+                split='test' if k < 15 else 'train',
+                sentences=sents,
+            )
+        )
+    json.dump(
+        dict(images=rows, dataset='flickr30k'), open(tmp_path / 'dataset_flickr30k.json', 'w')
+    )
+    run(
+        'cache_teacher.py',
+        *base[1:-1],
+        f'--out_dir={tmp_path / "f"}',
+        f'--data_dir={flickr}',
+        f'--karpathy={tmp_path / "dataset_flickr30k.json"}',
+        '--split=test',
+    )
+    from eval import load_cache
+
+    d, m = load_cache(str(tmp_path / 'f/test'))
+    assert m['dataset']['name'] == 'flickr30k' and m['dataset']['id_space'] == 'flickr'
+    assert sorted(d['image_ids'].tolist()) == sorted(train_ids[:15])
+    assert m['counts']['captions'] == sum(len(r['sentences']) for r in rows[:15])
+    run('eval.py', f'--cache={tmp_path / "f/test"}')  # the teacher row, same code
+    t = json.load(open(tmp_path / 'f/test/eval.json'))
+    assert (
+        t['dataset'] == 'flickr30k' and t['n_images'] == 15 and t['bootstrap']['resamples'] == 1000
+    )
+    assert all(
+        t['intervals'][k][0] <= t['metrics'][k] <= t['intervals'][k][1] for k in t['intervals']
+    )
+    run('eval.py', f'--cache={tmp_path / "c/test"}')
+    # a student "trained" on the COCO-layout train cache (meta.json as train.py writes it)
+    st = tiny_student(kept_ids=list(range(249)), embed_dim=32)
+    st.save_pretrained(str(tmp_path / 'runs/a5'))
+    tm = json.load(open(tmp_path / 'c/train/manifest.json'))
+    json.dump(
+        dict(
+            teacher_fingerprint=tm['teacher_fingerprint'],
+            train_cache=str(tmp_path / 'c/train'),
+            iter_num=0,
+        ),
+        open(tmp_path / 'runs/a5/meta.json', 'w'),
+    )
+    run('eval.py', f'--cache={tmp_path / "c/test"}', f'--ckpt={tmp_path / "runs/a5"}')
+    out = run('eval.py', f'--cache={tmp_path / "f/test"}', f'--ckpt={tmp_path / "runs/a5"}').stdout
+    assert 'leak check skipped' in out and 'flickr ids' in out, out
+    e = json.load(open(tmp_path / 'runs/a5/eval.json'))
+    assert (
+        e['dataset'] == 'w'
+        and e['n_images'] == 20
+        and set(e['evals']) == {'w/test', 'flickr30k/test'}
+    )
+    assert (
+        e['evals']['flickr30k/test']['fingerprint'] == t['fingerprint']
+        and e['evals']['w/test']['metrics'] == e['metrics']
+    )
+    rep = run(
+        'report.py',
+        f'--runs_dir={tmp_path / "runs"}',
+        f'--teacher_eval={tmp_path / "c/test/eval.json"}',
+        f'--transfer_evals={tmp_path / "f/test/eval.json"}',
+        f'--out={tmp_path / "r.md"}',
+    ).stdout
+    table = md_table(rep, '## Table 1: teacher vs students')
+    columns = table[0].split(' | ')[7:10]
+    assert columns == ['R@10', 'flickr30k I→T R@1', 'flickr30k T→I R@1'], table[0]
+    cell = lambda line, col: line.split(' | ')[col]
+    with_interval = lambda row, k: (f"{row['metrics'][k]:.1f} [{row['intervals'][k][0]:.1f}, "
+                                    f"{row['intervals'][k][1]:.1f}]")
+    fl = e['evals']['flickr30k/test']
+    assert cell(table[2], 8) == with_interval(t, 'i2t_r1')
+    assert cell(table[4], 9) == with_interval(fl, 't2i_r1')
+    assert cell(table[3], 8) == '—'  # no a1 run
+    assert 'ImageNet' not in table[0]  # no ImageNet eval: no column
+    zs = dict(
+        top1=41.0,
+        top5=70.0,
+        intervals=dict(top1=[38.0, 44.0], top5=[67.0, 73.0]),
+        dataset='imagenet1k',
+        source='/data/imagenet/val',
+        n_images=50000,
+        n_classes=1000,
+        templates=['a {c}.'],
+    )
+    json.dump(dict(e, zeroshot=zs), open(tmp_path / 'runs/a5/eval.json', 'w'))
+    rep = run(
+        'report.py',
+        f'--runs_dir={tmp_path / "runs"}',
+        f'--teacher_eval={tmp_path / "c/test/eval.json"}',
+        f'--out={tmp_path / "r.md"}',
+    ).stdout
+    table = md_table(rep, '## Table 1: teacher vs students')
+    assert (
+        'ImageNet-1k ZS top-1' in table[0]
+        and '| 41.0 [38.0, 44.0] |' in table[4]
+        and 'flickr' not in table[0]
+    )
+
+
 if __name__ == '__main__':
     sys.exit(pytest.main([__file__, '-q', *sys.argv[1:]])) # e.g. -m fast, -k resume, -x

@@ -499,11 +499,10 @@ def model_hash(path): # config + weights bytes: a retrained checkpoint gets a ne
                     h.update(b)
     return h.hexdigest()[:16]
 
-def folder_index(enc, folder, batch_size):
+def folder_index(enc, folder, batch_size, index_dir=''):
     """Every image under folder -> (relative paths, (N, D) normalised embeddings), saved as
-    index-<hash of folder + model>.safetensors in the model dir (for an HF name: in
-    $XDG_CACHE_HOME/tinysiglip, never in the folder)
-    and reused while the folder's file list, sizes, mtimes, ctimes, inodes and the model's bytes
+    index-<hash of folder + model>.safetensors in index_dir ('' = the model dir; a hub name has
+    none, so it needs one: never the user's image folder, never a place nobody named) and reused while the folder's file list, sizes, mtimes, ctimes, inodes and the model's bytes
     are unchanged: a file replaced at the same size and mtime gets a new ctime (no tool can set
     it) and inode, so the index is keyed on the files, without reading every image each time."""
     from safetensors.torch import save_file, safe_open
@@ -514,10 +513,11 @@ def folder_index(enc, folder, batch_size):
     stat = [os.stat(os.path.join(folder, r)) for r in rel]
     state = [[r, s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino] for r, s in zip(rel, stat)]
     sig = hashlib.sha256(json.dumps([state, model_hash(enc.path)]).encode()).hexdigest()[:16]
-    # never into the user's folder: an HF name's index goes to the user cache dir
-    where = (enc.path if os.path.isdir(enc.path) else
-             os.path.join(os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')),
-                          'tinysiglip'))
+    # only where the user pointed: the model dir or --index_dir
+    where = index_dir or (enc.path if os.path.isdir(enc.path) else '')
+    if not where:
+        sys.exit(f"eval.py: --ckpt={enc.path} is a hub name, not a dir: pass --index_dir=<dir> "
+                 f"for the index of {folder}")
     os.makedirs(where, exist_ok=True)
     name = hashlib.sha256((folder + enc.path).encode()).hexdigest()[:12]
     path = os.path.join(where, f"index-{name}.safetensors")
@@ -539,7 +539,7 @@ def folder_index(enc, folder, batch_size):
     print(f"indexed {len(paths)} images of {folder} -> {path}")
     return paths, emb
 
-def search_mode(enc, folder, query, query_image, topk, batch_size):
+def search_mode(enc, folder, query, query_image, topk, batch_size, index_dir):
     """Index the folder (once), then print the top-k images for a text or an image query."""
     from PIL import Image
     if topk < 1:
@@ -548,7 +548,7 @@ def search_mode(enc, folder, query, query_image, topk, batch_size):
         sys.exit(f"eval.py: --query={query!r} is empty: give words to search for")
     if query_image and not os.path.isfile(query_image):
         sys.exit(f"eval.py: --query_image={query_image!r} not found")
-    paths, emb = folder_index(enc, folder, batch_size)
+    paths, emb = folder_index(enc, folder, batch_size, index_dir)
     if not (query or query_image):
         print("no --query / --query_image: indexed only")
         return
@@ -606,6 +606,7 @@ if __name__ == '__main__':
     query = '' # text query for --folder
     query_image = '' # image query for --folder
     topk = 5
+    index_dir = '' # where --folder's index goes; '' = the model dir (a hub name needs one)
     config_keys = [k for k, v in globals().items()
                    if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
@@ -615,6 +616,9 @@ if __name__ == '__main__':
         if not ckpt:
             sys.exit("eval.py: --export_onnx / --zeroshot / --speed / --folder need --ckpt")
         enc = Teacher(ckpt, device)
+        # results go where the user pointed: a hub name has no dir of its own
+        if (zeroshot or speed) and not out and not os.path.isdir(ckpt):
+            sys.exit(f"eval.py: --ckpt={ckpt} is a hub name, not a dir: pass --out=<eval.json>")
         out = out or os.path.join(ckpt, 'eval.json')
         run = os.path.basename(os.path.normpath(ckpt))
         if export_onnx:
@@ -625,7 +629,7 @@ if __name__ == '__main__':
         if speed:
             speed_mode(enc, cache, batch_size, speed_seconds, device, out, run)
         if folder:
-            search_mode(enc, folder, query, query_image, topk, batch_size)
+            search_mode(enc, folder, query, query_image, topk, batch_size, index_dir)
         sys.exit(0)
     row, in_domain = retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca)
     out = out or os.path.join(ckpt or cache, 'eval.json')

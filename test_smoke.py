@@ -397,7 +397,7 @@ def test_demo_quick_writes_tables(demo):
     assert json.load(open(demo / 'out/shapes/a5/meta.json'))['model_args']['image_size'] == 32 # config/shapes.py
 
 def tiny_world(tmp, **kw):
-    args = dict(n_web=20, n_train=40, n_val=20, n_test=20, **kw)
+    args = {**dict(n_web=20, n_train=40, n_val=20, n_test=20), **kw}
     run('data/shapes/prepare.py', f'--out_dir={tmp}', *[f'--{k}={v}' for k, v in args.items()])
     return tmp
 

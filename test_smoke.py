@@ -1350,37 +1350,44 @@ def test_old_layout_cache_trains_evaluates_and_resumes_without_recaching(tmp_pat
     assert 0 <= e['metrics']['t2i_r1'] <= 100 and e['locca']['n_regions'] == 12
 
 
-# ----------------------------------------------------------------------------- training Hugging Face SigLIP / SigLIP 2 models (issue 20)
-def hf_run_caches(tmp, kind): # a tiny random HF model of `kind` + --teacher=none caches made with its own processor
+# --- training Hugging Face SigLIP / SigLIP 2 models (issue 20)
+def hf_run_caches(tmp, kind):
+    """A tiny random HF model of `kind` + --teacher=none caches made with its own processor."""
     sys.path.insert(0, os.path.join(REPO, 'data', 'shapes'))
     from prepare import make_tiny_hf_teacher
     w = tiny_world(tmp / 'w', n_train=200, n_val=50)
     make_tiny_hf_teacher(str(tmp / 'hf'), str(w / 'processor'), kind=kind)
     for split in ('train', 'val'):
-        run('cache_teacher.py', f'--data_dir={w}', f'--split={split}', '--teacher=none', f'--processor={tmp / "hf"}',
-            '--num_workers=0', f'--out_dir={tmp / "c"}')
+        run('cache_teacher.py', f'--data_dir={w}', f'--split={split}', '--teacher=none',
+            f'--processor={tmp / "hf"}', '--num_workers=0', f'--out_dir={tmp / "c"}')
     return tmp / 'hf'
 
-def kill_after_line(args, prefix): # SIGKILL the run as soon as it prints a line starting with prefix
-    p = subprocess.Popen([sys.executable, *args], cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True)
+def kill_after_line(args, prefix): # SIGKILL the run when it prints a line starting with prefix
+    p = subprocess.Popen([sys.executable, *args], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
     for line in p.stdout:
         if line.startswith(prefix):
             p.kill()
             break
     p.wait()
 
-def hf_args(tmp, out, *extra): # the complete objective on the HF model: sigmoid + LocCa + SILC/TIPS from half the run
-    return ['train.py', 'config/a6.py', 'config/shapes.py', f'--hf_model={tmp / "hf"}', f'--train_cache={tmp / "c/train"}',
-            f'--val_cache={tmp / "c/val"}', f'--out_dir={out}', '--lambda_feat=0', '--lambda_affinity=0', '--batch_size=32',
-            '--val_images=50', '--log_interval=1', '--warmup_iters=10', '--learning_rate=2e-3', '--switch=0.5', *extra]
+def hf_args(tmp, out, *extra):
+    """The complete objective on the HF model: sigmoid + LocCa + SILC/TIPS from half the run."""
+    return ['train.py', 'config/a6.py', 'config/shapes.py', f'--hf_model={tmp / "hf"}',
+            f'--train_cache={tmp / "c/train"}', f'--val_cache={tmp / "c/val"}', f'--out_dir={out}',
+            '--lambda_feat=0', '--lambda_affinity=0', '--batch_size=32', '--val_images=50',
+            '--log_interval=1', '--warmup_iters=10', '--learning_rate=2e-3', '--switch=0.5', *extra]
+
+def loss_terms(row):
+    return {k: v for k, v in row.items() if k.startswith('loss')}
 
 @pytest.mark.parametrize('kind', ['siglip', 'siglip2'])
 def test_train_fine_tunes_a_tiny_hf_siglip_and_saves_a_transformers_dir(tmp_path, kind):
-    """train.py --hf_model trains a tiny random SiglipModel / Siglip2Model (NaFlex) with the complete objective on a
-    --teacher=none cache made with its own processor: every term finite, the total falls, val R@1 rises above step 0;
-    out_dir reloads with AutoModel / AutoProcessor and embeds the val images and captions as the run did; eval.py
-    scores it as train.py did; SIGKILL + resume across the switch == the uninterrupted run; 2 gloo ranks == 1 rank."""
+    """train.py --hf_model trains a tiny random SiglipModel / Siglip2Model (NaFlex) with the
+    complete objective on a --teacher=none cache made with its own processor: every term finite,
+    the total falls, val R@1 rises above step 0; out_dir reloads with AutoModel / AutoProcessor
+    and embeds the val images and captions as the run did; eval.py scores it as train.py did;
+    SIGKILL + resume across the switch == the uninterrupted run; 2 gloo ranks == 1 rank."""
     from transformers import AutoModel, AutoProcessor
     from cache_teacher import load_cache
     from model import load_trained
@@ -1390,44 +1397,50 @@ def test_train_fine_tunes_a_tiny_hf_siglip_and_saves_a_transformers_dir(tmp_path
     run(*hf_args(tmp_path, out, '--max_iters=300', '--eval_interval=300'))
     rows = [json.loads(l) for l in open(out / 'log.jsonl')]
     steps, vals = [r for r in rows if 'loss' in r], [r for r in rows if 'val/i2t_r1' in r]
-    terms = ('loss/sigmoid', 'loss/locca/cap', 'loss/locca/aref', 'loss/locca/gcap', 'loss/silc', 'loss/tips')
+    terms = ('loss/sigmoid', 'loss/locca/cap', 'loss/locca/aref', 'loss/locca/gcap', 'loss/silc',
+             'loss/tips')
     assert len(steps) == 300 and all(k in steps[-1] for k in terms)
-    assert all(math.isfinite(v) for r in steps for k, v in r.items() if k.startswith('loss')), 'a non-finite term'
+    assert all(math.isfinite(v) for r in steps for v in loss_terms(r).values()), 'non-finite'
     mean = lambda rs: sum(r['loss'] for r in rs) / len(rs)
     assert mean(steps[-20:]) < mean(steps[:20]), (mean(steps[:20]), mean(steps[-20:]))
     r1 = lambda v: v['val/i2t_r1'] + v['val/t2i_r1']
-    assert vals[0]['iter'] == 0 and vals[-1]['iter'] == 300 and r1(vals[-1]) > r1(vals[0]), vals
-    # the transformers dir: AutoModel / AutoProcessor embed the cached val pixels and captions as the run did
+    assert vals[0]['iter'] == 0 and vals[-1]['iter'] == 300, vals
+    assert r1(vals[-1]) > r1(vals[0]), vals
+    # the transformers dir: AutoModel / AutoProcessor embed the cached val pixels and captions
+    # as the run did
     val, _ = load_cache(str(tmp_path / 'c/val'))
-    run_img, run_txt = embed_student(load_trained(str(out)), val['pixels'], val['input_ids'], 'cpu')
-    model, proc = AutoModel.from_pretrained(str(out)).eval(), AutoProcessor.from_pretrained(str(out))
+    run_img, run_txt = embed_student(load_trained(str(out)), val['pixels'], val['input_ids'],
+                                     'cpu')
+    model = AutoModel.from_pretrained(str(out)).eval()
+    proc = AutoProcessor.from_pretrained(str(out))
     assert model.config.model_type == kind
     with torch.no_grad():
-        img = model.get_image_features(**proc.image_processor(list(val['pixels']), return_tensors='pt')).pooler_output
+        inputs = proc.image_processor(list(val['pixels']), return_tensors='pt')
+        img = model.get_image_features(**inputs).pooler_output
         txt = model.get_text_features(input_ids=val['input_ids'].long()).pooler_output
     cos = lambda a, b: F.cosine_similarity(a.float(), b.float(), dim=-1).min().item()
     assert cos(img, run_img) >= 0.9999 and cos(txt, run_txt) >= 0.9999
     run('eval.py', f'--cache={tmp_path / "c/val"}', f'--ckpt={out}')
     e = json.load(open(out / 'eval.json'))
-    assert e['metrics']['i2t_r1'] == pytest.approx(vals[-1]['val/i2t_r1'], abs=1e-6) and 'locca' in e
+    assert e['metrics']['i2t_r1'] == pytest.approx(vals[-1]['val/i2t_r1'], abs=1e-6)
+    assert 'locca' in e
     # SIGKILL right after the iter-4 checkpoint, resume across the switch (iter 6)
-    short = lambda o, *a: hf_args(tmp_path, tmp_path / o, '--max_iters=12', '--eval_interval=4', *a)
+    short = lambda o, *a: hf_args(tmp_path, tmp_path / o, '--max_iters=12', '--eval_interval=4',
+                                  *a)
     run(*short('uninterrupted'))
     kill_after_line(short('killed'), 'iter 5:')
     assert json.load(open(tmp_path / 'killed/meta.json'))['iter_num'] == 4
     run(*short('killed', '--init_from=resume'))
     (a, va), (b, vb) = last_row(tmp_path / 'uninterrupted'), last_row(tmp_path / 'killed')
     assert a['iter'] == b['iter'] == 12 and {'loss/silc', 'loss/tips'} <= set(a)
-    assert {k: v for k, v in a.items() if k.startswith('loss')} == pytest.approx(
-        {k: v for k, v in b.items() if k.startswith('loss')}, rel=1e-5, abs=1e-6)
+    assert loss_terms(a) == pytest.approx(loss_terms(b), rel=1e-5, abs=1e-6)
     assert va == pytest.approx(vb, rel=1e-5, abs=1e-6)
     # 2 gloo ranks (batch 8 each) == 1 rank (batch 16), sigmoid only as the student's DDP test
-    ddp = lambda o, bs: ['train.py', 'config/a5.py', 'config/shapes.py', *hf_args(tmp_path, tmp_path / o, '--max_iters=5', '--eval_interval=5',
-                                                              '--num_threads=1', f'--batch_size={bs}')[3:]]
+    ddp = lambda o, bs: ['train.py', 'config/a5.py', 'config/shapes.py',
+                         *hf_args(tmp_path, tmp_path / o, '--max_iters=5', '--eval_interval=5',
+                                  '--num_threads=1', f'--batch_size={bs}')[3:]]
     run(*ddp('one', 16))
     run('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', *ddp('two', 8))
     (a, va), (b, vb) = last_row(tmp_path / 'one'), last_row(tmp_path / 'two')
-    for k in a:
-        if k.startswith('loss'):
-            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), k
+    assert loss_terms(a) == pytest.approx(loss_terms(b), rel=1e-4, abs=1e-5)
     assert va['val/i2t_r1'] == pytest.approx(vb['val/i2t_r1'], abs=1e-6)

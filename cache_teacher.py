@@ -441,8 +441,9 @@ class Teacher:
         # which pixels the HF teacher saw: transformers 5.x processors default to torchvision
         # (PIL is the other backend)
         self.backend = getattr(self.improc, 'backend', 'pil') if hf else 'pil'
-        # NaFlex: aspect-preserving patches; the student's pixels get a fixed square size
-        if self.kind == 'siglip2':
+        # NaFlex (a Siglip2 model, or --teacher=none with its processor): aspect-preserving
+        # patches; the cached pixels get the square size of the full patch budget
+        if getattr(self.improc, 'max_num_patches', None):
             self.input_size = int(self.improc.patch_size * math.isqrt(self.improc.max_num_patches))
         elif self.kind == 'ours':
             self.input_size = self.model.config.image_size

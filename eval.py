@@ -214,7 +214,7 @@ def retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca):
                    metrics=recalls(*ranks), intervals=retrieval_intervals(*ranks, index),
                    params=man.get('teacher_params'))
         return row, True
-    from model import Student, LoccaDecoder
+    from model import load_trained, LoccaDecoder
     missing = [f for f in ('meta.json', 'config.json', 'model.safetensors')
                if not os.path.isfile(os.path.join(ckpt, f))]
     if missing:
@@ -238,7 +238,8 @@ def retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca):
     # has changed
     row['checkpoint'] = dict(iter_num=meta['iter_num'],
                              model_sha256=sha256(os.path.join(ckpt, 'model.safetensors')))
-    student = Student.from_pretrained(ckpt).to(device)
+    # our Student, or an HF SigLIP / SigLIP 2 train.py trained (hf_model): the same interface
+    student = load_trained(ckpt).to(device)
     img, txt = embed_student(student, data['pixels'], data['input_ids'], device, batch_size)
     ranks = retrieval_ranks(img, txt, index)
     row.update(model='student', run=os.path.basename(os.path.normpath(ckpt)),

@@ -104,6 +104,30 @@ class Block(nn.Module):
         return x + self.mlp(self.ln3(x))
 
 # -----------------------------------------------------------------------------
+# pieces shared by the student and the HF SigLIP wrapper below
+
+# kept teacher ids -> a lookup table teacher id -> compact id (every other id: the UNK row)
+def compact_id_table(kept_ids):
+    assert UNK in kept_ids, "kept_ids must include the special ids 0..4"
+    kept = torch.tensor(kept_ids)
+    # last row: ids beyond
+    table = torch.full((int(kept.max()) + 2,), kept_ids.index(UNK), dtype=torch.long)
+    table[kept] = torch.arange(len(kept))
+    return table
+
+def map_compact_ids(table, ids): # teacher token ids (any shape) -> compact ids
+    # ids past the table land on its last (UNK) row
+    return table[ids.clamp(0, len(table) - 1)]
+
+# uint8 (B, 3, H, W) -> normalised float (B, 3, size, size); mean, std (1, 3, 1, 1)
+def normalize_pixels(pixels, size, mean, std):
+    x = pixels.float().div(255)
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size,) * 2, mode='bilinear', antialias=True,
+                          align_corners=False)
+    return (x - mean) / std
+
+# -----------------------------------------------------------------------------
 # the student
 @dataclass
 class StudentConfig:
@@ -131,14 +155,9 @@ class Student(nn.Module):
         self.visual = ImageTower(c.image_model, c.image_size, c.pretrained, c.image_kwargs)
         # compact vocabulary: Gemma's 256k rows would be a 98M-param table at width 384; keep only
         # the ids that occur in the training captions, every other teacher id reads the UNK row
-        kept = torch.tensor(c.kept_ids)
-        assert UNK in c.kept_ids, "kept_ids must include the special ids 0..4"
-        # last row: ids beyond
-        table = torch.full((int(kept.max()) + 2,), c.kept_ids.index(UNK), dtype=torch.long)
-        table[kept] = torch.arange(len(kept))
         # rebuilt from kept_ids in config.json
-        self.register_buffer('id_table', table, persistent=False)
-        self.tok_emb = nn.Embedding(len(kept), c.text_width)
+        self.register_buffer('id_table', compact_id_table(c.kept_ids), persistent=False)
+        self.tok_emb = nn.Embedding(len(c.kept_ids), c.text_width)
         self.pos_emb = nn.Parameter(torch.randn(c.context_length, c.text_width) * 0.01)
         self.blocks = nn.ModuleList(
             Block(c.text_width, c.text_heads, 4 * c.text_width)
@@ -156,17 +175,11 @@ class Student(nn.Module):
         self.register_buffer('std', std, persistent=False)
 
     def map_ids(self, ids): # teacher token ids (any shape) -> compact ids
-        # ids past the table land on its last (UNK) row
-        return self.id_table[ids.clamp(0, len(self.id_table) - 1)]
+        return map_compact_ids(self.id_table, ids)
 
     # uint8 (B, 3, H, W) -> normalised float at the student's size
     def preprocess(self, pixels):
-        x = pixels.float().div(255)
-        S = self.config.image_size
-        if x.shape[-1] != S or x.shape[-2] != S:
-            x = F.interpolate(x, size=(S,) * 2, mode='bilinear', antialias=True,
-                              align_corners=False)
-        return (x - self.mean) / self.std
+        return normalize_pixels(pixels, self.config.image_size, self.mean, self.std)
 
     def encode_text(self, ids): # teacher ids (M, L) -> (M, D)
         x = self.tok_emb(self.map_ids(ids)) + self.pos_emb[:ids.shape[1]]
@@ -239,6 +252,132 @@ class OnnxTower(nn.Module): # one tower of a Student, one input: what torch.onnx
         if self.name == 'image_uint8':
             x = self.student.preprocess(x)
         return self.student.encode_image(x)
+
+# -----------------------------------------------------------------------------
+# a transformers SiglipModel (fixed resolution) or Siglip2Model (NaFlex) as the model train.py
+# trains: the same interface as Student, so the loop, SigLIP2Loss and eval.py take either.
+# transformers is imported inside the functions: model.py imports torch only
+HF_FILE = 'tinysiglip_hf.json' # beside the transformers files: what the training side needs
+
+class HFVision(nn.Module):
+    """The vision tower as SigLIP2Loss takes it: normalised (B, 3, H, W) -> tokens (B, N, C),
+    pooled (B, C). NaFlex: the square image is cut into its full (H/p) x (W/p) patch grid,
+    row-major (p, p, C) patches as Siglip2ImageProcessor writes them, every patch valid; on a
+    square image of p·sqrt(max_num_patches) pixels the processor makes this same grid, so
+    training and AutoProcessor see the same patches (SILC's local crops get a smaller grid)."""
+    def __init__(self, vision_model, naflex, patch_size, image_size):
+        super().__init__()
+        self.vm, self.naflex, self.patch, self.image_size = (vision_model, naflex, patch_size,
+                                                             image_size)
+        self.pool_dim = self.enc_dim = vision_model.config.hidden_size
+
+    @property
+    def patch_embed_proj(self):
+        # TIPS masks patch embeddings before position embeddings: Conv2d (SigLIP) or Linear
+        # on the flattened patches (NaFlex)
+        return self.vm.embeddings.patch_embedding
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        if not self.naflex:
+            # other sizes (SILC's local crops): interpolated position embeddings
+            other_size = (H, W) != (self.image_size,) * 2
+            out = self.vm(pixel_values=x, interpolate_pos_encoding=other_size)
+            return out.last_hidden_state, out.pooler_output
+        p = self.patch
+        h, w = H // p, W // p
+        patches = x.view(B, C, h, p, w, p).permute(0, 2, 4, 3, 5, 1).reshape(B, h * w, -1)
+        valid = torch.ones(B, h * w, dtype=torch.long, device=x.device)
+        shapes = torch.tensor([[h, w]] * B, device=x.device)
+        out = self.vm(pixel_values=patches, pixel_attention_mask=valid, spatial_shapes=shapes)
+        return out.last_hidden_state, out.pooler_output
+
+@dataclass
+class HFConfig:
+    kept_ids: list # the LocCa decoder's compact vocabulary (the text tower keeps its own)
+    image_size: int # the square pixel size trained on (NaFlex: p·sqrt(max_num_patches))
+    image_mean: list
+    image_std: list
+    text_length: int = 64
+
+class HFSiglip(nn.Module):
+    """model: a transformers SiglipModel / Siglip2Model. Its embeddings are its own
+    (get_image_features / get_text_features: pooled, no projection); logit_scale and
+    logit_bias are its parameters."""
+    def __init__(self, model, config):
+        super().__init__()
+        self.model, self.config = model, config
+        vc = model.config.vision_config
+        naflex = model.config.model_type == 'siglip2'
+        self.visual = HFVision(model.vision_model, naflex, vc.patch_size, config.image_size)
+        self.register_buffer('id_table', compact_id_table(config.kept_ids), persistent=False)
+        self.register_buffer('mean', torch.tensor(config.image_mean).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer('std', torch.tensor(config.image_std).view(1, 3, 1, 1),
+                             persistent=False)
+
+    @classmethod
+    def load(cls, name, config, from_config=False):
+        """name: an HF dir or hub name; from_config: random weights from its config.json."""
+        from transformers import AutoConfig, AutoModel
+        if from_config:
+            model = AutoModel.from_config(AutoConfig.from_pretrained(name))
+        else:
+            model = AutoModel.from_pretrained(name, dtype=torch.float32)
+        if model.config.model_type not in ('siglip', 'siglip2'):
+            raise ValueError(f"{name} is a {model.config.model_type!r} model, "
+                             f"not SigLIP / SigLIP 2")
+        return cls(model, config)
+
+    @property
+    def logit_scale(self):
+        return self.model.logit_scale
+
+    @property
+    def logit_bias(self):
+        return self.model.logit_bias
+
+    def map_ids(self, ids): # teacher token ids -> the decoder's compact ids
+        return map_compact_ids(self.id_table, ids)
+
+    def preprocess(self, pixels): # uint8 (B, 3, H, W) -> normalised at the trained size
+        return normalize_pixels(pixels, self.config.image_size, self.mean, self.std)
+
+    def encode_text(self, ids): # (M, L) -> (M, D); no padding mask, as the HF processor
+        return self.model.text_model(input_ids=ids).pooler_output
+
+    def encode_image(self, x): # normalised (B, 3, S, S) -> (B, D)
+        return self.visual(x)[1]
+
+    # -> img (B, D), txt (M, D), un-pooled image tokens (B, N, C)
+    def forward(self, x, ids):
+        tokens, pooled = self.visual(x)
+        return pooled, self.encode_text(ids), tokens
+
+    def num_params(self, token_table=True):
+        n = sum(p.numel() for p in self.parameters())
+        table = self.model.text_model.embeddings.token_embedding.weight.numel()
+        return n if token_table else n - table
+
+    def save_pretrained(self, out_dir):
+        """The transformers files (AutoModel.from_pretrained(out_dir)) + HF_FILE, written in a
+        temp dir and renamed file by file (a crash never leaves half a file)."""
+        tmp = os.path.join(out_dir, '.hf_tmp')
+        self.model.save_pretrained(tmp)
+        json.dump(asdict(self.config), open(os.path.join(tmp, HF_FILE), 'w'), indent=1)
+        for f in os.listdir(tmp):
+            os.replace(os.path.join(tmp, f), os.path.join(out_dir, f))
+        os.rmdir(tmp)
+
+    @classmethod
+    def from_pretrained(cls, out_dir):
+        cfg = HFConfig(**json.load(open(os.path.join(out_dir, HF_FILE))))
+        return cls.load(out_dir, cfg).eval()
+
+def load_trained(out_dir): # a train.py out_dir -> Student or HFSiglip
+    if os.path.isfile(os.path.join(out_dir, HF_FILE)):
+        return HFSiglip.from_pretrained(out_dir)
+    return Student.from_pretrained(out_dir)
 
 # -----------------------------------------------------------------------------
 # LocCa decoder (SigLIP 2 §2.2): standard transformer decoder with cross-attention to the

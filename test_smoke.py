@@ -92,7 +92,7 @@ def tiny_student(**kw): # a 1-layer ViT + 1-layer text tower, 40-token vocabular
     return Student(StudentConfig(**{**cfg, **kw}))
 
 def tiny_world(tmp, **kw): # the synthetic world at 20 web / 40 train / 20 val / 20 test images
-    args = dict(n_web=20, n_train=40, n_val=20, n_test=20, **kw)
+    args = {**dict(n_web=20, n_train=40, n_val=20, n_test=20), **kw} # kw overrides
     run('data/shapes/prepare.py', f'--out_dir={tmp}', *[f'--{k}={v}' for k, v in args.items()])
     return tmp
 
@@ -2628,6 +2628,86 @@ def test_flickr30k_karpathy_cached_scored_and_reported(tmp_path):
         and 'flickr' not in table[0]
     )
 
+
+# -----------------------------------------------------------------------------
+# train.py --hf_model: a transformers SiglipModel / Siglip2Model trained with the complete
+# objective and saved as a transformers dir
+
+def hf_run_caches(tmp, kind):
+    """A tiny random HF model of `kind` + --teacher=none caches made with its own processor."""
+    w = tiny_world(tmp / 'w', n_train=200, n_val=50)
+    make_tiny_hf_teacher(str(tmp / 'hf'), str(w / 'processor'), kind=kind)
+    for split in ('train', 'val'):
+        run('cache_teacher.py', f'--data_dir={w}', f'--split={split}', '--teacher=none',
+            f'--processor={tmp / "hf"}', '--num_workers=0', f'--out_dir={tmp / "c"}')
+    return tmp / 'hf'
+
+def hf_args(tmp, out, *extra):
+    """The complete objective on the HF model: sigmoid + LocCa + SILC/TIPS from half the run."""
+    return ['train.py', 'config/a6.py', 'config/shapes.py', f'--hf_model={tmp / "hf"}',
+            f'--train_cache={tmp / "c/train"}', f'--val_cache={tmp / "c/val"}', f'--out_dir={out}',
+            '--lambda_feat=0', '--lambda_affinity=0', '--batch_size=32', '--val_images=50',
+            '--log_interval=1', '--warmup_iters=10', '--learning_rate=2e-3', '--switch=0.5', *extra]
+
+def loss_terms(row):
+    return {k: v for k, v in row.items() if k.startswith('loss')}
+
+@pytest.mark.parametrize('kind', ['siglip', 'siglip2'])
+def test_train_fine_tunes_a_tiny_hf_siglip_and_saves_a_transformers_dir(tmp_path, kind):
+    """train.py --hf_model trains a tiny random SiglipModel / Siglip2Model (NaFlex) with the
+    complete objective on a --teacher=none cache made with its own processor: every term finite,
+    the total falls, val R@1 rises above step 0; out_dir reloads with AutoModel / AutoProcessor
+    and embeds the val images and captions as the run did; eval.py scores it as train.py did;
+    SIGKILL + resume across the switch == the uninterrupted run; 2 gloo ranks == 1 rank."""
+    from transformers import AutoModel, AutoProcessor
+    from cache_teacher import load_cache
+    from model import load_trained
+    from eval import embed_student
+    hf_run_caches(tmp_path, kind)
+    out = tmp_path / 'full'
+    run(*hf_args(tmp_path, out, '--max_iters=300', '--eval_interval=300'))
+    rows = [json.loads(l) for l in open(out / 'log.jsonl')]
+    steps, vals = [r for r in rows if 'loss' in r], [r for r in rows if 'val/i2t_r1' in r]
+    terms = ('loss/sigmoid', 'loss/locca/cap', 'loss/locca/aref', 'loss/locca/gcap', 'loss/silc',
+             'loss/tips')
+    assert len(steps) == 300 and all(k in steps[-1] for k in terms)
+    assert all(math.isfinite(v) for r in steps for v in loss_terms(r).values()), 'non-finite'
+    mean = lambda rs: sum(r['loss'] for r in rs) / len(rs)
+    assert mean(steps[-20:]) < mean(steps[:20]), (mean(steps[:20]), mean(steps[-20:]))
+    r1 = lambda v: v['val/i2t_r1'] + v['val/t2i_r1']
+    assert vals[0]['iter'] == 0 and vals[-1]['iter'] == 300, vals
+    assert r1(vals[-1]) > r1(vals[0]), vals
+    # the transformers dir: AutoModel / AutoProcessor embed the cached val pixels and captions
+    # as the run did
+    val, _ = load_cache(str(tmp_path / 'c/val'))
+    run_img, run_txt = embed_student(load_trained(str(out)), val['pixels'], val['input_ids'],
+                                     'cpu')
+    model = AutoModel.from_pretrained(str(out)).eval()
+    proc = AutoProcessor.from_pretrained(str(out))
+    assert model.config.model_type == kind
+    with torch.no_grad():
+        inputs = proc.image_processor(list(val['pixels']), return_tensors='pt')
+        img = model.get_image_features(**inputs).pooler_output
+        txt = model.get_text_features(input_ids=val['input_ids'].long()).pooler_output
+    cos = lambda a, b: F.cosine_similarity(a.float(), b.float(), dim=-1).min().item()
+    assert cos(img, run_img) >= 0.9999 and cos(txt, run_txt) >= 0.9999
+    run('eval.py', f'--cache={tmp_path / "c/val"}', f'--ckpt={out}')
+    e = json.load(open(out / 'eval.json'))
+    assert e['metrics']['i2t_r1'] == pytest.approx(vals[-1]['val/i2t_r1'], abs=1e-6)
+    assert 'locca' in e
+    # SIGKILL right after the iter-4 checkpoint, resume across the switch (iter 6)
+    short = lambda o: hf_args(tmp_path, o, '--max_iters=12', '--eval_interval=4')
+    full, _, _ = resume_after_kill(short, tmp_path, checkpoint_iter=4)
+    assert full['iter'] == 12 and {'loss/silc', 'loss/tips'} <= set(full)
+    # 2 gloo ranks (batch 8 each) == 1 rank (batch 16), sigmoid only as the student's DDP test
+    ddp = lambda o, bs: ['train.py', 'config/a5.py', 'config/shapes.py',
+                         *hf_args(tmp_path, tmp_path / o, '--max_iters=5', '--eval_interval=5',
+                                  '--num_threads=1', f'--batch_size={bs}')[3:]]
+    run(*ddp('one', 16))
+    run('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', *ddp('two', 8))
+    (a, va), (b, vb) = last_row(tmp_path / 'one'), last_row(tmp_path / 'two')
+    assert loss_terms(a) == pytest.approx(loss_terms(b), rel=1e-4, abs=1e-5)
+    assert va['val/i2t_r1'] == pytest.approx(vb['val/i2t_r1'], abs=1e-6)
 
 if __name__ == '__main__':
     sys.exit(pytest.main([__file__, '-q', *sys.argv[1:]])) # e.g. -m fast, -k resume, -x

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import timm
 import torch
 import torch.distributed as dist
-from model import Student, StudentConfig, LoccaDecoder, DINOHead
+from model import Student, StudentConfig, LoccaDecoder, DINOHead, HFSiglip, HFConfig
 from loss import SigLIP2Loss, DistillLoss
 from eval import retrieval_metrics, embed_student
 from cache_teacher import (load_cache, check_no_leak, check_same_teacher, what_changed,
@@ -56,6 +56,11 @@ text_width = 384
 text_depth = 6
 text_heads = 6
 embed_dim = 0 # 0 = the teacher's embedding dim (manifest); set it for a cache without teacher
+# a transformers SigLIP / SigLIP 2 as the model trained instead of the student: an HF dir
+# or hub name, its cache made with its own processor (cache_teacher.py --processor=<it>);
+# the image_* / text_* / embed_dim keys above are then unused
+hf_model = ''
+hf_from_config = False # True: random weights from hf_model's config.json (from scratch)
 # loss: total = λ_feat·L_feat + λ_affinity·L_affinity
 #   + SigLIP2Loss(λ_contrast·L_sig + λ_locca·L_LocCa + γ·(...))
 contrast = 'sigmoid' # 'sigmoid' (SigLIP) or 'infonce'
@@ -136,7 +141,7 @@ for k, ok in [('contrast', contrast in ('sigmoid', 'infonce')),
               ('warmup_iters', warmup_iters >= 0)]:
     if not ok:
         sys.exit(f"train.py: bad value {k}={globals()[k]!r}")
-if not timm.is_model(image_model):
+if not hf_model and not timm.is_model(image_model):
     sys.exit(f"train.py: unknown timm model image_model={image_model!r} "
              f"(see timm.list_models('vit_*'))")
 
@@ -217,9 +222,9 @@ if (lambda_feat or lambda_affinity) and not has_teacher:
     sys.exit(f"train.py: lambda_feat/lambda_affinity need teacher embeddings, "
              f"but {train_cache} was cached with teacher=none")
 embed_dim = embed_dim or man['embed_dim'] or 0
-if not embed_dim:
+if not embed_dim and not hf_model:
     sys.exit("train.py: the cache has no teacher: set --embed_dim")
-if has_teacher and embed_dim != man['embed_dim']:
+if has_teacher and embed_dim != man['embed_dim'] and not hf_model:
     sys.exit(f"train.py: embed_dim={embed_dim} but the teacher in {train_cache} "
              f"has D={man['embed_dim']}")
 # the teacher's own similarity for the affinity targets
@@ -357,19 +362,58 @@ else:
     if extra_txt is not None:
         texts += [torch.unique(p) for p in shards(extra_txt['input_ids'])]
     kept = torch.unique(torch.cat(texts + [torch.arange(5)]))
-    model_args = dict(image_model=image_model, image_size=image_size or man['image_size'],
-                      image_kwargs=image_kwargs, pretrained=pretrained,
-                      text_width=text_width, text_depth=text_depth, text_heads=text_heads,
-                      kept_ids=kept.tolist(), embed_dim=embed_dim,
-                      image_mean=man['mean'], image_std=man['std'],
-                      text_length=text_length)
+    # an HF model: the compact vocabulary is the LocCa decoder's only (its text tower keeps
+    # its own)
+    if hf_model:
+        model_args = dict(hf_model=hf_model, hf_from_config=hf_from_config,
+                          kept_ids=kept.tolist(), image_size=image_size or man['image_size'],
+                          image_mean=man['mean'], image_std=man['std'], text_length=text_length)
+    else:
+        model_args = dict(image_model=image_model, image_size=image_size or man['image_size'],
+                          image_kwargs=image_kwargs, pretrained=pretrained,
+                          text_width=text_width, text_depth=text_depth, text_heads=text_heads,
+                          kept_ids=kept.tolist(), embed_dim=embed_dim,
+                          image_mean=man['mean'], image_std=man['std'],
+                          text_length=text_length)
 # the same seed on every rank: identical initial weights without a broadcast
 torch.manual_seed(seed)
-student = Student(StudentConfig(**model_args)).to(device)
+if 'hf_model' in model_args:
+    # --- an HF SigLIP / SigLIP 2: the decoder takes its text encoder's shape, half the depth
+    hf_config = HFConfig(**{k: v for k, v in model_args.items() if not k.startswith('hf_')})
+    try:
+        student = HFSiglip.load(model_args['hf_model'], hf_config, model_args['hf_from_config'])
+    except (OSError, ValueError) as e:
+        sys.exit(f"train.py: cannot load hf_model={model_args['hf_model']!r}: "
+                 f"{str(e).splitlines()[0]}")
+    student = student.to(device)
+    text_cfg = student.model.config.text_config
+    if man['processor']['vocab_size'] > text_cfg.vocab_size:
+        sys.exit(f"train.py: {train_cache} was tokenised with {man['processor']['vocab_size']} "
+                 f"tokens, hf_model={hf_model!r} reads {text_cfg.vocab_size}: cache it with "
+                 f"the model's own processor (cache_teacher.py --processor={hf_model})")
+    dec_width, dec_depth, dec_heads, dec_mlp = (
+        text_cfg.hidden_size, text_cfg.num_hidden_layers, text_cfg.num_attention_heads,
+        text_cfg.intermediate_size)
+    # feature MSE compares vectors, so it needs the teacher's size; the affinity terms compare
+    # similarity matrices (B x M), which any two embedding sizes give
+    with torch.no_grad():
+        model_dim = student.encode_text(torch.zeros(1, 1, dtype=torch.long, device=device))
+    model_dim = model_dim.shape[-1]
+    has_extra = extra_img is not None or extra_txt is not None
+    uses_feat = lambda_feat or (lambda_extra_feat and has_extra)
+    if has_teacher and model_dim != man['embed_dim'] and uses_feat:
+        sys.exit(f"train.py: hf_model={hf_model!r} embeds in {model_dim} dims, the teacher of "
+                 f"{train_cache} in {man['embed_dim']}: feature distillation needs equal "
+                 f"sizes; set lambda_feat=0 and lambda_extra_feat=0 (the affinity terms work "
+                 f"at any size)")
+else:
+    student = Student(StudentConfig(**model_args)).to(device)
+    dec_width, dec_depth, dec_heads, dec_mlp = (text_width, text_depth, text_heads,
+                                                4 * text_width)
 vocab = len(model_args['kept_ids'])
-decoder_args = dict(vocab_size=vocab, width=text_width,
-                    depth=decoder_depth or max(text_depth // 2, 1), heads=text_heads,
-                    mlp_dim=4 * text_width, enc_dim=student.visual.enc_dim, max_len=64)
+decoder_args = dict(vocab_size=vocab, width=dec_width,
+                    depth=decoder_depth or max(dec_depth // 2, 1), heads=dec_heads,
+                    mlp_dim=dec_mlp, enc_dim=student.visual.enc_dim, max_len=64)
 decoder = LoccaDecoder(**decoder_args) if lambda_locca else None
 heads = dict(out_dim=dino_dim, hidden_dim=dino_hidden, bottleneck_dim=dino_bottleneck)
 silc_head = DINOHead(student.visual.pool_dim, **heads) if gamma and lambda_silc else None

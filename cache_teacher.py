@@ -1054,22 +1054,11 @@ def write_manifest(split_dir, split, n_shards, teacher, content, image_size, ext
     write_json(path, manifest)
     print(f"wrote {path}: {counts}")
 
-def main(data_dir, split, karpathy, instances, out_dir, max_images, skip_missing, images,
-         captions, image_folder, folder_captions, caption_file, tars, views, view_scale,
-         view_flip, teacher, processor, image_size, lowercase, max_length, batch_size,
-         shard_size, num_workers, preprocess, device, dtype):
-    for k, value, ok in [('max_images', max_images, max_images >= 0),
-                         ('batch_size', batch_size, batch_size > 0),
-                         ('shard_size', shard_size, shard_size > 0),
-                         ('max_length', max_length, max_length == 0 or max_length > 1),
-                         ('num_workers', num_workers, num_workers >= 0)]:
-        if not ok:
-            sys.exit(f"cache_teacher: bad value {k}={value!r}")
-    rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
-    if world > 1:
-        # only used for a barrier before the manifest
-        torch.distributed.init_process_group(backend='gloo')
-    check_name(split, 'split')
+def read_source(data_dir, split, karpathy, image_folder, folder_captions, caption_file, tars,
+                images, captions):
+    """The source of a cache run, chosen once -> (source, {image_id: record}, {file: sha256},
+    dropped counts, {name, id_space} a Karpathy file states, images, captions): a caption file
+    has no images; a folder without a captions file and COCO unlabeled2017 have no captions."""
     # one source per run: a second one would be ignored without a word
     given = [f'{k}={v}' for k, v in (('image_folder', image_folder), ('tars', tars),
                                      ('caption_file', caption_file), ('karpathy', karpathy))
@@ -1077,12 +1066,9 @@ def main(data_dir, split, karpathy, instances, out_dir, max_images, skip_missing
     if len(given) > 1:
         sys.exit(f"cache_teacher: one source per cache run, got {' and '.join(given)}: "
                  f"cache each into its own --split")
-    split_dir = os.path.join(out_dir, split)
-    os.makedirs(split_dir, exist_ok=True)
-
     # the source, chosen once; its reader gives the records and the annotation files' hashes
     # (a Karpathy file also names its dataset and id space)
-    named = dict(name=None, id_space=None)
+    named, dropped = dict(name=None, id_space=None), {}
     if folder_captions and not image_folder:
         sys.exit(f"cache_teacher: folder_captions={folder_captions} pairs the images "
                  f"of an --image_folder; none given")
@@ -1103,12 +1089,34 @@ def main(data_dir, split, karpathy, instances, out_dir, max_images, skip_missing
     elif source == 'karpathy':
         # a Karpathy file drops nothing; it names its dataset and what its ids are
         recs, annotations, named = read_karpathy(karpathy, data_dir, split)
-        dropped = {}
     elif source == 'coco':
         recs, annotations, dropped = read_coco(data_dir, split)
     else:
         recs, annotations, dropped = read_coco_unlabeled(data_dir, split)
         captions = False
+    return source, recs, annotations, dropped, named, images, captions
+
+def main(data_dir, split, karpathy, instances, out_dir, max_images, skip_missing, images,
+         captions, image_folder, folder_captions, caption_file, tars, views, view_scale,
+         view_flip, teacher, processor, image_size, lowercase, max_length, batch_size,
+         shard_size, num_workers, preprocess, device, dtype):
+    for k, value, ok in [('max_images', max_images, max_images >= 0),
+                         ('batch_size', batch_size, batch_size > 0),
+                         ('shard_size', shard_size, shard_size > 0),
+                         ('max_length', max_length, max_length == 0 or max_length > 1),
+                         ('num_workers', num_workers, num_workers >= 0)]:
+        if not ok:
+            sys.exit(f"cache_teacher: bad value {k}={value!r}")
+    rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
+    if world > 1:
+        # only used for a barrier before the manifest
+        torch.distributed.init_process_group(backend='gloo')
+    check_name(split, 'split')
+    source, recs, annotations, dropped, named, images, captions = read_source(
+        data_dir, split, karpathy, image_folder, folder_captions, caption_file, tars, images,
+        captions)
+    split_dir = os.path.join(out_dir, split)
+    os.makedirs(split_dir, exist_ok=True)
     default = os.path.join(data_dir, 'annotations', f'instances_{split}2017.json')
     if source in ('coco', 'coco_unlabeled') and not instances and os.path.isfile(default):
         instances = default

@@ -23,14 +23,14 @@ from safetensors.torch import save_file, load_file
 UNK = 3 # Gemma special ids: pad 0, eos 1, bos 2, unk 3, mask 4
 
 def save_weights(module, out_dir, name, cfg_name, cfg):
-    """config JSON + safetensors, each through cache_teacher.atomic_write (temp name, closed,
-    fsynced, renamed): a crash or a full disk never leaves half a file, the last good one stays
-    and the error propagates."""
-    from cache_teacher import atomic_write, write_json # imported here: it imports this module
+    """config JSON + safetensors, each file closed here so a write or close error (a full disk,
+    a quota) raises. Not atomic on its own: train.py saves into a staging dir and moves each file
+    into place durably, so a crash never leaves half a checkpoint."""
     os.makedirs(out_dir, exist_ok=True)
     sd = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
-    atomic_write(os.path.join(out_dir, f'{name}.safetensors'), lambda tmp: save_file(sd, tmp))
-    write_json(os.path.join(out_dir, cfg_name), cfg)
+    save_file(sd, os.path.join(out_dir, f'{name}.safetensors'))
+    with open(os.path.join(out_dir, cfg_name), 'w') as f:
+        json.dump(cfg, f, indent=1)
 
 # -----------------------------------------------------------------------------
 # image tower: any timm model, exposing pooled features AND un-pooled tokens
@@ -360,14 +360,11 @@ class HFSiglip(nn.Module):
         return n if token_table else n - table
 
     def save_pretrained(self, out_dir):
-        """The transformers files (AutoModel.from_pretrained(out_dir)) + HF_FILE, written in a
-        temp dir and renamed file by file (a crash never leaves half a file)."""
-        tmp = os.path.join(out_dir, '.hf_tmp')
-        self.model.save_pretrained(tmp)
-        json.dump(asdict(self.config), open(os.path.join(tmp, HF_FILE), 'w'), indent=1)
-        for f in os.listdir(tmp):
-            os.replace(os.path.join(tmp, f), os.path.join(out_dir, f))
-        os.rmdir(tmp)
+        """The transformers files (AutoModel.from_pretrained(out_dir)) + HF_FILE (as
+        save_weights: closed here, made atomic by train.py's staging dir)."""
+        self.model.save_pretrained(out_dir)
+        with open(os.path.join(out_dir, HF_FILE), 'w') as f:
+            json.dump(asdict(self.config), f, indent=1)
 
     @classmethod
     def from_pretrained(cls, out_dir):

@@ -547,15 +547,21 @@ def write_checkpoint(metrics):
               fingerprint=man['fingerprint'], cache_content=man.get('content'))
     # a crash keeps the last one
     atomic_write(os.path.join(out_dir, 'ckpt.pt'), lambda tmp: torch.save(ck, tmp))
-    # config.json + model.safetensors: all that Student.from_pretrained needs
-    student.save_pretrained(out_dir)
+    # config.json + model.safetensors (all that from_pretrained needs), the decoder and the
+    # teacher's tokenizer + image settings: written whole into a staging dir, then each file
+    # moved into place durably, so a failed write keeps the last good file
+    staging = os.path.join(out_dir, '.staging')
+    shutil.rmtree(staging, ignore_errors=True)
+    student.save_pretrained(staging)
     if decoder is not None:
-        decoder.save_pretrained(out_dir)
-    # the teacher's tokenizer + image settings travel with the student
+        decoder.save_pretrained(staging)
     proc = os.path.join(train_cache, 'processor')
     for f in os.listdir(proc):
+        shutil.copyfile(os.path.join(proc, f), os.path.join(staging, f))
+    for f in sorted(os.listdir(staging)):
         atomic_write(os.path.join(out_dir, f),
-                     lambda tmp: shutil.copyfile(os.path.join(proc, f), tmp))
+                     lambda tmp: os.replace(os.path.join(staging, f), tmp))
+    os.rmdir(staging)
     meta = dict(config=config, model_args=model_args, iter_num=iter_num, metrics=metrics,
                 train_cache=train_cache, val_cache=val_cache,
                 fingerprint=man['fingerprint'],

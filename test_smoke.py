@@ -263,8 +263,18 @@ def test_every_config_resolves_to_the_seeds_teacher_and_student(monkeypatch):
             assert got[:2] + got[3:] == seed[files[0]] and c['image_size'] == 224, (exp, got)
             assert c['out_dir'] == f'out/{files[0]}' and exp == files[0].upper()
     have = {os.path.basename(f)[:-3] for f in os.listdir('config') if f.endswith('.py')}
-    assert have <= named, f"configs without a README experiment row: {sorted(have - named)}"
     assert set(seed) <= named
+    # the rest train a transformers SiglipModel / Siglip2Model (README "Fine-tune SigLIP 2 with
+    # the complete loss"): no teacher, the complete objective at the paper's values (§2.2, §2.3)
+    section = open('README.md').read().split('## Fine-tune SigLIP 2 with the complete loss')[1]
+    for f in sorted(have - named):
+        c = config_defaults()
+        exec(compile(open(f'config/{f}.py').read(), f'config/{f}.py', 'exec'), c)
+        assert c['hf_model'], f"config/{f}.py: in no README experiment row, trains no hf_model"
+        assert f'config/{f}.py' in section.split('\n## ')[0], f
+        weights = [c[k] for k in ('lambda_contrast', 'lambda_locca', 'lambda_silc', 'lambda_tips',
+                                  'switch', 'lambda_feat', 'lambda_affinity')]
+        assert weights == [1.0, 1.0, 1.0, 0.25, 0.8, 0.0, 0.0] and c['gamma'] > 0, (f, weights)
 
 # -----------------------------------------------------------------------------
 # model.py: the LocCa decoder, box text, the student's vocabulary map and save / load

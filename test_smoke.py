@@ -1894,6 +1894,13 @@ FSIZE = (
     "resource.setrlimit(resource.RLIMIT_FSIZE, ({0}, {0})); "
 )
 
+def run_file_limited(limit, script, *args):
+    """Runs `script` with every write past `limit` bytes failing (EFBIG), as on a full disk."""
+    code = FSIZE.format(limit) + "import runpy; sys.argv = sys.argv[1:]; "
+    code += "runpy.run_path(sys.argv[0], run_name='__main__')"
+    return subprocess.run([sys.executable, '-c', code, script, *args], cwd=REPO, env=ENV,
+                          capture_output=True, text=True)
+
 
 def test_r18_failed_writes_keep_the_last_good_file(w18, tmp_path):
     """Kind: data loss and unsafe writes. A write that fails (here: a file-size limit, as a full
@@ -1917,30 +1924,11 @@ def test_r18_failed_writes_keep_the_last_good_file(w18, tmp_path):
         f: (tmp_path / 'o' / f).read_bytes()
         for f in ('ckpt.pt', 'model.safetensors', 'config.json', 'meta.json')
     }
-    p = subprocess.run(
-        [
-            sys.executable,
-            '-c',
-            FSIZE.format(10000) + "import runpy; sys.argv = sys.argv[1:]; "
-            "runpy.run_path('train.py', run_name='__main__')",
-            'train.py',
-            'config/a5.py',
-            'config/shapes.py',
-            f'--train_cache={w18 / "c/train"}',
-            f'--val_cache={w18 / "c/val"}',
-            f'--out_dir={tmp_path / "o"}',
-            '--batch_size=8',
-            '--val_images=20',
-            '--warmup_iters=1',
-            '--eval_interval=2',
-            '--max_iters=4',
-            '--init_from=resume',
-        ],
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
-    )
+    p = run_file_limited(10000, 'train.py', 'config/a5.py', 'config/shapes.py',
+                         f'--train_cache={w18 / "c/train"}', f'--val_cache={w18 / "c/val"}',
+                         f'--out_dir={tmp_path / "o"}', '--batch_size=8', '--val_images=20',
+                         '--warmup_iters=1', '--eval_interval=2', '--max_iters=4',
+                         '--init_from=resume')
     assert clean_error(p, 'saving to', 'last good save (iter 2)'), p.stderr[-2000:]
     assert {f: (tmp_path / 'o' / f).read_bytes() for f in good} == good
     assert not [f for f in os.listdir(tmp_path / 'o') if f.endswith('.tmp')]
@@ -1948,21 +1936,8 @@ def test_r18_failed_writes_keep_the_last_good_file(w18, tmp_path):
     p = run('report.py', f'--runs_dir={tmp_path}', f'--out={tmp_path / "nope/report.md"}', ok=False)
     assert clean_error(p, 'does not exist')
     (tmp_path / 'report.md').write_text('the last good report\n')
-    p = subprocess.run(
-        [
-            sys.executable,
-            '-c',
-            FSIZE.format(10) + "import runpy; sys.argv = sys.argv[1:]; "
-            "runpy.run_path('report.py', run_name='__main__')",
-            'report.py',
-            f'--runs_dir={tmp_path / "none"}',
-            f'--out={tmp_path / "report.md"}',
-        ],
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
-    )
+    p = run_file_limited(10, 'report.py', f'--runs_dir={tmp_path / "none"}',
+                         f'--out={tmp_path / "report.md"}')
     assert (
         clean_error(p, 'cannot write')
         and (tmp_path / 'report.md').read_text() == 'the last good report\n'

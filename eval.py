@@ -503,9 +503,10 @@ def model_hash(path): # config + weights bytes: a retrained checkpoint gets a ne
 def folder_index(enc, folder, batch_size, index_dir=''):
     """Every image under folder -> (relative paths, (N, D) normalised embeddings), saved as
     index-<hash of folder + model>.safetensors in index_dir ('' = the model dir; a hub name has
-    none, so it needs one: never the user's image folder, never a place nobody named) and reused while the folder's file list, sizes, mtimes, ctimes, inodes and the model's bytes
-    are unchanged: a file replaced at the same size and mtime gets a new ctime (no tool can set
-    it) and inode, so the index is keyed on the files, without reading every image each time."""
+    none, so it needs one: never the user's image folder, never a place nobody named) and reused
+    while the folder's file list, sizes, mtimes, ctimes, inodes and the model's bytes are
+    unchanged: a file replaced at the same size and mtime gets a new ctime (no tool can set it)
+    and inode, so the index is keyed on the files, without reading every image each time."""
     from safetensors.torch import save_file, safe_open
     folder = os.path.abspath(folder)
     if not os.path.isdir(folder):

@@ -32,7 +32,8 @@ runs_dir = 'out'
 teacher_eval = 'cache/coco-L/test/eval.json'
 transfer_evals = '' # comma-separated teacher eval.json of other test caches (Flickr30k): columns
 out = 'report.md'
-config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
+config_keys = [k for k, v in globals().items()
+               if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
     raise SystemExit(f"report.py: --out={out!r}: folder {os.path.dirname(out)!r} does not exist")
@@ -70,7 +71,8 @@ def refused(e, path, run_dir=None, reference='main'):
 
 @functools.cache
 def seeds(name): # valid eval.json of a run and its extra seeds; refusals go to NOTES[name]
-    # extra seeds are the directories <name>-s<k>; demo.sh's <name>-s<k>.log beside them are not runs
+    # extra seeds are the directories <name>-s<k>; demo.sh's <name>-s<k>.log beside them are not
+    # runs
     extra = sorted(glob.glob(os.path.join(runs_dir, f'{name}-s*')))
     extra = [d for d in extra if os.path.isdir(d) and d.rsplit('-s', 1)[1].isdigit()]
     dirs = [os.path.join(runs_dir, name)] + extra

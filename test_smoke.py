@@ -11,10 +11,10 @@ result or a traceback) on the code before its fix.
     DEMO_DIR=/tmp/demo bash demo.sh --quick      # then reuse that quick demo in every session:
     TEST_DEMO_DIR=/tmp/demo python -m pytest -q test_smoke.py -k demo
 
-Times. The full suite: 49 passed in ~923 s (~15 min) on the quiet 2-core machine (the README's
-clean-clone CI run), about 4 min of it the quick demo that the tests taking the `demo` fixture
-share. The fast subset: 22 passed in 102 s on the same 2 cores measured under load (other jobs
-running, load average 4-5); quiet, it is faster.
+Times. The full suite: 64 passed in 1543 s on the 2-core machine with a demo running beside it
+(the README's figure; a quiet machine is faster), about 4 min of it the quick demo that the tests
+taking the `demo` fixture share. The fast subset: 22 passed in 91 s on the same 2 cores under
+load.
 """
 import os
 import sys

@@ -1,9 +1,12 @@
-# SigLIP 2 recipe without a distillation teacher: sigmoid + LocCa from the start, SILC + TIPS from 80%
-# (paper §2.1-2.3: Adam 1e-3, decoupled wd 1e-4, clip 1, cosine). The cache only needs pixels + tokens:
-#   python cache_teacher.py --data_dir=/data/coco --split=train --teacher=none --processor=<siglip2 dir> --out_dir=cache/coco-raw
+# SigLIP 2 recipe without a distillation teacher: sigmoid + LocCa from the start, SILC + TIPS from
+# 80% (paper §2.1-2.3: Adam 1e-3, decoupled wd 1e-4, clip 1, cosine). The cache only needs pixels +
+# tokens:
+#   python cache_teacher.py --data_dir=/data/coco --split=train --teacher=none \
+#       --processor=<siglip2 dir> --out_dir=cache/coco-raw
 #   python train.py config/siglip2.py
-#   on the synthetic world: python train.py config/siglip2.py config/shapes.py --train_cache=cache/shapes-raw/web \
-#       --val_cache=cache/shapes-raw/val --out_dir=out/shapes/siglip2   (a --teacher=none cache, as demo.sh packs it)
+#   on the synthetic world (a --teacher=none cache, as demo.sh packs it):
+#   python train.py config/siglip2.py config/shapes.py --train_cache=cache/shapes-raw/web \
+#       --val_cache=cache/shapes-raw/val --out_dir=out/shapes/siglip2
 out_dir = 'out/siglip2'
 train_cache = 'cache/coco-raw/train'
 val_cache = 'cache/coco-raw/val'

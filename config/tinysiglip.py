@@ -29,6 +29,7 @@ extra_image_cache = 'cache/coco-L-img/unlabeled'
 extra_text_cache = 'cache/coco-L-txt/cc3m'
 lambda_extra_feat = 1.0
 lambda_extra_affinity = 1.0
-# DIME-FM's cross-modal similarity distillation: the affinity term on unpaired images x unpaired captions
+# DIME-FM's cross-modal similarity distillation: the affinity term on unpaired images x unpaired
+# captions
 lambda_extra_cross = 1.0
 max_iters = 20000 # 4x A5: the unpaired sets are larger than the paired one

@@ -1231,17 +1231,10 @@ def write_old_layout_cache(
         content=content,
         preprocess='worker',
     )
-    tf = dict(
-        teacher=content['teacher'],
-        processor_files=content['processor'],
-        embed_dim=D,
-        image_size=S,
-        mean=mean,
-        std=std,
-        processor=processor,
-        logit_scale=10.0,
-        logit_bias=-10.0,
-    )
+    # the teacher fingerprint: the teacher's and processor's hashes + what train.py takes from it
+    taken = ('embed_dim', 'image_size', 'mean', 'std', 'processor', 'logit_scale', 'logit_bias')
+    tf = {k: man[k] for k in taken}
+    tf.update(teacher=content['teacher'], processor_files=content['processor'])
     man['teacher_fingerprint'] = sha(json.dumps(tf, sort_keys=True).encode())[:16]
     man['fingerprint'] = sha(
         json.dumps({k: man.get(k) for k in OLD_FINGERPRINT_KEYS}, sort_keys=True).encode()

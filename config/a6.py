@@ -4,7 +4,7 @@
 exec(open('config/a5.py').read())
 out_dir = 'out/a6'
 lambda_locca = 1.0 # §2.2: equal weight with the sigmoid loss
-# §2.3 size factor; a ViT-S student takes the smallest model's γ (B: 0.25), README choices, U25
+# §2.3 size factor: a ViT-S student takes the smallest model's γ (README choices, U25)
 gamma = 0.25
 # README choices, U14: DINOv2's 65,536 prototypes are sized for 100M-image runs; COCO is small
 dino_dim = 16384

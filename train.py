@@ -363,10 +363,11 @@ else:
         texts += [torch.unique(p) for p in shards(extra_txt['input_ids'])]
     kept = torch.unique(torch.cat(texts + [torch.arange(5)]))
     # an HF model: the compact vocabulary is the LocCa decoder's only (its text tower keeps
-    # its own)
+    # its own); it trains at its own processor's size (the cache's), which AutoProcessor
+    # gives it after training (NaFlex: the same patch grid), whatever image_size says
     if hf_model:
         model_args = dict(hf_model=hf_model, hf_from_config=hf_from_config,
-                          kept_ids=kept.tolist(), image_size=image_size or man['image_size'],
+                          kept_ids=kept.tolist(), image_size=man['image_size'],
                           image_mean=man['mean'], image_std=man['std'], text_length=text_length)
     else:
         model_args = dict(image_model=image_model, image_size=image_size or man['image_size'],

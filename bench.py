@@ -22,6 +22,13 @@ forward on inputs already on the device:
         --teacher_data=/data/coco --teacher_split=val --cache_images=5000 --num_workers=16 \
         --batch_size=256
 
+With --hf_b16 (5) alone: each term's train step on a randomly initialised HF Siglip2Model
+shaped as google/siglip2-base-patch16-224 (no download), wrapped and given its LocCa decoder and
+DINO heads as train.py does; ms and peak memory as ratios to sigmoid-only, each row measured in
+a fresh child process (peak RSS on CPU, the allocator's peak on a GPU):
+    python bench.py --hf_b16=True --device=cpu --dtype=float32    # batch 4, 1 timed step
+    python bench.py --hf_b16=True                                 # GPU: bf16, batch 64, 10 steps
+
 The GPU check (README, "Speed"): (1)-(2) at two sizes, then (4) with a randomly initialised
 SigLIP B/16-shaped teacher (no download) on a 20k-image synthetic world at 64 px:
     python bench.py
@@ -30,11 +37,13 @@ SigLIP B/16-shaped teacher (no download) on a 20k-image synthetic world at 64 px
         --n_test=10 --image_size=64
     python bench.py --teacher=random-b16 --teacher_data=/tmp/w --cache_images=20000 \
         --batch_size=256 --num_workers=12
+    python bench.py --hf_b16=True    # and (5)
 """
-import os, time
+import os, sys, time, json, ctypes, subprocess
 import torch
 import torch.nn.functional as F
-from model import Student, StudentConfig, LoccaDecoder, DINOHead
+from model import (Student, StudentConfig, LoccaDecoder, DINOHead, HFSiglip, HFConfig,
+                   locca_decoder_args)
 from loss import SigLIP2Loss, DistillLoss, chunked_cross_entropy
 
 # -----------------------------------------------------------------------------
@@ -66,6 +75,26 @@ teacher_data = 'data/shapes' # ... over the first cache_images images of this CO
 teacher_split = 'web'
 cache_images = 2048
 num_workers = 2 # cache_teacher.py's decoding workers
+# (5) alone: an HF Siglip2Model shaped as google/siglip2-base-patch16-224, random weights
+hf_b16 = False
+# 0: 64 on a GPU; 4 on CPU, where a sigmoid-only step took ~40 s (45 s at batch 8) and the whole
+# section 12 min (2 cores shared with a training job)
+hf_batch_size = 0
+hf_iters = 0 # timed steps per row (+ 1 warm-up, untimed); 0: 10 on a GPU, 1 on CPU
+# both towers (heads = width / 64, MLP = 4 x width: B/16's 12 and 3072); text length = seq_len
+hf_width = 768
+hf_depth = 12
+# NaFlex: train.py trains on the cache's p·sqrt(max_num_patches) = 16·16 = 256 px square
+# (cache_teacher.py), the full 16 x 16 grid of 256 patches that the processor makes of any
+# square image, 224 px included
+hf_image_size = 256
+hf_vocab = 256000 # the text tower's Gemma vocabulary (its own, not compacted)
+# the LocCa decoder's compact vocabulary (train.py: the ids in the training captions + LocCa
+# targets). COCO is the fine-tuning set (config/siglip2_finetune_coco.py); its captioning
+# vocabularies are ~10k words seen >= 5 times, and Gemma's pieces count case and leading-space
+# forms apart and split the rare tail: ~16k ids is our estimate (no Gemma tokenizer offline)
+hf_kept = 16000
+hf_row = -1 # internal: >= 0 in the child process that measures row hf_row of (5)
 config_keys = [k for k,v in globals().items()
                if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
@@ -77,18 +106,148 @@ autocast = torch.autocast(device_type='cuda' if cuda else 'cpu', dtype=getattr(t
 def sync():
     if cuda:
         torch.cuda.synchronize()
-def measure(fn, n=iters): # -> (ms per call, peak MiB above the start on GPU)
+def proc_mib(field): # this process's VmRSS (resident now) or VmHWM (peak) in MiB (Linux)
+    for line in open('/proc/self/status'):
+        if line.startswith(field + ':'):
+            return int(line.split()[1]) / 1024 # kB
+# -> (ms per call, peak MiB above the state after a warm-up call: on GPU; on CPU with rss, the
+# peak RSS, else nan)
+def measure(fn, n=iters, rss=False):
     fn()
     sync()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
+    elif rss:
+        # freed heap pages go back to the OS first, so the base is what is live (weights,
+        # optimizer state) and the timed calls fault in what they use again
+        ctypes.CDLL(None).malloc_trim(0)
+        # '5' resets the kernel's peak RSS (VmHWM) to the current RSS: the calls' own peak
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+        base = proc_mib('VmRSS')
     t = time.time()
     for _ in range(n):
         fn()
     sync()
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else float('nan')
+    if cuda:
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        peak = proc_mib('VmHWM') - base if rss else float('nan')
     return (time.time() - t) / n * 1000, peak
+
+# random inputs of one train step: images (B, 3, S, S), captions (B, L) in the tower's vocab
+# (n_ids), LocCa targets (B, L) in the decoder's (n_dec), teacher embeddings (B, D)
+def random_batch(B, S, L, D, n_ids, n_dec):
+    x = torch.randn(B, 3, S, S, device=device)
+    ids = torch.randint(5, min(1000, n_ids), (B, L), device=device)
+    t_img, t_txt = torch.randn(B, D, device=device), torch.randn(B, D, device=device)
+    seq = torch.randint(5, min(1000, n_dec), (B, L), device=device)
+    prefix = torch.full((B,), 2, device=device)
+    region = torch.ones(B, dtype=torch.bool, device=device) # every example has a box
+    locca = {'cap': (seq, prefix), 'aref': (seq, prefix, region),
+             'gcap': (seq, prefix, region)}
+    return x, ids, t_img, t_txt, locca
+
+# model (Student or HFSiglip) + the terms -> one train step (fwd + losses + bwd + AdamW);
+# the decoder and heads as train.py builds them: decoder from the text tower (n_dec ids),
+# DINO heads of dino_dim prototypes
+def setup(model, batch, n_dec, locca_w=0.0, silc=0.0, tips=0.0, gamma=1.0, distill=False):
+    x, ids, t_img, t_txt, locca = batch
+    v = model.visual
+    dec = LoccaDecoder(**locca_decoder_args(model, n_dec)).to(device) if locca_w else None
+    sh = DINOHead(v.pool_dim, dino_dim).to(device) if silc else None
+    th = DINOHead(v.enc_dim, dino_dim).to(device) if tips else None
+    fn = SigLIP2Loss(v, v.patch_embed_proj, decoder=dec, silc_head=sh, tips_head=th,
+                     mask_id=n_dec, locca_weight=locca_w,
+                     gamma=gamma if (silc or tips) else 0.0,
+                     silc_weight=silc, tips_weight=tips, switch=0.0).to(device)
+    fn.maybe_switch(1.0)
+    # train.py's distillation objective (A5: feature + affinity); weight 0 leaves it out
+    weight = 1.0 if distill else 0.0
+    distill_fn = DistillLoss(teacher_scale, teacher_bias, feat=weight, affinity=weight)
+    params = [p for p in list(model.parameters()) + list(fn.parameters()) if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=cuda)
+    def step():
+        with autocast:
+            img, txt, tok = model(x, ids)
+            total, terms = fn(x, img.float(), txt.float(), tok,
+                              model.logit_scale.exp(), model.logit_bias, 0.9,
+                              locca=locca if locca_w else None)
+            total, _ = distill_fn(img, txt, img.float(), txt.float(), t_img, t_txt,
+                                  model.logit_scale, model.logit_bias,
+                                  total=total, terms=terms)
+        total.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        fn.after_step()
+    return step
+
+# 5) with --hf_b16, alone (its sizes are its own keys, so it runs before (1) and exits): each
+# SigLIP 2 term's train step on an HF Siglip2Model shaped as google/siglip2-base-patch16-224,
+# built from a config (random weights) and wrapped as train.py does (HFSiglip.load with
+# hf_from_config); the LocCa decoder (6 layers = half of 12) and DINO heads as train.py builds
+# them for config/siglip2_finetune_coco.py (dino_dim 16384, γ 0.25). Each row runs in a fresh
+# child process (this script with --hf_row), so its peak is its own
+hf_rows = [('sigmoid only', {}),
+           ('+ LocCa (3 decoder passes)', dict(locca_w=1.0)),
+           ('+ SILC (8 local crops)', dict(silc=1.0)),
+           ('+ TIPS (masked view)', dict(tips=0.25)),
+           ('complete objective', dict(locca_w=1.0, silc=1.0, tips=0.25))]
+hf_batch_size = hf_batch_size or (64 if cuda else 4)
+hf_iters = hf_iters or (10 if cuda else 1)
+if hf_row >= 0: # the child: one row -> one 'hf_row {json}' line
+    import tempfile
+    import transformers as T
+    torch.manual_seed(0)
+    tower = dict(hidden_size=hf_width, intermediate_size=4 * hf_width,
+                 num_hidden_layers=hf_depth, num_attention_heads=hf_width // 64)
+    n_patches = (hf_image_size // 16) ** 2 # NaFlex's max_num_patches (256 at 256 px)
+    hf_cfg = HFConfig(kept_ids=list(range(hf_kept)), image_size=hf_image_size,
+                      image_mean=[0.5] * 3, image_std=[0.5] * 3, text_length=seq_len)
+    with tempfile.TemporaryDirectory() as hf_dir: # config.json only: train.py's loading path
+        T.Siglip2Config(text_config=dict(vocab_size=hf_vocab, max_position_embeddings=seq_len,
+                                         **tower),
+                        vision_config=dict(patch_size=16, num_patches=n_patches, **tower)
+                        ).save_pretrained(hf_dir)
+        model = HFSiglip.load(hf_dir, hf_cfg, from_config=True).to(device)
+    batch = random_batch(hf_batch_size, hf_image_size, seq_len, hf_width, hf_vocab, hf_kept)
+    step = setup(model, batch, hf_kept, gamma=0.25, **hf_rows[hf_row][1])
+    ms, step_mib = measure(step, hf_iters, rss=True)
+    # the absolute peak over the timed steps: weights, AdamW state, the step's own
+    total_mib = torch.cuda.max_memory_allocated() / 2**20 if cuda else proc_mib('VmHWM')
+    print('hf_row', json.dumps(dict(ms=ms, step_mib=step_mib, total_mib=total_mib,
+                                    params=sum(p.numel() for p in model.parameters()))))
+    sys.exit()
+if hf_b16:
+    what = 'allocated (torch.cuda)' if cuda else 'RSS (/proc/self VmHWM)'
+    print(f"train step (fwd + loss + bwd + AdamW), HF Siglip2Model from a config: width "
+          f"{hf_width}, {hf_depth} layers, {(hf_image_size // 16) ** 2} patches of 16 px "
+          f"({hf_image_size} px), text vocab {hf_vocab}, length {seq_len};\n"
+          f"  LocCa decoder {max(hf_depth // 2, 1)} layers over {hf_kept} ids, DINO heads "
+          f"K={dino_dim}; batch {hf_batch_size}, {dtype} on {device}, {hf_iters} timed steps "
+          f"after 1 warm-up, each row in a fresh process;\n"
+          f"  step peak: peak {what} over the timed steps above the state after the warm-up "
+          f"(weights + AdamW state); process peak: the absolute peak over the timed steps")
+    ratio = lambda a, b: a / b if b > 0 else float('nan')
+    base = None
+    for i, (name, _) in enumerate(hf_rows):
+        p = subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:],
+                            f'--hf_row={i}'], capture_output=True, text=True)
+        if p.returncode:
+            sys.exit(f"bench.py: the {name!r} row failed:\n{p.stdout[-2000:]}\n"
+                     f"{p.stderr[-2000:]}")
+        line = [l for l in p.stdout.splitlines() if l.startswith('hf_row ')][-1]
+        r = json.loads(line[len('hf_row '):])
+        base = base or r
+        if i == 0:
+            print(f"  ({r['params'] / 1e6:.1f}M params in the model)")
+        print(f"  {name:28s} {r['ms']:8.1f} ms {ratio(r['ms'], base['ms']):5.2f}x | "
+              f"step peak {r['step_mib']:8.1f} MiB "
+              f"{ratio(r['step_mib'], base['step_mib']):5.2f}x | "
+              f"process peak {r['total_mib']:8.1f} MiB "
+              f"{ratio(r['total_mib'], base['total_mib']):5.2f}x")
+    sys.exit()
 
 # 1) decoder cross-entropy at vocab V: chunked (never [N, V] logits at once) vs naive
 N = batch_size * seq_len
@@ -114,45 +273,7 @@ cfg = StudentConfig(image_model=image_model, image_size=image_size,
                     kept_ids=list(range(vocab)), embed_dim=embed_dim,
                     image_mean=[0.5] * 3, image_std=[0.5] * 3)
 student = Student(cfg).to(device)
-x = torch.randn(batch_size, 3, image_size, image_size, device=device)
-ids = torch.randint(5, 1000, (batch_size, seq_len), device=device)
-t_img, t_txt = (torch.randn(batch_size, embed_dim, device=device),
-                torch.randn(batch_size, embed_dim, device=device))
-seq = torch.randint(5, 1000, (batch_size, seq_len), device=device)
-locca = {'cap': (seq, torch.full((batch_size,), 2, device=device)),
-         'aref': (seq, torch.full((batch_size,), 2, device=device),
-                  torch.ones(batch_size, dtype=torch.bool, device=device)),
-         'gcap': (seq, torch.full((batch_size,), 2, device=device),
-                  torch.ones(batch_size, dtype=torch.bool, device=device))}
-def setup(locca_w=0.0, silc=0.0, tips=0.0, distill=False):
-    v = student.visual
-    dec = LoccaDecoder(vocab, width, 3, 6, 4 * width, v.enc_dim).to(device) if locca_w else None
-    sh = DINOHead(v.pool_dim, dino_dim).to(device) if silc else None
-    th = DINOHead(v.enc_dim, dino_dim).to(device) if tips else None
-    fn = SigLIP2Loss(v, v.patch_embed_proj, decoder=dec, silc_head=sh, tips_head=th,
-                     mask_id=vocab, locca_weight=locca_w,
-                     gamma=1.0 if (silc or tips) else 0.0,
-                     silc_weight=silc, tips_weight=tips, switch=0.0).to(device)
-    fn.maybe_switch(1.0)
-    # train.py's distillation objective (A5: feature + affinity); weight 0 leaves it out
-    weight = 1.0 if distill else 0.0
-    distill_fn = DistillLoss(teacher_scale, teacher_bias, feat=weight, affinity=weight)
-    params = [p for p in list(student.parameters()) + list(fn.parameters()) if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4, fused=cuda)
-    def step():
-        with autocast:
-            img, txt, tok = student(x, ids)
-            total, terms = fn(x, img.float(), txt.float(), tok,
-                              student.logit_scale.exp(), student.logit_bias, 0.9,
-                              locca=locca if locca_w else None)
-            total, _ = distill_fn(img, txt, img.float(), txt.float(), t_img, t_txt,
-                                  student.logit_scale, student.logit_bias,
-                                  total=total, terms=terms)
-        total.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        fn.after_step()
-    return step
+batch = random_batch(batch_size, image_size, seq_len, embed_dim, vocab, vocab)
 rows = [('sigmoid only', {}),
         ('+ feature + affinity (A5)', dict(distill=True)),
         ('+ LocCa (3 decoder passes)', dict(locca_w=1.0)),
@@ -162,13 +283,13 @@ rows = [('sigmoid only', {}),
 base = None
 print(f"train step, {image_model} @ {image_size}, batch {batch_size}, {dtype} on {device}:")
 for name, kw in rows:
-    ms, mem = measure(setup(**kw))
+    ms, mem = measure(setup(student, batch, vocab, **kw))
     base = base or ms
     print(f"  {name:28s} {ms:8.1f} ms  {ms / base:5.2f}x  peak {mem:8.0f} MiB")
 
 # 3) data plane: train.py (sigmoid only) from a memory-mapped cache
 # vs the same student stepped on in-place tensors
-import re, ast, json, subprocess, sys, tempfile
+import re, ast, tempfile
 # -> (stdout, out_dir) of a train.py run with this script's student settings
 def train(train_cache, *extra):
     out = tempfile.mkdtemp()

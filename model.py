@@ -371,6 +371,19 @@ class HFSiglip(nn.Module):
         cfg = HFConfig(**json.load(open(os.path.join(out_dir, HF_FILE))))
         return cls.load(out_dir, cfg).eval()
 
+# the LocCa decoder for a model (§2.2): its text encoder's width, heads and MLP size, half its
+# depth (depth > 0 overrides), over its image tokens -> LoccaDecoder(**args)
+def locca_decoder_args(model, vocab_size, depth=0):
+    if isinstance(model, HFSiglip):
+        c = model.model.config.text_config
+        w, d, h = c.hidden_size, c.num_hidden_layers, c.num_attention_heads
+        mlp = c.intermediate_size
+    else:
+        c = model.config
+        w, d, h, mlp = c.text_width, c.text_depth, c.text_heads, 4 * c.text_width
+    return dict(vocab_size=vocab_size, width=w, depth=depth or max(d // 2, 1), heads=h,
+                mlp_dim=mlp, enc_dim=model.visual.enc_dim, max_len=64)
+
 def load_trained(out_dir): # a train.py out_dir -> Student or HFSiglip
     if os.path.isfile(os.path.join(out_dir, HF_FILE)):
         return HFSiglip.from_pretrained(out_dir)

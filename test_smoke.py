@@ -2686,5 +2686,31 @@ def test_train_fine_tunes_a_tiny_hf_siglip_and_saves_a_transformers_dir(tmp_path
     assert loss_terms(a) == pytest.approx(loss_terms(b), rel=1e-4, abs=1e-5)
     assert va['val/i2t_r1'] == pytest.approx(vb['val/i2t_r1'], abs=1e-6)
 
+# -----------------------------------------------------------------------------
+# bench.py
+
+def test_bench_hf_b16_rows_print_time_and_peak_memory_ratios():
+    """bench.py --hf_b16 at a tiny size (the B/16 keys shrunk, ~35 s on 2 busy cores): the five
+    rows print, each measured in its own process, with finite positive ms and peak memory and
+    ratios to the sigmoid row (1.00x on that row); the complete objective's step peak exceeds
+    sigmoid-only's (its DINO heads' activations alone are tens of MiB), so a memory column that
+    measures nothing fails. No timing is compared."""
+    out = run('bench.py', '--hf_b16=True', '--device=cpu', '--dtype=float32', '--hf_width=64',
+              '--hf_depth=2', '--hf_image_size=64', '--hf_vocab=500', '--hf_kept=100',
+              '--seq_len=16', '--dino_dim=64', '--hf_batch_size=4', '--hf_iters=1').stdout
+    num = r'\s+([\d.]+|nan|inf)'
+    rows = {}
+    for name in ('sigmoid only', '+ LocCa (3 decoder passes)', '+ SILC (8 local crops)',
+                 '+ TIPS (masked view)', 'complete objective'):
+        m = re.search(re.escape(name) + num + r' ms' + num + r'x \| step peak' + num + r' MiB'
+                      + num + r'x \| process peak' + num + r' MiB' + num + 'x', out)
+        assert m, (name, out)
+        rows[name] = [float(v) for v in m.groups()]
+        assert all(math.isfinite(v) and v > 0 for v in rows[name]), (name, out)
+    ms, ms_x, step, step_x, total, total_x = rows['sigmoid only']
+    assert ms_x == step_x == total_x == 1.0, out
+    assert rows['complete objective'][2] > step, out
+    assert all(r[4] >= r[2] for r in rows.values()), out # the absolute peak holds the step's
+
 if __name__ == '__main__':
     sys.exit(pytest.main([__file__, '-q', *sys.argv[1:]])) # e.g. -m fast, -k resume, -x

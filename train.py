@@ -20,7 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 import timm
 import torch
 import torch.distributed as dist
-from model import Student, StudentConfig, LoccaDecoder, DINOHead, HFSiglip, HFConfig
+from model import (Student, StudentConfig, LoccaDecoder, DINOHead, HFSiglip, HFConfig,
+                   locca_decoder_args)
 from loss import SigLIP2Loss, DistillLoss
 from eval import retrieval_metrics, embed_student
 from cache_teacher import (load_cache, check_no_leak, check_same_teacher, what_changed,
@@ -379,7 +380,8 @@ else:
 # the same seed on every rank: identical initial weights without a broadcast
 torch.manual_seed(seed)
 if 'hf_model' in model_args:
-    # --- an HF SigLIP / SigLIP 2: the decoder takes its text encoder's shape, half the depth
+    # --- an HF SigLIP / SigLIP 2 (the decoder takes its text encoder's shape, half the depth:
+    # locca_decoder_args, as the student's)
     hf_config = HFConfig(**{k: v for k, v in model_args.items() if not k.startswith('hf_')})
     try:
         student = HFSiglip.load(model_args['hf_model'], hf_config, model_args['hf_from_config'])
@@ -392,9 +394,6 @@ if 'hf_model' in model_args:
         sys.exit(f"train.py: {train_cache} was tokenised with {man['processor']['vocab_size']} "
                  f"tokens, hf_model={hf_model!r} reads {text_cfg.vocab_size}: cache it with "
                  f"the model's own processor (cache_teacher.py --processor={hf_model})")
-    dec_width, dec_depth, dec_heads, dec_mlp = (
-        text_cfg.hidden_size, text_cfg.num_hidden_layers, text_cfg.num_attention_heads,
-        text_cfg.intermediate_size)
     # feature MSE compares vectors, so it needs the teacher's size; the affinity terms compare
     # similarity matrices (B x M), which any two embedding sizes give
     with torch.no_grad():
@@ -409,12 +408,8 @@ if 'hf_model' in model_args:
                  f"at any size)")
 else:
     student = Student(StudentConfig(**model_args)).to(device)
-    dec_width, dec_depth, dec_heads, dec_mlp = (text_width, text_depth, text_heads,
-                                                4 * text_width)
 vocab = len(model_args['kept_ids'])
-decoder_args = dict(vocab_size=vocab, width=dec_width,
-                    depth=decoder_depth or max(dec_depth // 2, 1), heads=dec_heads,
-                    mlp_dim=dec_mlp, enc_dim=student.visual.enc_dim, max_len=64)
+decoder_args = locca_decoder_args(student, vocab, decoder_depth)
 decoder = LoccaDecoder(**decoder_args) if lambda_locca else None
 heads = dict(out_dim=dino_dim, hidden_dim=dino_hidden, bottleneck_dim=dino_bottleneck)
 silc_head = DINOHead(student.visual.pool_dim, **heads) if gamma and lambda_silc else None

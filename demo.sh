@@ -13,6 +13,8 @@
 #                                  #   unpaired captions, 4,000 steps beside the A runs (~25 min on 2 cores)
 #   PARTS=1 bash demo.sh           # + what each part of the recipe adds (views / unpaired images / texts), 2 seeds
 #   RETRAIN_TEACHER=1 bash demo.sh # train the demo teacher from scratch first (config/shapes_teacher.py, ~60 min)
+#   TERMS=1 bash demo.sh           # + what each SigLIP 2 term adds to a small HF Siglip2Model: a sigmoid-only base, then
+#                                  #   sigmoid / + LocCa / + SILC/TIPS / all at equal steps, 2 seeds (~30 min on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")"
 if [ -z "${PY:-}" ]; then
@@ -22,6 +24,7 @@ fi
 D=${DEMO_DIR:-.}
 W=$D/data/shapes; R=$D/cache/shapes-raw; C=$D/cache/shapes; O=$D/out/shapes
 WORLD=(); TEACH=(); STUD=(); RECIPE_ARGS=(); SEEDS=${SEEDS:-0}; RUNS="a1 a2 a3 a4 a5 a7"; K=8
+TBASE=(); TARM=() # the terms study's base and arms (--quick: shorter)
 [ -z "${PARTS:-}" ] || RECIPE=1 # the parts table compares against the recipe
 [ -z "${RECIPE:-}" ] || RUNS="tinysiglip $RUNS" # the recipe first: it runs beside all the A runs
 if [ "${1:-}" = "--quick" ]; then # same pipeline, smaller world and budgets
@@ -30,6 +33,7 @@ if [ "${1:-}" = "--quick" ]; then # same pipeline, smaller world and budgets
     STUD=(--max_iters=40 --eval_interval=40 --log_interval=20 --batch_size=64 --val_images=100)
     RECIPE_ARGS=(--max_iters=40 --eval_interval=40)
     SEEDS="0"; RUNS="tinysiglip a1 a5"; K=3; RECIPE=1
+    TBASE=(--max_iters=40 --eval_interval=40 --val_images=100); TARM=(--max_iters=10 --eval_interval=10 --val_images=100)
 fi
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
 t0=$(date +%s)
@@ -105,5 +109,37 @@ $PY eval.py --ckpt=$T "${ZS[@]}" --out=$C/test/eval.json
 for run in "${runs[@]}"; do # one at a time: the timings share the CPU with nothing of ours
     $PY eval.py --cache=$C/test --ckpt=$O/$run "${ZS[@]}" --speed=True --speed_seconds=0.5
 done
+if [ -n "${TERMS:-}" ]; then
+    step "7. what each SigLIP 2 term adds: a small Siglip2Model, a sigmoid-only base, then each objective, 2 seeds"
+    H=$O/terms-model; CT=$D/cache/shapes-terms # random weights; the world cached with its processor (no teacher)
+    $PY -c "import sys; sys.path.insert(0, 'data/shapes'); from prepare import make_tiny_hf_teacher as m; \
+m('$H', '$W/processor', kind='siglip2', image_size=32, patch=4, width=64, layers=4)"
+    for s in web val test; do
+        $PY cache_teacher.py --data_dir=$W --split=$s --teacher=none --processor=$H --out_dir=$CT --num_workers=1 \
+            2>&1 | { grep -v "img/s\]" || true; }
+    done
+    TC=(--train_cache=$CT/web --val_cache=$CT/val)
+    echo "   the base: 1,500 sigmoid-only steps from random weights (2 threads)"
+    $PY train.py config/siglip2_terms_shapes.py "${TC[@]}" --hf_model=$H --out_dir=$O/terms-base --lambda_locca=0 \
+        --gamma=0 --max_iters=1500 --learning_rate=2e-3 --warmup_iters=100 --num_threads=2 "${TBASE[@]}" \
+        > $O/terms-base.log 2>&1 || { echo "FAILED: terms-base"; tail -n 20 $O/terms-base.log; exit 1; }
+    tail -n 1 $O/terms-base.log | sed "s/^/terms-base: /"
+    echo "   the arms: each objective from the base, equal steps, two at a time"
+    runs=(terms-base)
+    for seed in 0 1; do
+        sfx=; [ $seed = 0 ] || sfx=-s$seed
+        A=("${TC[@]}" --hf_model=$O/terms-base "${TARM[@]}") # after student()'s cache and STUD flags
+        launch config/siglip2_terms_shapes.py terms-sigmoid$sfx $seed "${A[@]}" --lambda_locca=0 --gamma=0
+        launch config/siglip2_terms_shapes.py terms-locca$sfx $seed "${A[@]}" --gamma=0
+        launch config/siglip2_terms_shapes.py terms-silc-tips$sfx $seed "${A[@]}" --lambda_locca=0
+        launch config/siglip2_terms_shapes.py terms-complete$sfx $seed "${A[@]}"
+    done
+    for p in $(jobs -p); do wait $p; done
+    for run in "${runs[@]}"; do # retrieval + ARef (runs with a decoder) + the dense probe fitted on val
+        [ $(jobs -rp | wc -l) -lt 2 ] || wait -n
+        $PY eval.py --cache=$CT/test --ckpt=$O/$run --dense_probe=$CT/val 2>&1 | tail -n 1 &
+    done
+    for p in $(jobs -p); do wait $p; done
+fi
 $PY report.py --runs_dir=$O --teacher_eval=$C/test/eval.json --out=$O/report.md
 step "done in $(( $(date +%s) - t0 ))s: $O/report.md"

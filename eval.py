@@ -9,6 +9,9 @@ ONNX export. Every score goes into one eval.json per model.
     python eval.py --cache=cache/shapes/test --ckpt=out/shapes/a5
     python eval.py --cache=cache/coco-L/test --ckpt=out/a5 --device=cuda
     python eval.py --cache=cache/flickr30k-L/test --ckpt=out/a5 --device=cuda # zero-shot transfer
+    # + a linear probe on the frozen patch tokens: the object under each patch (fitted on val)
+    python eval.py --cache=cache/shapes-terms/test --ckpt=out/shapes/terms-complete \
+        --dense_probe=cache/shapes-terms/val
     # ImageNet val (WordNet-id folders): CLIP_benchmark's imagenet1k names and its 80 templates
     python eval.py --ckpt=out/a5 --zeroshot=/data/imagenet/val --device=cuda
     # a CLIP_benchmark dataset's names (index order) and templates
@@ -24,7 +27,7 @@ Every R@k and top-1 carries a 95 % bootstrap interval over test images (BOOTSTRA
 `from eval import retrieval_metrics` has no side effects. The cache format (load_cache, ...) and
 the model wrapper (Teacher) live in cache_teacher.py.
 """
-import os, re, sys, json, time, hashlib, statistics
+import os, re, sys, json, math, time, hashlib, statistics
 import torch
 import torch.nn.functional as F
 import string
@@ -144,7 +147,7 @@ def locca_metrics(student, decoder, data, tokenizer, device, max_images=500):
     r = min(max_images, len(data['boxes']))
     img_row = torch.searchsorted(data['image_ids'], data['region_image_ids'][:r])
     enc = lambda rows: student.visual(student.preprocess(data['pixels'][rows].to(device)))[0]
-    hits, n = 0, 0
+    hits = [] # per region: its decoded box has IoU >= 0.5
     for s in range(0, r, 128):
         e = min(s + 128, r)
         ids = data['aref_ids'][s:e].long()
@@ -160,9 +163,8 @@ def locca_metrics(student, decoder, data, tokenizer, device, max_images=500):
             out += [(i, kept[seq[j, p:].cpu()]) for j, i in enumerate(rows)]
         for i, toks in out:
             box = text_to_box(tokenizer.decode(toks[(toks != 0) & (toks != 1)].tolist()))
-            hits += (box is not None
-                     and box_iou(torch.tensor([box]), data['boxes'][s + i][None]).item() >= 0.5)
-            n += 1
+            hits.append(box is not None and
+                        box_iou(torch.tensor([box]), data['boxes'][s + i][None]).item() >= 0.5)
     m = min(max_images, len(data['cap_ids']))
     seq, pre = data['cap_ids'][:m].long().to(device), data['cap_prefix'][:m].long().to(device)
     cap_row = torch.searchsorted(data['image_ids'], data['caption_image_ids'][:m])
@@ -171,8 +173,81 @@ def locca_metrics(student, decoder, data, tokenizer, device, max_images=500):
                                decoder.mask_id)
     pred = decoder.head(decoder(inp, enc(cap_row), causal)).argmax(-1)
     w = (seq != 0) & (torch.arange(seq.shape[1], device=device)[None] >= pre[:, None])
-    return dict(aref_acc_iou50=100.0 * hits / max(n, 1), n_regions=n,
+    hits = torch.tensor(hits, dtype=torch.float32)[:, None] # (n, 1)
+    # resampled region by region (BOOTSTRAP)
+    interval = bootstrap_interval(hits, torch.ones_like(hits), **BOOTSTRAP)[0].tolist()
+    return dict(aref_acc_iou50=100.0 * hits.mean().item(), aref_acc_iou50_interval=interval,
+                n_regions=len(hits),
                 cap_token_acc=100.0 * (pred == tgt)[w].float().mean().item())
+
+# -----------------------------------------------------------------------------
+# dense features: a linear probe on the frozen patch tokens names the object under each patch
+def patch_labels(data, grid, classes, colon):
+    """-> (N_images, grid * grid) int64, row-major: each patch's class, the region (its caption,
+    e.g. 'red circle') whose box holds the patch centre (the smallest box where boxes overlap),
+    0 = no object. classes: {caption tokens: class}; captions not in it are added. colon: the
+    token id of ' :', which ends the box in the GCap sequence 'gcap: <box> : <caption>'."""
+    n = len(data['image_ids'])
+    labels = torch.zeros(n, grid * grid, dtype=torch.long)
+    area = torch.full((n, grid * grid), math.inf) # the box area that set each label
+    centre = (torch.arange(grid) + 0.5) / grid
+    cy, cx = centre.repeat_interleave(grid), centre.repeat(grid) # (grid²,) each
+    rows = torch.searchsorted(data['image_ids'], data['region_image_ids'])
+    for r, (box, seq) in enumerate(zip(data['boxes'][:], data['gcap_ids'][:].tolist())):
+        x0, y0, x1, y1 = box.tolist()
+        after = seq[len(seq) - seq[::-1].index(colon):] # the caption, eos, padding
+        name = tuple(t for t in after if t not in (0, 1))
+        k = classes.setdefault(name, len(classes) + 1)
+        a = (x1 - x0) * (y1 - y0)
+        inside = (cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1) & (a < area[rows[r]])
+        labels[rows[r], inside] = k
+        area[rows[r], inside] = a
+    return labels
+
+@torch.no_grad()
+def patch_tokens(student, pixels, device, batch_size=256): # -> (N, grid², C) float32 on CPU
+    tokens = torch.cat([student.visual(student.preprocess(p.to(device)))[0].float().cpu()
+                        for p in pixels.split(batch_size)])
+    grid = math.isqrt(tokens.shape[1])
+    if grid * grid != tokens.shape[1]:
+        sys.exit(f"eval.py: --dense_probe needs a square grid of patch tokens, the model gives "
+                 f"{tokens.shape[1]}")
+    if not torch.isfinite(tokens).all():
+        sys.exit("eval.py: --dense_probe: the model's patch tokens are not finite")
+    return tokens
+
+def dense_probe_metrics(student, fit, data, colon, device, steps=500, lr=1e-2):
+    """A linear probe (softmax regression, full batch, AdamW `steps`) fitted on the frozen patch
+    tokens of the `fit` cache, scored on `data`: accuracy on the patches that hold an object
+    (the background is most patches and easy), with its bootstrap interval over test images,
+    and on all patches. A model whose tokens say nothing scores the background rate."""
+    classes = {}
+    fit_tok, tok = patch_tokens(student, fit['pixels'], device), patch_tokens(
+        student, data['pixels'], device)
+    grid = math.isqrt(tok.shape[1])
+    fit_y, y = patch_labels(fit, grid, classes, colon), patch_labels(data, grid, classes, colon)
+    x = fit_tok.flatten(0, 1) # (N_fit · grid², C)
+    mu, sd = x.mean(0), x.std(0) + 1e-6 # standardised: one lr fits any token scale
+    probe = torch.nn.Linear(x.shape[1], len(classes) + 1)
+    torch.nn.init.zeros_(probe.weight)
+    torch.nn.init.zeros_(probe.bias)
+    opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=1e-4)
+    with torch.enable_grad():
+        for _ in range(steps):
+            F.cross_entropy(probe((x - mu) / sd), fit_y.flatten()).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        pred = probe((tok - mu) / sd).argmax(-1) # (N, grid²)
+    obj = y > 0
+    hits = ((pred == y) & obj).sum(1, keepdim=True).float() # (N, 1) per test image
+    counts = obj.sum(1, keepdim=True).float()
+    lo, hi = bootstrap_interval(hits, counts, **BOOTSTRAP)[0].tolist()
+    return dict(object_patch_acc=100.0 * hits.sum().item() / max(counts.sum().item(), 1),
+                object_patch_acc_interval=[lo, hi],
+                all_patch_acc=100.0 * (pred == y).float().mean().item(),
+                background_rate=100.0 * (1 - obj.float().mean().item()),
+                grid=grid, n_classes=len(classes) + 1, n_fit_images=len(fit_tok))
 
 def update_eval_json(path, retrieval=False, in_domain=True, **fields):
     """One eval.json per model: read, merge, write atomically. A retrieval row goes under
@@ -192,7 +267,7 @@ def update_eval_json(path, retrieval=False, in_domain=True, **fields):
         row['run'] = old['run']
     write_json(path, row)
 
-def retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca):
+def retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca, dense_probe=''):
     """The cached teacher embeddings (ckpt='') or a train.py out_dir on a cache split -> (the
     eval.json row: metrics with bootstrap intervals, params, the checkpoint scored and the
     cache's fingerprint; whether the cache is of the dataset the model trained on)."""
@@ -246,11 +321,21 @@ def retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca):
                metrics=recalls(*ranks), intervals=retrieval_intervals(*ranks, index),
                params=dict(total=student.num_params(),
                            without_token_table=student.num_params(token_table=False)))
+    from transformers import AutoTokenizer
     if locca and os.path.isfile(os.path.join(ckpt, 'decoder.safetensors')):
-        from transformers import AutoTokenizer
         decoder = LoccaDecoder.from_pretrained(ckpt).to(device)
         row['locca'] = locca_metrics(student, decoder, data,
                                      AutoTokenizer.from_pretrained(ckpt), device, max_locca)
+    if dense_probe:
+        fit, _ = load_cache(dense_probe, mmap=True)
+        check_contents(fit, ['pixels', 'boxes'], dense_probe, 'eval.py --dense_probe')
+        check_contents(data, ['boxes'], cache, 'eval.py --dense_probe')
+        # the probe is fitted on other images than it is scored on
+        check_same_images(fit['pixels'], data['pixels'],
+                          f'eval.py: --dense_probe={dense_probe} vs {cache}')
+        colon = AutoTokenizer.from_pretrained(ckpt)(' :', add_special_tokens=False)['input_ids']
+        row['dense_probe'] = dict(dense_probe_metrics(student, fit, data, colon[-1], device),
+                                  fit_cache=dense_probe)
     return row, train_man['dataset']['name'] == dataset
 
 # -----------------------------------------------------------------------------
@@ -593,6 +678,9 @@ if __name__ == '__main__':
     batch_size = 256
     locca = True # also evaluate the LocCa decoder when the checkpoint has one
     max_locca = 500
+    # a cache split with boxes (e.g. val): a linear probe on the frozen patch tokens, fitted
+    # there, names the object under each patch of --cache's images ('' = off)
+    dense_probe = ''
     # the student as a product (these replace the retrieval eval; --ckpt may be an HF SigLIP)
     export_onnx = False # <ckpt>/onnx/{image,image_uint8,text}.onnx + export.json
     zeroshot = '' # ImageFolder dir or COCO instances json -> top-1/top-5 into eval.json
@@ -633,7 +721,10 @@ if __name__ == '__main__':
         if folder:
             search_mode(enc, folder, query, query_image, topk, batch_size, index_dir)
         sys.exit(0)
-    row, in_domain = retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca)
+    if dense_probe and not ckpt:
+        sys.exit("eval.py: --dense_probe needs --ckpt (a cache holds no patch tokens)")
+    row, in_domain = retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca,
+                                    dense_probe)
     out = out or os.path.join(ckpt or cache, 'eval.json')
     update_eval_json(out, retrieval=True, in_domain=in_domain, **row)
     m = row['metrics']
@@ -641,4 +732,6 @@ if __name__ == '__main__':
           f"| I→T R@1 {m['i2t_r1']:.2f} R@5 {m['i2t_r5']:.2f} R@10 {m['i2t_r10']:.2f} "
           f"| T→I R@1 {m['t2i_r1']:.2f} R@5 {m['t2i_r5']:.2f} R@10 {m['t2i_r10']:.2f}"
           + (f" | ARef acc@0.5 {row['locca']['aref_acc_iou50']:.1f}" if 'locca' in row else '')
+          + (f" | dense probe {row['dense_probe']['object_patch_acc']:.1f}"
+             if 'dense_probe' in row else '')
           + f" -> {out}")

@@ -70,7 +70,13 @@ def refused(e, path, run_dir=None, reference='main'):
     return None
 
 @functools.cache
-def seeds(name): # valid eval.json of a run and its extra seeds; refusals go to NOTES[name]
+def seeds(name, reference_run=None):
+    """The valid eval.json of a run and of its extra seeds; refusals go to NOTES[name]. They
+    must be scored on the teacher row's cache, or on reference_run's (the terms study's own
+    test cache, which has no teacher row)."""
+    reference = 'main'
+    if reference_run:
+        reference = read(os.path.join(runs_dir, reference_run, 'eval.json'))
     # extra seeds are the directories <name>-s<k>; demo.sh's <name>-s<k>.log beside them are not
     # runs
     extra = sorted(glob.glob(os.path.join(runs_dir, f'{name}-s*')))
@@ -80,7 +86,7 @@ def seeds(name): # valid eval.json of a run and its extra seeds; refusals go to 
     for d in dirs:
         path = os.path.join(d, 'eval.json')
         e = read(path, notes)
-        why = refused(e, path, d) if e else None
+        why = refused(e, path, d, reference) if e else None
         notes += [why] if why else []
         out += [e] if e and not why else []
     return out
@@ -128,8 +134,8 @@ def zeroshot_stat(evals, k='top1'): # ImageNet-1k zero-shot top-1 of a run (eval
     return fmt([z[k] for z in zs], intervals=[z.get('intervals', {}).get(k) for z in zs])
 
 # a markdown table row; a run's missing or refused eval.json is named after it
-def row(*cells, run=None):
-    note = gap(run) if run and (NOTES.get(run) or not seeds(run)) else ''
+def row(*cells, run=None, reference_run=None):
+    note = gap(run) if run and (NOTES.get(run) or not seeds(run, reference_run)) else ''
     return '| ' + ' | '.join(cells) + ' |' + note
 
 def header(*cols):
@@ -293,6 +299,31 @@ lines += ['', "### Table B as the seed's grid (I→T / T→I R@1, run)", '']
 lines += header('teacher \\ student', 'ViT-Tiny', 'ViT-Small')
 lines += [row(t, cell(tiny_run), cell(small_run)) for t, tiny_run, small_run in GRID]
 lines += arch_table('Table C: student architectures (full method)', ['c1', 'c2'])
+
+# what each SigLIP 2 term adds (demo.sh TERMS=1): a small HF Siglip2Model trained with the
+# sigmoid loss alone (terms-base), then on from it at equal steps with each objective
+TERMS = [('base: sigmoid only, before the arms', 'terms-base'),
+         ('sigmoid only', 'terms-sigmoid'),
+         ('+ LocCa', 'terms-locca'),
+         ('+ SILC/TIPS', 'terms-silc-tips'),
+         ('complete: + LocCa + SILC/TIPS', 'terms-complete')]
+def part_stat(evals, part, k): # a score eval.py nests under `part` (locca, dense_probe)
+    parts = [e[part] for e in evals if part in e]
+    return fmt([p[k] for p in parts], intervals=[p.get(f'{k}_interval') for p in parts])
+if any(seeds(n, 'terms-base') for _, n in TERMS):
+    lines += ['', '## What each SigLIP 2 term adds (a small Siglip2Model)', '',
+              "Each arm trains on from the base at equal steps. ARef: the LocCa decoder's "
+              'box from a region caption, IoU ≥ 0.5 (runs with a decoder). Dense probe: a '
+              'linear probe on the frozen patch tokens, fitted on val, names the object '
+              "under each test patch (accuracy on the patches that hold one).", '']
+    lines += header('objective', 'run', 'seeds', 'I→T R@1', 'T→I R@1', 'ARef acc@0.5',
+                    'dense probe')
+    for label, n in TERMS:
+        ev = seeds(n, 'terms-base')
+        lines.append(row(label, n, str(len(ev)), *[stat(ev, k) for k in R1],
+                         part_stat(ev, 'locca', 'aref_acc_iou50'),
+                         part_stat(ev, 'dense_probe', 'object_patch_acc'),
+                         run=n, reference_run='terms-base'))
 
 # -----------------------------------------------------------------------------
 # plots (optional dependency)

@@ -14,7 +14,9 @@ run `tinysiglip`, else a5, with params and speed vs the teacher (eval.py --speed
 Method (a5), w/o Feature Loss (a4), w/o Affinity Loss (a3), w/o Contrastive (a7), Delta vs Full.
 Then Table R (the recipe part by part), every loss combination a1-a7, zero-shot top-1/top-5
 (eval.py --zeroshot), Table B teacher x student (b1-b5, also as the seed's 2x3 grid) and Table C
-(c1, c2) with student/teacher R@1 ratios. Table 1 gains R@1 columns per --transfer_evals set
+(c1, c2) with student/teacher R@1 ratios, and (demo.sh TERMS=1) what each SigLIP 2 term adds to a
+small Siglip2Model: retrieval, ARef accuracy, dense probe (runs terms-*, each scored on the cache
+of terms-base). Table 1 gains R@1 columns per --transfer_evals set
 (a student's row: its eval.json's evals['<dataset>/<split>']) and an ImageNet-1k zero-shot
 top-1 column when an eval.json holds one (eval.py --zeroshot on ImageNet). Every number carries
 its 95 % bootstrap interval over test images, `66.7 [64.5, 68.9]` (eval.py); runs named
@@ -56,13 +58,13 @@ def sha256(path):
         return hashlib.file_digest(f, 'sha256').hexdigest()
 
 # -> why this eval.json must not be shown, or None; reference: the teacher row of its test set
-def refused(e, path, run_dir=None, reference='main'):
+def refused(e, path, run_dir=None, reference='main', reference_name='the teacher row'):
     reference = teacher if reference == 'main' else reference
     if not all(isinstance(v, (int, float)) and math.isfinite(v)
                for v in e.get('metrics', {}).values()):
         return f"non-finite metrics: {path} (a diverged model)"
     if reference and e.get('fingerprint') != reference.get('fingerprint'):
-        return f"scored on another cache than the teacher row (split {e.get('split')}): {path}"
+        return f"scored on another cache than {reference_name} (split {e.get('split')}): {path}"
     model = os.path.join(run_dir or '', 'model.safetensors')
     if (run_dir and os.path.isfile(model)
             and (e.get('checkpoint') or {}).get('model_sha256') != sha256(model)):
@@ -86,7 +88,7 @@ def seeds(name, reference_run=None):
     for d in dirs:
         path = os.path.join(d, 'eval.json')
         e = read(path, notes)
-        why = refused(e, path, d, reference) if e else None
+        why = refused(e, path, d, reference, reference_run or 'the teacher row') if e else None
         notes += [why] if why else []
         out += [e] if e and not why else []
     return out

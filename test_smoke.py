@@ -109,15 +109,15 @@ def md_table(text, start): # the first run of '|' rows from the line starting wi
 
 @pytest.fixture(scope='session')
 def demo(tmp_path_factory):
-    """The quick demo once (world -> teacher -> cache -> A1-A5 -> eval -> report); other tests reuse
-    its caches. TEST_DEMO_DIR=<dir> reuses a `DEMO_DIR=<dir> bash demo.sh --quick` made by this same
-    code (faster iterations)."""
+    """The quick demo once (world -> teacher -> cache -> A1-A5 -> eval -> the per-term study on a
+    small Siglip2Model -> report); other tests reuse its caches. TEST_DEMO_DIR=<dir> reuses a
+    `DEMO_DIR=<dir> TERMS=1 bash demo.sh --quick` made by this same code (faster iterations)."""
     if os.environ.get('TEST_DEMO_DIR'):
         return pathlib.Path(os.environ['TEST_DEMO_DIR'])
     d = tmp_path_factory.mktemp('demo')
     t = time.time()
     p = subprocess.run(['bash', 'demo.sh', '--quick'], cwd=REPO,
-                       env=dict(ENV, DEMO_DIR=str(d), PY=sys.executable),
+                       env=dict(ENV, DEMO_DIR=str(d), PY=sys.executable, TERMS='1'),
                        capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
     print(f"quick demo: {time.time() - t:.0f}s")
@@ -1840,6 +1840,24 @@ def test_demo_quick_writes_tables(demo):
     assert '| Full Method | ' in report and '| w/o Contrastive | — | — | — |' in report
     # config/shapes.py
     assert json.load(open(demo / 'out/shapes/a5/meta.json'))['model_args']['image_size'] == 32
+    # TERMS=1: the base, then each objective from it, 2 seeds, all scored on the study's cache
+    terms = md_table(report, '## What each SigLIP 2 term adds')
+    assert [r.split(' | ')[1:3] for r in terms[2:]] == [
+        ['terms-base', '1'], ['terms-sigmoid', '2'], ['terms-locca', '2'],
+        ['terms-silc-tips', '2'], ['terms-complete', '2']], terms
+    base = json.load(open(demo / 'out/shapes/terms-base/eval.json'))
+    for arm in ('sigmoid', 'locca', 'silc-tips', 'complete'):
+        run_dir = demo / f'out/shapes/terms-{arm}'
+        e = json.load(open(run_dir / 'eval.json'))
+        assert e['fingerprint'] == base['fingerprint'] != t['fingerprint']
+        assert e['dense_probe']['grid'] == 8 and 0 <= e['dense_probe']['object_patch_acc'] <= 100
+        assert ('locca' in e) == (arm in ('locca', 'complete')), arm
+        model_args = json.load(open(run_dir / 'meta.json'))['model_args']
+        assert model_args['hf_model'] == str(demo / 'out/shapes/terms-base')
+        assert json.load(open(run_dir / 'config.json'))['model_type'] == 'siglip2'
+        rows = [json.loads(l) for l in open(run_dir / 'log.jsonl')]
+        terms_logged = {k for r in rows for k in r if k.startswith('loss/')}
+        assert ({'loss/silc', 'loss/tips'} <= terms_logged) == (arm in ('silc-tips', 'complete'))
 
 
 # -----------------------------------------------------------------------------
@@ -2711,6 +2729,118 @@ def test_bench_hf_b16_rows_print_time_and_peak_memory_ratios():
     assert ms_x == step_x == total_x == 1.0, out
     assert rows['complete objective'][2] > step, out
     assert all(r[4] >= r[2] for r in rows.values()), out # the absolute peak holds the step's
+
+# the per-term study (demo.sh TERMS=1): eval.py's dense probe and report.py's table
+
+def gcap_row(name, colon=7, length=10): # 'gcap: <box> : <name>' + eos, as the cache stores it
+    seq = [5, 9, 9, colon, *name, 1]
+    return seq + [0] * (length - len(seq))
+
+@fast
+def test_dense_probe_labels_each_patch_and_scores_only_what_the_tokens_say():
+    """eval.patch_labels: each patch's class is the region whose box holds the patch centre (the
+    smallest box where boxes overlap), 0 elsewhere. dense_probe_metrics: tokens that carry each
+    patch's class score 100 % on the object patches; constant tokens (a collapsed model) score
+    0 %, however large the background share; non-square token grids and NaN tokens are
+    refused."""
+    from eval import patch_labels, dense_probe_metrics
+    # a 4 x 4 grid: patch centres at 1/8, 3/8, 5/8, 7/8 of the side
+    data = dict(image_ids=torch.tensor([10, 20]), region_image_ids=torch.tensor([10, 10, 20]),
+                boxes=torch.tensor([[0, 0, 0.5, 1], [0, 0, 0.3, 0.3], [0.55, 0.55, 0.7, 0.7]]),
+                gcap_ids=torch.tensor([gcap_row([20]), gcap_row([21, 22]), gcap_row([20])]))
+    classes = {}
+    labels = patch_labels(data, 4, classes, colon=7)
+    assert classes == {(20,): 1, (21, 22): 2}
+    left_half = [2, 1, 0, 0] + [1, 1, 0, 0] * 3 # the small box wins its one patch (0, 0)
+    only_patch_10 = [0] * 10 + [1] + [0] * 5 # row 2, column 2: centre (5/8, 5/8)
+    assert labels.tolist() == [left_half, only_patch_10]
+
+    def world(first, n): # images first..first+n-1, each with 1-2 random boxes of 3 classes
+        g = torch.Generator().manual_seed(first)
+        ids, boxes, seqs = [], [], []
+        for i in range(first, first + n):
+            for _ in range(1 + i % 2):
+                x0, y0 = (torch.rand(2, generator=g) * 0.6).tolist()
+                ids.append(i)
+                boxes.append([x0, y0, x0 + 0.4, y0 + 0.4])
+                seqs.append(gcap_row([30 + int(torch.randint(3, (1,), generator=g))]))
+        # pixel (0, 0) holds the image's index: the oracle below looks its labels up by it
+        pixels = torch.arange(first, first + n, dtype=torch.uint8).view(n, 1, 1, 1)
+        return dict(image_ids=torch.arange(first, first + n), region_image_ids=torch.tensor(ids),
+                    boxes=torch.tensor(boxes), gcap_ids=torch.tensor(seqs),
+                    pixels=pixels.expand(n, 3, 2, 2))
+    fit, test = world(0, 60), world(60, 90)
+    classes = {}
+    truth = torch.cat([patch_labels(fit, 4, classes, 7), patch_labels(test, 4, classes, 7)])
+
+    class Oracle(torch.nn.Module): # tokens: each patch's class one-hot (or all equal)
+        def __init__(self, collapsed=False, drop=0, nan=False):
+            super().__init__()
+            self.collapsed, self.drop, self.nan = collapsed, drop, nan
+        def preprocess(self, pixels):
+            return pixels.float()
+        def visual(self, x): # -> tokens (B, N, C), pooled (B, C)
+            tokens = F.one_hot(truth[x[:, 0, 0, 0].long()], len(classes) + 1).float()
+            if self.collapsed:
+                tokens = torch.ones_like(tokens)
+            if self.nan:
+                tokens[0, 0, 0] = float('nan')
+            tokens = tokens[:, :16 - self.drop] # drop=1: 15 tokens, no square grid
+            return tokens, tokens.mean(1)
+    seen = dense_probe_metrics(Oracle(), fit, test, 7, 'cpu')
+    blind = dense_probe_metrics(Oracle(collapsed=True), fit, test, 7, 'cpu')
+    assert seen['grid'] == 4 and seen['n_classes'] == 4
+    assert seen['object_patch_acc'] == 100.0 and seen['all_patch_acc'] == 100.0
+    assert blind['object_patch_acc'] == 0.0
+    assert blind['all_patch_acc'] == pytest.approx(blind['background_rate'])
+    assert 20 < blind['background_rate'] < 80, blind # both kinds of patch are common here
+    lo, hi = seen['object_patch_acc_interval']
+    assert lo == hi == 100.0
+    with pytest.raises(SystemExit, match='square grid of patch tokens, the model gives 15'):
+        dense_probe_metrics(Oracle(drop=1), fit, test, 7, 'cpu')
+    with pytest.raises(SystemExit, match='not finite'):
+        dense_probe_metrics(Oracle(nan=True), fit, test, 7, 'cpu')
+
+@fast
+def test_report_prints_what_each_term_adds(tmp_path):
+    """report.py's per-term table: rows in the study's order, mean ± half-range over seeds with
+    the mean bootstrap bounds, ARef only where a decoder was trained; an arm scored on another
+    cache than the base is refused and named."""
+    def write(run, fingerprint, i2t, extra):
+        os.makedirs(tmp_path / run, exist_ok=True)
+        m = dict(i2t_r1=i2t, t2i_r1=i2t + 1)
+        e = dict(split='test', n_images=5000, n_captions=25000, fingerprint=fingerprint,
+                 metrics=m, intervals={k: [v - 1, v + 1] for k, v in m.items()}, **extra)
+        json.dump(e, open(tmp_path / run / 'eval.json', 'w'))
+    probe = lambda acc: dict(dense_probe=dict(object_patch_acc=acc,
+                                              object_patch_acc_interval=[acc - 2, acc + 2]))
+    aref = lambda acc: dict(locca=dict(aref_acc_iou50=acc,
+                                       aref_acc_iou50_interval=[acc - 4, acc + 4]))
+    write('terms-base', 'T', 10.0, probe(30.0))
+    write('terms-sigmoid', 'T', 12.0, probe(31.0))
+    write('terms-sigmoid-s1', 'T', 14.0, probe(33.0))
+    write('terms-locca', 'other', 13.0, dict(**probe(35.0), **aref(20.0)))
+    write('terms-complete', 'T', 13.0, dict(**probe(40.0), **aref(22.0)))
+    os.makedirs(tmp_path / 'cache', exist_ok=True)
+    teacher = tmp_path / 'cache/eval.json' # the demo's teacher row: another cache
+    recalls = {f'{d}_r{k}': 25.0 for d in ('i2t', 't2i') for k in (1, 5, 10)}
+    json.dump(dict(split='test', n_images=5000, n_captions=25000, fingerprint='M',
+                   metrics=recalls), open(teacher, 'w'))
+    text = run('report.py', f'--runs_dir={tmp_path}', f'--teacher_eval={teacher}',
+               f'--out={tmp_path / "report.md"}').stdout
+    rows = md_table(text, '## What each SigLIP 2 term adds')
+    assert rows[0] == ('| objective | run | seeds | I→T R@1 | T→I R@1 | ARef acc@0.5 '
+                       '| dense probe |')
+    assert rows[2:4] == [
+        '| base: sigmoid only, before the arms | terms-base | 1 | 10.0 [9.0, 11.0] '
+        '| 11.0 [10.0, 12.0] | — | 30.0 [28.0, 32.0] |',
+        '| sigmoid only | terms-sigmoid | 2 | 13.0 ± 1.0 [12.0, 14.0] | 14.0 ± 1.0 [13.0, 15.0] '
+        '| — | 32.0 ± 1.0 [30.0, 34.0] |']
+    assert rows[4].startswith('| + LocCa | terms-locca | 0 | — | — | — | — |')
+    assert 'scored on another cache than terms-base' in rows[4]
+    assert rows[5].startswith('| + SILC/TIPS | terms-silc-tips | 0 |') and '(missing: ' in rows[5]
+    assert rows[6] == ('| complete: + LocCa + SILC/TIPS | terms-complete | 1 | 13.0 [12.0, 14.0] '
+                       '| 14.0 [13.0, 15.0] | 22.0 [18.0, 26.0] | 40.0 [38.0, 42.0] |')
 
 if __name__ == '__main__':
     sys.exit(pytest.main([__file__, '-q', *sys.argv[1:]])) # e.g. -m fast, -k resume, -x

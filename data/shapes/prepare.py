@@ -149,9 +149,10 @@ def build_tokenizer(out, image_size):
 def make_tiny_hf_teacher(out_dir, processor_dir, kind='siglip', image_size=32, patch=8, width=32,
                          layers=2, seed=0):
     """A tiny random SiglipModel (fixed res) or Siglip2Model (NaFlex) on the world's tokenizer,
-    saved for offline AutoModel/AutoProcessor loading (tests). NaFlex inputs:
-    image_processor(...) -> pixel_values (B, P, 3·p·p), pixel_attention_mask (B, P),
-    spatial_shapes (B, 2); call processor.image_processor directly, since Siglip2Processor's class defaults
+    saved for offline AutoModel/AutoProcessor loading (tests; demo.sh TERMS=1 builds its study's
+    model with patch=4, width=64, layers=4). NaFlex inputs: image_processor(...) ->
+    pixel_values (B, P, 3·p·p), pixel_attention_mask (B, P), spatial_shapes (B, 2); call
+    processor.image_processor directly, since Siglip2Processor's class defaults
     (max_num_patches=256, patch_size=16) override the saved values."""
     import torch, transformers as T
     torch.manual_seed(seed)

@@ -195,6 +195,9 @@ def patch_labels(data, grid, classes, colon):
     rows = torch.searchsorted(data['image_ids'], data['region_image_ids'])
     for r, (box, seq) in enumerate(zip(data['boxes'][:], data['gcap_ids'][:].tolist())):
         x0, y0, x1, y1 = box.tolist()
+        if colon not in seq:
+            sys.exit(f"eval.py: --dense_probe: GCap row {r} has no ' :' token ({colon}): "
+                     f"a cache written with another tokenizer than the model's?")
         after = seq[len(seq) - seq[::-1].index(colon):] # the caption, eos, padding
         name = tuple(t for t in after if t not in (0, 1))
         k = classes.setdefault(name, len(classes) + 1)
@@ -220,10 +223,11 @@ def dense_probe_metrics(student, fit, data, colon, device, steps=500, lr=1e-2):
     """A linear probe (softmax regression, full batch, AdamW `steps`) fitted on the frozen patch
     tokens of the `fit` cache, scored on `data`: accuracy on the patches that hold an object
     (the background is most patches and easy), with its bootstrap interval over test images,
-    and on all patches. A model whose tokens say nothing scores the background rate."""
+    and on all patches. A model whose tokens say nothing names every patch background: 0 on the
+    object patches."""
     classes = {}
-    fit_tok, tok = patch_tokens(student, fit['pixels'], device), patch_tokens(
-        student, data['pixels'], device)
+    fit_tok = patch_tokens(student, fit['pixels'], device)
+    tok = patch_tokens(student, data['pixels'], device)
     grid = math.isqrt(tok.shape[1])
     fit_y, y = patch_labels(fit, grid, classes, colon), patch_labels(data, grid, classes, colon)
     x = fit_tok.flatten(0, 1) # (N_fit · grid², C)

@@ -274,7 +274,9 @@ def test_every_config_resolves_to_the_seeds_teacher_and_student(monkeypatch):
         assert f'config/{f}.py' in section.split('\n## ')[0], f
         weights = [c[k] for k in ('lambda_contrast', 'lambda_locca', 'lambda_silc', 'lambda_tips',
                                   'switch', 'lambda_feat', 'lambda_affinity')]
-        assert weights == [1.0, 1.0, 1.0, 0.25, 0.8, 0.0, 0.0] and c['gamma'] > 0, (f, weights)
+        # the per-term study's arms stand for the paper's last 20 %: SILC/TIPS from their start
+        switch = 0.0 if f == 'siglip2_terms_shapes' else 0.8
+        assert weights == [1.0, 1.0, 1.0, 0.25, switch, 0.0, 0.0] and c['gamma'] > 0, (f, weights)
 
 # -----------------------------------------------------------------------------
 # model.py: the LocCa decoder, box text, the student's vocabulary map and save / load
@@ -2653,7 +2655,8 @@ def test_train_fine_tunes_a_tiny_hf_siglip_and_saves_a_transformers_dir(tmp_path
     complete objective on a --teacher=none cache made with its own processor: every term finite,
     the total falls, val R@1 rises above step 0; out_dir reloads with AutoModel / AutoProcessor
     and embeds the val images and captions as the run did; eval.py scores it as train.py did;
-    SIGKILL + resume across the switch == the uninterrupted run; 2 gloo ranks == 1 rank."""
+    SIGKILL + resume across the switch == the uninterrupted run; 2 gloo ranks == 1 rank; the
+    complete objective on 2 ranks keeps them in sync."""
     from transformers import AutoModel, AutoProcessor
     from cache_teacher import load_cache
     from model import load_trained
@@ -2703,6 +2706,17 @@ def test_train_fine_tunes_a_tiny_hf_siglip_and_saves_a_transformers_dir(tmp_path
     (a, va), (b, vb) = last_row(tmp_path / 'one'), last_row(tmp_path / 'two')
     assert loss_terms(a) == pytest.approx(loss_terms(b), rel=1e-4, abs=1e-5)
     assert va['val/i2t_r1'] == pytest.approx(vb['val/i2t_r1'], abs=1e-6)
+    # the complete objective on 2 ranks (each rank draws its own crops, masks and parallel-
+    # prediction rows, so it is not 1 rank's run): train.py checks before each checkpoint that
+    # the ranks' weights, EMA teacher and SILC/TIPS centres are equal, and exits if not (it does
+    # when loss.py's centre all-reduce is removed)
+    two = hf_args(tmp_path, tmp_path / 'two_full', '--max_iters=8', '--eval_interval=4',
+                  '--num_threads=1', '--batch_size=8')
+    run('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', *two)
+    step, val = last_row(tmp_path / 'two_full')
+    assert step['iter'] == 8 and val['iter'] == 8
+    assert {'loss/locca', 'loss/silc', 'loss/tips'} <= set(step)
+    assert json.load(open(tmp_path / 'two_full/meta.json'))['world_size'] == 2
 
 # -----------------------------------------------------------------------------
 # bench.py

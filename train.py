@@ -520,6 +520,23 @@ def git_state():
     except OSError:
         return {}
 
+# DDP keeps the ranks' copies equal by construction (same init and seeds, all-reduced gradients,
+# the same AdamW math, all-reduced SILC/TIPS centres). Only rank 0 saves and every rank resumes
+# from its files, so a drifted rank would vanish silently: checked before every checkpoint
+def check_ranks_in_sync():
+    state = {**{f'model.{k}': v for k, v in student.state_dict().items()},
+             **{f'loss.{k}': v for k, v in loss_fn.state_dict().items()}}
+    # BatchNorm statistics are each rank's own (no SyncBatchNorm): rank 0's are saved
+    names = [k for k, v in state.items() if v.is_floating_point() and 'running_' not in k]
+    sums = torch.stack([state[k].double().sum() for k in names]).to(device) # (T,)
+    every = [torch.zeros_like(sums) for _ in range(world)]
+    dist.all_gather(every, sums)
+    drifted = [names[j] for j in range(len(names))
+               if not all(torch.isclose(e[j], every[0][j], rtol=1e-6, atol=1e-9) for e in every)]
+    if drifted:
+        sys.exit(f"train.py: iter {iter_num}: rank {rank}: the ranks' copies differ in "
+                 f"{', '.join(drifted[:3])} ({len(drifted)} tensors): not saved")
+
 def save(metrics):
     """Every file atomically (cache_teacher.atomic_write): a failed write (full disk, quota,
     permission) exits non-zero naming the file, and the files of the last good save stay."""
@@ -623,6 +640,8 @@ pending = prefetch(iter_num, -1) # the first micro-step of the first step
 t_start, t_last, start_iter = time.time(), time.time(), iter_num
 while True:
     last = iter_num == max_iters
+    if ddp and (iter_num % eval_interval == 0 or last):
+        check_ranks_in_sync()
     if (master and (iter_num % eval_interval == 0 or last)
             and (iter_num != start_iter or init_from == 'scratch')):
         metrics = evaluate()

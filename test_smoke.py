@@ -11,10 +11,9 @@ result or a traceback) on the code before its fix.
     DEMO_DIR=/tmp/demo bash demo.sh --quick      # then reuse that quick demo in every session:
     TEST_DEMO_DIR=/tmp/demo python -m pytest -q test_smoke.py -k demo
 
-Times. The full suite: 64 passed in 1543 s on the 2-core machine with a demo running beside it
-(the README's figure; a quiet machine is faster), about 4 min of it the quick demo that the tests
-taking the `demo` fixture share. The fast subset: 22 passed in 91 s on the same 2 cores under
-load.
+Times. The full suite: 67 passed in 1449 s from a clean clone on the quiet 2-core machine (the
+README's figure), about 4 min of it the quick demo (with TERMS=1) that the tests taking the `demo`
+fixture share. The fast subset: 24 passed in 46 s on the same machine.
 """
 import os
 import sys

@@ -23,7 +23,7 @@ forward on inputs already on the device:
         --batch_size=256
 
 With --hf_b16 (5) alone: each term's train step on a randomly initialised HF Siglip2Model
-shaped as google/siglip2-base-patch16-224 (no download), wrapped and given its LocCa decoder and
+shaped as google/siglip2-base-patch16-naflex (no download), wrapped and given its LocCa decoder and
 DINO heads as train.py does; ms and peak memory as ratios to sigmoid-only, each row measured in
 a fresh child process (peak RSS on CPU, the allocator's peak on a GPU):
     python bench.py --hf_b16=True --device=cpu --dtype=float32    # batch 4, 1 timed step
@@ -75,10 +75,10 @@ teacher_data = 'data/shapes' # ... over the first cache_images images of this CO
 teacher_split = 'web'
 cache_images = 2048
 num_workers = 2 # cache_teacher.py's decoding workers
-# (5) alone: an HF Siglip2Model shaped as google/siglip2-base-patch16-224, random weights
+# (5) alone: an HF Siglip2Model shaped as google/siglip2-base-patch16-naflex, random weights
 hf_b16 = False
-# 0: 64 on a GPU; 4 on CPU, where a sigmoid-only step took ~40 s (45 s at batch 8) and the whole
-# section 12 min (2 cores shared with a training job)
+# 0: 64 on a GPU; 4 on CPU, where a sigmoid-only step took 7.3 s and the whole section 200 s
+# (2 quiet cores)
 hf_batch_size = 0
 hf_iters = 0 # timed steps per row (+ 1 warm-up, untimed); 0: 10 on a GPU, 1 on CPU
 # both towers (heads = width / 64, MLP = 4 x width: B/16's 12 and 3072); text length = seq_len
@@ -184,7 +184,7 @@ def setup(model, batch, n_dec, locca_w=0.0, silc=0.0, tips=0.0, gamma=1.0, disti
     return step
 
 # 5) with --hf_b16, alone (its sizes are its own keys, so it runs before (1) and exits): each
-# SigLIP 2 term's train step on an HF Siglip2Model shaped as google/siglip2-base-patch16-224,
+# SigLIP 2 term's train step on an HF Siglip2Model shaped as google/siglip2-base-patch16-naflex,
 # built from a config (random weights) and wrapped as train.py does (HFSiglip.load with
 # hf_from_config); the LocCa decoder (6 layers = half of 12) and DINO heads as train.py builds
 # them for config/siglip2_finetune_coco.py (dino_dim 16384, γ 0.25). Each row runs in a fresh

@@ -1,4 +1,5 @@
-# A6 — A5 + the SigLIP 2 terms on the student: LocCa decoder (§2.2) and SILC/TIPS from 80% (§2.3).
+# A6 — A5 + the SigLIP 2 terms on the student: LocCa decoder (§2.2) and SILC/TIPS from 80 %
+# (§2.3).
 # 1 GPU: python train.py config/a6.py   (same cache as config/a1.py; several times the A5 step:
 #   the decoder's passes and the SILC/TIPS views, step-time ratios in the README's GPU table)
 exec(open('config/a5.py').read())

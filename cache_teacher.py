@@ -38,9 +38,8 @@ Resumable: finished shards (written to a temp name, then renamed) are kept and s
 manifest is written last, so a directory without one is never read as a cache. Takes ~20 s
 for the 1k-image synthetic train split on 2 cores.
 
-The module is also the cache library (`from cache_teacher import load_cache, Teacher` has no
-side effects): the format and its checks, the views, and the one teacher wrapper that
-eval.py and bench.py use too.
+The format, its checks and its reader are cache.py. `from cache_teacher import Teacher` has no
+side effects: the one teacher wrapper, which eval.py and bench.py use too.
 """
 import os, sys, io, re, glob, json, time, math, tarfile, hashlib
 from concurrent.futures import ThreadPoolExecutor
@@ -48,287 +47,14 @@ import numpy as np
 import torch
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import save_file, load_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 from model import box_to_text
-from loss import _affine_crops
+from cache import (sha256, atomic_write, write_json, read_json, check_name, teacher_fingerprint,
+                   what_changed, shard_ok, write_manifest)
 
 # one list for every reader of image files (folders, tars, eval.py's folder search)
 IMAGE_EXT = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.gif', '.tif', '.tiff')
-
-# -----------------------------------------------------------------------------
-# the cache format: files, fingerprints, durable writes, loading
-def sha256(path): # hashlib reads the file in blocks: teacher weights of GBs stay out of memory
-    with open(path, 'rb') as f:
-        return hashlib.file_digest(f, 'sha256').hexdigest()
-
-def replace_durably(tmp, path):
-    """fsync the data, rename, fsync the directory: after a power loss `path` is the old or the
-    new file, never a 0-byte one (a rename can reach the disk before the data does)."""
-    fd = os.open(tmp, os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
-    os.replace(tmp, path)
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
-
-def atomic_write(path, save):
-    """save(tmp_path) writes the file under a temporary name (closing it, so an error reported at
-    close, as a full disk or quota is, raises there), then it replaces `path` durably: a
-    half-written file never carries the final name and the last good one stays. Exceptions
-    propagate; the temporary file is removed."""
-    try:
-        save(path + '.tmp')
-        replace_durably(path + '.tmp', path)
-    except BaseException:
-        if os.path.exists(path + '.tmp'):
-            os.remove(path + '.tmp')
-        raise
-
-def write_json(path, obj):
-    def save(tmp):
-        with open(tmp, 'w') as f: # the with block closes it: a close error raises here
-            json.dump(obj, f, indent=1)
-    atomic_write(path, save)
-
-def check_name(value, key):
-    """A split (or any name that becomes a file or folder name) is a name, never a path: no
-    separator, no '..', so nothing is written outside --out_dir."""
-    if not re.fullmatch(r'[A-Za-z0-9_+\-][A-Za-z0-9_+.\-]*', value):
-        sys.exit(f"cache_teacher: {key}={value!r} must be a name (letters, digits, _ + - .), "
-                 f"not a path")
-
-def read_json(path): # -> {} when the file does not exist
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except ValueError as e:
-        raise SystemExit(f"{path} is not valid JSON ({e})")
-
-# what a cache is: teacher + processor + annotation files (content hashes, never paths), the
-# settings, the teacher's own scale/bias and the pixel normalisation train.py uses, and the
-# exact shard bytes
-FINGERPRINT_KEYS = ('teacher_fingerprint', 'content', 'embed_dim', 'image_size', 'processor',
-                    'split', 'dataset', 'counts', 'shards', 'logit_scale', 'logit_bias',
-                    'mean', 'std')
-
-def cache_fingerprint(manifest):
-    return hashlib.sha256(
-        json.dumps({k: manifest.get(k) for k in FINGERPRINT_KEYS}, sort_keys=True).encode()
-    ).hexdigest()[:16]
-
-# the teacher's part of a manifest, the same for every split of one teacher + processor
-def teacher_fingerprint(content, embed_dim, image_size, mean, std, processor_info,
-                        logit_scale, logit_bias):
-    tf = dict(teacher=content['teacher'], processor_files=content['processor'],
-              embed_dim=embed_dim, image_size=image_size, mean=mean, std=std,
-              processor=processor_info, logit_scale=logit_scale, logit_bias=logit_bias)
-    return hashlib.sha256(json.dumps(tf, sort_keys=True).encode()).hexdigest()[:16]
-
-def what_changed(old, new):
-    """Two `content` records (teacher / processor / annotations / settings hashes) -> what
-    differs, in words, so a refusal says whether the teacher weights, the tokenizer, a caption
-    file or a setting changed."""
-    if not old or not new:
-        return ('content hashes missing (written by an older version): '
-                're-cache or start a new out_dir')
-    out = [what for key, what in (('teacher', 'teacher weights/config'),
-                                  ('processor', 'processor/tokenizer files'))
-           if old.get(key) != new.get(key)]
-    a, b = old.get('annotations', {}), new.get('annotations', {})
-    out += [f"annotation file {f} "
-            f"{'changed' if f in a and f in b else 'added' if f in b else 'removed'}"
-            for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]
-    a, b = old.get('settings', {}), new.get('settings', {})
-    out += [f"setting {k}: {a.get(k)!r} -> {b.get(k)!r}"
-            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    return '; '.join(out) or 'the shards (same teacher, annotations and settings)'
-
-def check_same_teacher(man, other_man, what):
-    """man, other_man: manifests (or a run's meta.json) -> refuses when their teacher
-    fingerprints differ: embeddings of two teachers / tokenizers do not mix."""
-    if man['teacher_fingerprint'] != other_man['teacher_fingerprint']:
-        raise SystemExit(f"{what}: cached with another teacher/processor "
-                         f"(teacher fingerprint {other_man['teacher_fingerprint']} "
-                         f"vs {man['teacher_fingerprint']})")
-
-def check_contents(data, keys, path, what):
-    """A cache of the wrong kind (image-only, text-only, no teacher) for a step that needs `keys`
-    -> one line naming the cache and what it lacks, before any KeyError deep inside."""
-    lacking = [k for k in keys if k not in data]
-    if lacking:
-        raise SystemExit(f"{what}: {path} holds no {' / '.join(lacking)} "
-                         f"(an image-only, text-only or teacher=none cache?)")
-
-def id_space(manifest):
-    """What a cache's image ids are: 'coco' (COCO image ids: the COCO reader, Karpathy's COCO
-    file), 'flickr' (Flickr photo ids: Karpathy's Flickr30k / 8k files) or None (positions in a
-    folder, tars or a caption file)."""
-    d = manifest['dataset']
-    # caches written before id_space was stored: only COCO ids came from these readers
-    return (d.get('id_space') or 'coco') if d['reader'] in ('coco', 'karpathy') else None
-
-def check_no_leak(train_man, train_image_ids, eval_man, eval_image_ids, what):
-    """Refuses evaluation images that are also training images. Ids are compared only within
-    one id space: a COCO id and a Flickr photo id of the same number are different images, and
-    positions name nothing. -> None, or why the ids were not compared (for the log)."""
-    spaces = [id_space(train_man), id_space(eval_man)]
-    if spaces[0] is None or spaces[0] != spaces[1]:
-        held = [f"{s} ids" if s else 'positions' for s in spaces]
-        return (f"{what}: leak check skipped: the training cache holds {held[0]}, the "
-                f"evaluation cache {held[1]} (no image can be matched across them)")
-    n = len(set(train_image_ids.tolist()) & set(eval_image_ids.tolist()))
-    if n:
-        raise SystemExit(
-            f"{what}: {n} of {len(eval_image_ids)} evaluation images overlap the training "
-            f"images. Karpathy test images come from COCO 2014 val, most of which is inside "
-            f"2017 train: train on Karpathy train+restval and evaluate on Karpathy test "
-            f"(or train 2017 train, evaluate 2017 val)")
-
-def check_same_images(pixels, eval_pixels, what, chunk=4096):
-    """Leaks by content, not id (folder, tar and caption caches number images by position):
-    refuses when rows of `pixels` (N, 3, S, S) uint8, a tensor or Rows, are byte-identical to
-    rows of `eval_pixels` (val / test sized: hashed whole, in memory). The large side is read
-    only as a 4 KiB prefix of each row (a few lines of the first channel), and whole only where
-    a prefix matches: exact, at ~2 % of the bytes of a 256 px cache. Caches stored at different
-    sizes cannot be byte-compared: nothing to check."""
-    if len(pixels) == 0 or len(eval_pixels) == 0 or pixels.shape[1:] != eval_pixels.shape[1:]:
-        return
-    digest = lambda row: hashlib.sha256(row.numpy().tobytes()).digest()
-    ref = eval_pixels[:] # (M, 3, S, S)
-    lines = max(1, min(ref.shape[2], 4096 // ref.shape[3])) # first-channel lines in the prefix
-    prefix = lambda x: [r.numpy().tobytes() for r in x[:, 0, :lines]]
-    ref_prefixes, ref_rows = set(prefix(ref)), {digest(r) for r in ref}
-    n, start = 0, 0
-    for part in pixels[:, :1, :lines].split(chunk): # (c, 1, lines, S): the prefixes only
-        hit = [start + i for i, p in enumerate(prefix(part)) if p in ref_prefixes]
-        n += sum(digest(r) in ref_rows for r in pixels[torch.tensor(hit, dtype=torch.long)])
-        start += len(part)
-    if n:
-        raise SystemExit(f"{what}: {n} of {len(pixels)} images are byte-identical to "
-                         f"evaluation images: training on them scores the evaluation set; "
-                         f"remove them from the training source and re-cache")
-
-# safetensors dtype names -> (numpy dtype of the same width to map the bytes,
-# torch dtype to view them as)
-ST_DTYPES = {'U8': ('u1', torch.uint8), 'I8': ('i1', torch.int8),
-             'I16': ('i2', torch.int16), 'I32': ('i4', torch.int32),
-             'I64': ('i8', torch.int64), 'F16': ('i2', torch.float16),
-             'BF16': ('i2', torch.bfloat16), 'F32': ('i4', torch.float32),
-             'F64': ('i8', torch.float64), 'BOOL': ('u1', torch.bool)}
-
-def safetensors_header(path): # safetensors: u64 header length, JSON header, then the data
-    with open(path, 'rb') as f:
-        n = int.from_bytes(f.read(8), 'little')
-        return n, json.loads(f.read(n))
-
-# -> {key: tensor backed by the file's pages (copy-on-write), nothing read yet}
-def mmap_safetensors(path):
-    n, header = safetensors_header(path)
-    out = {}
-    for k, h in header.items():
-        if k == '__metadata__':
-            continue
-        begin, end = h['data_offsets']
-        np_dtype, dtype = ST_DTYPES[h['dtype']]
-        if end == begin: # numpy cannot map 0 bytes
-            out[k] = torch.empty(h['shape'], dtype=dtype)
-            continue
-        # mode 'c': pages are shared with the page cache (and other ranks) until written;
-        # nothing here writes
-        count = (end - begin) // np.dtype(np_dtype).itemsize
-        mm = np.memmap(path, dtype=np_dtype, mode='c', offset=8 + n + begin, shape=count)
-        out[k] = torch.from_numpy(mm).view(dtype).view(h['shape'])
-    return out
-
-# a 0-byte / truncated shard (power loss, full disk) must be recomputed, not trusted
-def shard_ok(path):
-    try:
-        n, header = safetensors_header(path)
-        end = max([v['data_offsets'][1] for k, v in header.items() if k != '__metadata__'],
-                  default=0)
-        return '__metadata__' in header and os.path.getsize(path) == 8 + n + end
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-class Rows:
-    """One key's rows over all shards, left in the memory maps: acts like torch.cat(parts) for
-    len, .shape, x[i], x[idx], x[idx, v], x[mask], x[a:b], x[:, :L] (a view) and .split(n); only
-    the rows asked for are read."""
-    def __init__(self, parts):
-        self.parts = parts
-        n = torch.tensor([len(p) for p in parts])
-        self.starts = torch.cumsum(n, 0) - n # (S,) global row of each shard's first row
-        self.shape = torch.Size([int(n.sum()), *parts[0].shape[1:]])
-        self.dtype = parts[0].dtype
-    def __len__(self):
-        return self.shape[0]
-    def split(self, n): # lazily: each chunk is read when the loop reaches it
-        return (self[i:i + n] for i in range(0, len(self), n))
-    def __getitem__(self, key):
-        key, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
-        columns = rest and all(isinstance(r, slice) for r in rest)
-        # x[:, :L]: still mapped, nothing read
-        if isinstance(key, slice) and key == slice(None) and columns:
-            return Rows([p[(key, *rest)] for p in self.parts])
-        if isinstance(key, int):
-            return self[(torch.tensor([key % len(self)]), *rest)][0]
-        if isinstance(key, slice):
-            key = torch.arange(len(self))[key]
-        key = torch.as_tensor(key)
-        # (n,) global rows
-        idx = key.nonzero().squeeze(1) if key.dtype == torch.bool else key.long()
-        # (n,) vectorised shard lookup
-        shard = torch.searchsorted(self.starts, idx, right=True) - 1
-        local = idx - self.starts[shard]
-        # x[idx, v]: v per row
-        sub = lambda m: [r[m] if torch.is_tensor(r) else r for r in rest]
-        empty = idx[:0]
-        # the row shape after the extra indexes
-        tail = self.parts[0][(empty, *sub(empty))].shape[1:]
-        out = torch.empty((len(idx), *tail), dtype=self.dtype)
-        for s in shard.unique().tolist():
-            m = (shard == s).nonzero().squeeze(1)
-            out[m] = self.parts[s][(local[m], *sub(m))]
-        return out
-
-def load_cache(split_dir, verify=True, mmap=False):
-    """-> (tensors concatenated over shards, manifest). Refuses incomplete or modified caches.
-    mmap=True: per-row metadata (1-D: ids, prefixes) is read into memory, every larger key stays
-    in the shard files as a Rows object, so a process holds only what it gathers and ranks on a
-    node share the page cache. verify still reads each file once (sha256 through read(): the
-    page cache fills, the process does not grow)."""
-    path = os.path.join(split_dir, 'manifest.json')
-    if not os.path.isfile(path):
-        raise SystemExit(f"no manifest.json in {split_dir}: "
-                         f"cache incomplete or not a cache (run cache_teacher.py)")
-    try:
-        man = json.load(open(path))
-    # truncated or hand-edited: name the file instead of a JSONDecodeError traceback
-    except ValueError as e:
-        raise SystemExit(f"{path}: corrupt manifest ({e}); "
-                         f"re-run cache_teacher.py for this split")
-    if man.get('fingerprint') != cache_fingerprint(man):
-        raise SystemExit(f"{path}: fingerprint mismatch (manifest edited?)")
-    parts = []
-    for s in man['shards']:
-        f = os.path.join(split_dir, s['file'])
-        if not os.path.isfile(f):
-            raise SystemExit(f"{split_dir}: shard {s['file']} listed in the manifest is missing")
-        if verify and sha256(f) != s['sha256']:
-            raise SystemExit(f"{f}: checksum differs from {path} (shard corrupted or rewritten)")
-        try:
-            parts.append(mmap_safetensors(f) if mmap else load_file(f))
-        except Exception as e: # verify=False on a truncated shard
-            raise SystemExit(f"{f}: unreadable shard ({type(e).__name__}: {e})")
-    if mmap:
-        join = lambda k: (torch.cat([p[k] for p in parts]) if parts[0][k].dim() == 1
-                          else Rows([p[k] for p in parts]))
-        return {k: join(k) for k in parts[0]}, man
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}, man
 
 # -----------------------------------------------------------------------------
 # views (MobileCLIP's reinforced views): boxes drawn here, re-applied by train.py on the pixels
@@ -353,21 +79,7 @@ def view_boxes(image_id, W, H, views, view_scale, view_flip):
         out.append(((left, top, min(right, W), min(bottom, H)), flip))
     return out
 
-def crop_boxes(x, boxes, flips, size):
-    """Re-apply stored crops (MobileCLIP's reinforced views): x (B, C, H, W) float, boxes (B, 4)
-    xyxy in [0, 1] of the image, flips (B,) bool -> (B, C, size, size), the box resized to size
-    (bilinear), mirrored where flipped. The crop runs on x's device from the cached pixels, so
-    no image is decoded again."""
-    x0, y0, x1, y1 = boxes.to(x.dtype).unbind(-1)
-    # a flip mirrors the output grid: x_in runs right to left
-    sign = 1.0 - 2.0 * flips.to(x.dtype)
-    theta = torch.zeros(len(x), 2, 3, device=x.device, dtype=x.dtype)
-    # affine_grid maps output [-1, 1] onto input [2·x0 - 1, 2·x1 - 1]
-    theta[:, 0, 0] = (x1 - x0) * sign
-    theta[:, 0, 2] = x0 + x1 - 1
-    theta[:, 1, 1] = y1 - y0
-    theta[:, 1, 2] = y0 + y1 - 1
-    return _affine_crops(x, theta, size)
+
 
 # -----------------------------------------------------------------------------
 # the teacher: HF SigLIP (fixed res), HF SigLIP 2 NaFlex, one of our train.py runs, or none
@@ -972,252 +684,9 @@ def save_shard(tensors, meta, path):
 
 
 # -----------------------------------------------------------------------------
-# the script: read the split, load the teacher, write the shards, then the manifest
+# the script: settings, the source read once, the teacher, the shards, then the manifest
 def shard_path(split_dir, split, k):
     return os.path.join(split_dir, f'{split}-{k:05d}.safetensors')
-
-def write_shards(records, todo, split_dir, split, shard_size, teacher, shard_args):
-    """Shards `todo` of records -> files; at most one write in flight, so the next shard's
-    compute overlaps it and a writer error (disk full, permission) stops the run one shard
-    later, naming the shard. shard_args: cache_shard's settings. -> images embedded."""
-    def wait_write(job):
-        path, future = job
-        try:
-            future.result()
-        except Exception as e:
-            sys.exit(f"cache_teacher: writing {path} failed ({type(e).__name__}: {e}); "
-                     f"fix it and rerun (finished shards are kept)")
-    writer, pending = ThreadPoolExecutor(1), None
-    bar = tqdm(total=sum(len(records[k * shard_size:(k + 1) * shard_size]) for k in todo),
-               unit='img', mininterval=2, disable=not todo)
-    for k in todo:
-        # the previous shard's write failed already: stop before computing this one
-        if pending and pending[1].done():
-            wait_write(pending)
-        recs = records[k * shard_size:(k + 1) * shard_size]
-        tensors, meta = cache_shard(recs, teacher, bar=bar, **shard_args)
-        if pending:
-            wait_write(pending)
-        path = shard_path(split_dir, split, k)
-        pending = (path, writer.submit(save_shard, tensors, meta, path))
-    if pending:
-        wait_write(pending)
-    writer.shutdown()
-    bar.close()
-    # images embedded (the bar is disabled only when there is nothing to do)
-    return bar.n
-
-def write_manifest(split_dir, split, n_shards, teacher, content, image_size, extra_counts,
-                   dataset, data_dir, preprocess):
-    """Rank 0, after every rank's shards exist: counts, checksums, fingerprints; written last,
-    durably: a directory with a manifest is a finished cache."""
-    shards, skipped = [], []
-    counts = dict(images=0, captions=0, regions=0, skipped_images=0, truncated_captions=0)
-    for k in range(n_shards):
-        path = shard_path(split_dir, split, k)
-        with safe_open(path, 'pt') as f:
-            meta = json.loads(f.metadata()['info'])
-        shards.append(dict(file=os.path.basename(path), sha256=sha256(path),
-                           n_images=meta['n_images'], n_captions=meta['n_captions'],
-                           n_regions=meta['n_regions']))
-        for c in ('images', 'captions', 'regions'):
-            counts[c] += meta[f'n_{c}']
-        counts['skipped_images'] += len(meta['skipped'])
-        counts['truncated_captions'] += meta['truncated_captions']
-        skipped += meta['skipped']
-    counts.update(extra_counts)
-    proc_out = os.path.join(split_dir, 'processor')
-    # the student must tokenise exactly like the teacher: ship the files along
-    tok = teacher.tok
-    tok.save_pretrained(proc_out)
-    teacher.improc.save_pretrained(proc_out)
-    processor_info = dict(tokenizer=type(tok).__name__, vocab_size=len(tok),
-                          max_length=teacher.length, padding='right',
-                          pad_id=tok.pad_token_id, eos_id=tok.eos_token_id,
-                          lowercase=teacher.lowercase, resample=int(teacher.resample),
-                          backend=teacher.backend, teacher_image_size=teacher.input_size)
-    t = teacher
-    manifest = dict(teacher=t.path, teacher_kind=t.kind, teacher_params=t.params,
-                    embed_dim=t.embed_dim, logit_scale=t.logit_scale, logit_bias=t.logit_bias,
-                    image_size=image_size, mean=t.mean, std=t.std, processor=processor_info,
-                    dataset=dataset, data_dir=os.path.abspath(data_dir), split=split,
-                    counts=counts, skipped=skipped[:100], shards=shards,
-                    content=content, preprocess=preprocess)
-    # the teacher: its weights + processor (content hashes) and everything train.py takes
-    # from it; the same for every split, so train.py can check that train and val caches
-    # share a teacher
-    manifest['teacher_fingerprint'] = teacher_fingerprint(
-        content, t.embed_dim, image_size, t.mean, t.std, processor_info, t.logit_scale,
-        t.logit_bias)
-    manifest['fingerprint'] = cache_fingerprint(manifest)
-    path = os.path.join(split_dir, 'manifest.json')
-    write_json(path, manifest)
-    print(f"wrote {path}: {counts}")
-
-def read_source(data_dir, split, karpathy, image_folder, folder_captions, caption_file, tars,
-                images, captions):
-    """The source of a cache run, chosen once -> (source, {image_id: record}, {file: sha256},
-    dropped counts, {name, id_space} a Karpathy file states, images, captions): a caption file
-    has no images; a folder without a captions file and COCO unlabeled2017 have no captions."""
-    # one source per run: a second one would be ignored without a word
-    given = [f'{k}={v}' for k, v in (('image_folder', image_folder), ('tars', tars),
-                                     ('caption_file', caption_file), ('karpathy', karpathy))
-             if v]
-    if len(given) > 1:
-        sys.exit(f"cache_teacher: one source per cache run, got {' and '.join(given)}: "
-                 f"cache each into its own --split")
-    # the source, chosen once; its reader gives the records and the annotation files' hashes
-    # (a Karpathy file also names its dataset and id space)
-    named, dropped = dict(name=None, id_space=None), {}
-    if folder_captions and not image_folder:
-        sys.exit(f"cache_teacher: folder_captions={folder_captions} pairs the images "
-                 f"of an --image_folder; none given")
-    coco_captions = os.path.join(data_dir, 'annotations', f'captions_{split}2017.json')
-    coco_info = os.path.join(data_dir, 'annotations', f'image_info_{split}2017.json')
-    unlabeled = not os.path.isfile(coco_captions) and os.path.isfile(coco_info)
-    source = ('folder' if image_folder else 'webdataset' if tars
-              else 'caption_file' if caption_file else 'karpathy' if karpathy
-              else 'coco_unlabeled' if unlabeled else 'coco')
-    if source == 'folder':
-        recs, annotations, dropped = read_folder(image_folder, folder_captions, captions)
-        captions = captions and bool(folder_captions)
-    elif source == 'webdataset':
-        recs, annotations, dropped = read_tars(tars, captions)
-    elif source == 'caption_file':
-        recs, annotations, dropped = read_caption_file(caption_file)
-        images = False
-    elif source == 'karpathy':
-        # a Karpathy file drops nothing; it names its dataset and what its ids are
-        recs, annotations, named = read_karpathy(karpathy, data_dir, split)
-    elif source == 'coco':
-        recs, annotations, dropped = read_coco(data_dir, split)
-    else:
-        recs, annotations, dropped = read_coco_unlabeled(data_dir, split)
-        captions = False
-    return source, recs, annotations, dropped, named, images, captions
-
-def main(data_dir, split, karpathy, instances, out_dir, max_images, skip_missing, images,
-         captions, image_folder, folder_captions, caption_file, tars, views, view_scale,
-         view_flip, teacher, processor, image_size, lowercase, max_length, batch_size,
-         shard_size, num_workers, preprocess, device, dtype):
-    for k, value, ok in [('max_images', max_images, max_images >= 0),
-                         ('batch_size', batch_size, batch_size > 0),
-                         ('shard_size', shard_size, shard_size > 0),
-                         ('max_length', max_length, max_length == 0 or max_length > 1),
-                         ('num_workers', num_workers, num_workers >= 0)]:
-        if not ok:
-            sys.exit(f"cache_teacher: bad value {k}={value!r}")
-    rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
-    if world > 1:
-        # only used for a barrier before the manifest
-        torch.distributed.init_process_group(backend='gloo')
-    check_name(split, 'split')
-    source, recs, annotations, dropped, named, images, captions = read_source(
-        data_dir, split, karpathy, image_folder, folder_captions, caption_file, tars, images,
-        captions)
-    split_dir = os.path.join(out_dir, split)
-    os.makedirs(split_dir, exist_ok=True)
-    default = os.path.join(data_dir, 'annotations', f'instances_{split}2017.json')
-    if source in ('coco', 'coco_unlabeled') and not instances and os.path.isfile(default):
-        instances = default
-    n_boxes_dropped, n_crowd = add_boxes(recs, [p for p in instances.split(',') if p],
-                                         annotations)
-    records = [recs[k] for k in sorted(recs)]
-    if not records:
-        sys.exit(f"cache_teacher: split {split!r} of {karpathy or data_dir} has no images")
-    records = records[:max_images] if max_images else records
-    # image-only: the captions (and the LocCa targets built from them) are left out
-    if not captions:
-        records = [dict(r, captions=[], regions=[]) for r in records]
-    if not images and not captions:
-        sys.exit("cache_teacher: images=False and captions=False leave nothing to cache")
-    if preprocess not in ('worker', 'batch'):
-        sys.exit(f"cache_teacher: preprocess={preprocess!r} must be 'worker' or 'batch'")
-    if views < 1 or not 0 < view_scale <= 1:
-        sys.exit(f"cache_teacher: views={views} must be >= 1 and view_scale={view_scale} "
-                 f"in (0, 1]")
-    missing = [r['path'] for r in records if images and not os.path.isfile(r['path'])]
-    if missing and not skip_missing:
-        sys.exit(f"cache_teacher: {len(missing)} of {len(records)} image files missing, "
-                 f"e.g. {missing[:3]}; fix data_dir or pass --skip_missing=True to drop them "
-                 f"(counted in the manifest)")
-    records = [r for r in records if not images or os.path.isfile(r['path'])]
-
-    t = Teacher(teacher, device, processor, max_length, lowercase, dtype)
-    if views > 1 and t.model is None:
-        sys.exit("cache_teacher: views > 1 stores teacher embeddings of crops: "
-                 "it needs a teacher (not --teacher=none)")
-    image_size = image_size or t.input_size
-    # memory grows with views x batch (the teacher's inputs) and views x shard (the embeddings
-    # held until the shard is written): an absurd setting is refused before any work
-    need = (4 * batch_size * views * 3 * t.input_size ** 2
-            + 4 * shard_size * views * (t.embed_dim or 0) + shard_size * 3 * image_size ** 2)
-    have = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
-    if need > have // 2:
-        sys.exit(f"cache_teacher: views={views}, batch_size={batch_size}, "
-                 f"shard_size={shard_size} need ~{need / 2**30:.1f} GiB, more than half of "
-                 f"this machine's {have / 2**30:.0f} GiB: lower them")
-
-    # content the shards on disk must share with this run (guards resume against mixing
-    # caches): hashes of the teacher's weights + config, of the processor files and of every
-    # annotation file read, and the settings
-    contents = 'paired' if images and captions else ('images' if images else 'texts')
-    settings = dict(kind=t.kind, image_size=image_size, lowercase=lowercase,
-                    max_length=t.length, split=split, karpathy=bool(karpathy),
-                    n_records=len(records), shard_size=shard_size, max_images=max_images,
-                    contents=contents, views=views, view_scale=view_scale,
-                    view_flip=view_flip, tars=tars, preprocess=preprocess)
-    content = dict(teacher=hash_files(t.files()) if t.model is not None else 'none',
-                   processor=hash_files(t.processor_files()), annotations=annotations,
-                   settings=settings)
-    settings_path = os.path.join(split_dir, 'settings.json')
-    old = read_json(settings_path)
-    if old and old != content:
-        sys.exit(f"cache_teacher: {split_dir} holds shards written with other settings "
-                 f"or content: {what_changed(old, content)}; "
-                 f"delete it or choose another out_dir")
-    if rank == 0:
-        write_json(settings_path, content)
-
-    n_shards = math.ceil(len(records) / shard_size)
-    mine = range(rank, n_shards, world)
-    for k in mine:
-        path = shard_path(split_dir, split, k)
-        if os.path.isfile(path) and not shard_ok(path):
-            print(f"{path}: truncated or unreadable "
-                  f"({os.path.getsize(path)} bytes): recomputing it")
-            os.remove(path)
-    todo = [k for k in mine if not os.path.isfile(shard_path(split_dir, split, k))]
-    print(f"{split}: {len(records)} images in {n_shards} shards, teacher={teacher} "
-          f"({t.kind}), {image_size}px; "
-          f"rank {rank} writes {len(todo)} shards ({n_shards - len(todo)} done before)")
-    t0 = time.time()
-    shard_args = dict(images=images, captions=captions, image_size=image_size, views=views,
-                      view_scale=view_scale, view_flip=view_flip,
-                      batch_preprocess=preprocess == 'batch', batch_size=batch_size,
-                      num_workers=num_workers)
-    n_done = write_shards(records, todo, split_dir, split, shard_size, t, shard_args)
-    print(f"rank {rank}: {n_done} images in {time.time() - t0:.1f}s "
-          f"({n_done / (time.time() - t0):.0f} img/s)")
-
-    if world > 1:
-        torch.distributed.barrier()
-    if rank == 0:
-        # eval.json keys its results by the dataset name (coco, flickr30k)
-        dataset = dict(name=named['name'] or os.path.basename(os.path.abspath(data_dir)),
-                       reader='coco' if source == 'coco_unlabeled' else source,
-                       id_space=named['id_space'],
-                       karpathy=os.path.basename(karpathy),
-                       instances=','.join(os.path.basename(p)
-                                          for p in instances.split(',') if p),
-                       contents=contents, views=views, view_scale=view_scale,
-                       view_flip=view_flip)
-        extra_counts = dict(missing_images=len(missing), dropped_boxes=n_boxes_dropped,
-                            crowd_boxes=n_crowd, **dropped)
-        write_manifest(split_dir, split, n_shards, t, content, image_size, extra_counts,
-                       dataset, data_dir, preprocess)
-    if world > 1:
-        torch.distributed.destroy_process_group()
 
 if __name__ == '__main__':
     # -----------------------------------------------------------------------------
@@ -1279,7 +748,232 @@ if __name__ == '__main__':
     config_keys = [k for k, v in globals().items()
                    if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+    # recorded in the manifest: the command line that re-caches it
+    config = {k: globals()[k] for k in config_keys}
     # -----------------------------------------------------------------------------
-    main(**{k: globals()[k] for k in config_keys})
+    # values checked before any work; torchrun ranks
+    for k, value, ok in [('max_images', max_images, max_images >= 0),
+                         ('batch_size', batch_size, batch_size > 0),
+                         ('shard_size', shard_size, shard_size > 0),
+                         ('max_length', max_length, max_length == 0 or max_length > 1),
+                         ('num_workers', num_workers, num_workers >= 0)]:
+        if not ok:
+            sys.exit(f"cache_teacher: bad value {k}={value!r}")
+    rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
+    if world > 1:
+        # only used for a barrier before the manifest
+        torch.distributed.init_process_group(backend='gloo')
+    check_name(split, 'split')
+
+    # -----------------------------------------------------------------------------
+    # the source, chosen once -> records {image_id: record}, the hashes of the annotation files
+    # read {file: sha256}, what was dropped (counted), and the {name, id_space} a Karpathy file
+    # states; a caption file has no images, a folder without a captions file and COCO
+    # unlabeled2017 have no captions
+    # one source per run: a second one would be ignored without a word
+    given = [f'{k}={v}' for k, v in (('image_folder', image_folder), ('tars', tars),
+                                     ('caption_file', caption_file), ('karpathy', karpathy))
+             if v]
+    if len(given) > 1:
+        sys.exit(f"cache_teacher: one source per cache run, got {' and '.join(given)}: "
+                 f"cache each into its own --split")
+    named, dropped = dict(name=None, id_space=None), {}
+    if folder_captions and not image_folder:
+        sys.exit(f"cache_teacher: folder_captions={folder_captions} pairs the images "
+                 f"of an --image_folder; none given")
+    coco_captions = os.path.join(data_dir, 'annotations', f'captions_{split}2017.json')
+    coco_info = os.path.join(data_dir, 'annotations', f'image_info_{split}2017.json')
+    unlabeled = not os.path.isfile(coco_captions) and os.path.isfile(coco_info)
+    source = ('folder' if image_folder else 'webdataset' if tars
+              else 'caption_file' if caption_file else 'karpathy' if karpathy
+              else 'coco_unlabeled' if unlabeled else 'coco')
+    if source == 'folder':
+        recs, annotations, dropped = read_folder(image_folder, folder_captions, captions)
+        captions = captions and bool(folder_captions)
+    elif source == 'webdataset':
+        recs, annotations, dropped = read_tars(tars, captions)
+    elif source == 'caption_file':
+        recs, annotations, dropped = read_caption_file(caption_file)
+        images = False
+    elif source == 'karpathy':
+        # a Karpathy file drops nothing; it names its dataset and what its ids are
+        recs, annotations, named = read_karpathy(karpathy, data_dir, split)
+    elif source == 'coco':
+        recs, annotations, dropped = read_coco(data_dir, split)
+    else:
+        recs, annotations, dropped = read_coco_unlabeled(data_dir, split)
+        captions = False
+    split_dir = os.path.join(out_dir, split)
+    os.makedirs(split_dir, exist_ok=True)
+    default = os.path.join(data_dir, 'annotations', f'instances_{split}2017.json')
+    if source in ('coco', 'coco_unlabeled') and not instances and os.path.isfile(default):
+        instances = default
+    n_boxes_dropped, n_crowd = add_boxes(recs, [p for p in instances.split(',') if p],
+                                         annotations)
+    records = [recs[k] for k in sorted(recs)]
+    if not records:
+        sys.exit(f"cache_teacher: split {split!r} of {karpathy or data_dir} has no images")
+    records = records[:max_images] if max_images else records
+    # image-only: the captions (and the LocCa targets built from them) are left out
+    if not captions:
+        records = [dict(r, captions=[], regions=[]) for r in records]
+    if not images and not captions:
+        sys.exit("cache_teacher: images=False and captions=False leave nothing to cache")
+    if preprocess not in ('worker', 'batch'):
+        sys.exit(f"cache_teacher: preprocess={preprocess!r} must be 'worker' or 'batch'")
+    if views < 1 or not 0 < view_scale <= 1:
+        sys.exit(f"cache_teacher: views={views} must be >= 1 and view_scale={view_scale} "
+                 f"in (0, 1]")
+    missing = [r['path'] for r in records if images and not os.path.isfile(r['path'])]
+    if missing and not skip_missing:
+        sys.exit(f"cache_teacher: {len(missing)} of {len(records)} image files missing, "
+                 f"e.g. {missing[:3]}; fix data_dir or pass --skip_missing=True to drop them "
+                 f"(counted in the manifest)")
+    records = [r for r in records if not images or os.path.isfile(r['path'])]
+
+    # -----------------------------------------------------------------------------
+    # the teacher (t: the model behind `teacher`), and what this run will hold in memory
+    t = Teacher(teacher, device, processor, max_length, lowercase, dtype)
+    if views > 1 and t.model is None:
+        sys.exit("cache_teacher: views > 1 stores teacher embeddings of crops: "
+                 "it needs a teacher (not --teacher=none)")
+    image_size = image_size or t.input_size
+    # memory grows with views x batch (the teacher's inputs) and views x shard (the embeddings
+    # held until the shard is written): an absurd setting is refused before any work
+    need = (4 * batch_size * views * 3 * t.input_size ** 2
+            + 4 * shard_size * views * (t.embed_dim or 0) + shard_size * 3 * image_size ** 2)
+    have = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    if need > have // 2:
+        sys.exit(f"cache_teacher: views={views}, batch_size={batch_size}, "
+                 f"shard_size={shard_size} need ~{need / 2**30:.1f} GiB, more than half of "
+                 f"this machine's {have / 2**30:.0f} GiB: lower them")
+
+    # content the shards on disk must share with this run (guards resume against mixing
+    # caches): hashes of the teacher's weights + config, of the processor files and of every
+    # annotation file read, and the settings
+    contents = 'paired' if images and captions else ('images' if images else 'texts')
+    settings = dict(kind=t.kind, image_size=image_size, lowercase=lowercase,
+                    max_length=t.length, split=split, karpathy=bool(karpathy),
+                    n_records=len(records), shard_size=shard_size, max_images=max_images,
+                    contents=contents, views=views, view_scale=view_scale,
+                    view_flip=view_flip, tars=tars, preprocess=preprocess)
+    content = dict(teacher=hash_files(t.files()) if t.model is not None else 'none',
+                   processor=hash_files(t.processor_files()), annotations=annotations,
+                   settings=settings)
+    settings_path = os.path.join(split_dir, 'settings.json')
+    old = read_json(settings_path)
+    if old and old != content:
+        sys.exit(f"cache_teacher: {split_dir} holds shards written with other settings "
+                 f"or content: {what_changed(old, content)}; "
+                 f"delete it or choose another out_dir")
+    if rank == 0:
+        write_json(settings_path, content)
+
+    # -----------------------------------------------------------------------------
+    # the shards: rank r writes shards r, r + W, ...; finished ones are kept, truncated ones
+    # recomputed
+    n_shards = math.ceil(len(records) / shard_size)
+    mine = range(rank, n_shards, world)
+    for k in mine:
+        path = shard_path(split_dir, split, k)
+        if os.path.isfile(path) and not shard_ok(path):
+            print(f"{path}: truncated or unreadable "
+                  f"({os.path.getsize(path)} bytes): recomputing it")
+            os.remove(path)
+    todo = [k for k in mine if not os.path.isfile(shard_path(split_dir, split, k))]
+    print(f"{split}: {len(records)} images in {n_shards} shards, teacher={teacher} "
+          f"({t.kind}), {image_size}px; "
+          f"rank {rank} writes {len(todo)} shards ({n_shards - len(todo)} done before)")
+    t0 = time.time()
+    # at most one write in flight, so the next shard's compute overlaps it and a writer error
+    # (disk full, permission) stops the run one shard later, naming the shard
+    def wait_write(job):
+        path, future = job
+        try:
+            future.result()
+        except Exception as e:
+            sys.exit(f"cache_teacher: writing {path} failed ({type(e).__name__}: {e}); "
+                     f"fix it and rerun (finished shards are kept)")
+    writer, pending = ThreadPoolExecutor(1), None
+    bar = tqdm(total=sum(len(records[k * shard_size:(k + 1) * shard_size]) for k in todo),
+               unit='img', mininterval=2, disable=not todo)
+    for k in todo:
+        # the previous shard's write failed already: stop before computing this one
+        if pending and pending[1].done():
+            wait_write(pending)
+        shard_records = records[k * shard_size:(k + 1) * shard_size]
+        tensors, meta = cache_shard(shard_records, t, images, captions, image_size, views,
+                                    view_scale, view_flip, preprocess == 'batch', batch_size,
+                                    num_workers, bar)
+        if pending:
+            wait_write(pending)
+        path = shard_path(split_dir, split, k)
+        pending = (path, writer.submit(save_shard, tensors, meta, path))
+    if pending:
+        wait_write(pending)
+    writer.shutdown()
+    bar.close()
+    n_done = bar.n # images embedded (the bar is disabled only when there is nothing to do)
+    print(f"rank {rank}: {n_done} images in {time.time() - t0:.1f}s "
+          f"({n_done / (time.time() - t0):.0f} img/s)")
+    if world > 1:
+        torch.distributed.barrier()
+
+    # -----------------------------------------------------------------------------
+    # the manifest (rank 0, after every rank's shards exist): counts, checksums, fingerprints;
+    # written last, durably: a directory with a manifest is a finished cache
+    if rank == 0:
+        shards, skipped = [], []
+        counts = dict(images=0, captions=0, regions=0, skipped_images=0, truncated_captions=0)
+        for k in range(n_shards):
+            path = shard_path(split_dir, split, k)
+            with safe_open(path, 'pt') as f:
+                meta = json.loads(f.metadata()['info'])
+            shards.append(dict(file=os.path.basename(path), sha256=sha256(path),
+                               n_images=meta['n_images'], n_captions=meta['n_captions'],
+                               n_regions=meta['n_regions']))
+            for c in ('images', 'captions', 'regions'):
+                counts[c] += meta[f'n_{c}']
+            counts['skipped_images'] += len(meta['skipped'])
+            counts['truncated_captions'] += meta['truncated_captions']
+            skipped += meta['skipped']
+        counts.update(missing_images=len(missing), dropped_boxes=n_boxes_dropped,
+                      crowd_boxes=n_crowd, **dropped)
+        # eval.json keys its results by the dataset name (coco, flickr30k)
+        dataset = dict(name=named['name'] or os.path.basename(os.path.abspath(data_dir)),
+                       reader='coco' if source == 'coco_unlabeled' else source,
+                       id_space=named['id_space'],
+                       karpathy=os.path.basename(karpathy),
+                       instances=','.join(os.path.basename(p)
+                                          for p in instances.split(',') if p),
+                       contents=contents, views=views, view_scale=view_scale,
+                       view_flip=view_flip)
+        # the student must tokenise exactly like the teacher: ship the files along
+        tok = t.tok
+        tok.save_pretrained(os.path.join(split_dir, 'processor'))
+        t.improc.save_pretrained(os.path.join(split_dir, 'processor'))
+        processor_info = dict(tokenizer=type(tok).__name__, vocab_size=len(tok),
+                              max_length=t.length, padding='right',
+                              pad_id=tok.pad_token_id, eos_id=tok.eos_token_id,
+                              lowercase=t.lowercase, resample=int(t.resample),
+                              backend=t.backend, teacher_image_size=t.input_size)
+        manifest = dict(teacher=t.path, teacher_kind=t.kind, teacher_params=t.params,
+                        embed_dim=t.embed_dim, logit_scale=t.logit_scale,
+                        logit_bias=t.logit_bias, image_size=image_size, mean=t.mean, std=t.std,
+                        processor=processor_info, dataset=dataset,
+                        data_dir=os.path.abspath(data_dir), split=split, counts=counts,
+                        skipped=skipped[:100], shards=shards, content=content,
+                        preprocess=preprocess, config=config)
+        # the teacher: its weights + processor (content hashes) and everything train.py takes
+        # from it; the same for every split, so train.py can check that train and val caches
+        # share a teacher
+        manifest['teacher_fingerprint'] = teacher_fingerprint(
+            content, t.embed_dim, image_size, t.mean, t.std, processor_info, t.logit_scale,
+            t.logit_bias)
+        path = os.path.join(split_dir, 'manifest.json')
+        write_manifest(path, manifest)
+        print(f"wrote {path}: {counts}")
+    if world > 1:
+        torch.distributed.destroy_process_group()
     # expected (synthetic train split, tiny teacher, 2 cores):
     # "wrote cache/shapes/train/manifest.json: {'images': 1000, ...}"

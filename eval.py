@@ -24,16 +24,16 @@ ONNX export. Every score goes into one eval.json per model.
 
 Every R@k and top-1 carries a 95 % bootstrap interval over test images (BOOTSTRAP) in eval.json.
 
-`from eval import retrieval_metrics` has no side effects. The cache format (load_cache, ...) and
-the model wrapper (Teacher) live in cache_teacher.py.
+`from eval import retrieval_metrics` has no side effects. The cache format (open_cache, ...) lives
+in cache.py, the model wrapper (Teacher) in cache_teacher.py.
 """
 import os, re, sys, json, math, time, hashlib, statistics
 import torch
 import torch.nn.functional as F
 import string
-from cache_teacher import (load_cache, sha256, check_no_leak, check_same_teacher, read_json,
-                           write_json, atomic_write, list_image_files, check_contents,
-                           check_same_images, Teacher)
+from cache import (open_cache, load_cache, PAIRED, sha256, check_same_teacher, read_json,
+                   write_json, atomic_write, check_contents)
+from cache_teacher import list_image_files, Teacher
 
 def retrieval_metrics(image_embeds, text_embeds, text_image_index, chunk=1024):
     """image_embeds (N, D), text_embeds (M, D), text_image_index (M,) -> recall@{1,5,10} in
@@ -275,9 +275,9 @@ def retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca, dense_prob
     """The cached teacher embeddings (ckpt='') or a train.py out_dir on a cache split -> (the
     eval.json row: metrics with bootstrap intervals, params, the checkpoint scored and the
     cache's fingerprint; whether the cache is of the dataset the model trained on)."""
-    data, man = load_cache(cache, mmap=True) # pixels are read batch by batch
-    # retrieval needs images and their captions: an image-only / text-only cache is refused
-    check_contents(data, ['pixels', 'input_ids', 'caption_image_ids'], cache, 'eval.py')
+    # retrieval needs images and their captions: an image-only / text-only cache is refused;
+    # pixels are read batch by batch
+    data, man = open_cache(cache, 'eval.py', needs=PAIRED)
     index = torch.searchsorted(data['image_ids'], data['caption_image_ids'])
     dataset = man['dataset']['name']
     row = dict(split=man['split'], dataset=dataset, cache=cache,
@@ -288,10 +288,10 @@ def retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca, dense_prob
             sys.exit(f"eval.py: {cache} holds no teacher embeddings "
                      f"(cached with teacher=none): pass --ckpt")
         ranks = retrieval_ranks(data['image_embeds'][:], data['text_embeds'][:], index)
-        # params: {image, total} counted at cache time (None: older caches)
+        # params: {image, total} counted at cache time
         row.update(model='teacher', run='teacher', teacher=man['teacher'],
                    metrics=recalls(*ranks), intervals=retrieval_intervals(*ranks, index),
-                   params=man.get('teacher_params'))
+                   params=man['teacher_params'])
         return row, True
     from model import load_trained, LoccaDecoder
     missing = [f for f in ('meta.json', 'config.json', 'model.safetensors')
@@ -305,14 +305,10 @@ def retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca, dense_prob
     if not os.path.isfile(os.path.join(train_dir, 'manifest.json')):
         sys.exit(f"eval.py: {train_dir} (the training cache in {ckpt}/meta.json) is gone: "
                  f"cannot check train/test overlap")
-    train_data, train_man = load_cache(train_dir, verify=False, mmap=True)
-    leak_skipped = check_no_leak(train_man, train_data['image_ids'], man, data['image_ids'],
-                                 f'{ckpt} (trained on {train_dir}) vs {cache}')
-    if leak_skipped: # e.g. COCO ids vs Flickr photo ids: equal numbers, different images
-        print(leak_skipped)
-    # ids say nothing across id spaces (and positions never): the pixels do
-    check_same_images(train_data['pixels'], data['pixels'],
-                      f'eval.py: {ckpt} (trained on {train_dir}) vs {cache}')
+    # none of the test images in the training cache: by id (COCO ids vs Flickr photo ids: equal
+    # numbers, different images, not compared) and by pixels
+    _, train_man = open_cache(train_dir, f'eval.py: {ckpt}', verify=False,
+                              evaluated=(data, man, cache))
     # the checkpoint scored: report.py refuses this eval.json once the run's model.safetensors
     # has changed
     row['checkpoint'] = dict(iter_num=meta['iter_num'],
@@ -331,12 +327,10 @@ def retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca, dense_prob
         row['locca'] = locca_metrics(student, decoder, data,
                                      AutoTokenizer.from_pretrained(ckpt), device, max_locca)
     if dense_probe:
-        fit, _ = load_cache(dense_probe, mmap=True)
-        check_contents(fit, ['pixels', 'boxes'], dense_probe, 'eval.py --dense_probe')
-        check_contents(data, ['boxes'], cache, 'eval.py --dense_probe')
         # the probe is fitted on other images than it is scored on
-        check_same_images(fit['pixels'], data['pixels'],
-                          f'eval.py: --dense_probe={dense_probe} vs {cache}')
+        fit, _ = open_cache(dense_probe, 'eval.py --dense_probe', needs=['pixels', 'boxes'],
+                            evaluated=(data, man, cache))
+        check_contents(data, ['boxes'], cache, 'eval.py --dense_probe')
         colon = AutoTokenizer.from_pretrained(ckpt)(' :', add_special_tokens=False)['input_ids']
         row['dense_probe'] = dict(dense_probe_metrics(student, fit, data, colon[-1], device),
                                   fit_cache=dense_probe)

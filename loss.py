@@ -228,6 +228,22 @@ def _affine_crops(x, theta, size):
     grid = F.affine_grid(theta, (len(x), x.shape[1], size, size), align_corners=False)
     return F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)
 
+def crop_boxes(x, boxes, flips, size):
+    """Re-apply stored crops (MobileCLIP's reinforced views): x (B, C, H, W) float, boxes (B, 4)
+    xyxy in [0, 1] of the image, flips (B,) bool -> (B, C, size, size), the box resized to size
+    (bilinear), mirrored where flipped. The crop runs on x's device from the cached pixels, so
+    no image is decoded again."""
+    x0, y0, x1, y1 = boxes.to(x.dtype).unbind(-1)
+    # a flip mirrors the output grid: x_in runs right to left
+    sign = 1.0 - 2.0 * flips.to(x.dtype)
+    theta = torch.zeros(len(x), 2, 3, device=x.device, dtype=x.dtype)
+    # affine_grid maps output [-1, 1] onto input [2·x0 - 1, 2·x1 - 1]
+    theta[:, 0, 0] = (x1 - x0) * sign
+    theta[:, 0, 2] = x0 + x1 - 1
+    theta[:, 1, 1] = y1 - y0
+    theta[:, 1, 2] = y0 + y1 - 1
+    return _affine_crops(x, theta, size)
+
 def random_resized_crops(x, n, scale, size, flip=True, ratio=(3 / 4, 4 / 3)):
     """n random crops per image (area fraction in `scale`, aspect in `ratio`), resized to size:
     (n·B, C, size, size), crop-major. Pure torch (affine_grid + grid_sample), so it runs on the

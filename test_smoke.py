@@ -39,8 +39,9 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, 'data', 'shapes'))
 from model import Student, StudentConfig, LoccaDecoder, DINOHead, box_to_text, text_to_box, box_iou
 from loss import (sigmoid_loss, infonce_loss, feature_loss, affinity_loss, chunked_cross_entropy,
-                  locca_inputs, locca_loss, random_patch_mask, random_resized_crops, SigLIP2Loss)
-from cache_teacher import load_cache, Rows, crop_boxes
+                  locca_inputs, locca_loss, random_patch_mask, random_resized_crops, SigLIP2Loss,
+                  crop_boxes)
+from cache import load_cache, Rows
 from eval import retrieval_metrics, zeroshot_items, zeroshot_classify
 from prepare import make_tiny_hf_teacher
 
@@ -1003,286 +1004,27 @@ def test_rel_karpathy_two_instances_files_and_no_boxes_training(tmp_path):
     p = run(*tr, '--init_from=resume', '--max_iters=6', ok=False)
     assert clean_error(p, 'dataset_shapes.json'), p.stderr[-2000:]
 
-# The cache format as main at f775e11 (before the one-stage-per-file redesign) wrote it: shard
-# keys with their dtypes (a paired cache with a teacher and K views), the shard metadata, the
-# manifest's fields, its settings and the fingerprinted keys. Spelt out here, not imported, so a
-# change of the format fails this test instead of moving with it.
-OLD_SHARD_KEYS = {
-    'image_ids': torch.int64,
-    'pixels': torch.uint8,
-    'image_embeds': torch.float16,
-    'view_embeds': torch.float16,
-    'view_boxes': torch.float32,
-    'view_flips': torch.uint8,
-    'caption_image_ids': torch.int64,
-    'input_ids': torch.int32,
-    'text_embeds': torch.float16,
-    'cap_ids': torch.int32,
-    'cap_prefix': torch.int32,
-    'region_image_ids': torch.int64,
-    'boxes': torch.float32,
-    'aref_ids': torch.int32,
-    'aref_prefix': torch.int32,
-    'gcap_ids': torch.int32,
-    'gcap_prefix': torch.int32,
-}
-OLD_MANIFEST_FIELDS = [
-    'teacher',
-    'teacher_kind',
-    'teacher_params',
-    'embed_dim',
-    'logit_scale',
-    'logit_bias',
-    'image_size',
-    'mean',
-    'std',
-    'processor',
-    'dataset',
-    'data_dir',
-    'split',
-    'counts',
-    'skipped',
-    'shards',
-    'content',
-    'preprocess',
-    'teacher_fingerprint',
-    'fingerprint',
-]
-OLD_FINGERPRINT_KEYS = (
-    'teacher_fingerprint',
-    'content',
-    'embed_dim',
-    'image_size',
-    'processor',
-    'split',
-    'dataset',
-    'counts',
-    'shards',
-    'logit_scale',
-    'logit_bias',
-    'mean',
-    'std',
-)
-OLD_SETTINGS = [
-    'kind',
-    'image_size',
-    'lowercase',
-    'max_length',
-    'split',
-    'karpathy',
-    'n_records',
-    'shard_size',
-    'max_images',
-    'contents',
-    'views',
-    'view_scale',
-    'view_flip',
-    'tars',
-    'preprocess',
-]
-
-
-def write_old_layout_cache(
-    split_dir, split, first_id, n_images, seed, K=3, D=128, L=32, S=32, shard_size=8
-):
-    """A paired cache of random pixels and teacher embeddings with real token sequences (the
-    demo teacher's tokenizer), written shard by shard and manifest as the old cache_teacher.py
-    did, fingerprints computed by hand.
-    """
-    from safetensors.torch import save_file
-    from transformers import AutoTokenizer
-
-    sha = lambda b: hashlib.sha256(b).hexdigest()
-    os.makedirs(split_dir / 'processor')
-    for f in ('tokenizer.json', 'tokenizer_config.json', 'preprocessor_config.json'):
-        shutil.copy(os.path.join(TEACHER, f), split_dir / 'processor' / f)
-    tok = AutoTokenizer.from_pretrained(os.path.join(TEACHER))
-    piece = lambda s: tok(s, add_special_tokens=False)['input_ids']
-
-    def seq(*pieces):  # (ids right-padded to L, prefix length), eos last
-        ids = [t for p in pieces for t in piece(p)][: L - 1] + [tok.eos_token_id]
-        return ids + [0] * (L - len(ids)), len(piece(pieces[0]))
-
-    g = torch.Generator().manual_seed(seed)
-    names = ['red circle', 'blue square', 'green ring']
-    shards, counts = [], dict(
-        images=0, captions=0, regions=0, skipped_images=0, truncated_captions=0
-    )
-    for k, start in enumerate(range(0, n_images, shard_size)):
-        ids = list(range(first_id + start, first_id + min(start + shard_size, n_images)))
-        n = len(ids)
-        caps = [
-            (i, f'a {names[(i + j) % 3]} and a {names[(i + 2 * j + 1) % 3]}')
-            for i in ids
-            for j in range(2)
-        ]
-        regs = [(i, [0.1, 0.2, 0.6, 0.7], names[i % 3]) for i in ids]
-        cap_seq = [seq('cap:', c) for _, c in caps]
-        aref_seq = [seq('aref:', nm + ' :', box_to_text(b)) for _, b, nm in regs]
-        gcap_seq = [seq('gcap:', box_to_text(b) + ' :', nm) for _, b, nm in regs]
-        views = torch.randn(n, K, D, generator=g).half()
-        t = dict(
-            image_ids=torch.tensor(ids),
-            pixels=torch.randint(0, 256, (n, 3, S, S), generator=g, dtype=torch.uint8),
-            image_embeds=views[:, 0].clone(),
-            view_embeds=views,
-            view_boxes=torch.tensor(
-                [[0.0, 0.0, 1.0, 1.0], [0.1, 0.0, 0.9, 0.8], [0.0, 0.2, 0.7, 1.0]]
-            ).repeat(n, 1, 1),
-            view_flips=torch.tensor([0, 1, 0], dtype=torch.uint8).repeat(n, 1),
-            caption_image_ids=torch.tensor([i for i, _ in caps]),
-            input_ids=tok(
-                [c for _, c in caps],
-                padding='max_length',
-                max_length=L,
-                truncation=True,
-                return_tensors='pt',
-            )['input_ids'].int(),
-            text_embeds=torch.randn(len(caps), D, generator=g).half(),
-            cap_ids=torch.tensor([s for s, _ in cap_seq], dtype=torch.int32),
-            cap_prefix=torch.tensor([p for _, p in cap_seq], dtype=torch.int32),
-            region_image_ids=torch.tensor([i for i, _, _ in regs]),
-            boxes=torch.tensor([b for _, b, _ in regs]),
-            aref_ids=torch.tensor([s for s, _ in aref_seq], dtype=torch.int32),
-            aref_prefix=torch.tensor([p for _, p in aref_seq], dtype=torch.int32),
-            gcap_ids=torch.tensor([s for s, _ in gcap_seq], dtype=torch.int32),
-            gcap_prefix=torch.tensor([p for _, p in gcap_seq], dtype=torch.int32),
-        )
-        assert {key: v.dtype for key, v in t.items()} == OLD_SHARD_KEYS
-        meta = dict(
-            skipped=[], truncated_captions=0, n_images=n, n_captions=len(caps), n_regions=len(regs)
-        )
-        path = split_dir / f'{split}-{k:05d}.safetensors'
-        save_file(t, str(path), metadata={'info': json.dumps(meta)})
-        shards.append(
-            dict(
-                file=path.name,
-                sha256=sha(path.read_bytes()),
-                n_images=n,
-                n_captions=len(caps),
-                n_regions=len(regs),
-            )
-        )
-        for c in ('images', 'captions', 'regions'):
-            counts[c] += meta[f'n_{c}']
-    counts.update(missing_images=0, dropped_boxes=0, crowd_boxes=0)
-    settings = dict(
-        kind='ours',
-        image_size=S,
-        lowercase=True,
-        max_length=L,
-        split=split,
-        karpathy=False,
-        n_records=n_images,
-        shard_size=shard_size,
-        max_images=0,
-        contents='paired',
-        views=K,
-        view_scale=0.35,
-        view_flip=True,
-        tars='',
-        preprocess='worker',
-    )
-    assert list(settings) == OLD_SETTINGS
-    content = dict(
-        teacher=sha(b'teacher weights'),
-        processor=sha(b'processor files'),
-        annotations={f'captions_{split}2017.json': sha(split.encode())},
-        settings=settings,
-    )
-    processor = dict(
-        tokenizer=type(tok).__name__,
-        vocab_size=len(tok),
-        max_length=L,
-        padding='right',
-        pad_id=tok.pad_token_id,
-        eos_id=tok.eos_token_id,
-        lowercase=True,
-        resample=2,
-        backend='pil',
-        teacher_image_size=S,
-    )
-    mean, std = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
-    man = dict(
-        teacher='old/teacher',
-        teacher_kind='ours',
-        teacher_params=dict(image=1000, total=2000),
-        embed_dim=D,
-        logit_scale=10.0,
-        logit_bias=-10.0,
-        image_size=S,
-        mean=mean,
-        std=std,
-        processor=processor,
-        dataset=dict(
-            name='old',
-            reader='coco',
-            karpathy='',
-            instances=f'instances_{split}2017.json',
-            contents='paired',
-            views=K,
-            view_scale=0.35,
-            view_flip=True,
-        ),
-        data_dir='/nowhere/old',
-        split=split,
-        counts=counts,
-        skipped=[],
-        shards=shards,
-        content=content,
-        preprocess='worker',
-    )
-    # the teacher fingerprint: the teacher's and processor's hashes + what train.py takes from it
-    taken = ('embed_dim', 'image_size', 'mean', 'std', 'processor', 'logit_scale', 'logit_bias')
-    tf = {k: man[k] for k in taken}
-    tf.update(teacher=content['teacher'], processor_files=content['processor'])
-    man['teacher_fingerprint'] = sha(json.dumps(tf, sort_keys=True).encode())[:16]
-    man['fingerprint'] = sha(
-        json.dumps({k: man.get(k) for k in OLD_FINGERPRINT_KEYS}, sort_keys=True).encode()
-    )[:16]
-    assert list(man) == OLD_MANIFEST_FIELDS
-    (split_dir / 'manifest.json').write_text(json.dumps(man, indent=1))
-    return man
-
-
-def test_old_layout_cache_trains_evaluates_and_resumes_without_recaching(tmp_path):
-    """A cache in the layout main at f775e11 wrote (keys, dtypes, manifest fields and
-    fingerprints spelt out above): the new load_cache reads it, eval.py scores the teacher row and
-    a student on it, and train.py trains on it with views + LocCa, then resumes from its
-    checkpoint (same fingerprint: nothing is re-cached)."""
-    train_man = write_old_layout_cache(tmp_path / 'c/train', 'train', 0, 24, seed=0)
-    val_man = write_old_layout_cache(tmp_path / 'c/val', 'val', 1000, 12, seed=1)
-    assert train_man['teacher_fingerprint'] == val_man['teacher_fingerprint']
-    d, man = load_cache(str(tmp_path / 'c/train'))
-    assert {k: v.dtype for k, v in d.items()} == OLD_SHARD_KEYS and man == train_man
-    assert d['pixels'].shape == (24, 3, 32, 32) and d['view_embeds'].shape == (24, 3, 128)
+def test_old_format_cache_is_refused_with_the_command_that_recaches_it(tmp_path):
+    """A manifest of format 1 (no `format` field, no `config`: as every cache before the field was
+    stored) -> one line naming the manifest, its format and the cache_teacher.py command built from
+    what it records; that command re-caches it (same settings: the shards are kept, the manifest
+    is written in the current format) and the cache reads again."""
+    import shlex
+    w = tiny_world(tmp_path / 'w')
+    run('cache_teacher.py', f'--data_dir={w}', '--split=val', f'--teacher={TEACHER}',
+        '--num_workers=0', f'--out_dir={tmp_path / "c"}')
+    path = tmp_path / 'c/val/manifest.json'
+    man = json.load(open(path))
+    del man['format'], man['config']
+    path.write_text(json.dumps(man, indent=1))
+    p = run('eval.py', f'--cache={tmp_path / "c/val"}', ok=False)
+    assert clean_error(p, str(path), 'cache format 1', 'python cache_teacher.py'), p.stderr
+    command = shlex.split(p.stderr.strip().splitlines()[-1].split('re-cache it: ')[1])
+    assert command[:2] == ['python', 'cache_teacher.py'] and '--split=val' in command
+    run(*command[1:])
+    assert json.load(open(path))['fingerprint'] == man['fingerprint']
     run('eval.py', f'--cache={tmp_path / "c/val"}')
-    assert json.load(open(tmp_path / 'c/val/eval.json'))['fingerprint'] == val_man['fingerprint']
-    args = [
-        'train.py',
-        'config/a6.py',
-        'config/shapes.py',
-        f'--train_cache={tmp_path / "c/train"}',
-        f'--val_cache={tmp_path / "c/val"}',
-        f'--out_dir={tmp_path / "o"}',
-        '--views=3',
-        '--batch_size=8',
-        '--val_images=12',
-        '--log_interval=1',
-        '--warmup_iters=1',
-        '--eval_interval=2',
-    ]
-    run(*args, '--max_iters=2')
-    assert json.load(open(tmp_path / 'o/meta.json'))['iter_num'] == 2
-    out = run(*args, '--max_iters=4', '--init_from=resume').stdout
-    rows = [json.loads(l) for l in open(tmp_path / 'o/log.jsonl')]
-    last = [r for r in rows if 'loss' in r][-1]
-    assert last['iter'] == 4 and 'loss/locca/aref' in last, out
-    assert json.load(open(tmp_path / 'o/meta.json'))['iter_num'] == 4
-    run('eval.py', f'--cache={tmp_path / "c/val"}', f'--ckpt={tmp_path / "o"}')
-    e = json.load(open(tmp_path / 'o/eval.json'))
-    assert e['fingerprint'] == val_man['fingerprint'] and e['checkpoint']['iter_num'] == 4
-    assert 0 <= e['metrics']['t2i_r1'] <= 100 and e['locca']['n_regions'] == 12
+
 
 # -----------------------------------------------------------------------------
 # train.py: exact resume after SIGKILL, every term learning, DDP, compile, views, one-line errors,
@@ -2041,7 +1783,7 @@ def test_r18_readers_count_what_they_drop_or_merge(w18, tmp_path):
     symlinked subfolder (followed) and a link back up the tree (a loop: counted, not followed);
     two sources in one run -> error; truncated tar / not a tar -> one line."""
     from PIL import Image
-    from cache_teacher import load_cache
+    from cache import load_cache
 
     webs = sorted((w18 / 'w/web2017').iterdir())
     common = [
@@ -2132,7 +1874,7 @@ def test_r18_leaks_are_checked_by_content(w18, tmp_path):
     positions) and given as the unpaired image cache, or as rows of the training cache: refused,
     byte-identical rows counted."""
     import shutil
-    from cache_teacher import load_cache, check_same_images
+    from cache import load_cache, check_same_images
 
     shutil.copytree(w18 / 'w/val2017', tmp_path / 'f')
     run(
@@ -2657,7 +2399,7 @@ def test_train_fine_tunes_a_tiny_hf_siglip_and_saves_a_transformers_dir(tmp_path
     SIGKILL + resume across the switch == the uninterrupted run; 2 gloo ranks == 1 rank; the
     complete objective on 2 ranks keeps them in sync."""
     from transformers import AutoModel, AutoProcessor
-    from cache_teacher import load_cache
+    from cache import load_cache
     from model import load_trained
     from eval import embed_student
     hf_run_caches(tmp_path, kind)

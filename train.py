@@ -22,11 +22,9 @@ import torch
 import torch.distributed as dist
 from model import (Student, StudentConfig, LoccaDecoder, DINOHead, HFSiglip, HFConfig,
                    locca_decoder_args)
-from loss import SigLIP2Loss, DistillLoss
+from loss import SigLIP2Loss, DistillLoss, crop_boxes
 from eval import retrieval_metrics, embed_student
-from cache_teacher import (load_cache, check_no_leak, check_same_teacher, what_changed,
-                           check_contents, check_same_images,
-                           atomic_write, write_json, Rows, crop_boxes)
+from cache import open_cache, PAIRED, what_changed, atomic_write, write_json, Rows
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -202,22 +200,15 @@ if init_from == 'resume':
 # data: caches memory-mapped (uint8 pixels, fp16 embeddings stay in the shard files; ids
 # in memory), checked before any long work; each step gathers its rows, so RSS does not
 # grow with the cache and ranks share the pages
-data, man = load_cache(train_cache, mmap=True)
-val, vman = load_cache(val_cache, mmap=True)
-# paired caches: an image-only or text-only one trains on nothing it should
-for path, d in ((train_cache, data), (val_cache, val)):
-    check_contents(d, ['pixels', 'input_ids', 'caption_image_ids'], path, 'train.py')
-check_same_teacher(man, vman, f"train.py: {val_cache} vs {train_cache}")
-leak_skipped = check_no_leak(man, data['image_ids'], vman, val['image_ids'],
-                             f'{train_cache} vs {val_cache}')
-if leak_skipped:
-    print0(leak_skipped)
-check_same_images(data['pixels'], val['pixels'], f'train.py: {train_cache} vs {val_cache}')
+# paired caches (an image-only or text-only one trains on nothing it should); the training
+# cache of the val cache's teacher, holding none of its images
+val, vman = open_cache(val_cache, 'train.py', needs=PAIRED, log=print0)
+data, man = open_cache(train_cache, 'train.py', needs=PAIRED, same_teacher=(vman, val_cache),
+                       evaluated=(val, vman, val_cache), log=print0)
 # content, not paths: `./cache/x` and `cache/x` are one cache
 if ckpt and ckpt['fingerprint'] != man['fingerprint']:
     sys.exit(f"train.py: resume: {train_cache} is not the cache {out_dir}/ckpt.pt "
-             f"was trained on: "
-             f"{what_changed(ckpt.get('cache_content'), man.get('content'))}")
+             f"was trained on: {what_changed(ckpt['cache_content'], man['content'])}")
 has_teacher = 'image_embeds' in data
 if (lambda_feat or lambda_affinity) and not has_teacher:
     sys.exit(f"train.py: lambda_feat/lambda_affinity need teacher embeddings, "
@@ -238,18 +229,8 @@ if views < 1 or views > n_views:
 def load_extra(path, keys): # an unpaired cache: same teacher, never the val images
     if not path:
         return None
-    d, m = load_cache(path, mmap=True)
-    check_same_teacher(man, m, f"train.py: {path} vs {train_cache}")
-    check_contents(d, keys, path, 'train.py')
-    # ids of a folder or a caption file are positions: not compared (said so) ...
-    leak_skipped = check_no_leak(m, d['image_ids'], vman, val['image_ids'],
-                                 f'{path} vs {val_cache}')
-    if leak_skipped:
-        print0(leak_skipped)
-    # ... so by content too (the val images cached again through a folder)
-    if 'pixels' in d:
-        check_same_images(d['pixels'], val['pixels'], f'train.py: {path} vs {val_cache}')
-    return d
+    return open_cache(path, 'train.py', needs=keys, same_teacher=(man, train_cache),
+                      evaluated=(val, vman, val_cache), log=print0)[0]
 extra_img = load_extra(extra_image_cache, ['pixels', 'image_embeds'])
 extra_txt = load_extra(extra_text_cache, ['input_ids', 'text_embeds'])
 # views=K draws views of the extra images too: a cache without them must not quietly give
@@ -538,7 +519,7 @@ def check_ranks_in_sync():
                  f"{', '.join(drifted[:3])} ({len(drifted)} tensors): not saved")
 
 def save(metrics):
-    """Every file atomically (cache_teacher.atomic_write): a failed write (full disk, quota,
+    """Every file atomically (cache.atomic_write): a failed write (full disk, quota,
     permission) exits non-zero naming the file, and the files of the last good save stay."""
     try:
         write_checkpoint(metrics)

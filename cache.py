@@ -18,12 +18,13 @@ caption_image_ids (M,) int64, input_ids (M, L) int32, text_embeds (M, D) fp16, t
 cap_ids (M, L) / cap_prefix (M,), region_image_ids (R,), boxes (R, 4), aref_* and gcap_* (R, L) /
 (R,); rows sorted by image id.
 
-The manifest holds the format version (FORMAT), the teacher and its scale/bias, pixel
-normalisation, the processor, the dataset and split, counts, each shard's sha256, and two
-fingerprints of content (never paths): `teacher_fingerprint` (teacher weights + processor files
-+ what train.py takes from them: the same for every split of one teacher) and `fingerprint` (the
-whole cache, shard bytes included). Every file is written durably (atomic_write: temp name,
-fsync, rename, fsync the dir), so a power loss leaves the old file or the new one.
+The manifest holds the format version (FORMAT), every cache_teacher.py setting it was made with
+(`config`), the teacher and its scale/bias, pixel normalisation, the processor, the dataset and
+split, counts, each shard's sha256, and two fingerprints of content (never paths):
+`teacher_fingerprint` (teacher weights + processor files + what train.py takes from them: the
+same for every split of one teacher) and `fingerprint` (the whole cache, shard bytes included).
+Every file is written durably (atomic_write: temp name, fsync, rename, fsync the dir), so a
+power loss leaves the old file or the new one.
 
 The open-and-check rule: a stage opens a cache only through open_cache, which loads it (manifest
 format, fingerprint and shard checksums checked) and refuses, in one line, a cache of the wrong

@@ -38,8 +38,10 @@ Resumable: finished shards (written to a temp name, then renamed) are kept and s
 manifest is written last, so a directory without one is never read as a cache. Takes ~20 s
 for the 1k-image synthetic train split on 2 cores.
 
-The format, its checks and its reader are cache.py. `from cache_teacher import Teacher` has no
-side effects: the one teacher wrapper, which eval.py and bench.py use too.
+The file reads top to bottom: the views, Teacher, the readers (one per source), one shard's
+tensors, then the script under __main__ (settings, the source, the teacher, the shards, the
+manifest). The format, its checks and its reader are cache.py. `from cache_teacher import
+Teacher` has no side effects: the one teacher wrapper, which eval.py and bench.py use too.
 """
 import os, sys, io, re, glob, json, time, math, tarfile, hashlib
 from concurrent.futures import ThreadPoolExecutor

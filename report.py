@@ -371,7 +371,7 @@ if plt:
         plt.close(fig)
 text = '\n'.join(lines) + '\n'
 print(text)
-# as cache_teacher.atomic_write (this script stays free of torch): temp name, closed (a full disk
+# as cache.atomic_write (this script stays free of torch): temp name, closed (a full disk
 # raises at close), fsynced, renamed; a failure exits non-zero and the last report.md stays
 try:
     with open(out + '.tmp', 'w') as f:

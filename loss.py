@@ -111,8 +111,9 @@ class DistillLoss(nn.Module):
       feat·(L_feat(img) + L_feat(txt)) + affinity·L_affinity(img × txt)         the pairs
       + extra_feat·L_feat + extra_affinity·L_affinity(rows × rows)  per unpaired tower (DIME-FM)
       + extra_cross·L_affinity(unpaired images × unpaired captions)      DIME-FM's cross-modal KD
-    Affinity targets use the teacher's own scale and bias (t_scale, t_bias from its checkpoint);
-    the unpaired towers' rows are compared at the teacher's scale on both sides, softmax kind.
+    Affinity targets use the teacher's own scale and bias (t_scale: the scale itself, not its
+    log, and t_bias, both from its checkpoint); the unpaired towers' rows are compared at the
+    teacher's scale on both sides, softmax kind.
     Feature terms are per example (this rank's rows), affinity terms batch-level (all ranks').
 
         distill = DistillLoss(t_scale, t_bias, feat=1.0, affinity=1.0)

@@ -1327,6 +1327,30 @@ def test_old_layout_cache_trains_evaluates_and_resumes_without_recaching(tmp_pat
 # train.py: exact resume after SIGKILL, every term learning, DDP, compile, views, one-line errors,
 # the out_dir lock (these train on the quick demo's caches, through the `demo` fixture)
 
+@fast
+def test_stream_seed_gives_every_draw_its_seed_of_before():
+    """train.py's stream_seed, taken from train.py with ast (none of the rest runs), returns the
+    seeds of the formulas it replaced at every call site: a new number would change every draw."""
+    path = os.path.join(REPO, 'train.py')
+    body = ast.parse(open(path).read(), path).body
+    names = ('STREAM_OFFSETS', 'stream_seed')
+    nodes = [n for n in body if getattr(n, 'name', None) in names
+             or any(getattr(t, 'id', None) in names for t in getattr(n, 'targets', []))]
+    ns = {}
+    exec(compile(ast.Module(body=nodes, type_ignores=[]), path, 'exec'), ns)
+    stream_seed = ns['stream_seed']
+    for seed in (0, 1, 7):
+        for it in (0, 1, 19_999):
+            assert stream_seed(seed, 'switch', it) == seed * 1_000_003 + it * 101 + 100
+            for micro in (0, 3):
+                base = seed * 1_000_003 + it * 101 + micro
+                assert stream_seed(seed, 'batch', it, micro) == base
+                assert stream_seed(seed, 'extra_images', it, micro) == base + 1 * 7_777_777
+                assert stream_seed(seed, 'extra_captions', it, micro) == base + 2 * 7_777_777
+                for rank in (0, 1, 7):
+                    want = base + 7919 * rank
+                    assert stream_seed(seed, 'losses', it, micro, rank) == want
+
 # switch at iter 15 (after the checkpoint) / 10 (exactly at it)
 @pytest.mark.parametrize('max_iters', [30, 20])
 def test_train_resume_after_kill_is_exact_across_the_switch(demo, tmp_path, max_iters):

@@ -307,14 +307,13 @@ if lambda_locca and no_reg:
            f"their ARef/GCap terms are skipped "
            f"(weight 0)" + ('; cache with --instances for ARef/GCap' if no_reg == N else ''))
 
-# The seed of one random stream: (purpose, step, micro-step, rank) -> a generator seed, so every
-# draw depends on where it is made, not on what ran before it (exact resume, the prefetch thread
-# changes nothing). The constants only keep the streams apart and are otherwise arbitrary; a new
-# one would change every draw of every run (and the demo's tables), so they stay: a run spans
-# 1_000_003 seeds, a step 101 (room for grad_accum <= 100 micro-steps, then the switch's at
-# +100), a rank 7919, and the unpaired images and captions sit 7_777_777 and 2 * 7_777_777 away.
-# The batch and the losses share offset 0: rank 0's loss draws (torch's global RNG, seeded with
-# it) reuse its batch generator's seed, a different generator drawing other things
+# The seed of one random stream, from (run seed, purpose, step, micro-step, rank): every draw
+# depends on where it is made, not on what ran before it, so resume is exact and the prefetch
+# thread changes nothing. The constants only keep a run's streams apart (others would do as
+# well) and stay as first chosen, since new ones would change every draw and the demo's tables:
+# a step takes 101 seeds (micro-steps 0..99, then the switch's at +100), a rank 7919, a run
+# seed 1_000_003, the unpaired images and captions 7_777_777 and 2 * 7_777_777. Offset 0 is
+# both the batch's and rank 0's losses': two generators drawing different things.
 STREAM_OFFSETS = dict(batch=0, losses=0, switch=100, extra_images=7_777_777,
                       extra_captions=2 * 7_777_777)
 def stream_seed(seed, purpose, step, micro=0, rank=0):

@@ -145,8 +145,8 @@ def random_batch(B, S, L, D, n_ids, n_dec):
     seq = torch.randint(5, min(1000, n_dec), (B, L), device=device)
     prefix = torch.full((B,), 2, device=device)
     region = torch.ones(B, dtype=torch.bool, device=device) # every example has a box
-    locca = {'cap': (seq, prefix), 'aref': (seq, prefix, region),
-             'gcap': (seq, prefix, region)}
+    locca = dict(cap_ids=seq, cap_prefix=prefix, aref_ids=seq, aref_prefix=prefix,
+                 gcap_ids=seq, gcap_prefix=prefix, has_region=region)
     return x, ids, t_img, t_txt, locca
 
 # model (Student or HFSiglip) + the terms -> one train step (fwd + losses + bwd + AdamW);
@@ -171,13 +171,11 @@ def setup(model, batch, n_dec, locca_w=0.0, silc=0.0, tips=0.0, gamma=1.0, disti
     def step():
         with autocast:
             img, txt, tok = model(x, ids)
-            total, terms = fn(x, img.float(), txt.float(), tok,
-                              model.logit_scale.exp(), model.logit_bias, 0.9,
-                              locca=locca if locca_w else None)
-            total, _ = distill_fn(img, txt, img.float(), txt.float(), t_img, t_txt,
-                                  model.logit_scale, model.logit_bias,
-                                  total=total, terms=terms)
-        total.backward()
+            siglip_total, _ = fn(x, img.float(), txt.float(), tok, model.logit_scale,
+                                 model.logit_bias, 0.9, locca=locca if locca_w else None)
+            distill_total, _ = distill_fn(img, txt, img.float(), txt.float(), t_img, t_txt,
+                                          model.logit_scale, model.logit_bias)
+        (siglip_total + distill_total).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         fn.after_step()
@@ -322,7 +320,7 @@ if cache:
         with autocast:
             img, txt, tok = student(x, ids)
             total, _ = fn(x, img.float(), txt.float(), tok,
-                          student.logit_scale.exp(), student.logit_bias, 0.0)
+                          student.logit_scale, student.logit_bias, 0.0)
         total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

@@ -7,17 +7,28 @@ objective as another, DistillLoss. Values the paper states are cited by section;
 silent the choice is tagged (U<n>), numbered as in the README's "Choices where the paper is
 silent".
 
-    from loss import SigLIP2Loss
+    from loss import SigLIP2Loss, DistillLoss
     loss_fn = SigLIP2Loss(vision, patch_embed, decoder=LoccaDecoder(...),
                           silc_head=DINOHead(...), tips_head=DINOHead(...))
+    distill = DistillLoss(t_scale, t_bias, feat=1.0, affinity=1.0)
     # fresh heads at the switch
     for p in loss_fn.maybe_switch(progress):
         optimizer.state.pop(p, None)
-    total, terms = loss_fn(images, img_emb, txt_emb, tokens, scale, bias, progress,
-                           locca=targets)
-    total.backward()
+    # each loss -> (total, terms): its weighted sum and its named terms (unweighted, as logged)
+    siglip_total, siglip_terms = loss_fn(images, img_emb, txt_emb, tokens, model.logit_scale,
+                                         model.logit_bias, progress, locca=targets)
+    # one process: all ranks' rows (img_all, txt_all) are this one's
+    distill_total, distill_terms = distill(img_emb, txt_emb, img_emb, txt_emb, t_img, t_txt,
+                                           model.logit_scale, model.logit_bias)
+    (siglip_total + distill_total).backward()
     optimizer.step()
     loss_fn.after_step()  # EMA teacher + centres
+
+Both modules take the model's logit_scale as the model holds it, the log of the scale t
+(SigLIP §3.2: t = exp(t')), and exp it where a term uses it: the trainer passes its parameter
+as is, and no caller has to know which term wants which form. The functions below them take
+the scale itself (the multiplier in their formulas), as does DistillLoss's t_scale, a constant
+read from the teacher's checkpoint.
 """
 import copy, math
 import torch
@@ -100,13 +111,14 @@ class DistillLoss(nn.Module):
       feat·(L_feat(img) + L_feat(txt)) + affinity·L_affinity(img × txt)         the pairs
       + extra_feat·L_feat + extra_affinity·L_affinity(rows × rows)  per unpaired tower (DIME-FM)
       + extra_cross·L_affinity(unpaired images × unpaired captions)      DIME-FM's cross-modal KD
-    Affinity targets use the teacher's own scale and bias (t_scale, t_bias from its checkpoint);
-    the unpaired towers' rows are compared at the teacher's scale on both sides, softmax kind.
+    Affinity targets use the teacher's own scale and bias (t_scale: the scale itself, not its
+    log, and t_bias, both from its checkpoint); the unpaired towers' rows are compared at the
+    teacher's scale on both sides, softmax kind.
     Feature terms are per example (this rank's rows), affinity terms batch-level (all ranks').
 
         distill = DistillLoss(t_scale, t_bias, feat=1.0, affinity=1.0)
         total, terms = distill(img, txt, img_all, txt_all, t_img, t_txt,
-                               student.logit_scale, student.logit_bias, total=total, terms=terms)
+                               student.logit_scale, student.logit_bias)
     """
     def __init__(self, t_scale, t_bias, feat=0.0, affinity=0.0, extra_feat=1.0,
                  extra_affinity=1.0, extra_cross=0.0, kind='softmax'):
@@ -125,14 +137,17 @@ class DistillLoss(nn.Module):
                              logit_bias, self.t_bias, kind=self.kind)
 
     def forward(self, img, txt, img_all, txt_all, t_img, t_txt, logit_scale, logit_bias,
-                unpaired_img=None, unpaired_txt=None, rank=0, total=0.0, terms=None):
+                unpaired_img=None, unpaired_txt=None):
         """img, txt (B, D): this rank's student embeddings; img_all, txt_all (B·world, D): all
         ranks' (float32); t_img, t_txt (B·world, D): the teacher's, on the same device.
         logit_scale: the student's log scale (exp'd per term), logit_bias its bias.
         unpaired_img / unpaired_txt: (this rank's student rows (n, D), all ranks' (n·world, D)
         float32, the teacher's (n·world, D)), or None.
-        total, terms: the terms are added onto these (SigLIP2Loss's output) -> (total, terms)."""
-        terms = {} if terms is None else terms
+        -> (total: the weighted sum, 0.0 when every weight is 0; terms: name -> unweighted
+        scalar)."""
+        # this rank's slice of the global teacher rows, for the per-example terms
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        total, terms = 0.0, {}
         if self.w['feat']:
             # per example: this rank's rows
             rows = slice(rank * len(img), (rank + 1) * len(img))
@@ -276,7 +291,11 @@ class SigLIP2Loss(nn.Module):
     vision(x) -> (tokens (B, N, De), pooled (B, Dp)), or an output with .last_hidden_state /
     .pooler_output (a transformers vision model), is the student's image tower (held by
     reference, not registered); patch_embed is its patch-embedding module (Conv2d or Linear)
-    for TIPS masking (None: CNN)."""
+    for TIPS masking (None: CNN).
+
+        total, terms = loss_fn(images, img_emb, txt_emb, tokens, logit_scale, logit_bias,
+                               progress, locca=targets)
+    """
     def __init__(self, vision, patch_embed=None, decoder=None, silc_head=None, tips_head=None,
                  mask_id=None, sig_weight=1.0, locca_weight=1.0, gamma=0.25, silc_weight=1.0,
                  tips_weight=0.25, switch=0.8, ema_momentum=0.996, n_local=8,
@@ -336,7 +355,6 @@ class SigLIP2Loss(nn.Module):
             self.register_buffer('silc_center', torch.zeros(1, K(silc_head)))
             self.register_buffer('tips_center', torch.zeros(1, K(tips_head)))
         self.register_buffer('switched', torch.tensor(False))
-        self.register_buffer('step', torch.tensor(0))
         self._batch_centers = {}
 
     @staticmethod
@@ -387,34 +405,46 @@ class SigLIP2Loss(nn.Module):
         finally:
             handle.remove()
 
-    def forward(self, images, img_emb, txt_emb, tokens, scale, bias, progress,
+    def forward(self, images, img_emb, txt_emb, tokens, logit_scale, logit_bias, progress,
                 locca=None, img_ids=None, txt_ids=None):
+        """images (B, 3, H, W): the student's normalised input (SILC/TIPS crop and mask it);
+        img_emb (B, D), txt_emb (M, D): the embeddings (all ranks'); tokens (B, N, C): the
+        image tower's patch tokens (the LocCa decoder's memory); logit_scale: the log scale,
+        logit_bias: the bias; progress: the training fraction in [0, 1] (the switch, τ_t).
+        locca: the decoder's targets, ids in its vocabulary, or None:
+          cap_ids (B, L) long, cap_prefix (B,) long: 'cap:' + caption, the prefix's length;
+          with regions also aref_ids / aref_prefix, gcap_ids / gcap_prefix (the same shapes)
+          and has_region (B,) bool (False: no ARef/GCap loss for that example; absent: all).
+        img_ids (B,), txt_ids (M,): which captions match which image (default the diagonal).
+        -> (total: the weighted sum, a float 0.0 when no term is on; terms: name -> unweighted
+        scalar)."""
         terms = {}
         # on the original image (§2.3)
         if self.w['sig']:
+            scale = logit_scale.exp() # t = exp(t') (§3.2)
             img = F.normalize(img_emb, dim=-1)
             txt = F.normalize(txt_emb, dim=-1)
             if self.contrast == 'sigmoid':
-                terms['sigmoid'] = sigmoid_loss(img, txt, scale, bias, img_ids, txt_ids,
+                terms['sigmoid'] = sigmoid_loss(img, txt, scale, logit_bias, img_ids, txt_ids,
                                                 self.chunk_size)
             else:
                 terms['sigmoid'] = infonce_loss(img, txt, scale)
         # three targets per example, one decoder pass each (§2.2)
         if self.w['locca'] and locca is not None:
-            ids, pre = locca['cap']
+            cap_ids = locca['cap_ids']
             # parallel prediction per example, p = 0.5 (§2.2)
-            par = torch.rand(len(ids), device=ids.device) < self.p_parallel
+            par = torch.rand(len(cap_ids), device=cap_ids.device) < self.p_parallel
             for task in ('cap', 'aref', 'gcap'):
                 # a cache without boxes: no ARef/GCap targets, weight 0 (train.py says so once)
-                if task not in locca:
+                if f'{task}_ids' not in locca:
                     terms[f'locca/{task}'] = torch.zeros((), device=tokens.device)
                     continue
-                ids, pre, *valid = locca[task]
-                # ARef / GCap stay autoregressive
+                # ARef / GCap stay autoregressive, on the examples with a region
                 p = par if task == 'cap' else torch.zeros_like(par)
-                terms[f'locca/{task}'] = locca_loss(self.decoder, tokens, ids, pre, p,
-                                                    self.mask_id, valid[0] if valid else None,
-                                                    self.ce_chunk)
+                valid = locca.get('has_region') if task != 'cap' else None
+                terms[f'locca/{task}'] = locca_loss(self.decoder, tokens, locca[f'{task}_ids'],
+                                                    locca[f'{task}_prefix'], p, self.mask_id,
+                                                    valid, self.ce_chunk)
             # README choices, U5: mean of the tasks
             terms['locca'] = (terms['locca/cap'] + terms['locca/aref'] + terms['locca/gcap']) / 3
         if self.sd and bool(self.switched):
@@ -466,7 +496,6 @@ class SigLIP2Loss(nn.Module):
     def after_step(self):
         """After optimizer.step(): EMA teacher p_t = m·p_t + (1-m)·p_s (fixed m; README
         choices, U17) and centre updates (U16)."""
-        self.step += 1
         if not (self.sd and bool(self.switched)):
             return
         heads = ((self.silc_head_t, self.silc_head), (self.tips_head_t, self.tips_head))

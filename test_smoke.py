@@ -410,6 +410,40 @@ def test_infonce_and_distillation_minima():
         assert swapped.item() > 1e-3
 
 @fast
+def test_each_loss_returns_its_weighted_total_and_unweighted_terms():
+    """DistillLoss and SigLIP2Loss each -> (total, terms): total = the sum of weight x term, the
+    terms unweighted, named as log.jsonl names them; nothing on -> (0.0, {}). Both take the log
+    scale and exp it for their terms."""
+    from loss import DistillLoss
+    g = torch.Generator().manual_seed(5)
+    rows = lambda n: torch.randn(n, 8, generator=g)
+    unit = lambda x: F.normalize(x, dim=-1)
+    img, txt, t_img, t_txt = rows(4), rows(4), rows(4), rows(4)
+    s_img, t_ximg, s_txt, t_xtxt = rows(3), rows(3), rows(5), rows(5) # unpaired
+    log_scale, bias = torch.tensor(math.log(10.0)), torch.tensor(-5.0)
+    w = dict(feat=0.5, affinity=2.0, extra_feat=3.0, extra_affinity=0.25, extra_cross=4.0)
+    distill = DistillLoss(7.0, -3.0, **w)
+    total, terms = distill(img, txt, img, txt, t_img, t_txt, log_scale, bias,
+                           (s_img, s_img, t_ximg), (s_txt, s_txt, t_xtxt))
+    weights = {'feat': 0.5, 'affinity': 2.0, 'extra_img/feat': 3.0,
+               'extra_img/affinity': 0.25, 'extra_txt/feat': 3.0,
+               'extra_txt/affinity': 0.25, 'extra_cross': 4.0}
+    assert list(terms) == list(weights)
+    want = sum(weights[k] * v.item() for k, v in terms.items())
+    assert total.item() == pytest.approx(want, rel=1e-6)
+    assert terms['feat'].item() == (feature_loss(img, t_img) + feature_loss(txt, t_txt)).item()
+    affinity = affinity_loss(unit(img), unit(txt), unit(t_img), unit(t_txt), 10.0, 7.0, bias, -3.0)
+    assert terms['affinity'].item() == pytest.approx(affinity.item(), rel=1e-6)
+    assert DistillLoss(7.0, -3.0)(img, txt, img, txt, t_img, t_txt, log_scale, bias) == (0.0, {})
+    # sigmoid only (no decoder, no heads), at weight 2
+    fn = SigLIP2Loss(tiny_student().visual, sig_weight=2.0)
+    total, terms = fn(None, img, txt, None, log_scale, bias, 0.0)
+    assert list(terms) == ['sigmoid']
+    sigmoid = sigmoid_loss(unit(img), unit(txt), 10.0, bias)
+    assert terms['sigmoid'].item() == pytest.approx(sigmoid.item(), rel=1e-6)
+    assert total.item() == pytest.approx(2 * terms['sigmoid'].item(), rel=1e-6)
+
+@fast
 def test_locca_inputs_and_loss_masking():
     seq = torch.tensor([[7, 8, 9, 1, 0], [7, 5, 6, 1, 0]])
     pre = torch.tensor([1, 2])
@@ -474,7 +508,8 @@ def test_switch_ema_and_gradients_reach_the_right_parameters():
     x, ids = torch.randn(4, 3, 32, 32), torch.randint(0, 40, (4, 8))
     seq, pre = torch.randint(5, 40, (4, 8)), torch.full((4,), 1)
     ok = torch.ones(4, dtype=torch.bool)
-    locca = {'cap': (seq, pre), 'aref': (seq, pre, ok), 'gcap': (seq, pre, ok)}
+    locca = dict(cap_ids=seq, cap_prefix=pre, aref_ids=seq, aref_prefix=pre, gcap_ids=seq,
+                 gcap_prefix=pre, has_region=ok)
     assert fn.maybe_switch(0.4) == [] and not fn.switched
     fresh = fn.maybe_switch(0.5)
     assert set(map(id, fresh)) == set(map(id, fn.new_params()))
@@ -482,7 +517,7 @@ def test_switch_ema_and_gradients_reach_the_right_parameters():
     teacher_sd, student_sd = fn.teacher.state_dict(), st.visual.state_dict()
     assert all(torch.equal(a, b) for a, b in zip(teacher_sd.values(), student_sd.values()))
     img, txt, tok = st(x, ids)
-    total, terms = fn(x, img, txt, tok, st.logit_scale.exp(), st.logit_bias, 0.6, locca=locca)
+    total, terms = fn(x, img, txt, tok, st.logit_scale, st.logit_bias, 0.6, locca=locca)
     assert {'sigmoid', 'locca', 'silc', 'tips'} <= set(terms)
     assert all(torch.isfinite(v) for v in terms.values())
     total.backward()
@@ -502,8 +537,11 @@ def test_switch_ema_and_gradients_reach_the_right_parameters():
     sd = fn.state_dict()
     _, fn2 = tiny_siglip2_loss()
     fn2.load_state_dict(sd)
-    assert bool(fn2.switched) and int(fn2.step) == 1
+    assert bool(fn2.switched)
     assert torch.equal(fn2.silc_center, fn.silc_center)
+    # the EMA teacher is in the state_dict
+    pairs = zip(fn2.teacher.parameters(), fn.teacher.parameters())
+    assert all(torch.equal(a, b) for a, b in pairs)
 
 @fast
 def test_crops_and_mask_shapes():
@@ -533,7 +571,8 @@ def test_readme_snippet_trains_a_tiny_siglip2(tmp_path):
     pixels, ids = torch.randn(B, 3, 32, 32), torch.randint(5, V, (B, 64))
     seq, pre = torch.randint(5, V, (B, 12)), torch.full((B,), 2)
     ok = torch.tensor([True] * 6 + [False] * 2)
-    locca = {'cap': (seq, pre), 'aref': (seq.flip(1), pre, ok), 'gcap': (seq.roll(3, 1), pre, ok)}
+    locca = dict(cap_ids=seq, cap_prefix=pre, aref_ids=seq.flip(1), aref_prefix=pre,
+                 gcap_ids=seq.roll(3, 1), gcap_prefix=pre, has_region=ok)
     totals = []
     for step in range(8): # progress crosses the 80% switch at step 2: SILC + TIPS join
         torch.manual_seed(100) # same crops and masks every step: the decrease is not sampling luck
@@ -1029,6 +1068,30 @@ def test_old_format_cache_is_refused_with_the_command_that_recaches_it(tmp_path)
 # -----------------------------------------------------------------------------
 # train.py: exact resume after SIGKILL, every term learning, DDP, compile, views, one-line errors,
 # the out_dir lock (these train on the quick demo's caches, through the `demo` fixture)
+
+@fast
+def test_stream_seed_gives_every_draw_its_seed_of_before():
+    """train.py's stream_seed, taken from train.py with ast (none of the rest runs), returns the
+    seeds of the formulas it replaced at every call site: a new number would change every draw."""
+    path = os.path.join(REPO, 'train.py')
+    body = ast.parse(open(path).read(), path).body
+    names = ('STREAM_OFFSETS', 'stream_seed')
+    nodes = [n for n in body if getattr(n, 'name', None) in names
+             or any(getattr(t, 'id', None) in names for t in getattr(n, 'targets', []))]
+    ns = {}
+    exec(compile(ast.Module(body=nodes, type_ignores=[]), path, 'exec'), ns)
+    stream_seed = ns['stream_seed']
+    for seed in (0, 1, 7):
+        for it in (0, 1, 19_999):
+            assert stream_seed(seed, 'switch', it) == seed * 1_000_003 + it * 101 + 100
+            for micro in (0, 3):
+                base = seed * 1_000_003 + it * 101 + micro
+                assert stream_seed(seed, 'batch', it, micro) == base
+                assert stream_seed(seed, 'extra_images', it, micro) == base + 1 * 7_777_777
+                assert stream_seed(seed, 'extra_captions', it, micro) == base + 2 * 7_777_777
+                for rank in (0, 1, 7):
+                    want = base + 7919 * rank
+                    assert stream_seed(seed, 'losses', it, micro, rank) == want
 
 # switch at iter 15 (after the checkpoint) / 10 (exactly at it)
 @pytest.mark.parametrize('max_iters', [30, 20])

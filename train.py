@@ -288,9 +288,31 @@ if lambda_locca and no_reg:
            f"their ARef/GCap terms are skipped "
            f"(weight 0)" + ('; cache with --instances for ARef/GCap' if no_reg == N else ''))
 
-# same global batch on every rank (seeded by step), each rank takes its slice
+# The seed of one random stream, from (run seed, purpose, step, micro-step, rank): every draw
+# depends on where it is made, not on what ran before it, so resume is exact and the prefetch
+# thread changes nothing. The constants only keep a run's streams apart (others would do as
+# well) and stay as first chosen, since new ones would change every draw and the demo's tables:
+# a step takes 101 seeds (micro-steps 0..99, then the switch's at +100), a rank 7919, a run
+# seed 1_000_003, the unpaired images and captions 7_777_777 and 2 * 7_777_777. Offset 0 is
+# both the batch's and rank 0's losses': two generators drawing different things.
+STREAM_OFFSETS = dict(batch=0, losses=0, switch=100, extra_images=7_777_777,
+                      extra_captions=2 * 7_777_777)
+def stream_seed(seed, purpose, step, micro=0, rank=0):
+    return seed * 1_000_003 + step * 101 + micro + rank * 7919 + STREAM_OFFSETS[purpose]
+
+# Everything one micro-step reads, gathered from the memory-mapped caches into CPU tensors (by
+# the prefetch thread); the same global batch on every rank (seeded by step), each rank takes
+# its B = batch_size rows; L the caption length, Lt a LocCa target's, D the teacher's dim:
+#   pixels (B, 3, H, W) uint8, ids (B, L) long: each image and one of its captions
+#   t_img, t_txt (B * world, D) float: the teacher's embeddings of all ranks' rows [teacher]
+#   box (B, 4) float xyxy in [0, 1], flip (B,) bool: the drawn stored view [views > 1]
+#   locca [decoder]: cap_ids (B, Lt) long, cap_prefix (B,) long, and with boxes aref_ids,
+#     aref_prefix, gcap_ids, gcap_prefix (the same shapes) and has_region (B,) bool, in the
+#     teacher's ids (SigLIP2Loss.forward's `locca` once mapped to the decoder's)
+#   extra_img [extra_image_cache]: pixels (n, 3, H, W), t_img (n * world, D) [+ box, flip]
+#   extra_txt [extra_text_cache]: ids (n, L), t_txt (n * world, D); n = extra_batch_size
 def get_batch(it, micro):
-    g = torch.Generator().manual_seed(seed * 1_000_003 + it * 101 + micro)
+    g = torch.Generator().manual_seed(stream_seed(seed, 'batch', it, micro))
     idx = torch.randperm(N, generator=g)[:batch_size * world]
     # one random caption
     cap = cap_start[idx] + (torch.rand(len(idx), generator=g) * cap_count[idx]).long()
@@ -301,14 +323,26 @@ def get_batch(it, micro):
     gcap = reg_start[idx] + (torch.rand(len(idx), generator=g) * reg_count[idx]).long()
     aref, gcap = aref.clamp(max=max(n_regions - 1, 0)), gcap.clamp(max=max(n_regions - 1, 0))
     sl = slice(rank * batch_size, (rank + 1) * batch_size)
-    b = dict(pixels=data['pixels'][idx[sl]], ids=data['input_ids'][cap[sl]].long(),
-             cap=cap[sl], aref=aref[sl], gcap=gcap[sl], has_reg=has_reg[sl])
+    b = dict(pixels=data['pixels'][idx[sl]], ids=data['input_ids'][cap[sl]].long())
     if has_teacher:
         # global batch: the affinity targets span all ranks
         b['t_img'] = data['image_embeds'][idx].float()
         b['t_txt'] = data['text_embeds'][cap].float()
     if views > 1: # drawn last, so views=1 draws exactly what it always drew
         pick_view(b, data, idx, sl, g)
+    if decoder is not None: # the LocCa targets of the drawn caption / regions
+        rows = dict(cap=cap[sl], aref=aref[sl], gcap=gcap[sl])
+        # no boxes: ARef/GCap are skipped
+        tasks = ('cap', 'aref', 'gcap') if n_regions else ('cap',)
+        b['locca'] = {f'{k}_{part}': data[f'{k}_{part}'][rows[k]].long()
+                      for k in tasks for part in ('ids', 'prefix')}
+        if n_regions:
+            b['locca']['has_region'] = has_reg[sl]
+    streams = (('extra_img', extra_img, 'extra_images'),
+               ('extra_txt', extra_txt, 'extra_captions'))
+    for key, d, purpose in streams:
+        if d is not None:
+            b[key] = get_extra(d, it, micro, purpose)
     return b
 
 # one stored view per image: its box + flip (this rank's rows), its teacher embedding (all)
@@ -318,19 +352,20 @@ def pick_view(b, d, idx, sl, g):
     b['flip'] = d['view_flips'][idx[sl], v[sl]].bool()
     b['t_img'] = d['view_embeds'][idx, v].float()
 
-# an unpaired batch (stream 1: images, 2: captions), the same on every rank
-def get_extra(d, it, micro, stream):
-    g = torch.Generator().manual_seed(seed * 1_000_003 + it * 101 + micro + stream * 7_777_777)
+# an unpaired batch ('extra_images' or 'extra_captions'), the same on every rank
+def get_extra(d, it, micro, purpose):
+    g = torch.Generator().manual_seed(stream_seed(seed, purpose, it, micro))
     n = extra_batch_size or batch_size
-    idx = torch.randint(len(d['image_ids']) if stream == 1 else len(d['input_ids']),
+    images = purpose == 'extra_images'
+    idx = torch.randint(len(d['image_ids']) if images else len(d['input_ids']),
                         (n * world,), generator=g)
     sl = slice(rank * n, (rank + 1) * n)
-    if stream == 2:
-        return dict(ids=d['input_ids'][idx[sl]].long(), t=d['text_embeds'][idx].float())
+    if not images:
+        return dict(ids=d['input_ids'][idx[sl]].long(), t_txt=d['text_embeds'][idx].float())
     b = dict(pixels=d['pixels'][idx[sl]], t_img=d['image_embeds'][idx].float())
     if views > 1 and 'view_embeds' in d:
         pick_view(b, d, idx, sl, g)
-    return dict(b, t=b['t_img'])
+    return b
 
 # -----------------------------------------------------------------------------
 # model: student (+ LocCa decoder and SILC/TIPS heads owned by the loss module)
@@ -439,32 +474,28 @@ model = torch.compile(student) if compile else student
 # -----------------------------------------------------------------------------
 # one micro-step's inputs on the device: the fetched batch -> what the losses take
 
-# uint8 pixels (+ a stored view's box / flip) -> normalised student input on the device
+# f on every tensor of a batch (get_batch's nested dicts)
+def each_tensor(b, f):
+    return {k: each_tensor(v, f) if isinstance(v, dict) else f(v) for k, v in b.items()}
+
+# the one place a batch moves to the device; pinned by fetch() on GPU, so the copies overlap
+# the compute
+def to_device(b):
+    return each_tensor(b, lambda x: x.to(device, non_blocking=True))
+
+# uint8 pixels (+ a stored view's box / flip) on the device -> normalised student input
 def student_input(b):
-    # pinned by fetch() on GPU: the copy overlaps the compute
-    px = b['pixels'].to(device, non_blocking=True)
+    px = b['pixels']
     # re-apply the view's crop to the cached pixels, at the student's resolution (no decode)
     if 'box' in b:
-        px = crop_boxes(px.float(), b['box'].to(device), b['flip'].to(device),
-                        student.config.image_size)
+        px = crop_boxes(px.float(), b['box'], b['flip'], student.config.image_size)
     return student.preprocess(px)
 
 # the LocCa targets of the drawn caption / regions: teacher ids -> the decoder's vocabulary
 def locca_targets(b):
-    if decoder is None:
+    if 'locca' not in b:
         return None
-    ids = lambda k: student.map_ids(b[f'{k}_ids'].long().to(device))
-    prefix = lambda k: b[f'{k}_prefix'].long().to(device)
-    has_reg = b['has_reg'].to(device)
-    targets = {'cap': (ids('cap'), prefix('cap'))}
-    if n_regions: # no boxes in the cache: ARef/GCap are skipped (weight 0), said once above
-        targets['aref'] = (ids('aref'), prefix('aref'), has_reg)
-        targets['gcap'] = (ids('gcap'), prefix('gcap'), has_reg)
-    return targets
-
-# the teacher's embeddings of the global batch (all ranks); None for a cache without teacher
-def teacher_rows(b):
-    return tuple(b[k].to(device) if k in b else None for k in ('t_img', 't_txt'))
+    return {k: student.map_ids(v) if k.endswith('_ids') else v for k, v in b['locca'].items()}
 
 # (B, D) per rank -> (B * world, D), gradient flows back to the owning rank
 def gather(x):
@@ -472,12 +503,12 @@ def gather(x):
 
 # the unpaired batches through one tower each (DIME-FM) -> per tower None or
 # (this rank's student rows, all ranks' rows, the teacher's rows)
-def encode_unpaired(extra):
-    e_img, e_txt = extra
+def encode_unpaired(b):
+    e_img, e_txt = b.get('extra_img'), b.get('extra_txt')
     img = student.encode_image(student_input(e_img)) if e_img is not None else None
-    txt = student.encode_text(e_txt['ids'].to(device)) if e_txt is not None else None
-    return [(s, gather(s.float()), e['t'].to(device)) if e is not None else None
-            for s, e in ((img, e_img), (txt, e_txt))]
+    txt = student.encode_text(e_txt['ids']) if e_txt is not None else None
+    towers = ((img, e_img, 't_img'), (txt, e_txt, 't_txt'))
+    return [(s, gather(s.float()), e[k]) if s is not None else None for s, e, k in towers]
 
 # -----------------------------------------------------------------------------
 # eval on a fixed val subset (first val_images images, all their captions) and checkpointing
@@ -592,24 +623,10 @@ if master:
 # prefetcher: a thread gathers the next micro-step's rows from the maps while this one
 # computes. Every batch comes from its own (step, micro)-seeded generator, so the thread
 # changes no draw and resume stays exact
-# page-locked host memory: .to(device, non_blocking=True) then overlaps the copy on GPU
-def pin(x):
-    if isinstance(x, dict):
-        return {k: pin(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [pin(v) for v in x]
-    return x.pin_memory() if torch.is_tensor(x) and device_type == 'cuda' else x
-def fetch(it, micro): # -> everything one micro-step reads from the caches
+# page-locked host memory on GPU: to_device's non_blocking copies then overlap the compute
+def fetch(it, micro):
     b = get_batch(it, micro)
-    if decoder is not None: # the LocCa targets of the drawn caption / regions
-        # no boxes: ARef/GCap are skipped
-        for k in ('cap', 'aref', 'gcap') if n_regions else ('cap',):
-            b[f'{k}_ids'], b[f'{k}_prefix'] = (data[f'{k}_ids'][b[k]],
-                                               data[f'{k}_prefix'][b[k]])
-    streams = ((extra_img, 1), (extra_txt, 2))
-    b['extra'] = [get_extra(d, it, micro, stream) if d is not None else None
-                  for d, stream in streams]
-    return pin(b)
+    return each_tensor(b, lambda x: x.pin_memory()) if device_type == 'cuda' else b
 prefetcher = ThreadPoolExecutor(1)
 def prefetch(it, micro): # submit the micro-step after (it, micro); None past the last step
     it, micro = (it, micro + 1) if micro + 1 < grad_accum else (it + 1, 0)
@@ -637,7 +654,7 @@ while True:
     # the switch's fresh heads are drawn from (seed, step) only, the same on every rank: a
     # checkpoint written exactly at the switch step resumes like the uninterrupted run (the
     # global RNG state there is not saved)
-    torch.manual_seed(seed * 1_000_003 + iter_num * 101 + 100)
+    torch.manual_seed(stream_seed(seed, 'switch', iter_num))
     # SigLIP 2 §2.3: new heads + mask token get fresh optimizer state
     for p in loss_fn.maybe_switch(progress):
         optimizer.state.pop(p, None)
@@ -646,22 +663,24 @@ while True:
         group['lr'] = lr
     terms_sum = {}
     for micro in range(grad_accum):
-        b = pending.result()
+        b = to_device(pending.result())
         pending = prefetch(iter_num, micro)
         # SigLIP2Loss's draws: exact resume
-        torch.manual_seed(seed * 1_000_003 + iter_num * 101 + micro + 7919 * rank)
+        torch.manual_seed(stream_seed(seed, 'losses', iter_num, micro, rank))
         x = student_input(b)
-        t_img, t_txt = teacher_rows(b)
         with autocast:
-            img, txt, tokens = model(x, b['ids'].to(device))
+            img, txt, tokens = model(x, b['ids'])
             img_all, txt_all = gather(img.float()), gather(txt.float())
-            total, terms = loss_fn(x, img_all, txt_all, tokens, student.logit_scale.exp(),
-                                   student.logit_bias, progress, locca=locca_targets(b))
-            unpaired_img, unpaired_txt = encode_unpaired(b['extra'])
-            total, terms = distill(img, txt, img_all, txt_all, t_img, t_txt,
-                                   student.logit_scale, student.logit_bias,
-                                   unpaired_img, unpaired_txt, rank=rank, total=total,
-                                   terms=terms)
+            siglip_total, siglip_terms = loss_fn(x, img_all, txt_all, tokens,
+                                                 student.logit_scale, student.logit_bias,
+                                                 progress, locca=locca_targets(b))
+            unpaired_img, unpaired_txt = encode_unpaired(b)
+            distill_total, distill_terms = distill(img, txt, img_all, txt_all, b.get('t_img'),
+                                                   b.get('t_txt'), student.logit_scale,
+                                                   student.logit_bias, unpaired_img,
+                                                   unpaired_txt)
+        total = siglip_total + distill_total
+        terms = {**siglip_terms, **distill_terms}
         (total / grad_accum).backward()
         for k, v in [('loss', total)] + list(terms.items()):
             terms_sum[k] = terms_sum.get(k, 0.0) + v.detach() / grad_accum

@@ -49,13 +49,12 @@ Measured. (1)-(2) on one H100, `python bench.py` (ViT-S/16, bf16; ratios printed
     + TIPS (masked global view)                   88.4            1.96      12.6
     all SigLIP 2 terms                           392.8            8.70      23.0
 
-Decoder cross-entropy over 8,192 tokens x 256k vocab (forward + backward): naive 24.2 GB, chunked
-3.4 GB (7.1x less; 14.2x at 16,384 tokens with `--batch_size=256 --image_size=256`: 48.2 GB vs 3.4 GB), 1.6x
-the time.
-The LocCa row uses the full 256k output layer; a student's compact vocabulary (a few thousand ids
-on COCO) makes it far cheaper. Cache throughput with a random SigLIP-B/16-sized teacher (real
-dims, 256k vocab, bf16, 12 workers) on the H100: 362 images/s including 5 captions per image and
-shard writing (20k images, 55 s).
+Decoder cross-entropy over 8,192 tokens x 256k vocab (forward + backward): naive 24.2 GB,
+chunked 3.4 GB (7.1x less; 14.2x at 16,384 tokens with `--batch_size=256 --image_size=256`:
+48.2 GB vs 3.4 GB), 1.6x the time. The LocCa row uses the full 256k output layer; a student's
+compact vocabulary (a few thousand ids on COCO) makes it far cheaper. Cache throughput with a
+random SigLIP-B/16-sized teacher (real dims, 256k vocab, bf16, 12 workers) on the H100:
+362 images/s including 5 captions per image and shard writing (20k images, 55 s).
 
 (5) on a 2-core CPU, `python bench.py --hf_b16=True --device=cpu --dtype=float32` (200 s): random
 weights from a config at real sizes (width 768, 12 layers, 256 patches at 256 px, a 256k text

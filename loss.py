@@ -4,7 +4,7 @@ sigmoid / InfoNCE / feature / affinity distillation, and the complete SigLIP 2 o
 (arXiv 2502.14786) as one module, SigLIP2Loss: sigmoid + LocCa decoder loss + (from 80%)
 SILC self-distillation + TIPS masked prediction, with its EMA teacher; the distillation
 objective as another, DistillLoss. Values the paper states are cited by section; where it is
-silent the choice is tagged (U<n>), numbered as in the README's "Choices where the paper is
+silent the choice is tagged (U<n>), numbered as in NOTES.md's "Choices where the paper is
 silent".
 
     from loss import SigLIP2Loss, DistillLoss
@@ -167,7 +167,7 @@ class DistillLoss(nn.Module):
             unpaired[name] = (s_all, t)
             n = len(s)
             terms[f'{name}/feat'] = feature_loss(s.float(), t[rank * n:(rank + 1) * n])
-            # image-image / text-text rows, both at the teacher's scale (README): 0 when
+            # image-image / text-text rows, both at the teacher's scale (NOTES.md): 0 when
             # student == teacher
             terms[f'{name}/affinity'] = affinity_loss(s_all, s_all, t_all, t_all,
                                                       self.t_scale, self.t_scale)
@@ -196,7 +196,7 @@ def chunked_cross_entropy(hidden, weight, bias, targets, chunk_size=1024):
 def locca_inputs(seq, prefix_len, parallel, mask_id):
     """Decoder inputs for targets seq (B, L). Autoregressive: shift_right(seq) with 0 as BOS,
     causal attention. Parallel prediction (CapPa): every target position becomes the mask
-    token, full attention; the task prefix stays visible as context (README choices, U4:
+    token, full attention; the task prefix stays visible as context (NOTES.md, U4:
     CapPa had no prefix). Position p predicts seq[p] in both modes."""
     pos = torch.arange(seq.shape[1], device=seq.device)[None]
     ar = F.pad(seq, (1, 0))[:, :-1]
@@ -205,7 +205,7 @@ def locca_inputs(seq, prefix_len, parallel, mask_id):
 
 def locca_loss(decoder, enc, seq, prefix_len, parallel, mask_id, valid=None, chunk_size=1024):
     """Token CE on target tokens only (not the prefix, not pads), normalised per sequence
-    (README choices, U6: big_vision weighted_softmax_xent normalize=True), then mean over valid
+    (NOTES.md, U6: big_vision weighted_softmax_xent normalize=True), then mean over valid
     examples (U10: no region -> no ARef/GCap loss)."""
     inp, causal = locca_inputs(seq, prefix_len, parallel, mask_id)
     hidden = decoder(inp, enc, causal) # (B, L, W)
@@ -280,7 +280,7 @@ def random_resized_crops(x, n, scale, size, flip=True, ratio=(3 / 4, 4 / 3)):
     theta[:, 1, 2] = cy
     return _affine_crops(x.repeat(n, 1, 1, 1), theta, size)
 
-# (B, N) bool, exactly floor(ratio·N) True per row (README choices, U22)
+# (B, N) bool, exactly floor(ratio·N) True per row (NOTES.md, U22)
 def random_patch_mask(B, N, ratio=0.5, device=None):
     return torch.rand(B, N, device=device).argsort(1) < int(ratio * N)
 
@@ -324,7 +324,7 @@ class SigLIP2Loss(nn.Module):
         self.local_size = local_size # §2.3
         self.mask_ratio = mask_ratio # §2.3
         self.p_parallel = p_parallel # §2.2
-        # README choices, U15, U16
+        # NOTES.md, U15, U16
         self.student_temp = student_temp
         self.teacher_temp = teacher_temp
         self.center_m = center_momentum
@@ -337,7 +337,7 @@ class SigLIP2Loss(nn.Module):
                              "mask); set its weight to 0 for CNNs")
         self.silc_head = silc_head
         self.tips_head = tips_head
-        # EMA teacher: vision tower + heads (README choices, U24); the text tower and decoder
+        # EMA teacher: vision tower + heads (NOTES.md, U24); the text tower and decoder
         # have none (§2.3)
         if self.sd:
             self.teacher = copy.deepcopy(vision).requires_grad_(False)
@@ -445,7 +445,7 @@ class SigLIP2Loss(nn.Module):
                 terms[f'locca/{task}'] = locca_loss(self.decoder, tokens, locca[f'{task}_ids'],
                                                     locca[f'{task}_prefix'], p, self.mask_id,
                                                     valid, self.ce_chunk)
-            # README choices, U5: mean of the tasks
+            # NOTES.md, U5: mean of the tasks
             terms['locca'] = (terms['locca/cap'] + terms['locca/aref'] + terms['locca/gcap']) / 3
         if self.sd and bool(self.switched):
             self._self_distillation(images, progress, terms)
@@ -459,18 +459,18 @@ class SigLIP2Loss(nn.Module):
 
     def _self_distillation(self, images, progress, terms):
         B, size = len(images), images.shape[-1]
-        # README choices, U15: τ_t warm-up, first 10% of the phase
+        # NOTES.md, U15: τ_t warm-up, first 10% of the phase
         warmup = max(0.1 * (1 - self.switch), 1e-8)
         frac = min((progress - self.switch) / warmup, 1.0)
         t_temp = self.teacher_temp[0] + frac * (self.teacher_temp[1] - self.teacher_temp[0])
-        # 1 global view (§2.3; README choices, U20)
+        # 1 global view (§2.3; NOTES.md, U20)
         glob = random_resized_crops(images, 1, self.global_scale, size)
         with torch.no_grad():
             # eval: BatchNorm statistics come from the student (after_step)
             t_tok, t_pool = self._run(self.teacher.eval(), glob)
         # local student views -> teacher's global view, on pooled features (§2.3)
         if self.w['silc']:
-            # README choices, U19
+            # NOTES.md, U19
             local_size = self.local_size or size // 2
             local = random_resized_crops(images, self.n_local, self.local_scale, local_size)
             s_pool = self._run(self._vision[0], local)[1].view(self.n_local, B, -1)
@@ -488,14 +488,14 @@ class SigLIP2Loss(nn.Module):
                 pt = teacher_probs(t_logits, self.tips_center, t_temp)
             # (B·N/2,), rows image-major
             ce = dino_kl(self.tips_head(s_tok[mask]), pt, self.student_temp)
-            # README choices, U23: mean over masked patches, then over images
+            # NOTES.md, U23: mean over masked patches, then over images
             terms['tips'] = ce.view(B, -1).mean(1).mean()
             self._batch_centers['tips'] = t_logits.mean(0, keepdim=True)
 
     @torch.no_grad()
     def after_step(self):
-        """After optimizer.step(): EMA teacher p_t = m·p_t + (1-m)·p_s (fixed m; README
-        choices, U17) and centre updates (U16)."""
+        """After optimizer.step(): EMA teacher p_t = m·p_t + (1-m)·p_s (fixed m;
+        NOTES.md, U17) and centre updates (U16)."""
         if not (self.sd and bool(self.switched)):
             return
         heads = ((self.silc_head_t, self.silc_head), (self.tips_head_t, self.tips_head))

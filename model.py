@@ -452,7 +452,7 @@ class LoccaDecoder(nn.Module):
 
 # -----------------------------------------------------------------------------
 # DINO head for SILC (pooled) and TIPS (per patch): dinov2/layers/dino_head.py form
-# (README choices, U14)
+# (NOTES.md, U14)
 class DINOHead(nn.Module):
     def __init__(self, in_dim, out_dim=65536, hidden_dim=2048, bottleneck_dim=256):
         super().__init__()
@@ -479,7 +479,7 @@ class DINOHead(nn.Module):
         return F.normalize(self.mlp(x), dim=-1) @ F.normalize(self.last, dim=-1).T
 
 # -----------------------------------------------------------------------------
-# boxes as text for LocCa (README choices, U1/U2: xyxy normalised to [0, 1], integers 0..499,
+# boxes as text for LocCa (NOTES.md, U1/U2: xyxy normalised to [0, 1], integers 0..499,
 # single spaces)
 def box_to_text(box):
     return ' '.join(str(int(round(min(max(v, 0.0), 1.0) * 499))) for v in box)

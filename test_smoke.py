@@ -220,9 +220,9 @@ def losses_of(c): # a config's losses as the README's experiment table writes th
     data += ['unpaired texts'] if c['extra_text_cache'] else []
     return ' + '.join(name for name, w in on if w) + (f" ({', '.join(data)})" if data else '')
 
-# the README table whose header row starts with `header` -> rows of stripped cells
+# the config/README.md table whose header row starts with `header` -> rows of stripped cells
 def readme_table(header):
-    rows = md_table(open(os.path.join(REPO, 'README.md')).read(), header)[2:]
+    rows = md_table(open(os.path.join(REPO, 'config', 'README.md')).read(), header)[2:]
     return [[c.strip() for c in r.strip('|').split('|')] for r in rows]
 
 @fast
@@ -256,7 +256,7 @@ def test_every_config_resolves_to_the_seeds_teacher_and_student(monkeypatch):
         for f in files:
             exec(compile(open(f'config/{f}.py').read(), f'config/{f}.py', 'exec'), c)
         cache = os.path.dirname(c['train_cache'])
-        assert cache in caches, f"{exp}: {c['train_cache']}: in no row of the README's cache table"
+        assert cache in caches, f"{exp}: {c['train_cache']}: in no cache row of config/README.md"
         got = (caches[cache], c['image_model'], str(c['image_size']), losses_of(c))
         assert got == (teacher.strip('`'), student.strip('`'), px, losses), (exp, got)
         if len(files) == 1 and files[0] in seed:

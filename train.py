@@ -80,7 +80,7 @@ switch = 0.8 # SILC/TIPS + EMA teacher from this training fraction on (§2.3)
 ema_momentum = 0.996
 n_local = 8 # SILC local crops (§2.3)
 local_size = 0 # 0 = image_size // 2
-dino_dim = 65536 # DINO head prototypes K (README choices, U14; small runs use fewer)
+dino_dim = 65536 # DINO head prototypes K (NOTES.md, U14; small runs use fewer)
 dino_hidden = 2048
 dino_bottleneck = 256
 # optimizer
@@ -319,7 +319,7 @@ def get_batch(it, micro):
     has_reg = reg_count[idx] > 0
     # one region for ARef,
     aref = reg_start[idx] + (torch.rand(len(idx), generator=g) * reg_count[idx]).long()
-    # another for GCap (README choices, U11)
+    # another for GCap (NOTES.md, U11)
     gcap = reg_start[idx] + (torch.rand(len(idx), generator=g) * reg_count[idx]).long()
     aref, gcap = aref.clamp(max=max(n_regions - 1, 0)), gcap.clamp(max=max(n_regions - 1, 0))
     sl = slice(rank * batch_size, (rank + 1) * batch_size)

@@ -6,7 +6,7 @@
 #       --split=train+restval --teacher=google/siglip2-large-patch16-256 \
 #       --out_dir=cache/coco-L --device=cuda --dtype=bfloat16
 # Student ViT-Small/16 @ 224 px (train.py's default; the cache stores 256) + 6×384 text
-# tower; 5000 iters × 256 ≈ 11 epochs. Cost: the README's GPU table (measured step times).
+# tower; 5000 iters × 256 ≈ 11 epochs. Cost: bench.py's docstring (measured step times).
 # eval: python eval.py --cache=cache/coco-L/test --ckpt=out/a1
 out_dir = 'out/a1'
 lambda_contrast = 1.0

@@ -2,7 +2,7 @@
 #   × student ViT-Small (vit_small_patch16_224), full method (A5 losses).
 # The seed's "core target" (the same run as A5 under another name).
 # Seed plan B: B1 Base×Tiny, B2 Large×Tiny, B3 Base×Small, B4 Large×Small, B5 So400m×Small.
-# The student trains at 224 px (train.py's default) whatever size the cache stores (README).
+# The student trains at 224 px (train.py's default) whatever size the cache stores (NOTES.md).
 # needs the cache (and the same with --split=val, --split=test):
 #   python cache_teacher.py --data_dir=/data/coco --karpathy=/data/coco/dataset_coco.json \
 #   --split=train+restval --teacher=google/siglip2-large-patch16-256 \

@@ -4,14 +4,14 @@
 # its captions sit in separate caches, so no web pair is ever seen (RECIPE=1 bash
 # demo.sh builds all three caches with K = 8 and runs this).
 #   python train.py config/shapes_tinysiglip.py
-# (its numbers: the README's reinforced-distillation section)
+# (its numbers: the README's Table 1; NOTES.md, "Reinforced distillation")
 exec(open('config/tinysiglip.py').read())
 exec(open('config/shapes.py').read())
 out_dir = 'out/shapes/tinysiglip'
 extra_image_cache = 'cache/shapes-img/web'
 extra_text_cache = 'cache/shapes-txt/web'
 # 3 batches a step (pairs, unpaired images, unpaired captions), K = 8 views;
-# 4000 steps: the three streams take longer to flatten than the A runs' 400 (README,
+# 4000 steps: the three streams take longer to flatten than the A runs' 400 (NOTES.md,
 # "Reinforced distillation")
 views = 8
 max_iters = 4000

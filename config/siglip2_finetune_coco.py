@@ -18,7 +18,7 @@ gamma = 0.25 # §2.3: B
 lambda_silc = 1.0 # §2.3
 lambda_tips = 0.25 # §2.3
 switch = 0.8 # §2.3
-dino_dim = 16384 # README choices, U14 (COCO is small)
+dino_dim = 16384 # NOTES.md, U14 (COCO is small)
 # optimizer as §2.1: β2 0.95, clip 1.0. The paper gives no fine-tuning lr or weight decay: a
 # pretrained tower takes 1e-3 / 100 (our choice); its decoupled wd 1e-4 per step (torch 0.1 at lr
 # 1e-3) would shrink the pretrained weights by ~40 % over this run, so torch's 0.1 stays as is

@@ -20,7 +20,7 @@
 exec(open('config/a5.py').read())
 out_dir = 'out/tinysiglip'
 # MobileCLIP's (w_CLIP, w_distill) = (0, 1) on DataCompDR-12M: the teacher is the
-# only target (on the demo too: README, "Reinforced distillation")
+# only target (on the demo too: NOTES.md, "Reinforced distillation")
 lambda_contrast = 0.0
 # MobileCLIP stores 10-30 views per image; 8 keeps COCO's view embeddings at
 # ~1.9 GB (113k images x 8 x D=1024 x fp16)

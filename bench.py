@@ -286,15 +286,11 @@ def throughput(fns, n, seconds):
 if speed:
     from PIL import Image
     from cache_teacher import load_cache, Teacher
-    from eval import update_eval_json
+    from eval import update_eval_json, eval_json_of
     if not (ckpt and cache):
         sys.exit("bench.py: --speed needs --ckpt and --cache (a paired cache split)")
     enc = Teacher(ckpt, device)
-    # results go where the user pointed: a hub name has no dir of its own
-    if not out and not os.path.isdir(ckpt):
-        sys.exit(f"bench.py: --ckpt={ckpt} is a hub name, not a dir: pass --out=<eval.json>")
-    out = out or os.path.join(ckpt, 'eval.json')
-    run = os.path.basename(os.path.normpath(ckpt))
+    out, run = eval_json_of(ckpt, out, 'bench.py')
     data, man = load_cache(cache, verify=False)
     if 'input_ids' not in data or 'pixels' not in data:
         sys.exit(f"bench.py: --speed needs a paired cache (images and captions); "

@@ -272,6 +272,13 @@ def update_eval_json(path, retrieval=False, in_domain=True, **fields):
         row['run'] = old['run']
     write_json(path, row)
 
+def eval_json_of(ckpt, out, script):
+    """-> (the eval.json a zero-shot or speed row of --ckpt goes to, its run name): <ckpt>/eval.json
+    unless --out says; a hub name has no dir of its own, so it needs --out."""
+    if not out and not os.path.isdir(ckpt):
+        sys.exit(f"{script}: --ckpt={ckpt} is a hub name, not a dir: pass --out=<eval.json>")
+    return out or os.path.join(ckpt, 'eval.json'), os.path.basename(os.path.normpath(ckpt))
+
 def retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca, dense_probe=''):
     """The cached teacher embeddings (ckpt='') or a train.py out_dir on a cache split -> (the
     eval.json row: metrics with bootstrap intervals, params, the checkpoint scored and the
@@ -566,11 +573,7 @@ if __name__ == '__main__':
         if not ckpt:
             sys.exit("eval.py: --zeroshot needs --ckpt")
         enc = Teacher(ckpt, device)
-        # results go where the user pointed: a hub name has no dir of its own
-        if not out and not os.path.isdir(ckpt):
-            sys.exit(f"eval.py: --ckpt={ckpt} is a hub name, not a dir: pass --out=<eval.json>")
-        out = out or os.path.join(ckpt, 'eval.json')
-        run = os.path.basename(os.path.normpath(ckpt))
+        out, run = eval_json_of(ckpt, out, 'eval.py')
         zeroshot_mode(enc, zeroshot, classnames, zeroshot_dataset, templates, batch_size,
                       out, run)
         sys.exit(0)

@@ -39,6 +39,12 @@ SigLIP B/16-shaped teacher (no download) on a 20k-image synthetic world at 64 px
         --batch_size=256 --num_workers=12
     python bench.py --hf_b16=True    # and (5)
 
+With --speed (6) alone: img/s and txt/s of a trained student and of the teacher its --cache was
+made with (the manifest's), the same cached images and captions, median of alternating rounds,
+float32; written as the 'speed' field of <ckpt>/eval.json (report.py's Table 1 column):
+    python bench.py --speed=True --ckpt=out/shapes/a5 --cache=cache/shapes/test --device=cpu
+    python bench.py --speed=True --ckpt=out/a5 --cache=cache/coco-L/test --device=cuda
+
 Measured. (1)-(2) on one H100, `python bench.py` (ViT-S/16, bf16; ratios printed in one run):
 
     step (fwd + bwd + AdamW), batch 128 @ 224       ms  x sigmoid-only  peak GiB
@@ -136,6 +142,13 @@ hf_vocab = 256000 # the text tower's Gemma vocabulary (its own, not compacted)
 # forms apart and split the rare tail: ~16k ids is our estimate (no Gemma tokenizer offline)
 hf_kept = 16000
 hf_row = -1 # internal: >= 0 in the child process that measures row hf_row of (5)
+# (6) alone: img/s, txt/s of the trained student --ckpt and of --cache's teacher (its
+# manifest's), on --cache's images and captions (a paired cache split, e.g. the test split)
+speed = False
+ckpt = '' # a train.py out_dir (or an HF SigLIP dir / hub name, with --out)
+speed_seconds = 2.0 # timing budget per tower (rounds alternate student and teacher)
+speed_batch = 256 # images and captions per timed call (at most the cache's)
+out = '' # the eval.json that gets the 'speed' field; '' = <ckpt>/eval.json
 config_keys = [k for k,v in globals().items()
                if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
@@ -286,6 +299,60 @@ if hf_b16:
               f"{ratio(r['step_mib'], base['step_mib']):5.2f}x | "
               f"process peak {r['total_mib']:8.1f} MiB "
               f"{ratio(r['total_mib'], base['total_mib']):5.2f}x")
+    sys.exit()
+
+# 6) with --speed, alone: images/s and texts/s of --ckpt and of the teacher that --cache was
+# made with, the same cached images and captions, inputs prepared beforehand, only the forward
+# passes timed; float32 whatever --dtype says (as eval.py scores). -> the 'speed' field of the
+# model's eval.json, report.py's Table 1 column
+def throughput(fns, n, seconds):
+    """{name: fn} each processing n items -> {name: items/s}: the median over rounds that call
+    every fn in turn, so a load change on a shared machine hits the student and the teacher
+    alike."""
+    import statistics
+    times = {k: [] for k in fns}
+    for f in fns.values(): # warm-up
+        f()
+    end = time.time() + seconds
+    while time.time() < end or len(times[next(iter(fns))]) < 3:
+        for k, f in fns.items():
+            sync()
+            t = time.perf_counter()
+            f()
+            sync()
+            times[k].append(time.perf_counter() - t)
+    return {k: n / statistics.median(v) for k, v in times.items()}
+if speed:
+    from PIL import Image
+    from cache import load_cache
+    from cache_teacher import Teacher
+    from eval import update_eval_json, eval_json_of
+    if not (ckpt and cache):
+        sys.exit("bench.py: --speed needs --ckpt and --cache (a paired cache split)")
+    enc = Teacher(ckpt, device)
+    out, run = eval_json_of(ckpt, out, 'bench.py')
+    data, man = load_cache(cache, verify=False)
+    if 'input_ids' not in data or 'pixels' not in data:
+        sys.exit(f"bench.py: --speed needs a paired cache (images and captions); "
+                 f"{cache} is not")
+    teacher = Teacher(man['teacher'], device) # gone: Teacher names it
+    n = min(speed_batch, len(data['pixels']))
+    ims = [Image.fromarray(p.permute(1, 2, 0).numpy()) for p in data['pixels'][:n]]
+    ids = data['input_ids'][:n]
+    x_s, x_t = enc.prep(ims), teacher.prep(ims)
+    fns = dict(img=lambda: enc.images(x_s), txt=lambda: enc.texts(ids),
+               teacher_img=lambda: teacher.images(x_t), teacher_txt=lambda: teacher.texts(ids))
+    r = throughput(fns, n, 4 * speed_seconds)
+    sp = {f'{k}_per_s': v for k, v in r.items()}
+    sp.update(img_ratio=r['img'] / r['teacher_img'], txt_ratio=r['txt'] / r['teacher_txt'])
+    sp.update(batch=n, device=device, threads=torch.get_num_threads(), teacher=man['teacher'],
+              params=enc.params['total'], teacher_params=teacher.params['total'])
+    update_eval_json(out, speed=sp, run=run)
+    print(f"{run}: {sp['img_per_s']:.0f} img/s, {sp['txt_per_s']:.0f} txt/s | "
+          f"teacher {sp['teacher']}: {sp['teacher_img_per_s']:.0f} img/s, "
+          f"{sp['teacher_txt_per_s']:.0f} txt/s | student/teacher "
+          f"x{sp['img_ratio']:.2f} images, x{sp['txt_ratio']:.2f} texts "
+          f"(batch {sp['batch']}, {device}, {sp['threads']} threads) -> {out}")
     sys.exit()
 
 # 1) decoder cross-entropy at vocab V: chunked (never [N, V] logits at once) vs naive

@@ -55,7 +55,7 @@ from model import box_to_text
 from cache import (sha256, atomic_write, write_json, read_json, check_name, teacher_fingerprint,
                    what_changed, shard_ok, write_manifest)
 
-# one list for every reader of image files (folders, tars, eval.py's folder search)
+# one list for every reader of image files (folders, tars, student.py's folder search)
 IMAGE_EXT = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.gif', '.tif', '.tiff')
 
 # -----------------------------------------------------------------------------
@@ -85,9 +85,6 @@ def view_boxes(image_id, W, H, views, view_scale, view_flip):
 
 # -----------------------------------------------------------------------------
 # the teacher: HF SigLIP (fixed res), HF SigLIP 2 NaFlex, one of our train.py runs, or none
-def is_student_dir(path): # train.py's out_dirs (and the demo teacher) save the kept vocabulary
-    return 'kept_ids' in read_json(os.path.join(path, 'config.json'))
-
 def local_dir(name): # an HF hub name -> its local snapshot (from_pretrained has downloaded it)
     if os.path.isdir(name):
         return name
@@ -105,22 +102,24 @@ def features(out):
 
 class Teacher:
     """Any model dir behind one interface: `path` a train.py out_dir (our students, the demo
-    teacher), an HF SigLIP / SigLIP 2 (NaFlex too) dir or hub name, or 'none' (tokenizer and
-    image settings of `processor` only). One resize, one tokenisation, one forward, shared by
-    the cache, eval.py (zero-shot, speed, folder search) and bench.py."""
+    teacher, an HF SigLIP train.py fine-tuned), an HF SigLIP / SigLIP 2 (NaFlex too) dir or hub
+    name, or 'none' (tokenizer and image settings of `processor` only). One resize, one
+    tokenisation, one forward, shared by the cache, eval.py (zero-shot), student.py (search,
+    export) and bench.py (the cache pass, speed)."""
     def __init__(self, path, device='cpu', processor='', max_length=0, lowercase=True,
                  dtype='float32'):
         from transformers import AutoTokenizer, AutoProcessor
+        from model import is_trained_dir, load_trained
         self.path, self.device, self.lowercase = path, device, lowercase
         self.model, self.kind = None, 'none'
         if path != 'none' and os.path.isdir(path) and not os.path.isfile(
                 os.path.join(path, 'config.json')):
             sys.exit(f"no config.json in {path!r}: not a student / teacher directory")
-        if path != 'none' and is_student_dir(path):
-            from model import Student
+        if path != 'none' and is_trained_dir(path):
             if not os.path.isfile(os.path.join(path, 'model.safetensors')):
                 sys.exit(f"{path}: no model.safetensors (a run that has not saved yet?)")
-            self.kind, self.model = 'ours', Student.from_pretrained(path)
+            # the one loader of a run dir, as eval.py scores it; prep feeds its preprocess
+            self.kind, self.model = 'ours', load_trained(path)
             # the text tower pools the last (pad) position: tokenise at the length it trained
             # on (config.json; older run dirs: meta.json)
             trained = (getattr(self.model.config, 'text_length', None)
@@ -171,9 +170,11 @@ class Teacher:
             return
         count = lambda *mods: sum(p.numel() for m in mods for p in m.parameters())
         # Table 1's teacher row: image tower and total, counted on the loaded weights; our image
-        # path is timm tower + projection (HF's vision_model holds its pooling head)
-        image_part = (self.model.visual, self.model.img_proj) if self.kind == 'ours' else (
-            self.model.vision_model,)
+        # path is timm tower + projection (HF's vision_model, in HFSiglip's visual too, holds
+        # its pooling head)
+        image_part = [self.model.visual] if self.kind == 'ours' else [self.model.vision_model]
+        if hasattr(self.model, 'img_proj'): # a Student's projection
+            image_part.append(self.model.img_proj)
         self.params = dict(image=count(*image_part), total=count(self.model))
         self.model.to(device).eval()
         self.logit_scale = self.model.logit_scale.exp().item()

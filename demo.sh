@@ -107,7 +107,8 @@ step "6. zero-shot on the single-object test images (the world's caption templat
 ZS=(--zeroshot=$W/annotations/instances_test2017.json "--templates=a {c}|a picture of a {c}|there is a {c}")
 $PY eval.py --ckpt=$T "${ZS[@]}" --out=$C/test/eval.json
 for run in "${runs[@]}"; do # one at a time: the timings share the CPU with nothing of ours
-    $PY eval.py --cache=$C/test --ckpt=$O/$run "${ZS[@]}" --speed=True --speed_seconds=0.5
+    $PY eval.py --ckpt=$O/$run "${ZS[@]}"
+    $PY bench.py --speed=True --ckpt=$O/$run --cache=$C/test --device=cpu --speed_seconds=0.5
 done
 if [ -n "${TERMS:-}" ]; then
     step "7. what each SigLIP 2 term adds: a small Siglip2Model, a sigmoid-only base, then each objective, 2 seeds"

@@ -1,8 +1,8 @@
 """
 Scoring: COCO-style retrieval (CLIP_benchmark protocol, every caption kept) for the teacher
-straight from its cache or for a student checkpoint, plus the LocCa decoder's ARef box accuracy;
-and the student as a product: zero-shot classification, speed vs the teacher, folder search,
-ONNX export. Every score goes into one eval.json per model.
+straight from its cache or for a student checkpoint, the LocCa decoder's ARef box accuracy, a
+linear probe on the frozen patch tokens, and zero-shot classification (CLIP_benchmark's names
+and templates). Every score goes into one eval.json per model.
 
     python eval.py --cache=cache/shapes/test          # teacher row -> cache/shapes/test/eval.json
     # student -> out/shapes/a5/eval.json
@@ -17,22 +17,23 @@ ONNX export. Every score goes into one eval.json per model.
     # a CLIP_benchmark dataset's names (index order) and templates
     python eval.py --ckpt=out/a5 --zeroshot=/data/pets/test --zeroshot_dataset=pets \
         --classnames=pets
-    # img/s, txt/s of the student and of the cache's teacher
-    python eval.py --cache=cache/coco-L/test --ckpt=out/a5 --speed=True
-    python eval.py --ckpt=out/a5 --folder=photos --query="a dog on a beach"
-    python eval.py --ckpt=out/a5 --export_onnx=True   # out/a5/onnx/*.onnx + export.json
+    # an HF SigLIP's zero-shot: a hub name has no dir of its own, so --out says where
+    python eval.py --ckpt=google/siglip2-base-patch16-224 --zeroshot=/data/imagenet/val \
+        --out=out/b16.json
 
 Every R@k and top-1 carries a 95 % bootstrap interval over test images (BOOTSTRAP) in eval.json.
+Speed (img/s, txt/s vs the teacher) is bench.py --speed; folder search and ONNX export are
+student.py.
 
 `from eval import retrieval_metrics` has no side effects. The cache format (open_cache, ...) lives
 in cache.py, the model wrapper (Teacher) in cache_teacher.py.
 """
-import os, re, sys, json, math, time, hashlib, statistics
+import os, re, sys, json, math
 import torch
 import torch.nn.functional as F
 import string
-from cache import (open_cache, load_cache, PAIRED, sha256, check_same_teacher, read_json,
-                   write_json, atomic_write, check_contents)
+from cache import (open_cache, PAIRED, sha256, check_same_teacher, read_json, write_json,
+                   check_contents)
 from cache_teacher import list_image_files, Teacher
 
 def retrieval_metrics(image_embeds, text_embeds, text_image_index, chunk=1024):
@@ -138,9 +139,10 @@ def embed_student(student, pixels, input_ids, device, batch_size=256):
     return img, txt
 
 @torch.no_grad()
-def locca_metrics(student, decoder, data, tokenizer, device, max_images=500):
+def locca_metrics(student, decoder, data, tokenizer, colon, device, max_images=500):
     """ARef box accuracy (greedy decode from 'aref: <region caption> :', IoU >= 0.5) and caption
-    token accuracy (teacher-forced, autoregressive, target tokens only)."""
+    token accuracy (teacher-forced, autoregressive, target tokens only). colon: the token id of
+    ' :', the end of the prompt."""
     from model import text_to_box, box_iou
     from loss import locca_inputs
     kept = torch.tensor(student.config.kept_ids)
@@ -152,7 +154,6 @@ def locca_metrics(student, decoder, data, tokenizer, device, max_images=500):
         e = min(s + 128, r)
         ids = data['aref_ids'][s:e].long()
         # the prompt ends with the region caption's ' :' piece: everything before the box digits
-        colon = tokenizer(' :', add_special_tokens=False)['input_ids'][-1]
         ends = [int((row == colon).nonzero()[0]) + 1 for row in ids]
         out = []
         # group rows with the same prompt length (no padding inside the prompt)
@@ -271,6 +272,13 @@ def update_eval_json(path, retrieval=False, in_domain=True, **fields):
         row['run'] = old['run']
     write_json(path, row)
 
+def eval_json_of(ckpt, out, script):
+    """-> (the eval.json a zero-shot or speed row of --ckpt goes to, its run name):
+    <ckpt>/eval.json unless --out says; a hub name has no dir of its own, so it needs --out."""
+    if not out and not os.path.isdir(ckpt):
+        sys.exit(f"{script}: --ckpt={ckpt} is a hub name, not a dir: pass --out=<eval.json>")
+    return out or os.path.join(ckpt, 'eval.json'), os.path.basename(os.path.normpath(ckpt))
+
 def retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca, dense_probe=''):
     """The cached teacher embeddings (ckpt='') or a train.py out_dir on a cache split -> (the
     eval.json row: metrics with bootstrap intervals, params, the checkpoint scored and the
@@ -321,30 +329,34 @@ def retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca, dense_prob
                metrics=recalls(*ranks), intervals=retrieval_intervals(*ranks, index),
                params=dict(total=student.num_params(),
                            without_token_table=student.num_params(token_table=False)))
-    from transformers import AutoTokenizer
-    if locca and os.path.isfile(os.path.join(ckpt, 'decoder.safetensors')):
+    has_decoder = locca and os.path.isfile(os.path.join(ckpt, 'decoder.safetensors'))
+    if has_decoder or dense_probe:
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(ckpt) # the run's, as the cache's ids
+        # ' :' ends the ARef prompt and the box of a GCap sequence: its last piece's id
+        colon = tokenizer(' :', add_special_tokens=False)['input_ids'][-1]
+    if has_decoder:
         decoder = LoccaDecoder.from_pretrained(ckpt).to(device)
-        row['locca'] = locca_metrics(student, decoder, data,
-                                     AutoTokenizer.from_pretrained(ckpt), device, max_locca)
+        row['locca'] = locca_metrics(student, decoder, data, tokenizer, colon, device,
+                                     max_locca)
     if dense_probe:
         # the probe is fitted on other images than it is scored on
         fit, _ = open_cache(dense_probe, 'eval.py --dense_probe', needs=['pixels', 'boxes'],
                             evaluated=(data, man, cache))
         check_contents(data, ['boxes'], cache, 'eval.py --dense_probe')
-        colon = AutoTokenizer.from_pretrained(ckpt)(' :', add_special_tokens=False)['input_ids']
-        row['dense_probe'] = dict(dense_probe_metrics(student, fit, data, colon[-1], device),
+        row['dense_probe'] = dict(dense_probe_metrics(student, fit, data, colon, device),
                                   fit_cache=dense_probe)
     return row, train_man['dataset']['name'] == dataset
 
 # -----------------------------------------------------------------------------
-# the student as a product: any model dir behind cache_teacher.Teacher (zero-shot, speed,
-# folder search), so it is resized and tokenised exactly as the cache was
+# zero-shot classification: any model dir behind cache_teacher.Teacher (a train.py out_dir, an
+# HF SigLIP dir or hub name), so it is resized and tokenised exactly as the cache was
 # CLIP_benchmark 1.6.2's English class names and templates per dataset (provenance and sha256:
 # data/clip_benchmark/README.md); imagenet1k: 1000 names in index order, the 80 OpenAI templates
 CLIP_BENCHMARK = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'clip_benchmark')
 WORDNET_ID = re.compile(r'n\d{8}') # an ImageNet val folder: n01440764 (tench)
 
-def embed_files(enc, paths, batch_size):
+def embed_files(enc, paths, batch_size): # zero-shot and student.py's folder search
     """-> (N, D) normalised on CPU, indices of the files read (unreadable ones: named, skipped)."""
     from PIL import Image
     embs, keep = [], []
@@ -527,146 +539,6 @@ def zeroshot_mode(enc, src, classnames, dataset, templates, batch_size, out, run
           f"{zs['n_classes']} classes, {len(temps)} templates | "
           f"top-1 {zs['top1']:.2f} [{lo:.2f}, {hi:.2f}] top-5 {zs['top5']:.2f} -> {out}")
 
-def throughput(fns, n, seconds, device):
-    """{name: fn} each processing n items -> {name: items/s}: the median over rounds that call
-    every fn in turn, so a load change on a shared machine hits the student and the teacher
-    alike."""
-    sync = torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
-    times = {k: [] for k in fns}
-    for f in fns.values(): # warm-up
-        f()
-    end = time.time() + seconds
-    while time.time() < end or len(times[next(iter(fns))]) < 3:
-        for k, f in fns.items():
-            sync()
-            t = time.perf_counter()
-            f()
-            sync()
-            times[k].append(time.perf_counter() - t)
-    return {k: n / statistics.median(v) for k, v in times.items()}
-
-def speed_mode(enc, cache, batch_size, seconds, device, out, run):
-    """Images/s and texts/s of enc and of the cache's teacher (its manifest's 'teacher'): the
-    same cached images and captions, inputs prepared beforehand, only the forward passes
-    timed."""
-    from PIL import Image
-    data, man = load_cache(cache, verify=False)
-    if 'input_ids' not in data or 'pixels' not in data:
-        sys.exit(f"eval.py: --speed needs a paired cache (images and captions); {cache} is not")
-    teacher = Teacher(man['teacher'], device) # gone: Teacher names it
-    n = min(batch_size, len(data['pixels']))
-    ims = [Image.fromarray(p.permute(1, 2, 0).numpy()) for p in data['pixels'][:n]]
-    ids = data['input_ids'][:n]
-    x_s, x_t = enc.prep(ims), teacher.prep(ims)
-    fns = dict(img=lambda: enc.images(x_s), txt=lambda: enc.texts(ids),
-               teacher_img=lambda: teacher.images(x_t), teacher_txt=lambda: teacher.texts(ids))
-    r = throughput(fns, n, 4 * seconds, device)
-    sp = {f'{k}_per_s': v for k, v in r.items()}
-    sp.update(img_ratio=r['img'] / r['teacher_img'], txt_ratio=r['txt'] / r['teacher_txt'])
-    sp.update(batch=n, device=device, threads=torch.get_num_threads(), teacher=man['teacher'],
-              params=enc.params['total'], teacher_params=teacher.params['total'])
-    update_eval_json(out, speed=sp, run=run)
-    print(f"{run}: {sp['img_per_s']:.0f} img/s, {sp['txt_per_s']:.0f} txt/s | "
-          f"teacher {sp['teacher']}: {sp['teacher_img_per_s']:.0f} img/s, "
-          f"{sp['teacher_txt_per_s']:.0f} txt/s | student/teacher "
-          f"x{sp['img_ratio']:.2f} images, x{sp['txt_ratio']:.2f} texts "
-          f"(batch {sp['batch']}, {device}, {sp['threads']} threads) -> {out}")
-
-def model_hash(path): # config + weights bytes: a retrained checkpoint gets a new index
-    h = hashlib.sha256(path.encode())
-    # an HF name: the name alone
-    files = sorted(os.listdir(path)) if os.path.isdir(path) else []
-    for f in files:
-        if f == 'config.json' or (f.startswith('model') and f.endswith('.safetensors')):
-            with open(os.path.join(path, f), 'rb') as fh:
-                for b in iter(lambda: fh.read(1 << 20), b''):
-                    h.update(b)
-    return h.hexdigest()[:16]
-
-def folder_index(enc, folder, batch_size, index_dir=''):
-    """Every image under folder -> (relative paths, (N, D) normalised embeddings), saved as
-    index-<hash of folder + model>.safetensors in index_dir ('' = the model dir; a hub name has
-    none, so it needs one: never the user's image folder, never a place nobody named) and reused
-    while the folder's file list, sizes, mtimes, ctimes, inodes and the model's bytes are
-    unchanged: a file replaced at the same size and mtime gets a new ctime (no tool can set it)
-    and inode, so the index is keyed on the files, without reading every image each time."""
-    from safetensors.torch import save_file, safe_open
-    folder = os.path.abspath(folder)
-    if not os.path.isdir(folder):
-        sys.exit(f"eval.py: --folder={folder!r} is not a directory")
-    rel = list_images(folder)
-    stat = [os.stat(os.path.join(folder, r)) for r in rel]
-    state = [[r, s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino] for r, s in zip(rel, stat)]
-    sig = hashlib.sha256(json.dumps([state, model_hash(enc.path)]).encode()).hexdigest()[:16]
-    # only where the user pointed: the model dir or --index_dir
-    where = index_dir or (enc.path if os.path.isdir(enc.path) else '')
-    if not where:
-        sys.exit(f"eval.py: --ckpt={enc.path} is a hub name, not a dir: pass --index_dir=<dir> "
-                 f"for the index of {folder}")
-    os.makedirs(where, exist_ok=True)
-    name = hashlib.sha256((folder + enc.path).encode()).hexdigest()[:12]
-    path = os.path.join(where, f"index-{name}.safetensors")
-    try:
-        with safe_open(path, 'pt') as f:
-            meta = f.metadata()
-            if meta.get('signature') == sig:
-                paths = json.loads(meta['paths'])
-                print(f"reusing index {path} ({len(paths)} images)")
-                return paths, f.get_tensor('embeds')
-    except FileNotFoundError:
-        pass
-    except Exception as e: # truncated or corrupt: rebuilt, said so
-        print(f"index {path} unreadable ({type(e).__name__}): rebuilding it")
-    emb, keep = embed_files(enc, [os.path.join(folder, r) for r in rel], batch_size)
-    paths = [rel[i] for i in keep]
-    meta = dict(signature=sig, folder=folder, paths=json.dumps(paths))
-    atomic_write(path, lambda tmp: save_file({'embeds': emb.contiguous()}, tmp, metadata=meta))
-    print(f"indexed {len(paths)} images of {folder} -> {path}")
-    return paths, emb
-
-def search_mode(enc, folder, query, query_image, topk, batch_size, index_dir):
-    """Index the folder (once), then print the top-k images for a text or an image query."""
-    from PIL import Image
-    if topk < 1:
-        sys.exit(f"eval.py: --topk={topk} must be >= 1")
-    if query and not query.strip():
-        sys.exit(f"eval.py: --query={query!r} is empty: give words to search for")
-    if query_image and not os.path.isfile(query_image):
-        sys.exit(f"eval.py: --query_image={query_image!r} not found")
-    paths, emb = folder_index(enc, folder, batch_size, index_dir)
-    if not (query or query_image):
-        print("no --query / --query_image: indexed only")
-        return
-    if query_image:
-        try:
-            img = Image.open(query_image).convert('RGB')
-        except Exception as e:
-            sys.exit(f"eval.py: --query_image={query_image!r} unreadable "
-                     f"({type(e).__name__}: {e})")
-        q = enc.images(enc.prep([img]))
-    else:
-        q = enc.texts(enc.tokenize([query]))
-    scores = (F.normalize(q.cpu(), dim=-1) @ emb.T)[0]
-    top = scores.topk(min(topk, len(paths)))
-    print(f"top {len(top.indices)} of {len(paths)} for {query_image or repr(query)}:")
-    for s, i in zip(top.values.tolist(), top.indices.tolist()):
-        print(f"{s:8.4f}  {os.path.join(folder, paths[i])}")
-
-def export_mode(enc, out_dir):
-    """Student.export_onnx + export.json: what a runtime needs to feed the graphs (pixel size,
-    normalisation, text length and padding). Their parity with PyTorch under onnxruntime is
-    checked by test_smoke.py (test_student_dir_onnx_export_reload_query)."""
-    if enc.kind != 'ours':
-        sys.exit(f"eval.py: --export_onnx exports a Student; {enc.path} is an HF model")
-    st = enc.model.cpu()
-    paths = st.export_onnx(out_dir)
-    info = dict(paths=paths, image_size=st.config.image_size, mean=st.config.image_mean,
-                std=st.config.image_std, context_length=enc.length, padding='right',
-                lowercase=enc.lowercase)
-    write_json(os.path.join(out_dir, 'export.json'), info)
-    st.to(enc.device)
-    print(f"exported {', '.join(paths.values())}")
-
 if __name__ == '__main__':
     # -----------------------------------------------------------------------------
     cache = 'cache/shapes/test' # a cache split dir written by cache_teacher.py
@@ -679,8 +551,7 @@ if __name__ == '__main__':
     # a cache split with boxes (e.g. val): a linear probe on the frozen patch tokens, fitted
     # there, names the object under each patch of --cache's images ('' = off)
     dense_probe = ''
-    # the student as a product (these replace the retrieval eval; --ckpt may be an HF SigLIP)
-    export_onnx = False # <ckpt>/onnx/{image,image_uint8,text}.onnx + export.json
+    # zero-shot (replaces the retrieval eval; --ckpt may be an HF SigLIP dir or hub name)
     zeroshot = '' # ImageFolder dir or COCO instances json -> top-1/top-5 into eval.json
     # CLIP_benchmark dataset name (data/clip_benchmark): its templates; '' = imagenet1k's 80
     # (ImageNet's WordNet-id folders: their imagenet1k names)
@@ -688,36 +559,17 @@ if __name__ == '__main__':
     templates = '' # '|'-separated prompts with {c}, or a file of them; '' = zeroshot_dataset's
     # a file, one class name a line in sorted folder order, or a CLIP_benchmark dataset name
     classnames = '' # '' = the folder names (ImageNet's WordNet ids: imagenet1k's names)
-    speed = False # images/s, texts/s of --ckpt and of --cache's teacher (its manifest), one run
-    speed_seconds = 2.0 # timing budget per tower (rounds alternate student and teacher)
-    folder = '' # image folder to search: embedded once, index cached in the model dir
-    query = '' # text query for --folder
-    query_image = '' # image query for --folder
-    topk = 5
-    index_dir = '' # where --folder's index goes; '' = the model dir (a hub name needs one)
     config_keys = [k for k, v in globals().items()
                    if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
     # -----------------------------------------------------------------------------
-    # product modes: export, zero-shot, speed, folder search (combinable; no retrieval eval)
-    if export_onnx or zeroshot or speed or folder:
+    if zeroshot:
         if not ckpt:
-            sys.exit("eval.py: --export_onnx / --zeroshot / --speed / --folder need --ckpt")
+            sys.exit("eval.py: --zeroshot needs --ckpt")
         enc = Teacher(ckpt, device)
-        # results go where the user pointed: a hub name has no dir of its own
-        if (zeroshot or speed) and not out and not os.path.isdir(ckpt):
-            sys.exit(f"eval.py: --ckpt={ckpt} is a hub name, not a dir: pass --out=<eval.json>")
-        out = out or os.path.join(ckpt, 'eval.json')
-        run = os.path.basename(os.path.normpath(ckpt))
-        if export_onnx:
-            export_mode(enc, os.path.join(ckpt, 'onnx'))
-        if zeroshot:
-            zeroshot_mode(enc, zeroshot, classnames, zeroshot_dataset, templates, batch_size,
-                          out, run)
-        if speed:
-            speed_mode(enc, cache, batch_size, speed_seconds, device, out, run)
-        if folder:
-            search_mode(enc, folder, query, query_image, topk, batch_size, index_dir)
+        out, run = eval_json_of(ckpt, out, 'eval.py')
+        zeroshot_mode(enc, zeroshot, classnames, zeroshot_dataset, templates, batch_size,
+                      out, run)
         sys.exit(0)
     if dense_probe and not ckpt:
         sys.exit("eval.py: --dense_probe needs --ckpt (a cache holds no patch tokens)")

@@ -384,7 +384,18 @@ def locca_decoder_args(model, vocab_size, depth=0):
     return dict(vocab_size=vocab_size, width=w, depth=depth or max(d // 2, 1), heads=h,
                 mlp_dim=mlp, enc_dim=model.visual.enc_dim, max_len=64)
 
-def load_trained(out_dir): # a train.py out_dir -> Student or HFSiglip
+# a train.py out_dir: our Student (its config.json keeps the compact vocabulary) or the HF
+# SigLIP it fine-tuned (HF_FILE beside the transformers files); a hub name is not one
+def is_trained_dir(path):
+    if os.path.isfile(os.path.join(path, HF_FILE)):
+        return True
+    config = os.path.join(path, 'config.json')
+    return os.path.isfile(config) and 'kept_ids' in json.load(open(config))
+
+def load_trained(out_dir):
+    """The one loader of a train.py out_dir, for its scores (eval.py) and as a product
+    (cache_teacher.Teacher: zero-shot, speed, search, a run as a teacher) -> Student or
+    HFSiglip; either takes uint8 pixels through its own preprocess."""
     if os.path.isfile(os.path.join(out_dir, HF_FILE)):
         return HFSiglip.from_pretrained(out_dir)
     return Student.from_pretrained(out_dir)

@@ -10,7 +10,7 @@ meta.json, log.jsonl.
         --transfer_evals=cache/flickr30k-L/test/eval.json --out=report.md
 
 The seed's tables: Table 1 Teacher (name) / Student (No KD) = a1 / Student (TinySigLIP) = the
-run `tinysiglip`, else a5, with params and speed vs the teacher (eval.py --speed); Table 2 Full
+run `tinysiglip`, else a5, with params and speed vs the teacher (bench.py --speed); Table 2 Full
 Method (a5), w/o Feature Loss (a4), w/o Affinity Loss (a3), w/o Contrastive (a7), Delta vs Full.
 Then Table R (the recipe part by part), every loss combination a1-a7, zero-shot top-1/top-5
 (eval.py --zeroshot), Table B teacher x student (b1-b5, also as the seed's 2x3 grid) and Table C
@@ -143,7 +143,7 @@ def row(*cells, run=None, reference_run=None):
 def header(*cols):
     return [row(*cols), '|' + '---|' * len(cols)]
 
-def speed(e): # eval.py --speed: student / teacher throughput, same machine, one run
+def speed(e): # bench.py --speed: student / teacher throughput, same machine, one run
     s = (e or {}).get('speed')
     return f"{s['img_ratio']:.1f}× img, {s['txt_ratio']:.1f}× txt" if s else '—'
 

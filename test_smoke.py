@@ -1294,7 +1294,8 @@ def test_rel_demo_one_line_errors(demo, tmp_path):
     assert clean_error(p, 'max_images'), p.stderr[-2000:]
 
 # -----------------------------------------------------------------------------
-# eval.py: retrieval metrics, zero-shot classification, speed, folder search, student dir and ONNX
+# eval.py: retrieval metrics, zero-shot classification; bench.py --speed; student.py: folder
+# search, student dir and ONNX
 
 @fast
 def test_retrieval_metrics_vs_brute_force():
@@ -1380,8 +1381,9 @@ def test_speed_zeroshot_folder_with_tiny_hf_teacher(tmp_path):
     for f in os.listdir(tmp_path / 'c/val/processor'):
         shutil.copy(tmp_path / 'c/val/processor' / f, tmp_path / 's' / f)
     inst = w / 'annotations/instances_val2017.json'
-    out = run('eval.py', f'--cache={tmp_path / "c/val"}', f'--ckpt={tmp_path / "s"}',
-              '--speed=True', '--speed_seconds=0.2', f'--zeroshot={inst}', WORLD_TEMPLATES).stdout
+    run('eval.py', f'--ckpt={tmp_path / "s"}', f'--zeroshot={inst}', WORLD_TEMPLATES)
+    out = run('bench.py', '--speed=True', f'--ckpt={tmp_path / "s"}',
+              f'--cache={tmp_path / "c/val"}', '--speed_seconds=0.2', '--device=cpu').stdout
     e = json.load(open(tmp_path / 's/eval.json'))
     sp, zs = e['speed'], e['zeroshot']
     assert sp['teacher'] == str(tmp_path / 't') and sp['batch'] == 20 and 'img/s' in out, out
@@ -1416,11 +1418,11 @@ def test_speed_zeroshot_folder_with_tiny_hf_teacher(tmp_path):
     # folder search with the HF teacher: an image query finds itself first (cosine 1), the index
     # is reused
     q = folder_of(singles[0]) / singles[0]['file_name']
-    out = run('eval.py', f'--ckpt={tmp_path / "t"}', f'--folder={tmp_path / "f"}',
+    out = run('student.py', f'--ckpt={tmp_path / "t"}', f'--folder={tmp_path / "f"}',
               f'--query_image={q}', '--topk=3').stdout
     score, path = out.strip().splitlines()[-3].split()[:2]
     assert 'indexed' in out and path == str(q) and float(score) == pytest.approx(1.0, abs=1e-4), out
-    out = run('eval.py', f'--ckpt={tmp_path / "t"}', f'--folder={tmp_path / "f"}',
+    out = run('student.py', f'--ckpt={tmp_path / "t"}', f'--folder={tmp_path / "f"}',
               '--query=a red circle', '--topk=2').stdout
     assert 'reusing index' in out and len(out.strip().splitlines()) == 4, out
 
@@ -1442,7 +1444,7 @@ def test_student_dir_onnx_export_reload_query(demo):
     assert torch.equal(ids['input_ids'].int(), test['input_ids'])
     image_processor = AutoProcessor.from_pretrained(str(a5)).image_processor
     assert image_processor.size == {'height': 32, 'width': 32}
-    out = run('eval.py', f'--ckpt={a5}', '--export_onnx=True').stdout
+    out = run('student.py', f'--ckpt={a5}', '--export_onnx=True').stdout
     info = json.load(open(a5 / 'onnx/export.json'))
     assert set(info['paths']) == {'image', 'image_uint8', 'text'}, out
     assert info['context_length'] == L, out
@@ -1822,7 +1824,7 @@ def test_r18_user_text_is_validated_where_read(w18, tmp_path):
             ok=False,
         )
         assert clean_error(p, '--templates', repr(t)) and not (tmp_path / 's/eval.json').exists()
-    search = ['eval.py', f'--ckpt={tmp_path / "s"}', f'--folder={tmp_path / "f"}']
+    search = ['student.py', f'--ckpt={tmp_path / "s"}', f'--folder={tmp_path / "f"}']
     assert clean_error(run(*search, '--query= ', ok=False), '--query', 'empty')
     assert clean_error(
         run(*search, f'--query_image={tmp_path / "nope.jpg"}', ok=False), 'nope.jpg', 'not found'
@@ -2007,7 +2009,7 @@ def test_r18_folder_search_index_and_special_files(w18, tmp_path):
     os.mkfifo(f / 'pipe.jpg')
     os.symlink(tmp_path / 'gone.jpg', f / 'dangling.jpg')
     search = [
-        'eval.py',
+        'student.py',
         f'--ckpt={tmp_path / "s"}',
         f'--folder={f}',
         '--query=a red circle',
@@ -2038,7 +2040,7 @@ def test_r18_remaining_tracebacks(w18, tmp_path):
 
     shutil.copytree(TEACHER, tmp_path / 's')
     os.remove(tmp_path / 's/model.safetensors')
-    p = run('eval.py', f'--ckpt={tmp_path / "s"}', f'--folder={w18 / "w/web2017"}', ok=False)
+    p = run('student.py', f'--ckpt={tmp_path / "s"}', f'--folder={w18 / "w/web2017"}', ok=False)
     assert clean_error(p, 'no model.safetensors')
     shutil.copytree(TEACHER, tmp_path / 't')
     run(
@@ -2051,11 +2053,12 @@ def test_r18_remaining_tracebacks(w18, tmp_path):
     )
     shutil.rmtree(tmp_path / 't')
     p = run(
-        'eval.py',
+        'bench.py',
         f'--ckpt={TEACHER}',
         f'--cache={tmp_path / "c/val"}',
         '--speed=True',
         '--speed_seconds=0.1',
+        '--device=cpu',
         f'--out={tmp_path / "e.json"}',
         ok=False,
     )
@@ -2347,7 +2350,7 @@ def test_flickr30k_karpathy_cached_scored_and_reported(tmp_path):
         f'--karpathy={tmp_path / "dataset_flickr30k.json"}',
         '--split=test',
     )
-    from eval import load_cache
+    from cache import load_cache
 
     d, m = load_cache(str(tmp_path / 'f/test'))
     assert m['dataset']['name'] == 'flickr30k' and m['dataset']['id_space'] == 'flickr'

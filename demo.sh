@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# The whole experiment on the embedded synthetic world, on a laptop CPU (2 cores, ≤ 10 min):
+# The seed's experiment on the embedded synthetic world, on a laptop CPU (2 cores):
 #   prepare the world -> cache the demo teacher (data/shapes/teacher, kept in the repo like a google/siglip2-*
-#   checkpoint) on the student's splits with K views, and on the web split as unpaired images and unpaired captions
-#   -> train the students (A1-A5, A7; two at a time, one thread each) -> eval on the test split (retrieval,
-#   zero-shot, speed vs the teacher) -> report.md
+#   checkpoint) on the student's splits -> train the students of Tables 1 and 2 (A1, A3, A4, A5, A7; 2 seeds each;
+#   two at a time, one thread each) -> eval on the 5k test split (retrieval, zero-shot, speed vs the teacher)
+#   -> report.md: the findings, each delta marked resolved or not
 #
-#   bash demo.sh            # the seed's ablation (~7 min on 2 cores); sets up .venv first if it is missing
+#   bash demo.sh            # Tables 1 + 2 (~14 min on 2 cores: ~11 of it the 10 student runs of ~2 min each);
+#                           #   sets up .venv first if it is missing
 #   bash demo.sh --quick    # < 4 min pipeline check on a smaller world, A1/A5/recipe one seed (run by test_smoke.py)
 #   DEMO_DIR=/tmp/d bash demo.sh   # where data/, cache/, out/ go (default: this repo)
-#   SEEDS="0 1" bash demo.sh       # + a second seed of A1, A5 (and of the recipe with RECIPE=1): seed spread
+#   WORLD_SEED=1 bash demo.sh      # another draw of the world (README: do the findings hold?)
+#   SEEDS="0 1 2" bash demo.sh     # seeds of every run (default 0 1)
 #   RECIPE=1 bash demo.sh          # + the TinySigLIP recipe: the web split cached as unpaired images (K views) and
-#                                  #   unpaired captions, 4,000 steps beside the A runs (~25 min on 2 cores)
+#                                  #   unpaired captions, 4,000 steps beside the A runs
 #   PARTS=1 bash demo.sh           # + what each part of the recipe adds (views / unpaired images / texts), 2 seeds
 #   RETRAIN_TEACHER=1 bash demo.sh # train the demo teacher from scratch first (config/shapes_teacher.py, ~60 min)
 #   TERMS=1 bash demo.sh           # + what each SigLIP 2 term adds to a small HF Siglip2Model: a sigmoid-only base, then
@@ -23,18 +25,21 @@ if [ -z "${PY:-}" ]; then
 fi
 D=${DEMO_DIR:-.}
 W=$D/data/shapes; R=$D/cache/shapes-raw; C=$D/cache/shapes; O=$D/out/shapes
-WORLD=(); TEACH=(); STUD=(); RECIPE_ARGS=(); SEEDS=${SEEDS:-0}; RUNS="a1 a2 a3 a4 a5 a7"; K=8
+WORLD=(--seed=${WORLD_SEED:-0}); TEACH=(); STUD=(); RECIPE_ARGS=(); SEEDS=${SEEDS:-0 1}; K=8
+RUNS="a1 a3 a4 a5 a7" # Table 1 (No KD = a1, the best distilled on val) and Table 2 (a5 a4 a3 a7)
 TBASE=(); TARM=() # the terms study's base and arms (--quick: shorter)
 [ -z "${PARTS:-}" ] || RECIPE=1 # the parts table compares against the recipe
 [ -z "${RECIPE:-}" ] || RUNS="tinysiglip $RUNS" # the recipe first: it runs beside all the A runs
 if [ "${1:-}" = "--quick" ]; then # same pipeline, smaller world and budgets
-    WORLD=(--n_web=2000 --n_train=300 --n_val=100 --n_test=100)
+    WORLD=(--seed=${WORLD_SEED:-0} --n_web=2000 --n_train=300 --n_val=100 --n_test=100)
     TEACH=(--max_iters=100 --eval_interval=100 --batch_size=64 --val_images=100)
     STUD=(--max_iters=40 --eval_interval=40 --log_interval=20 --batch_size=64 --val_images=100)
     RECIPE_ARGS=(--max_iters=40 --eval_interval=40)
     SEEDS="0"; RUNS="tinysiglip a1 a5"; K=3; RECIPE=1
     TBASE=(--max_iters=40 --eval_interval=40 --val_images=100); TARM=(--max_iters=10 --eval_interval=10 --val_images=100)
 fi
+# the web split feeds only the teacher's retraining, the recipe's unpaired caches and the terms study
+[ -n "${RECIPE:-}${RETRAIN_TEACHER:-}${TERMS:-}" ] || [ "${1:-}" = "--quick" ] || WORLD+=(--n_web=0)
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
 t0=$(date +%s)
 step() { echo; echo "== [$(( $(date +%s) - t0 ))s] $*"; }
@@ -52,9 +57,12 @@ if [ -n "${RETRAIN_TEACHER:-}" ]; then
     $PY train.py config/shapes_teacher.py --train_cache=$R/web --val_cache=$R/val --out_dir=$O/teacher "${TEACH[@]}"
     T=$O/teacher
 fi
-step "3. cache the teacher: train split with K=$K views (view 0 = the full image: all A runs see only it), val, test"
-cache --split=train --out_dir=$C --views=$K
+VIEWS=1; [ -z "${RECIPE:-}" ] || VIEWS=$K # the A runs see only view 0 (the full image)
+step "3. cache the teacher: train split with $VIEWS view(s), val, test (two at a time)"
+cache --split=train --out_dir=$C --views=$VIEWS &
+train_job=$!
 for s in val test; do cache --split=$s --out_dir=$C; done
+wait $train_job
 if [ -n "${RECIPE:-}" ]; then
     echo "   + the web split as unpaired images (K=$K views) and unpaired captions, for the recipe"
     cache --split=web --out_dir=$D/cache/shapes-img --captions=False --views=$K & # the two web caches side by side
@@ -80,7 +88,6 @@ EXTRA=(--extra_image_cache=$D/cache/shapes-img/web --extra_text_cache=$D/cache/s
 mkdir -p $O
 for seed in $SEEDS; do
     for a in $RUNS; do
-        [ "$seed" = 0 ] || [ "$a" = a1 ] || [ "$a" = a5 ] || [ "$a" = tinysiglip ] || continue # spread: A1, A5, recipe
         run=$a; [ "$seed" = 0 ] || run=$a-s$seed
         if [ $a = tinysiglip ]; then launch config/shapes_tinysiglip.py $run $seed "${EXTRA[@]}" --views=$K "${RECIPE_ARGS[@]}"
         else launch "config/$a.py config/shapes.py" $run $seed; fi
@@ -106,7 +113,8 @@ for p in $(jobs -p); do wait $p; done
 step "6. zero-shot on the single-object test images (the world's caption templates), student vs teacher speed"
 ZS=(--zeroshot=$W/annotations/instances_test2017.json "--templates=a {c}|a picture of a {c}|there is a {c}")
 $PY eval.py --ckpt=$T "${ZS[@]}" --out=$C/test/eval.json
-for run in "${runs[@]}"; do # one at a time: the timings share the CPU with nothing of ours
+for run in "${runs[@]}"; do # seed 0 of each, one at a time: the timings share the CPU with nothing of ours
+    [[ $run != *-s[0-9]* ]] || continue
     $PY eval.py --ckpt=$O/$run "${ZS[@]}"
     $PY bench.py --speed=True --ckpt=$O/$run --cache=$C/test --device=cpu --speed_seconds=0.5
 done

@@ -90,7 +90,9 @@ def seeds(name, reference_run=None):
         e = read(path, notes)
         why = refused(e, path, d, reference, reference_run or 'the teacher row') if e else None
         notes += [why] if why else []
-        out += [e] if e and not why else []
+        # <name> is seed 0, <name>-s<k> seed k: the deltas pair runs of the same seed
+        seed = 0 if d == dirs[0] else int(d.rsplit('-s', 1)[1])
+        out += [dict(e, seed=seed, dir=d)] if e and not why else []
     return out
 
 def gap(name): # the note of a row without numbers: why, or that the run is missing
@@ -110,6 +112,43 @@ def fmt(vals, digits=1, intervals=()): # mean ± half-range over seeds [mean boo
 
 def mean(evals, k):
     return sum(e['metrics'][k] for e in evals) / len(evals) if evals else None
+
+def half_width(evals, k): # a run's bootstrap 95 % half-width of metric k, mean over its seeds
+    bounds = [e.get('intervals', {}).get(k) for e in evals]
+    if not bounds or not all(bounds):
+        return None
+    return sum((hi - lo) / 2 for lo, hi in bounds) / len(bounds)
+
+def paired_deltas(evals, base, k): # per seed: run - base in points, on the seeds both have
+    base_by_seed = {e['seed']: e['metrics'][k] for e in base}
+    return [e['metrics'][k] - base_by_seed[e['seed']] for e in evals if e['seed'] in base_by_seed]
+
+def resolved(deltas, interval):
+    """Is a difference resolved? Both the seed spread and the bootstrap intervals must be clear of
+    zero: every seed's delta has the same sign (2 seeds at least), and the mean delta exceeds
+    `interval`, the two runs' half-widths combined as if independent (sqrt(h1^2 + h2^2)): wider
+    than a paired bootstrap on the same test images, so the rule errs towards 'no'."""
+    if len(deltas) < 2:
+        return 'no: 1 seed'
+    if min(deltas) <= 0 <= max(deltas):
+        return 'no: inside the seed spread'
+    if interval is None:
+        return 'no: no intervals'
+    if abs(sum(deltas) / len(deltas)) <= interval:
+        return 'no: inside the intervals'
+    return 'yes'
+
+def compare(evals, base, k):
+    """-> (cell 'mean ± half-range over seeds (± interval)', resolved?) of evals - base in k"""
+    deltas = paired_deltas(evals, base, k)
+    if not deltas:
+        return '—', '—'
+    h1, h2 = half_width(evals, k), half_width(base, k)
+    interval = math.hypot(h1, h2) if h1 is not None and h2 is not None else None
+    m = sum(deltas) / len(deltas)
+    cell = f"{m:+.1f}" + (f" ± {(max(deltas) - min(deltas)) / 2:.1f}" if len(deltas) > 1 else '')
+    cell += f" (±{interval:.1f})" if interval is not None else ''
+    return cell, resolved(deltas, interval)
 
 def M(n): # parameter count in millions, 2 decimals below 10M (demo models), 1 above
     return f"{n / 1e6:.{2 if n < 1e7 else 1}f}M"
@@ -165,14 +204,27 @@ if teacher:
     lines.append(f"Test split `{teacher['split']}`: {teacher['n_images']} images, "
                  f"{teacher['n_captions']} captions "
                  f"(CLIP_benchmark protocol: every caption kept). R@k in %.")
+findings_at = len(lines) # the findings go here once every table is built
 
-# Table 1, the seed's rows; "TinySigLIP" is the recipe run if there is one,
-# else the full method (a5)
-tiny = 'tinysiglip' if seeds('tinysiglip') else 'a5'
+# mean over seeds of val I→T + T→I R@1 of the scored checkpoint (meta.json)
+def val_score(evals):
+    metas = [(read(os.path.join(e['dir'], 'meta.json')) or {}).get('metrics', {}) for e in evals]
+    scores = [m['val/i2t_r1'] + m['val/t2i_r1'] for m in metas if 'val/t2i_r1' in m]
+    return sum(scores) / len(scores) if scores else -1.0
+
+def ratio(ev, k): # student R@1 / the teacher's
+    return f"{mean(ev, k) / max(teacher['metrics'][k], 1e-9):.2f}" if ev and teacher else '—'
+
+# Table 1, the seed's rows; "TinySigLIP" is the distilled run with the best val score, chosen on
+# val (never on test); on a tie, or without meta.json, the first in this order
+DISTILLED = ['tinysiglip', 'a5', 'a3', 'a4', 'a7', 'a2', 'a6']
+tiny = max([n for n in DISTILLED if seeds(n)] or ['a5'], key=lambda n: val_score(seeds(n)))
 t_name = short(teacher.get('teacher', 'teacher')) if teacher else 'not evaluated'
 lines += ['', '## Table 1: teacher vs students', '',
           "Params: the teacher's image tower / total; "
-          "a student's total (without the token table).", '']
+          "a student's total (without the token table). TinySigLIP: the distilled run "
+          f"({', '.join(DISTILLED)}) with the best val R@1, chosen on val. "
+          "Ratio: student R@1 / the teacher's (I→T / T→I).", '']
 # zero-shot transfer sets: the teacher's eval.json of each; a student's row is its
 # evals['<dataset>/<split>'], scored on the same cache (fingerprint)
 transfers = []
@@ -194,7 +246,7 @@ table1 = [(f'Teacher ({t_name})', [teacher] if teacher else []),
 has_imagenet = any(zeroshot_stat(ev) != '—' for _, ev in table1)
 extra = [f"{key.split('/')[0]} {d} R@1" for key, _ in transfers for d in ('I→T', 'T→I')]
 lines += header('Model', 'Params', 'I→T R@1', 'R@5', 'R@10', 'T→I R@1', 'R@5', 'R@10', *extra,
-                *(['ImageNet-1k ZS top-1'] if has_imagenet else []), 'Speed vs teacher')
+                *(['ImageNet-1k ZS top-1'] if has_imagenet else []), 'Ratio', 'Speed vs teacher')
 for label, evals in table1:
     first = evals[0] if evals else None
     is_teacher = label.startswith('Teacher')
@@ -202,8 +254,9 @@ for label, evals in table1:
     cells = [stat([t] if is_teacher else transfer(evals, key, t), k)
              for key, t in transfers for k in R1]
     cells += [zeroshot_stat(evals)] if has_imagenet else []
-    lines.append(row(label, params(first), *[stat(evals, k) for k in KEYS], *cells, speed(first))
-                 + note)
+    ratios = '—' if is_teacher or not evals else ' / '.join(ratio(evals, k) for k in R1)
+    lines.append(row(label, params(first), *[stat(evals, k) for k in KEYS], *cells, ratios,
+                     speed(first)) + note)
 
 # Table 2 as the seed writes it: the full method, then one term removed at a time
 SEED_ABLATION = [('Full Method', 'a5'), ('w/o Feature Loss', 'a4'), ('w/o Affinity Loss', 'a3'),
@@ -214,13 +267,21 @@ def delta(ev): # [ΔI→T, ΔT→I] in R@1 points vs the full method (means over
         return ['—', '—']
     return [f"{mean(ev, k) - mean(full, k):+.1f}" for k in R1]
 lines += ['', '## Table 2: ablation (delta vs the full method)', '',
-          'Delta vs Full: I→T / T→I R@1 points. Rows: ' +
+          'Delta vs Full: R@1 points, mean ± half-range over the seeds both runs have (± the '
+          "delta's 95 % interval: the two runs' bootstrap half-widths combined). Resolved: every "
+          "seed's delta has one sign and the mean clears the interval. Rows: " +
           ', '.join(f'{label} = {n}' for label, n in SEED_ABLATION) + '.', '']
-lines += header('Configuration', 'I→T R@1', 'T→I R@1', 'Delta vs Full')
+lines += header('Configuration', 'I→T R@1', 'T→I R@1', 'Δ I→T', 'Δ T→I',
+                'Resolved I→T / T→I')
+findings = [] # (what, cells, resolved per direction): the report's opening list
 for label, n in SEED_ABLATION:
     ev = seeds(n)
-    d = '—' if n == 'a5' or not ev else ' / '.join(delta(ev))
-    lines.append(row(label, *[stat(ev, k) for k in R1], d, run=n))
+    if n == 'a5' or not ev or not full:
+        lines.append(row(label, *[stat(ev, k) for k in R1], '—', '—', '—', run=n))
+        continue
+    (d_i2t, r_i2t), (d_t2i, r_t2i) = [compare(ev, full, k) for k in R1]
+    lines.append(row(label, *[stat(ev, k) for k in R1], d_i2t, d_t2i, f"{r_i2t} / {r_t2i}", run=n))
+    findings.append((f"{label} ({n}) vs Full Method (a5)", (d_i2t, d_t2i), (r_i2t, r_t2i)))
 
 # the TinySigLIP recipe, part by part (demo.sh PARTS=1):
 # the same pairs and losses as a7 (feature + affinity), plus
@@ -230,8 +291,6 @@ PARTS = [('pairs only (a7, its own steps)', 'a7'),
          ('+ unpaired images', 'parts-images'),
          ('+ unpaired texts', 'parts-texts'),
          ('+ all three (the recipe)', 'tinysiglip')]
-def ratio(ev, k): # student R@1 / the teacher's
-    return f"{mean(ev, k) / max(teacher['metrics'][k], 1e-9):.2f}" if ev and teacher else '—'
 if any(seeds(n) for _, n in PARTS[1:]):
     lines += ['', '## Table R: what each part of the recipe adds', '',
               'Same student, same paired images and paired losses (feature + affinity) as a7; '
@@ -326,6 +385,73 @@ if any(seeds(n, 'terms-base') for _, n in TERMS):
                          part_stat(ev, 'locca', 'aref_acc_iou50'),
                          part_stat(ev, 'dense_probe', 'object_patch_acc'),
                          run=n, reference_run='terms-base'))
+
+# convergence: each run of Tables 1 and 2 on its val curve (log.jsonl) over its last 20 % of steps
+def read_log(run_dir): # -> log.jsonl rows, [] when missing or corrupt (the plots name it)
+    try:
+        return [json.loads(l) for l in open(os.path.join(run_dir, 'log.jsonl'))]
+    except (OSError, ValueError):
+        return []
+
+def convergence(run_dir):
+    """-> (iter at 80 % of the run, val R@1 there, at the end, the val set's 95 % half-width,
+    verdict) or None. val R@1: mean of I→T and T→I; the half-width: binomial over the val
+    images at the end value, the change that val noise alone can make."""
+    val = [(r['iter'], (r['val/i2t_r1'] + r['val/t2i_r1']) / 2)
+           for r in read_log(run_dir) if 'val/t2i_r1' in r]
+    if len(val) < 2:
+        return None
+    last, end = val[-1]
+    at80, v80 = [(i, v) for i, v in val if i <= 0.8 * last][-1]
+    n_val = (read(os.path.join(run_dir, 'meta.json')) or {}).get('config', {}).get('val_images')
+    if not n_val:
+        return None
+    half = 196 * math.sqrt(max(end / 100 * (1 - end / 100), 1e-4) / n_val)
+    if at80 < 0.7 * last:
+        verdict = 'not checked: no val point in the last 30 %'
+    elif abs(end - v80) <= half:
+        verdict = 'flat'
+    else:
+        verdict = 'rising' if end > v80 else 'falling'
+    return at80, v80, end, half, verdict
+curves = [(os.path.basename(e['dir']), convergence(e['dir']))
+          for n in dict.fromkeys(['a1', tiny] + [n for _, n in SEED_ABLATION]) for e in seeds(n)]
+curves = [(n, c) for n, c in curves if c]
+if curves:
+    lines += ['', '## Convergence: val R@1 over the last 20 % of steps', '',
+              'val R@1: mean of I→T and T→I on the val split (log.jsonl). Flat: it moved less '
+              "than the val set's 95 % half-width (binomial over its images) between 80 % of "
+              'the run and its end.', '']
+    lines += header('run', 'val R@1 at iter', 'there', 'at the end', 'change', '± val 95 %',
+                    'verdict')
+    for n, (at80, v80, end, half, verdict) in curves:
+        lines.append(row(n, str(at80), f'{v80:.1f}', f'{end:.1f}', f'{end - v80:+.1f}',
+                         f'{half:.1f}', verdict))
+
+# the findings, each with its numbers and whether it is resolved
+# the seed's Table 1: No KD at 45.0 vs the teacher's 70.2 (0.64x); README, "The demo world"
+CALIBRATION = (0.5, 0.75)
+opening = []
+no_kd, best = seeds('a1'), seeds(tiny)
+if no_kd and teacher:
+    r = [mean(no_kd, k) / max(teacher['metrics'][k], 1e-9) for k in R1]
+    inside = all(CALIBRATION[0] <= x <= CALIBRATION[1] for x in r)
+    opening.append(f"- Calibration: No KD (a1) reaches {r[0]:.2f}× / {r[1]:.2f}× of the "
+                   f"teacher's I→T / T→I R@1: {'inside' if inside else 'OUTSIDE'} the range "
+                   f"{CALIBRATION[0]}–{CALIBRATION[1]}× (the seed's No KD: 0.64×).")
+if no_kd and best:
+    (d1, r1), (d2, r2) = [compare(best, no_kd, k) for k in R1]
+    findings.insert(0, (f"Distillation: {tiny} (the best distilled on val) vs No KD (a1)",
+                        (d1, d2), (r1, r2)))
+for what, (d1, d2), (r1, r2) in findings:
+    opening.append(f"- {what}: Δ I→T {d1}, T→I {d2} R@1 points; resolved: {r1} / {r2}.")
+if curves:
+    moving = [f'{n} ({c[4]})' for n, c in curves if c[4] != 'flat']
+    opening.append(f"- Convergence: {len(curves) - len(moving)} of {len(curves)} runs flat on val "
+                   f"over their last 20 % of steps" + (f"; not flat: {', '.join(moving)}."
+                                                       if moving else '.'))
+if opening:
+    lines[findings_at:findings_at] = ['', '## Findings', '', *opening]
 
 # -----------------------------------------------------------------------------
 # plots (optional dependency)

@@ -1,5 +1,5 @@
 # The TinySigLIP recipe on the synthetic world: the demo twin of
-# config/tinysiglip.py. The same 0.19M student and the same 500 paired images as
+# config/tinysiglip.py. The same 0.19M student and the same 5,000 paired images as
 # A1-A7, plus K teacher views per image and the web split UNPAIRED: its images and
 # its captions sit in separate caches, so no web pair is ever seen (RECIPE=1 bash
 # demo.sh builds all three caches with K = 8 and runs this).

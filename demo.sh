@@ -13,6 +13,7 @@
 #   SEEDS="0 1 2" bash demo.sh     # seeds of every run (default 0 1)
 #   RECIPE=1 bash demo.sh          # + the TinySigLIP recipe: the web split cached as unpaired images (K views) and
 #                                  #   unpaired captions, 4,000 steps beside the A runs
+#   FULL=1 bash demo.sh            # + A2, the recipe (RECIPE=1) and Table C (ResNet, MobileNet students), 2 seeds each
 #   PARTS=1 bash demo.sh           # + what each part of the recipe adds (views / unpaired images / texts), 2 seeds
 #   RETRAIN_TEACHER=1 bash demo.sh # train the demo teacher from scratch first (config/shapes_teacher.py, ~60 min)
 #   TERMS=1 bash demo.sh           # + what each SigLIP 2 term adds to a small HF Siglip2Model: a sigmoid-only base, then
@@ -28,6 +29,7 @@ W=$D/data/shapes; R=$D/cache/shapes-raw; C=$D/cache/shapes; O=$D/out/shapes
 WORLD=(--seed=${WORLD_SEED:-0}); TEACH=(); STUD=(); RECIPE_ARGS=(); SEEDS=${SEEDS:-0 1}; K=8
 RUNS="a1 a3 a4 a5 a7" # Table 1 (No KD = a1, the best distilled on val) and Table 2 (a5 a4 a3 a7)
 TBASE=(); TARM=() # the terms study's base and arms (--quick: shorter)
+[ -z "${FULL:-}" ] || { RECIPE=1; RUNS="$RUNS a2 c1 c2"; } # Table 2b's a2, Table C (config/shapes_c*.py)
 [ -z "${PARTS:-}" ] || RECIPE=1 # the parts table compares against the recipe
 [ -z "${RECIPE:-}" ] || RUNS="tinysiglip $RUNS" # the recipe first: it runs beside all the A runs
 if [ "${1:-}" = "--quick" ]; then # same pipeline, smaller world and budgets
@@ -90,6 +92,7 @@ for seed in $SEEDS; do
     for a in $RUNS; do
         run=$a; [ "$seed" = 0 ] || run=$a-s$seed
         if [ $a = tinysiglip ]; then launch config/shapes_tinysiglip.py $run $seed "${EXTRA[@]}" --views=$K "${RECIPE_ARGS[@]}"
+        elif [[ $a = c* ]]; then launch config/shapes_$a.py $run $seed
         else launch "config/$a.py config/shapes.py" $run $seed; fi
     done
 done

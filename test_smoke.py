@@ -107,6 +107,17 @@ def md_table(text, start): # the first run of '|' rows from the line starting wi
         i += 1
     return rows
 
+def md_list(text, start): # the '- ' items under the heading line starting with `start`
+    lines = text.split('\n')
+    i = next(i for i, l in enumerate(lines) if l.startswith(start)) + 1
+    while not lines[i].startswith('- '):
+        i += 1
+    items = []
+    while i < len(lines) and lines[i].startswith('- '):
+        items.append(lines[i])
+        i += 1
+    return items
+
 @pytest.fixture(scope='session')
 def demo(tmp_path_factory):
     """The quick demo once (world -> teacher -> cache -> A1-A5 -> eval -> the per-term study on a
@@ -1539,20 +1550,24 @@ def test_report_prints_the_seeds_tables(tmp_path):
                          f'--out={tmp_path / "report.md"}').stdout
     text = report()
     assert md_table(text, '## Table 1: teacher vs students') == [
-        '| Model | Params | I→T R@1 | R@5 | R@10 | T→I R@1 | R@5 | R@10 | Speed vs teacher |',
-        '|---|---|---|---|---|---|---|---|---|',
+        '| Model | Params | I→T R@1 | R@5 | R@10 | T→I R@1 | R@5 | R@10 | Ratio '
+        '| Speed vs teacher |',
+        '|---|---|---|---|---|---|---|---|---|---|',
         '| Teacher (google/siglip2-large-patch16-256) | 303.2M image / 881.5M total '
-        '| 71.5 | 89.9 | 94.6 | 54.7 | 78.9 | 86.2 | — |',
+        '| 71.5 | 89.9 | 94.6 | 54.7 | 78.9 | 86.2 | — | — |',
         '| Student (No KD) | 33.2M (31.8M) '
-        '| 47.5 ± 0.5 | 74.7 ± 0.5 | 83.6 ± 0.5 | 34.0 ± 0.5 | 61.5 ± 0.5 | 72.8 ± 0.5 | — |',
+        '| 47.5 ± 0.5 | 74.7 ± 0.5 | 83.6 ± 0.5 | 34.0 ± 0.5 | 61.5 ± 0.5 | 72.8 ± 0.5 '
+        '| 0.66 / 0.62 | — |', # 47.5 / 71.5, 34.0 / 54.7
         '| Student (TinySigLIP, run a5) | 33.2M (31.8M) '
-        '| 62.4 | 86.0 | 92.0 | 44.1 | 71.0 | 81.0 | — |']
+        '| 62.4 | 86.0 | 92.0 | 44.1 | 71.0 | 81.0 | 0.87 / 0.81 | — |']
+    # one seed each, no intervals: every delta is shown, none is resolved
     assert md_table(text, '## Table 2: ablation (delta vs the full method)') == [
-        '| Configuration | I→T R@1 | T→I R@1 | Delta vs Full |', '|---|---|---|---|',
-        '| Full Method | 62.4 | 44.1 | — |',
-        '| w/o Feature Loss | 58.3 | 40.2 | -4.1 / -3.9 |',
-        '| w/o Affinity Loss | 61.0 | 43.0 | -1.4 / -1.1 |',
-        '| w/o Contrastive | 60.5 | 42.9 | -1.9 / -1.2 |']
+        '| Configuration | I→T R@1 | T→I R@1 | Δ I→T | Δ T→I | Resolved I→T / T→I |',
+        '|---|---|---|---|---|---|',
+        '| Full Method | 62.4 | 44.1 | — | — | — |',
+        '| w/o Feature Loss | 58.3 | 40.2 | -4.1 | -3.9 | no: 1 seed / no: 1 seed |',
+        '| w/o Affinity Loss | 61.0 | 43.0 | -1.4 | -1.1 | no: 1 seed / no: 1 seed |',
+        '| w/o Contrastive | 60.5 | 42.9 | -1.9 | -1.2 | no: 1 seed / no: 1 seed |']
     assert ('Rows: Full Method = a5, w/o Feature Loss = a4, w/o Affinity Loss = a3, '
             'w/o Contrastive = a7.') in text
     b = md_table(text, '## Table B: teacher × student (full method)')
@@ -1572,6 +1587,68 @@ def test_report_prints_the_seeds_tables(tmp_path):
     write(tmp_path / 'out/tinysiglip/eval.json', recipe)
     assert ('| Student (TinySigLIP, run tinysiglip) | 33.2M (31.8M) '
             '| 63.0 | 87.0 | 93.0 | 45.0 |') in report()
+
+@fast
+def test_report_marks_a_delta_resolved_only_when_seeds_and_intervals_clear_zero(tmp_path):
+    """Known inputs -> report.py's verdicts: a delta whose seeds disagree in sign, or whose mean
+    lies inside the two runs' combined intervals, or that has one seed, is not resolved; one
+    clear of both is. Also the calibration line, the best distilled run chosen on val (not test)
+    and the convergence verdicts."""
+    def write(path, obj):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        json.dump(obj, open(path, 'w'))
+    def ev(i2t, t2i, half=0.5): # R@5 and R@10 as R@1, with bootstrap bounds of +-half
+        metrics = {f'{d}_r{k}': v for d, v in (('i2t', i2t), ('t2i', t2i)) for k in (1, 5, 10)}
+        intervals = {k: [v - half, v + half] for k, v in metrics.items()}
+        return dict(split='test', n_images=5000, n_captions=25000, metrics=metrics,
+                    intervals=intervals)
+    out = tmp_path / 'out'
+    write(tmp_path / 'teacher.json', ev(40.0, 40.0))
+    runs = {'a1': (24.0, 12.0), 'a1-s1': (24.0, 12.0), # 0.60x in range, 0.30x outside
+            'a5': (30.0, 30.0), 'a5-s1': (31.0, 31.0),
+            'a4': (25.0, 29.8), 'a4-s1': (26.0, 30.6),  # I→T -5 / -5; T→I -0.2 / -0.4
+            'a3': (32.0, 33.0), 'a3-s1': (29.0, 34.0),  # I→T +2 / -2; T→I +3 / +3
+            'a7': (20.0, 20.0)}                         # one seed
+    for name, (i2t, t2i) in runs.items():
+        write(out / name / 'eval.json', ev(i2t, t2i))
+    # val picks the distilled run of Table 1: a3 is best on val though a5 is not worse on test
+    val = {'a5': 50.0, 'a5-s1': 50.0, 'a3': 60.0, 'a3-s1': 60.0, 'a4': 10.0, 'a4-s1': 10.0}
+    # val curves (mean of I→T and T→I): a5 flat after 80 %, a4 still rising, a3 has no point
+    # between 70 % and 80 % of its run
+    curves = {'a5': [(0, 1), (800, 49), (1000, 50)], 'a4': [(0, 1), (800, 30), (1000, 45)],
+              'a3': [(0, 1), (1000, 60)]}
+    for name, score in val.items():
+        config = dict(val_images=500)
+        write(out / name / 'meta.json', dict(config=config,
+                                            metrics={'val/i2t_r1': score, 'val/t2i_r1': score}))
+        points = curves.get(name.split('-s')[0], [])
+        log = [json.dumps({'iter': i, 'val/i2t_r1': v, 'val/t2i_r1': v}) for i, v in points]
+        (out / name / 'log.jsonl').write_text(''.join(l + '\n' for l in log))
+    report = run('report.py', f'--runs_dir={out}', f'--teacher_eval={tmp_path / "teacher.json"}',
+                 f'--out={tmp_path / "report.md"}').stdout
+    table_2 = md_table(report, '## Table 2: ablation (delta vs the full method)')
+    rows = {l.split(' | ')[0][2:]: l.split(' | ')[3:] for l in table_2[2:]}
+    # the interval of a delta: hypot(0.5, 0.5) = 0.7
+    assert rows['w/o Feature Loss'] == ['-5.0 ± 0.0 (±0.7)', '-0.3 ± 0.1 (±0.7)',
+                                        'yes / no: inside the intervals |']
+    assert rows['w/o Affinity Loss'] == ['+0.0 ± 2.0 (±0.7)', '+3.0 ± 0.0 (±0.7)',
+                                         'no: inside the seed spread / yes |']
+    assert rows['w/o Contrastive'] == ['-10.0 (±0.7)', '-10.0 (±0.7)', 'no: 1 seed / no: 1 seed |']
+    findings = md_list(report, '## Findings')
+    assert findings[0] == ("- Calibration: No KD (a1) reaches 0.60× / 0.30× of the teacher's "
+                           "I→T / T→I R@1: OUTSIDE the range 0.5–0.75× (the seed's No KD: 0.64×).")
+    assert findings[1].startswith('- Distillation: a3 (the best distilled on val) vs No KD (a1): '
+                                  'Δ I→T +6.5 ± 1.5 (±0.7), T→I +21.5 ± 0.5 (±0.7)')
+    assert findings[1].endswith('resolved: yes / yes.')
+    assert '| Student (TinySigLIP, run a3) |' in report
+    assert ('- w/o Feature Loss (a4) vs Full Method (a5): Δ I→T -5.0 ± 0.0 (±0.7), '
+            'T→I -0.3 ± 0.1 (±0.7) R@1 points; resolved: yes / no: inside the intervals.'
+            ) in findings
+    verdicts = {l.split(' | ')[0][2:]: l.split(' | ')[-1] for l in
+                md_table(report, '## Convergence')[2:]}
+    assert verdicts == {'a5': 'flat |', 'a5-s1': 'flat |', 'a3': 'not checked: no val point in '
+                        'the last 30 % |', 'a3-s1': 'not checked: no val point in the last 30 % |',
+                        'a4': 'rising |', 'a4-s1': 'rising |'}
 
 @fast
 def test_rel_report_refuses_nan_stale_and_corrupt(tmp_path):
@@ -1646,6 +1723,16 @@ def test_demo_quick_writes_tables(demo):
     assert '| + all three (the recipe) | tinysiglip | 1 |' in report
     # --quick: no A7 run
     assert '| Full Method | ' in report and '| w/o Contrastive | — | — | — |' in report
+    # every table is produced; the runs --quick does not train (B, C) are rows marked missing
+    for n in ('b1', 'b5', 'c1', 'c2'):
+        assert f"| {n} | — |" in report and f"(missing: {demo / 'out/shapes' / n})" in report
+    findings = md_list(report, '## Findings')
+    assert findings[0].startswith('- Calibration: No KD (a1) reaches ')
+    # one seed: nothing can be resolved
+    assert findings[1].startswith('- Distillation: ') and findings[1].endswith(
+        'resolved: no: 1 seed / no: 1 seed.')
+    # 40 steps with one val point at the end: convergence is not checked, and says so
+    assert '| a1 | 0 |' in report and 'not checked: no val point in the last 30 % |' in report
     # config/shapes.py
     assert json.load(open(demo / 'out/shapes/a5/meta.json'))['model_args']['image_size'] == 32
     # TERMS=1: the base, then each objective from it, 2 seeds, all scored on the study's cache

@@ -34,6 +34,8 @@ import torch.nn.functional as F
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 TEACHER = os.path.join(REPO, 'data', 'shapes', 'teacher') # the demo teacher kept in the repo
+# CLIP_benchmark's class names and templates, shipped with their provenance
+CLIP_BENCHMARK = os.path.join(REPO, 'data', 'clip_benchmark')
 sys.path.insert(0, REPO)
 # prepare.py: the synthetic world, tiny HF teachers
 sys.path.insert(0, os.path.join(REPO, 'data', 'shapes'))
@@ -42,7 +44,8 @@ from loss import (sigmoid_loss, infonce_loss, feature_loss, affinity_loss, chunk
                   locca_inputs, locca_loss, random_patch_mask, random_resized_crops, SigLIP2Loss,
                   crop_boxes)
 from cache import load_cache, Rows
-from eval import retrieval_metrics, zeroshot_items, zeroshot_classify
+from cache_teacher import zeroshot_items
+from eval import retrieval_metrics, zeroshot_classify
 from prepare import make_tiny_hf_teacher
 
 # -----------------------------------------------------------------------------
@@ -2074,13 +2077,7 @@ def test_imagenet_folder_gets_the_standard_names_and_80_templates(tmp_path):
     named by ids are refused unless --classnames is given; the shipped lists are the files
     data/clip_benchmark/README.md names (sha256)."""
     from PIL import Image
-    from eval import (
-        zeroshot_items,
-        zeroshot_classnames,
-        zeroshot_templates,
-        zeroshot_classify,
-        CLIP_BENCHMARK,
-    )
+    from cache_teacher import zeroshot_classnames, zeroshot_templates
 
     for f, digest in re.findall(
         r'\| `(en_\w+\.json)` \| `(\w{64})` \|',
@@ -2177,7 +2174,7 @@ def test_zeroshot_and_retrieval_match_clip_benchmark():
     random embeddings (ImageNet's 1000 real class names x the 80 templates). Random float
     embeddings have no exact ties, where our ranks (ties count against the query) and its topk
     could differ."""
-    from eval import retrieval_metrics, zeroshot_weights, zeroshot_hits, CLIP_BENCHMARK
+    from eval import zeroshot_weights, zeroshot_hits
 
     cb_zs, cb_ret = clip_benchmark_metrics()
     g = torch.Generator().manual_seed(0)

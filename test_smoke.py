@@ -1,8 +1,7 @@
 """
 TinySigLIP's tests, on CPU. Unit tests call model.py, loss.py and eval.py directly; the rest run
 the scripts through their command line, as a user would. Sections follow the file each test
-exercises. A test_rel_ name marks a reliability test: each reproduced its failure (a silent wrong
-result or a traceback) on the code before its fix.
+exercises.
 
     python test_smoke.py                         # the full suite: what the README and CI run
     python test_smoke.py -m fast                 # the inner loop: unit tests + small command lines
@@ -49,29 +48,8 @@ from eval import retrieval_metrics, zeroshot_classify
 from prepare import make_tiny_hf_teacher
 
 # -----------------------------------------------------------------------------
-# the fast subset: `pytest -m fast test_smoke.py`
-# pytest reads markers and hooks from plugins and ini files, not from a test module, and
-# `@pytest.mark.fast` would warn (PytestUnknownMarkWarning) at import, before anything could declare
-# it. So a test is tagged with @fast, this module loads itself as a plugin, and its two hooks
-# declare the marker and put it on the tagged tests.
-
-def fast(test):
-    test.fast = True
-    return test
-
-pytest_plugins = [__name__]
-
-def pytest_configure(config):
-    config.addinivalue_line('markers', 'fast: the inner loop (unit tests, small command lines)')
-
-@pytest.hookimpl(tryfirst=True) # before pytest's own hook deselects by -m
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if getattr(item.function, 'fast', False):
-            item.add_marker('fast')
-
-# -----------------------------------------------------------------------------
-# helpers shared by the sections: running a script, tiny worlds and models, the quick demo
+# helpers shared by the sections: running a script, tiny worlds and models, the quick demo, tiny
+# caches
 
 ENV = dict(os.environ, HF_HUB_OFFLINE='1', OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
 
@@ -158,10 +136,28 @@ def resume_after_kill(args, tmp, checkpoint_iter):
     assert full_val == pytest.approx(resumed_val, rel=1e-5, abs=1e-6)
     return full, resumed, full_stdout
 
+@pytest.fixture(scope='session')
+def tiny_caches(tmp_path_factory):
+    """A tiny world cached with the demo teacher: train (K=2 views), val, web images."""
+    tmp = tmp_path_factory.mktemp('tiny_caches')
+    w = tiny_world(tmp / 'w')
+    common = [f'--data_dir={w}', f'--teacher={TEACHER}', '--num_workers=0',
+              f'--out_dir={tmp / "c"}']
+    run('cache_teacher.py', *common, '--split=train', '--views=2')
+    run('cache_teacher.py', *common, '--split=val')
+    run('cache_teacher.py', *common, '--split=web', '--captions=False')
+    return tmp
+
+def tiny_train_args(caches, out, *extra): # train.py on tiny_caches: A5, 2 iterations
+    return ['train.py', 'config/a5.py', 'config/shapes.py', f'--train_cache={caches / "c/train"}',
+            f'--val_cache={caches / "c/val"}', f'--out_dir={out}', '--batch_size=8',
+            '--val_images=20', '--log_interval=1', '--warmup_iters=1', '--eval_interval=2',
+            '--max_iters=2', *extra]
+
 # -----------------------------------------------------------------------------
 # configurator.py and config/*.py: overrides and their errors, what each preset resolves to
 
-@fast
+@pytest.mark.fast
 def test_configurator(tmp_path):
     # a script with train.py's config idiom: defaults, config_keys, then exec(configurator.py)
     script = tmp_path / 's.py'
@@ -193,8 +189,8 @@ def test_configurator(tmp_path):
     p = run_script(str(cfg))
     assert p.returncode != 0 and 'expected bool' in p.stderr and str(cfg) in p.stderr
 
-@fast
-def test_rel_configurator_syntax_error_names_file_and_line(tmp_path):
+@pytest.mark.fast
+def test_configurator_syntax_error_names_file_and_line(tmp_path):
     cfg = tmp_path / 'bad.py'
     cfg.write_text("batch_size = 16\nmax_iters = (\n")
     p = run('train.py', str(cfg), ok=False)
@@ -228,7 +224,7 @@ def readme_table(header):
     rows = md_table(open(os.path.join(REPO, 'config', 'README.md')).read(), header)[2:]
     return [[c.strip() for c in r.strip('|').split('|')] for r in rows]
 
-@fast
+@pytest.mark.fast
 def test_every_config_resolves_to_the_seeds_teacher_and_student(monkeypatch):
     """Each README experiment row (config chain -> teacher -> student -> px -> losses) is what
     exec'ing its configs over train.py's defaults gives (teacher via train_cache -> cache dir -> the
@@ -284,7 +280,7 @@ def test_every_config_resolves_to_the_seeds_teacher_and_student(monkeypatch):
 # -----------------------------------------------------------------------------
 # model.py: the LocCa decoder, box text, the student's vocabulary map and save / load
 
-@fast
+@pytest.mark.fast
 def test_decoder_masks_by_perturbation_and_cross_attention():
     torch.manual_seed(0)
     dec = LoccaDecoder(vocab_size=20, width=32, depth=2, heads=2, mlp_dim=64, enc_dim=24)
@@ -303,7 +299,7 @@ def test_decoder_masks_by_perturbation_and_cross_attention():
     assert not torch.allclose(dec(ids, enc + 1, causal), h) # cross-attention reads the image tokens
     assert (LoccaDecoder(20, 32, 1, 2, 64, 24).head(h) == 0).all()
 
-@fast
+@pytest.mark.fast
 def test_box_text_round_trip():
     for box in ([0.0, 0.1, 0.5, 1.0], [0.123, 0.456, 0.789, 0.999]):
         back = text_to_box(box_to_text(box))
@@ -312,7 +308,7 @@ def test_box_text_round_trip():
     iou = box_iou(torch.tensor([[0, 0, .5, .5]]), torch.tensor([[0, 0, .5, 1.]]))
     assert iou.item() == pytest.approx(0.5)
 
-@fast
+@pytest.mark.fast
 def test_student_vocab_map_save_load(tmp_path):
     st = tiny_student(kept_ids=[0, 1, 2, 3, 4, 10, 500]).eval()
     mapped = st.map_ids(torch.tensor([0, 3, 10, 500, 11, 99999]))
@@ -334,7 +330,7 @@ def test_student_vocab_map_save_load(tmp_path):
 # loss.py: sigmoid / InfoNCE / distillation values and gradients, LocCa, SILC/TIPS + EMA,
 # the README's snippet
 
-@fast
+@pytest.mark.fast
 def test_sigmoid_loss_hand_computed_2x2():
     img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     txt = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
@@ -343,7 +339,7 @@ def test_sigmoid_loss_hand_computed_2x2():
     want = -(log_sigmoid(0) + log_sigmoid(4) + log_sigmoid(10) + log_sigmoid(-2)) / 2
     assert sigmoid_loss(img, txt, 10.0, -10.0).item() == pytest.approx(want, rel=1e-6)
 
-@fast
+@pytest.mark.fast
 def test_sigmoid_loss_multi_positive_3x3_brute_force():
     g = torch.Generator().manual_seed(0)
     img = F.normalize(torch.randn(3, 4, generator=g), dim=-1)
@@ -359,7 +355,7 @@ def test_sigmoid_loss_multi_positive_3x3_brute_force():
     got = sigmoid_loss(img, txt, 5.0, -2.0, img_ids, txt_ids)
     assert got.item() == pytest.approx(want / 3, rel=1e-5)
 
-@fast
+@pytest.mark.fast
 def test_gradients_match_autograd_float64():
     g = torch.Generator().manual_seed(1)
     unit_rows = lambda *s: F.normalize(torch.randn(*s, generator=g, dtype=torch.float64), dim=-1)
@@ -371,7 +367,7 @@ def test_gradients_match_autograd_float64():
         affinity = lambda x, y: affinity_loss(x, y, c, d, 4.0, 8.0, -1.0, -2.0, kind=kind)
         assert torch.autograd.gradcheck(affinity, (a, b))
 
-@fast
+@pytest.mark.fast
 def test_chunked_equals_unchunked():
     g = torch.Generator().manual_seed(2)
     img, txt = [F.normalize(torch.randn(10, 8, generator=g), dim=-1).requires_grad_()
@@ -394,7 +390,7 @@ def test_chunked_equals_unchunked():
     for x, z in zip(ref_grads, got_grads):
         assert torch.allclose(x, z, atol=1e-5)
 
-@fast
+@pytest.mark.fast
 def test_infonce_and_distillation_minima():
     g = torch.Generator().manual_seed(3)
     img = F.normalize(torch.randn(6, 5, generator=g), dim=-1)
@@ -412,7 +408,7 @@ def test_infonce_and_distillation_minima():
         assert same.item() == pytest.approx(0.0, abs=1e-5)
         assert swapped.item() > 1e-3
 
-@fast
+@pytest.mark.fast
 def test_each_loss_returns_its_weighted_total_and_unweighted_terms():
     """DistillLoss and SigLIP2Loss each -> (total, terms): total = the sum of weight x term, the
     terms unweighted, named as log.jsonl names them; nothing on -> (0.0, {}). Both take the log
@@ -446,7 +442,7 @@ def test_each_loss_returns_its_weighted_total_and_unweighted_terms():
     assert terms['sigmoid'].item() == pytest.approx(sigmoid.item(), rel=1e-6)
     assert total.item() == pytest.approx(2 * terms['sigmoid'].item(), rel=1e-6)
 
-@fast
+@pytest.mark.fast
 def test_locca_inputs_and_loss_masking():
     seq = torch.tensor([[7, 8, 9, 1, 0], [7, 5, 6, 1, 0]])
     pre = torch.tensor([1, 2])
@@ -482,7 +478,7 @@ def tiny_siglip2_loss(**kw):
                      mask_id=40, gamma=1.0, n_local=2, switch=0.5, **kw)
     return st, fn
 
-@fast
+@pytest.mark.fast
 def test_mask_token_replaces_patches_before_pos_embed():
     st, fn = tiny_siglip2_loss()
     fn.maybe_switch(0.6)
@@ -505,7 +501,7 @@ def test_mask_token_replaces_patches_before_pos_embed():
     assert torch.allclose(patches[~mask], clean[~mask], atol=1e-5)
     assert mask.sum(1).tolist() == [8, 8]
 
-@fast
+@pytest.mark.fast
 def test_switch_ema_and_gradients_reach_the_right_parameters():
     st, fn = tiny_siglip2_loss()
     x, ids = torch.randn(4, 3, 32, 32), torch.randint(0, 40, (4, 8))
@@ -546,7 +542,7 @@ def test_switch_ema_and_gradients_reach_the_right_parameters():
     pairs = zip(fn2.teacher.parameters(), fn.teacher.parameters())
     assert all(torch.equal(a, b) for a, b in pairs)
 
-@fast
+@pytest.mark.fast
 def test_crops_and_mask_shapes():
     x = torch.rand(2, 3, 16, 16)
     identity = random_resized_crops(x, 1, (1.0, 1.0), 16, flip=False, ratio=(1, 1))
@@ -556,7 +552,7 @@ def test_crops_and_mask_shapes():
     with pytest.raises(ValueError, match='ViT'):
         SigLIP2Loss(cnn, None, tips_head=DINOHead(8, 8, 8, 8), gamma=1.0)
 
-@fast
+@pytest.mark.fast
 def test_readme_snippet_trains_a_tiny_siglip2(tmp_path):
     """The README's 15-line snippet, verbatim, on a tiny random Siglip2Model: every term finite,
     total going down."""
@@ -586,8 +582,9 @@ def test_readme_snippet_trains_a_tiny_siglip2(tmp_path):
     assert totals[-1] < totals[2] and totals[-1] < totals[0]
 
 # -----------------------------------------------------------------------------
-# cache_teacher.py: what each reader caches (COCO, Karpathy, folders, caption files, tars), bad
-# inputs and resume, fingerprints, and the cache library (memory-mapped reads) train.py trains on
+# cache.py and cache_teacher.py: what each reader caches (COCO, Karpathy, folders, caption files,
+# tars) and what it counts, drops or refuses, resume, fingerprints, and the cache library
+# (memory-mapped reads) train.py trains on
 
 @pytest.mark.parametrize('kind', ['siglip', 'siglip2'])
 def test_cache_matches_direct_hf_teacher(tmp_path, kind):
@@ -708,7 +705,7 @@ def test_cache_karpathy_split_keeps_every_caption(tmp_path):
     assert m2['fingerprint'] == m['fingerprint']
     assert [s['sha256'] for s in m['shards']] == [s['sha256'] for s in m2['shards']]
 
-@fast
+@pytest.mark.fast
 def test_views_crops_match_the_stored_teacher_embeddings(tmp_path):
     """cache_teacher.py --views=4: view 0 is the full image; the crop train.py cuts from the cached
     pixels with a stored box + flip, re-embedded by the teacher, agrees with that view's stored
@@ -917,7 +914,7 @@ def test_mmap_cache_gathers_what_the_loaded_cache_holds_and_training_resumes_exa
     assert r['iter'] == q['iter'] == 8
     assert {'loss/locca/aref', 'loss/silc', 'loss/extra_img/feat'} <= set(r)
 
-def test_rel_cache_fingerprint_hashes_content(tmp_path):
+def test_cache_fingerprint_hashes_content(tmp_path):
     """The teacher fingerprint hashes files, not the path: `<dir>/./t` == `<dir>/t`; retrained
     weights or edited captions at the same paths make a rerun into the old out_dir refuse, saying
     what changed."""
@@ -948,7 +945,7 @@ def test_rel_cache_fingerprint_hashes_content(tmp_path):
     p = run(*args(tmp_path / 't', tmp_path / 'c2'), ok=False)
     assert clean_error(p, 'teacher weights') and 'captions' not in p.stderr, p.stderr[-2000:]
 
-def test_rel_cache_refuses_foreign_tokenizer(tmp_path):
+def test_cache_refuses_foreign_tokenizer(tmp_path):
     """--processor with another vocabulary than the teacher's: refused before any image is read (no
     shard written), for one of our teachers (tokenizer saved beside it) and for an HF teacher with a
     smaller text vocabulary."""
@@ -976,7 +973,7 @@ def test_rel_cache_refuses_foreign_tokenizer(tmp_path):
     run('cache_teacher.py', f'--data_dir={w}', '--split=val', f'--teacher={ours}',
         f'--out_dir={tmp_path / "ok"}', '--num_workers=0')
 
-def test_rel_cache_writer_error_early_and_truncated_shard(tmp_path):
+def test_cache_stops_at_a_failed_shard_write_and_recomputes_a_truncated_one(tmp_path):
     """A shard that cannot be written stops the run at the next shard (not after all of them),
     naming the file; a 0-byte or truncated shard left by a power loss is recomputed on rerun
     (named), giving the same cache."""
@@ -1004,7 +1001,7 @@ def test_rel_cache_writer_error_early_and_truncated_shard(tmp_path):
     assert '3 done before' in out
     assert json.load(open(c / 'manifest.json'))['fingerprint'] == m['fingerprint']
 
-def test_rel_karpathy_two_instances_files_and_no_boxes_training(tmp_path):
+def test_karpathy_boxes_from_two_instances_files_and_training_without_boxes(tmp_path):
     """Karpathy train+restval spans two COCO instances files: --instances=a.json,b.json finds boxes
     for every image (crowd boxes counted). A Karpathy cache without boxes trains A6 (ARef/GCap
     skipped, said once), and a resume after the captions changed refuses, naming the annotation
@@ -1067,12 +1064,99 @@ def test_old_format_cache_is_refused_with_the_command_that_recaches_it(tmp_path)
     assert json.load(open(path))['fingerprint'] == man['fingerprint']
     run('eval.py', f'--cache={tmp_path / "c/val"}')
 
+def tar_of(path, members): # [(name, bytes)] -> an uncompressed tar
+    with tarfile.open(path, 'w') as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+
+def test_user_text_is_validated_where_read(tiny_caches, tmp_path):
+    """User-supplied text. Non-UTF-8 bytes in a caption file, a captions jsonl and a tar caption; a
+    template without {c} or with another field; an empty query, a missing --query_image,
+    --topk=-1: one line naming the file (and line / member) or the setting, no traceback."""
+    common = [f'--teacher={TEACHER}', '--num_workers=0', f'--out_dir={tmp_path / "c"}']
+    (tmp_path / 'caps.txt').write_bytes(b'a red circle\nbad \xff\xfe bytes\n')
+    p = run('cache_teacher.py', f'--caption_file={tmp_path / "caps.txt"}', '--split=t', *common,
+            ok=False)
+    assert clean_error(p, 'caps.txt, line 2', 'UTF-8')
+    (tmp_path / 'f').mkdir()
+    shutil.copy(sorted((tiny_caches / 'w/web2017').iterdir())[0], tmp_path / 'f/a.jpg')
+    (tmp_path / 'caps.jsonl').write_bytes(b'{"file": "a.jpg", "caption": "caf\xe9"}\n')
+    p = run('cache_teacher.py', f'--image_folder={tmp_path / "f"}',
+            f'--folder_captions={tmp_path / "caps.jsonl"}', '--split=j', *common, ok=False)
+    assert clean_error(p, 'caps.jsonl, line 1', 'UTF-8')
+    image = (tmp_path / 'f/a.jpg').read_bytes()
+    tar_of(tmp_path / 'a.tar', [('k.jpg', image), ('k.txt', b'\xff')])
+    p = run('cache_teacher.py', f'--tars={tmp_path / "a.tar"}', '--split=tar', *common, ok=False)
+    assert clean_error(p, 'a.tar, member k.txt', 'UTF-8')
+    shutil.copytree(TEACHER, tmp_path / 's')
+    (tmp_path / 'zs/a').mkdir(parents=True)
+    (tmp_path / 'zs/b').mkdir()
+    shutil.copy(tmp_path / 'f/a.jpg', tmp_path / 'zs/a/1.jpg')
+    shutil.copy(tmp_path / 'f/a.jpg', tmp_path / 'zs/b/1.jpg')
+    for t in ('a photo', 'a {x}', '{c} and {d}'):
+        p = run('eval.py', f'--ckpt={tmp_path / "s"}', f'--zeroshot={tmp_path / "zs"}',
+                f'--templates={t}', ok=False)
+        assert clean_error(p, '--templates', repr(t)) and not (tmp_path / 's/eval.json').exists()
+    search = ['student.py', f'--ckpt={tmp_path / "s"}', f'--folder={tmp_path / "f"}']
+    assert clean_error(run(*search, '--query= ', ok=False), '--query', 'empty')
+    p = run(*search, f'--query_image={tmp_path / "nope.jpg"}', ok=False)
+    assert clean_error(p, 'nope.jpg', 'not found')
+    assert clean_error(run(*search, '--query=a red circle', '--topk=-1', ok=False), '--topk=-1')
+
+def test_readers_count_what_they_drop_or_merge(tiny_caches, tmp_path):
+    """Readers dropping or merging without a count. Duplicate keys in one tar and the same tar
+    listed twice; a folder with a .gif, a .txt, a FIFO named .jpg, a dangling symlink, a
+    symlinked subfolder (followed) and a link back up the tree (a loop: counted, not followed);
+    two sources in one run -> error; truncated tar / not a tar -> one line."""
+    from PIL import Image
+    webs = sorted((tiny_caches / 'w/web2017').iterdir())
+    common = ['--teacher=none', f'--processor={tiny_caches / "w/processor"}', '--num_workers=0',
+              f'--out_dir={tmp_path / "c"}']
+    jpg = [f.read_bytes() for f in webs[:3]]
+    tar_of(tmp_path / 'a.tar', [('k0.jpg', jpg[0]), ('k0.txt', b'one'), ('k1.jpg', jpg[1]),
+                                ('k1.txt', b'two'), ('k1.jpg', jpg[2]), ('k1.txt', b'three')])
+    out = run('cache_teacher.py', f'--tars={tmp_path}/{{a,a}}.tar', '--split=tar', *common).stdout
+    _, m = load_cache(str(tmp_path / 'c/tar'))
+    assert m['counts']['images'] == 2 and m['counts']['repeated_tars'] == 1
+    assert m['counts']['duplicate_members'] == 2
+    assert 'counted in the manifest' in out
+    f = tmp_path / 'f'
+    (f / 'real').mkdir(parents=True)
+    for i, src in enumerate(webs[:3]):
+        shutil.copy(src, f / f'{i}.jpg')
+    Image.open(webs[3]).save(f / 'real/x.gif')
+    Image.open(webs[4]).save(f / 'x.tif')
+    (f / 'notes.txt').write_text('not an image')
+    os.mkfifo(f / 'pipe.jpg')
+    os.symlink(tmp_path / 'gone.jpg', f / 'dangling.jpg')
+    (tmp_path / 'outside').mkdir()
+    Image.open(webs[5]).save(tmp_path / 'outside/y.gif')
+    os.symlink(tmp_path / 'outside', f / 'linked') # followed
+    os.symlink(f, f / 'real/up') # a loop: read once
+    os.symlink(f / 'real', f / 'again') # the same folder twice: read once
+    run('cache_teacher.py', f'--image_folder={f}', '--split=folder', '--captions=False', *common,
+        timeout=120)
+    _, m = load_cache(str(tmp_path / 'c/folder'))
+    assert m['counts']['images'] == 6 # 3 jpg + tif + real/x.gif + linked/y.gif
+    assert m['counts']['not_images'] == 1 and m['counts']['not_regular_files'] == 2
+    assert m['counts']['repeated_folders'] == 2
+    p = run('cache_teacher.py', f'--image_folder={f}', f'--tars={tmp_path / "a.tar"}',
+            '--split=two', *common, ok=False)
+    assert clean_error(p, 'one source per cache run')
+    (tmp_path / 'cut.tar').write_bytes((tmp_path / 'a.tar').read_bytes()[:1500])
+    (tmp_path / 'no.tar').write_bytes(b'not a tar at all' * 100)
+    for name in ('cut.tar', 'no.tar'):
+        p = run('cache_teacher.py', f'--tars={tmp_path / name}', '--split=bad', *common, ok=False)
+        assert clean_error(p, name), p.stderr[-1500:]
 
 # -----------------------------------------------------------------------------
 # train.py: exact resume after SIGKILL, every term learning, DDP, compile, views, one-line errors,
-# the out_dir lock (these train on the quick demo's caches, through the `demo` fixture)
+# the out_dir lock, failed writes, leaks (most train on the quick demo's caches, through the
+# `demo` fixture); --hf_model
 
-@fast
+@pytest.mark.fast
 def test_stream_seed_gives_every_draw_its_seed_of_before():
     """train.py's stream_seed, taken from train.py with ast (none of the rest runs), returns the
     seeds of the formulas it replaced at every call site: a new number would change every draw."""
@@ -1223,7 +1307,7 @@ def test_train_rejects_bad_config(demo, tmp_path):
     p = run(*student_args(demo, tmp_path / 'x', f'--val_cache={demo}/cache/shapes/train'), ok=False)
     assert p.returncode != 0 and 'overlap' in (p.stderr + p.stdout).lower()
 
-def test_rel_demo_train_stops_on_nonfinite_loss(demo, tmp_path):
+def test_train_stops_on_nonfinite_loss(demo, tmp_path):
     """A diverging run stops at the first non-finite loss, naming the iteration and the terms;
     ckpt.pt / model.safetensors keep the last good (finite) checkpoint and no NaN val row is
     logged."""
@@ -1240,7 +1324,7 @@ def test_rel_demo_train_stops_on_nonfinite_loss(demo, tmp_path):
     val_numbers = [v for row in rows for k, v in row.items() if k.startswith('val/')]
     assert all(math.isfinite(v) for v in val_numbers)
 
-def test_rel_demo_lock_and_stale_eval(demo, tmp_path):
+def test_train_out_dir_lock_and_stale_eval_json(demo, tmp_path):
     """One train.py per out_dir (a live lock refuses, a dead pid's lock is taken over); eval.json
     records the checkpoint it scored, and report.py refuses it once the run has trained further."""
     out = tmp_path / 'runs/a5'
@@ -1265,7 +1349,7 @@ def test_rel_demo_lock_and_stale_eval(demo, tmp_path):
     row = [l for l in open(rep) if l.startswith('| a5 |')][0]
     assert 'stale' in row and str(out / 'eval.json') in row, row
 
-def test_rel_demo_one_line_errors(demo, tmp_path):
+def test_train_bad_values_and_broken_files_are_one_line_errors(demo, tmp_path):
     """Bad values and broken files get one line naming the key / file, before any training
     starts."""
     x = tmp_path / 'x'
@@ -1296,11 +1380,183 @@ def test_rel_demo_one_line_errors(demo, tmp_path):
             '--max_images=-1', ok=False)
     assert clean_error(p, 'max_images'), p.stderr[-2000:]
 
-# -----------------------------------------------------------------------------
-# eval.py: retrieval metrics, zero-shot classification; bench.py --speed; student.py: folder
-# search, student dir and ONNX
+# the prelude of a child process whose writes past {0} bytes fail (EFBIG), as on a full disk;
+# SIGXFSZ is ignored, so the write raises instead of killing the process
+FSIZE = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+         "resource.setrlimit(resource.RLIMIT_FSIZE, ({0}, {0})); ")
 
-@fast
+def run_file_limited(limit, script, *args):
+    """Runs `script` with every write past `limit` bytes failing (EFBIG), as on a full disk."""
+    code = FSIZE.format(limit) + "import runpy; sys.argv = sys.argv[1:]; "
+    code += "runpy.run_path(sys.argv[0], run_name='__main__')"
+    return subprocess.run([sys.executable, '-c', code, script, *args], cwd=REPO, env=ENV,
+                          capture_output=True, text=True)
+
+def test_failed_writes_keep_the_last_good_file(tiny_caches, tmp_path):
+    """Data loss and unsafe writes. A write that fails (here: a file-size limit, as a full disk or
+    quota: the error comes at write or close) raises, leaves the last good config.json /
+    model.safetensors and no temp file; train.py exits non-zero with one line and keeps the last
+    good save; report.py --out likewise, and into a missing folder a clear error; a split is a
+    name, never a path."""
+    # model.py's save closes what it writes: a write or close error raises, never passes silently
+    # (train.py makes the save atomic with a staging dir)
+    code = (FSIZE.format(100) + f"sys.path.insert(0, {REPO!r}); "
+            "from test_smoke import tiny_student; "
+            f"tiny_student(embed_dim=32).save_pretrained({str(tmp_path / 's')!r})")
+    p = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=ENV, capture_output=True,
+                       text=True)
+    assert p.returncode != 0 and 'Error' in p.stderr, p.stderr[-2000:]
+    # train.py: a good save at iter 2, then a resume whose save cannot be written
+    run(*tiny_train_args(tiny_caches, tmp_path / 'o'))
+    good = {f: (tmp_path / 'o' / f).read_bytes()
+            for f in ('ckpt.pt', 'model.safetensors', 'config.json', 'meta.json')}
+    resume = tiny_train_args(tiny_caches, tmp_path / 'o', '--max_iters=4', '--init_from=resume')
+    p = run_file_limited(10000, *resume)
+    assert clean_error(p, 'saving to', 'last good save (iter 2)'), p.stderr[-2000:]
+    assert {f: (tmp_path / 'o' / f).read_bytes() for f in good} == good
+    assert not [f for f in os.listdir(tmp_path / 'o') if f.endswith('.tmp')]
+    # report.py: a missing folder, and a write that fails keeps the last report
+    p = run('report.py', f'--runs_dir={tmp_path}', f'--out={tmp_path / "nope/report.md"}',
+            ok=False)
+    assert clean_error(p, 'does not exist')
+    (tmp_path / 'report.md').write_text('the last good report\n')
+    p = run_file_limited(10, 'report.py', f'--runs_dir={tmp_path / "none"}',
+                         f'--out={tmp_path / "report.md"}')
+    assert clean_error(p, 'cannot write')
+    assert (tmp_path / 'report.md').read_text() == 'the last good report\n'
+    # a split is a name: nothing written outside --out_dir
+    p = run('cache_teacher.py', f'--data_dir={tiny_caches / "w"}', '--split=../x',
+            '--teacher=none', f'--processor={tiny_caches / "w/processor"}',
+            f'--out_dir={tmp_path / "c"}', ok=False)
+    assert clean_error(p, "split='../x'") and not (tmp_path / 'x').exists()
+
+def test_image_only_cache_and_missing_views_are_refused(tiny_caches, tmp_path):
+    """Silent wrong results in training. An image-only cache as train_cache or as eval.py --cache
+    -> one line; --views=2 with an extra image cache that stores no views -> refused (it trained
+    on full images only)."""
+    web = tiny_caches / 'c/web'
+    p = run(*tiny_train_args(tiny_caches, tmp_path / 'a', f'--train_cache={web}'), ok=False)
+    assert clean_error(p, 'web', 'input_ids')
+    p = run('eval.py', f'--cache={web}', ok=False)
+    assert clean_error(p, 'web', 'input_ids')
+    views = tiny_train_args(tiny_caches, tmp_path / 'b', '--views=2', f'--extra_image_cache={web}')
+    assert clean_error(run(*views, ok=False), 'views=2', '1 view(s)')
+
+def test_leaks_are_checked_by_content(tiny_caches, tmp_path):
+    """Leak checks by id only. The val images cached again through --image_folder (ids are
+    positions) and given as the unpaired image cache, or as rows of the training cache: refused,
+    byte-identical rows counted."""
+    from cache import check_same_images
+    shutil.copytree(tiny_caches / 'w/val2017', tmp_path / 'f')
+    run('cache_teacher.py', f'--image_folder={tmp_path / "f"}', '--split=again',
+        '--captions=False', f'--teacher={TEACHER}', '--num_workers=0',
+        f'--out_dir={tmp_path / "c"}')
+    again = f'--extra_image_cache={tmp_path / "c/again"}'
+    p = run(*tiny_train_args(tiny_caches, tmp_path / 'o', again), ok=False)
+    assert clean_error(p, 'byte-identical', '20 of 20')
+    val = load_cache(str(tiny_caches / 'c/val'))[0]['pixels']
+    # Rows over the shards
+    train = load_cache(str(tiny_caches / 'c/train'), mmap=True)[0]['pixels']
+    check_same_images(train, val, 'clean') # distinct images: no refusal
+    mixed = torch.cat([train[:5], val[3:4], train[5:9]])
+    with pytest.raises(SystemExit, match='1 of 10 images are byte-identical'):
+        check_same_images(mixed, val, 'mixed')
+
+# train.py --hf_model: a transformers SiglipModel / Siglip2Model trained with the complete
+# objective and saved as a transformers dir
+def hf_run_caches(tmp, kind):
+    """A tiny random HF model of `kind` + --teacher=none caches made with its own processor."""
+    w = tiny_world(tmp / 'w', n_train=200, n_val=50)
+    make_tiny_hf_teacher(str(tmp / 'hf'), str(w / 'processor'), kind=kind)
+    for split in ('train', 'val'):
+        run('cache_teacher.py', f'--data_dir={w}', f'--split={split}', '--teacher=none',
+            f'--processor={tmp / "hf"}', '--num_workers=0', f'--out_dir={tmp / "c"}')
+    return tmp / 'hf'
+
+def hf_args(tmp, out, *extra):
+    """The complete objective on the HF model: sigmoid + LocCa + SILC/TIPS from half the run."""
+    return ['train.py', 'config/a6.py', 'config/shapes.py', f'--hf_model={tmp / "hf"}',
+            f'--train_cache={tmp / "c/train"}', f'--val_cache={tmp / "c/val"}', f'--out_dir={out}',
+            '--lambda_feat=0', '--lambda_affinity=0', '--batch_size=32', '--val_images=50',
+            '--log_interval=1', '--warmup_iters=10', '--learning_rate=2e-3', '--switch=0.5', *extra]
+
+def loss_terms(row):
+    return {k: v for k, v in row.items() if k.startswith('loss')}
+
+@pytest.mark.parametrize('kind', ['siglip', 'siglip2'])
+def test_train_fine_tunes_a_tiny_hf_siglip_and_saves_a_transformers_dir(tmp_path, kind):
+    """train.py --hf_model trains a tiny random SiglipModel / Siglip2Model (NaFlex) with the
+    complete objective on a --teacher=none cache made with its own processor: every term finite,
+    the total falls, val R@1 rises above step 0; out_dir reloads with AutoModel / AutoProcessor
+    and embeds the val images and captions as the run did; eval.py scores it as train.py did;
+    SIGKILL + resume across the switch == the uninterrupted run; 2 gloo ranks == 1 rank; the
+    complete objective on 2 ranks keeps them in sync."""
+    from transformers import AutoModel, AutoProcessor
+    from model import load_trained
+    from eval import embed_student
+    hf_run_caches(tmp_path, kind)
+    out = tmp_path / 'full'
+    run(*hf_args(tmp_path, out, '--max_iters=300', '--eval_interval=300'))
+    rows = [json.loads(l) for l in open(out / 'log.jsonl')]
+    steps, vals = [r for r in rows if 'loss' in r], [r for r in rows if 'val/i2t_r1' in r]
+    terms = ('loss/sigmoid', 'loss/locca/cap', 'loss/locca/aref', 'loss/locca/gcap', 'loss/silc',
+             'loss/tips')
+    assert len(steps) == 300 and all(k in steps[-1] for k in terms)
+    assert all(math.isfinite(v) for r in steps for v in loss_terms(r).values()), 'non-finite'
+    mean = lambda rs: sum(r['loss'] for r in rs) / len(rs)
+    assert mean(steps[-20:]) < mean(steps[:20]), (mean(steps[:20]), mean(steps[-20:]))
+    r1 = lambda v: v['val/i2t_r1'] + v['val/t2i_r1']
+    assert vals[0]['iter'] == 0 and vals[-1]['iter'] == 300, vals
+    assert r1(vals[-1]) > r1(vals[0]), vals
+    # the transformers dir: AutoModel / AutoProcessor embed the cached val pixels and captions
+    # as the run did
+    val, _ = load_cache(str(tmp_path / 'c/val'))
+    run_img, run_txt = embed_student(load_trained(str(out)), val['pixels'], val['input_ids'],
+                                     'cpu')
+    model = AutoModel.from_pretrained(str(out)).eval()
+    proc = AutoProcessor.from_pretrained(str(out))
+    assert model.config.model_type == kind
+    with torch.no_grad():
+        inputs = proc.image_processor(list(val['pixels']), return_tensors='pt')
+        img = model.get_image_features(**inputs).pooler_output
+        txt = model.get_text_features(input_ids=val['input_ids'].long()).pooler_output
+    cos = lambda a, b: F.cosine_similarity(a.float(), b.float(), dim=-1).min().item()
+    assert cos(img, run_img) >= 0.9999 and cos(txt, run_txt) >= 0.9999
+    run('eval.py', f'--cache={tmp_path / "c/val"}', f'--ckpt={out}')
+    e = json.load(open(out / 'eval.json'))
+    assert e['metrics']['i2t_r1'] == pytest.approx(vals[-1]['val/i2t_r1'], abs=1e-6)
+    assert 'locca' in e
+    # SIGKILL right after the iter-4 checkpoint, resume across the switch (iter 6)
+    short = lambda o: hf_args(tmp_path, o, '--max_iters=12', '--eval_interval=4')
+    full, _, _ = resume_after_kill(short, tmp_path, checkpoint_iter=4)
+    assert full['iter'] == 12 and {'loss/silc', 'loss/tips'} <= set(full)
+    # 2 gloo ranks (batch 8 each) == 1 rank (batch 16), sigmoid only as the student's DDP test
+    ddp = lambda o, bs: ['train.py', 'config/a5.py', 'config/shapes.py',
+                         *hf_args(tmp_path, tmp_path / o, '--max_iters=5', '--eval_interval=5',
+                                  '--num_threads=1', f'--batch_size={bs}')[3:]]
+    run(*ddp('one', 16))
+    run('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', *ddp('two', 8))
+    (a, va), (b, vb) = last_row(tmp_path / 'one'), last_row(tmp_path / 'two')
+    assert loss_terms(a) == pytest.approx(loss_terms(b), rel=1e-4, abs=1e-5)
+    assert va['val/i2t_r1'] == pytest.approx(vb['val/i2t_r1'], abs=1e-6)
+    # the complete objective on 2 ranks (each rank draws its own crops, masks and parallel-
+    # prediction rows, so it is not 1 rank's run): train.py checks before each checkpoint that
+    # the ranks' weights, EMA teacher and SILC/TIPS centres are equal, and exits if not (it does
+    # when loss.py's centre all-reduce is removed)
+    two = hf_args(tmp_path, tmp_path / 'two_full', '--max_iters=8', '--eval_interval=4',
+                  '--num_threads=1', '--batch_size=8')
+    run('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', *two)
+    step, val = last_row(tmp_path / 'two_full')
+    assert step['iter'] == 8 and val['iter'] == 8
+    assert {'loss/locca', 'loss/silc', 'loss/tips'} <= set(step)
+    assert json.load(open(tmp_path / 'two_full/meta.json'))['world_size'] == 2
+
+# -----------------------------------------------------------------------------
+# eval.py: retrieval metrics and their bootstrap intervals, zero-shot classification (ImageNet
+# names and templates, CLIP_benchmark parity, COCO instances and folders), Flickr30k transfer,
+# the dense probe
+
+@pytest.mark.fast
 def test_retrieval_metrics_vs_brute_force():
     g = torch.Generator().manual_seed(4)
     counts = [1, 7, 3, 5, 2, 6, 4, 1, 5, 5]
@@ -1324,8 +1580,8 @@ def test_retrieval_metrics_vs_brute_force():
     tie = retrieval_metrics(torch.eye(3), shared, torch.tensor([0, 1, 2]))
     assert tie['i2t_r1'] == tie['t2i_r1'] == pytest.approx(100 / 3) and tie['i2t_r5'] == 100.0
 
-@fast
-def test_rel_retrieval_metrics_refuses_nonfinite_and_collapsed():
+@pytest.mark.fast
+def test_retrieval_metrics_refuses_nonfinite_and_collapsed():
     """NaN embeddings used to score R@1 = 100 (every comparison false -> rank 0): refused, as is a
     collapsed model."""
     img, index = torch.eye(4), torch.arange(4)
@@ -1340,7 +1596,115 @@ def test_rel_retrieval_metrics_refuses_nonfinite_and_collapsed():
             retrieval_metrics(a, b, index)
     assert retrieval_metrics(img, img, index)['i2t_r1'] == 100.0
 
-@fast
+def test_bootstrap_interval_resamples_images_with_their_captions():
+    """The interval brackets the point estimate, shrinks with more test images, is reproducible
+    (fixed seed), and resamples images, not captions: one image owning all hits moves T→I as a
+    block."""
+    from eval import bootstrap_interval, retrieval_ranks, retrieval_intervals, recalls
+    g = torch.Generator().manual_seed(1)
+    small, large = [(torch.rand(n, 1, generator=g) < 0.6).float() for n in (100, 10000)]
+    a, b = [bootstrap_interval(h, torch.ones_like(h))[0] for h in (small, large)]
+    assert a[0] < 100 * small.mean() < a[1] and b[0] < 100 * large.mean() < b[1]
+    assert (b[1] - b[0]) < (a[1] - a[0]) / 5
+    ones = torch.ones_like(small)
+    assert torch.equal(bootstrap_interval(small, ones), bootstrap_interval(small, ones))
+    # image 0 has 10 captions that all hit, 9 images have one caption that misses: T→I R@1 =
+    # 10/19 = 52.6 %; drawing images, the share of runs without image 0 is (9/10)^10 = 35 %, so
+    # the 95 % interval reaches 0
+    hits, counts = torch.tensor([[10.0]] + [[0.0]] * 9), torch.tensor([[10.0]] + [[1.0]] * 9)
+    lo, hi = bootstrap_interval(hits, counts)[0].tolist()
+    assert lo == 0.0 and hi > 52.6
+    img = torch.randn(30, 8, generator=g)
+    index = torch.arange(30).repeat_interleave(3)
+    ranks = retrieval_ranks(img, img[index] + torch.randn(90, 8, generator=g), index)
+    ci, m = retrieval_intervals(*ranks, index), recalls(*ranks)
+    assert all(ci[k][0] <= m[k] <= ci[k][1] for k in ci) and set(ci) == set(m) - {'rsum'}
+
+def clip_benchmark_metrics(monkeypatch):
+    """CLIP_benchmark's metric modules. Installed without its dependencies (`pip install --no-deps
+    clip-benchmark==1.6.2`, .ci/run): zeroshot_classification imports scikit-learn for the
+    balanced accuracy only, which these tests do not compare, so a stand-in module answers that
+    import when scikit-learn is absent. The stand-in leaves sys.modules when the test ends: a
+    later first import of timm (torch._dynamo's find_spec('sklearn')) fails on a module without
+    a spec."""
+    import types, importlib.util
+    if importlib.util.find_spec('clip_benchmark') is None:
+        raise AssertionError('clip_benchmark missing: pip install --no-deps '
+                             'clip-benchmark==1.6.2 (see .ci/run)')
+    if importlib.util.find_spec('sklearn') is None:
+        monkeypatch.setitem(sys.modules, 'sklearn', types.ModuleType('sklearn'))
+        metrics = types.SimpleNamespace(balanced_accuracy_score=lambda y, p: float('nan'),
+                                        classification_report=lambda *a, **k: '')
+        monkeypatch.setitem(sys.modules, 'sklearn.metrics', metrics)
+    from clip_benchmark.metrics import zeroshot_classification, zeroshot_retrieval
+    return zeroshot_classification, zeroshot_retrieval
+
+def test_zeroshot_and_retrieval_match_clip_benchmark(monkeypatch):
+    """Our retrieval R@k and zero-shot top-1/top-5 equal CLIP_benchmark's evaluate on the same
+    random embeddings (ImageNet's 1000 real class names x the 80 templates). Random float
+    embeddings have no exact ties, where our ranks (ties count against the query) and its topk
+    could differ."""
+    from eval import zeroshot_weights, zeroshot_hits
+    cb_zs, cb_ret = clip_benchmark_metrics(monkeypatch)
+    g = torch.Generator().manual_seed(0)
+    class Fake: # a CLIP-like model over fixed tables: "images" and "tokens" are row numbers
+        def __init__(self, img, txt):
+            self.img, self.txt = img, txt
+        encode_image = lambda self, rows: self.img[rows]
+        encode_text = lambda self, rows: self.txt[rows]
+    # retrieval: 40 images with 4-6 captions each
+    n_caps = torch.randint(4, 7, (40,), generator=g)
+    index = torch.repeat_interleave(torch.arange(40), n_caps)
+    img, txt = torch.randn(40, 16, generator=g), torch.randn(len(index), 16, generator=g)
+    txt += 0.5 * img[index] # related, so the recalls are neither 0 nor 100
+    caps = [[str(j) for j in (index == i).nonzero().squeeze(1).tolist()] for i in range(40)]
+    collate = lambda b: (torch.tensor([i for i, _ in b]), [c for _, c in b])
+    loader = torch.utils.data.DataLoader(list(zip(range(40), caps)), batch_size=16,
+                                         collate_fn=collate)
+    tokenize = lambda ts: torch.tensor([int(t) for t in ts])
+    theirs = cb_ret.evaluate(Fake(img, txt), loader, tokenize, 'cpu', amp=False,
+                             recall_k_list=[1, 5, 10])
+    ours = retrieval_metrics(img, txt, index)
+    for k in (1, 5, 10): # text_retrieval = images querying texts (I→T)
+        assert abs(ours[f'i2t_r{k}'] - 100 * theirs[f'text_retrieval_recall@{k}']) <= 0.01
+        assert abs(ours[f't2i_r{k}'] - 100 * theirs[f'image_retrieval_recall@{k}']) <= 0.01
+    assert 0 < ours['t2i_r1'] < ours['t2i_r10'] < 100
+    # zero-shot: the real imagenet1k names and templates, each prompt a random row
+    names = json.load(open(os.path.join(CLIP_BENCHMARK, 'en_classnames.json')))['imagenet1k']
+    templates = os.path.join(CLIP_BENCHMARK, 'en_zeroshot_classification_templates.json')
+    temps = json.load(open(templates))['imagenet1k']
+    # 79,840 distinct prompts: two classes each are named 'missile' and 'sunglasses' (as in
+    # CLIP's list)
+    distinct = dict.fromkeys(t.format(c=c) for c in names for t in temps)
+    prompts = {p: j for j, p in enumerate(distinct)}
+    table = torch.randn(len(prompts), 64, generator=g)
+    labels = torch.randint(0, 1000, (300,), generator=g)
+    # (80,) a class's prompt rows
+    rows = lambda c: torch.tensor([prompts[t.format(c=c)] for t in temps])
+    mean = torch.stack([F.normalize(F.normalize(table[rows(names[y])], dim=-1).mean(0), dim=0)
+                        for y in labels])
+    # near their class's mean prompt: top-1 about half
+    images = mean + 0.3 * torch.randn(300, 64, generator=g)
+    class Stub:
+        tokenize = staticmethod(lambda texts: torch.tensor([prompts[t] for t in texts]))
+        texts = staticmethod(lambda rows: table[rows])
+    hits = zeroshot_hits(images, zeroshot_weights(Stub(), names, temps), labels)
+    class Labelled(list): # CLIP_benchmark reads dataloader.dataset.classes
+        classes = names
+    loader = torch.utils.data.DataLoader(Labelled(zip(range(300), labels.tolist())), batch_size=64)
+    # its evaluate() = zero_shot_classifier + run_classification + accuracy; accuracy() calls
+    # float() on a 1-element array, a TypeError since NumPy 2.4, so its top-k is read off its
+    # logits here as accuracy() does
+    fake = Fake(images, table)
+    classifier = cb_zs.zero_shot_classifier(fake, Stub.tokenize, names, temps, 'cpu', amp=False)
+    logits, target = cb_zs.run_classification(fake, classifier, loader, 'cpu', amp=False)
+    top = logits.topk(5, 1).indices # (N, 5)
+    theirs = [100 * (top[:, :k] == target[:, None]).any(1).float().mean().item() for k in (1, 5)]
+    assert abs(100 * hits[:, 0].mean().item() - theirs[0]) <= 0.01
+    assert abs(100 * hits[:, 1].mean().item() - theirs[1]) <= 0.01
+    assert 5 < theirs[0] < theirs[1] < 95, theirs
+
+@pytest.mark.fast
 def test_zeroshot_classify_known_answer(tmp_path):
     """zeroshot_items (ImageFolder) + zeroshot_classify with a stand-in encoder whose answer is
     known: text = one-hot of the colour word in the prompt, image = one-hot of its strongest
@@ -1366,6 +1730,63 @@ def test_zeroshot_classify_known_answer(tmp_path):
     wrong = [(y + 1) % 3 for y in labels]
     zs = zeroshot_classify(Stub(), paths, wrong, classes, ['a {c}'], batch_size=4)
     assert zs['top1'] == 0.0 and zs['top5'] == 100.0
+
+def test_imagenet_folder_gets_the_standard_names_and_80_templates(tmp_path):
+    """An ImageNet-style val folder (WordNet-id subfolders) is classified with CLIP_benchmark's
+    imagenet1k names and its 80 templates (checked on the prompts actually embedded); folders
+    named by ids are refused unless --classnames is given; the shipped lists are the files
+    data/clip_benchmark/README.md names (sha256)."""
+    from PIL import Image
+    from cache_teacher import zeroshot_classnames, zeroshot_templates
+    readme = open(os.path.join(CLIP_BENCHMARK, 'README.md')).read()
+    for f, digest in re.findall(r'\| `(en_\w+\.json)` \| `(\w{64})` \|', readme):
+        sha = hashlib.sha256(open(os.path.join(CLIP_BENCHMARK, f), 'rb').read()).hexdigest()
+        assert sha == digest, f
+    cb = lambda kind, dataset='imagenet1k': json.load(
+        open(os.path.join(CLIP_BENCHMARK, f'en_{kind}.json')))[dataset]
+    wnids = ['n01440764', 'n01443537', 'n02123045'] # ImageNet classes 0, 1, 281
+    for k, w in enumerate(wnids):
+        os.makedirs(tmp_path / 'val' / w)
+        for i in range(k + 1):
+            image = tmp_path / 'val' / w / f'ILSVRC2012_val_{k}{i}.JPEG'
+            Image.new('RGB', (8, 8), (40 * i, 80, 120)).save(image)
+    paths, labels, classes = zeroshot_items(str(tmp_path / 'val'))
+    names, source, dataset = zeroshot_classnames(classes, str(tmp_path / 'val'))
+    imagenet = cb('classnames')
+    assert names == ['tench', 'goldfish', 'tabby cat'] == [imagenet[i] for i in (0, 1, 281)]
+    assert dataset == 'imagenet1k' and 'WordNet' in source
+    temps = zeroshot_templates('', dataset)
+    assert temps == cb('zeroshot_classification_templates') and len(temps) == 80
+    embedded = []
+    class Recorder: # records every prompt the text tower sees
+        tokenize = staticmethod(lambda texts: embedded.extend(texts) or texts)
+        prep = staticmethod(lambda ims: torch.ones(len(ims), 4))
+        images = staticmethod(lambda x: x)
+        texts = staticmethod(lambda ts: torch.randn(len(ts), 4))
+    zs = zeroshot_classify(Recorder(), paths, labels, names, temps, batch_size=4)
+    assert embedded == [t.format(c=c) for c in names for t in temps] and len(embedded) == 240
+    assert not any(re.search(r'n\d{8}', p) for p in embedded)
+    assert 'a bad photo of a tench.' in embedded
+    assert zs['n_images'] == 6
+    assert zs['intervals']['top1'][0] <= zs['top1'] <= zs['intervals']['top1'][1]
+    # class ids without names: refused, naming the folder and the way out
+    for bad in ('000', 'n99999999'):
+        os.makedirs(tmp_path / bad / bad)
+        Image.new('RGB', (8, 8)).save(tmp_path / bad / bad / 'a.png')
+        with pytest.raises(SystemExit, match=f"class folder '{bad}' is an id.*--classnames"):
+            zeroshot_classnames(zeroshot_items(str(tmp_path / bad))[2], str(tmp_path / bad))
+    names_file = str(tmp_path / 'names.txt')
+    (tmp_path / 'names.txt').write_text('mystery fish\n')
+    assert zeroshot_classnames(['000'], str(tmp_path / '000'), names_file)[0] == ['mystery fish']
+    (tmp_path / 'names.txt').write_text('a\nb\n')
+    with pytest.raises(SystemExit, match='has 2 names.*has 1 classes'):
+        zeroshot_classnames(['000'], str(tmp_path / '000'), names_file)
+    # names: as written
+    assert zeroshot_classnames(['red', 'blue'], str(tmp_path / 'val'))[0] == ['red', 'blue']
+    # by dataset name, index order
+    pets = cb('classnames', 'pets')
+    ids = [f'{i:03d}' for i in range(len(pets))]
+    assert zeroshot_classnames(ids, str(tmp_path / '000'), 'pets')[0] == pets
 
 # the world's caption words ('photo' is not one)
 WORLD_TEMPLATES = '--templates=a {c}|a picture of a {c}|there is a {c}'
@@ -1428,6 +1849,173 @@ def test_speed_zeroshot_folder_with_tiny_hf_teacher(tmp_path):
     out = run('student.py', f'--ckpt={tmp_path / "t"}', f'--folder={tmp_path / "f"}',
               '--query=a red circle', '--topk=2').stdout
     assert 'reusing index' in out and len(out.strip().splitlines()) == 4, out
+
+def test_meaningless_scores_and_unbounded_settings_are_refused(tiny_caches, tmp_path):
+    """A score that cannot mean anything is written; settings that exhaust memory. Zero-shot over
+    one class (top-1 100 %) -> refused, nothing written; an absurd --views is refused before any
+    work."""
+    shutil.copytree(TEACHER, tmp_path / 's')
+    (tmp_path / 'zs/a').mkdir(parents=True)
+    shutil.copy(sorted((tiny_caches / 'w/web2017').iterdir())[0], tmp_path / 'zs/a/1.jpg')
+    p = run('eval.py', f'--ckpt={tmp_path / "s"}', f'--zeroshot={tmp_path / "zs"}',
+            '--templates=a {c}', ok=False)
+    assert clean_error(p, '1 class') and not (tmp_path / 's/eval.json').exists()
+    p = run('cache_teacher.py', f'--data_dir={tiny_caches / "w"}', '--split=val',
+            f'--teacher={TEACHER}', '--views=1000000', f'--out_dir={tmp_path / "c"}', ok=False,
+            timeout=120)
+    assert clean_error(p, 'views=1000000', 'GiB')
+
+def test_flickr30k_karpathy_cached_scored_and_reported(tmp_path):
+    """Karpathy's dataset_flickr30k.json (filename, imgid, sentences, split; no filepath /
+    cocoid) + one flat image folder: the 1k-test-style split is cached with every caption and
+    Flickr photo ids, the teacher row and a COCO-trained student are scored on it; COCO ids equal
+    to the Flickr ids are not a leak (other id space, said so); eval.json keeps the COCO row on
+    top and both under evals; report.py's Table 1 gains Flickr30k columns."""
+    from safetensors.torch import load_file
+    w = tiny_world(tmp_path / 'w')
+    make_tiny_hf_teacher(str(tmp_path / 't'), str(w / 'processor'))
+    base = ['cache_teacher.py', f'--teacher={tmp_path / "t"}', '--num_workers=0',
+            f'--out_dir={tmp_path / "c"}']
+    # COCO layout: the student's training cache and its in-domain test split
+    for split in ('train', 'test'):
+        run(*base, f'--data_dir={w}', f'--split={split}')
+    train_ids = load_file(str(tmp_path / 'c/train/train-00000.safetensors'))['image_ids'].tolist()
+    caps = json.load(open(w / 'annotations/captions_test2017.json'))
+    flickr = tmp_path / 'flickr30k-images'
+    flickr.mkdir()
+    rows = []
+    # Flickr file names carry the photo id; here equal to COCO train ids
+    for k, im in enumerate(caps['images']):
+        name = f'{train_ids[k]}.jpg'
+        shutil.copy(w / 'test2017' / im['file_name'], flickr / name)
+        sents = [dict(raw=a['caption'], tokens=[]) for a in caps['annotations']
+                 if a['image_id'] == im['id']]
+        rows.append(dict(filename=name, imgid=k, sentids=[], split='test' if k < 15 else 'train',
+                         sentences=sents))
+    karpathy = tmp_path / 'dataset_flickr30k.json'
+    json.dump(dict(images=rows, dataset='flickr30k'), open(karpathy, 'w'))
+    run(*base[:-1], f'--out_dir={tmp_path / "f"}', f'--data_dir={flickr}',
+        f'--karpathy={karpathy}', '--split=test')
+    d, m = load_cache(str(tmp_path / 'f/test'))
+    assert m['dataset']['name'] == 'flickr30k' and m['dataset']['id_space'] == 'flickr'
+    assert sorted(d['image_ids'].tolist()) == sorted(train_ids[:15])
+    assert m['counts']['captions'] == sum(len(r['sentences']) for r in rows[:15])
+    run('eval.py', f'--cache={tmp_path / "f/test"}') # the teacher row, same code
+    t = json.load(open(tmp_path / 'f/test/eval.json'))
+    assert t['dataset'] == 'flickr30k' and t['n_images'] == 15
+    assert t['bootstrap']['resamples'] == 1000
+    assert all(lo <= t['metrics'][k] <= hi for k, (lo, hi) in t['intervals'].items())
+    run('eval.py', f'--cache={tmp_path / "c/test"}')
+    # a student "trained" on the COCO-layout train cache (meta.json as train.py writes it)
+    st = tiny_student(kept_ids=list(range(249)), embed_dim=32)
+    st.save_pretrained(str(tmp_path / 'runs/a5'))
+    tm = json.load(open(tmp_path / 'c/train/manifest.json'))
+    meta = dict(teacher_fingerprint=tm['teacher_fingerprint'],
+                train_cache=str(tmp_path / 'c/train'), iter_num=0)
+    json.dump(meta, open(tmp_path / 'runs/a5/meta.json', 'w'))
+    run('eval.py', f'--cache={tmp_path / "c/test"}', f'--ckpt={tmp_path / "runs/a5"}')
+    out = run('eval.py', f'--cache={tmp_path / "f/test"}', f'--ckpt={tmp_path / "runs/a5"}').stdout
+    assert 'leak check skipped' in out and 'flickr ids' in out, out
+    e = json.load(open(tmp_path / 'runs/a5/eval.json'))
+    assert e['dataset'] == 'w' and e['n_images'] == 20
+    assert set(e['evals']) == {'w/test', 'flickr30k/test'}
+    assert e['evals']['flickr30k/test']['fingerprint'] == t['fingerprint']
+    assert e['evals']['w/test']['metrics'] == e['metrics']
+    report = lambda *extra: run('report.py', f'--runs_dir={tmp_path / "runs"}',
+                                f'--teacher_eval={tmp_path / "c/test/eval.json"}',
+                                f'--out={tmp_path / "r.md"}', *extra).stdout
+    rep = report(f'--transfer_evals={tmp_path / "f/test/eval.json"}')
+    table = md_table(rep, '## Table 1: teacher vs students')
+    columns = table[0].split(' | ')[7:10]
+    assert columns == ['R@10', 'flickr30k I→T R@1', 'flickr30k T→I R@1'], table[0]
+    cell = lambda line, col: line.split(' | ')[col]
+    with_interval = lambda row, k: (f"{row['metrics'][k]:.1f} [{row['intervals'][k][0]:.1f}, "
+                                    f"{row['intervals'][k][1]:.1f}]")
+    fl = e['evals']['flickr30k/test']
+    assert cell(table[2], 8) == with_interval(t, 'i2t_r1')
+    assert cell(table[4], 9) == with_interval(fl, 't2i_r1')
+    assert cell(table[3], 8) == '—' # no a1 run
+    assert 'ImageNet' not in table[0] # no ImageNet eval: no column
+    zs = dict(top1=41.0, top5=70.0, intervals=dict(top1=[38.0, 44.0], top5=[67.0, 73.0]),
+              dataset='imagenet1k', source='/data/imagenet/val', n_images=50000, n_classes=1000,
+              templates=['a {c}.'])
+    json.dump(dict(e, zeroshot=zs), open(tmp_path / 'runs/a5/eval.json', 'w'))
+    table = md_table(report(), '## Table 1: teacher vs students')
+    assert 'ImageNet-1k ZS top-1' in table[0] and 'flickr' not in table[0]
+    assert '| 41.0 [38.0, 44.0] |' in table[4]
+
+# the dense probe of the per-term study (demo.sh TERMS=1)
+def gcap_row(name, colon=7, length=10): # 'gcap: <box> : <name>' + eos, as the cache stores it
+    seq = [5, 9, 9, colon, *name, 1]
+    return seq + [0] * (length - len(seq))
+
+@pytest.mark.fast
+def test_dense_probe_labels_each_patch_and_scores_only_what_the_tokens_say():
+    """eval.patch_labels: each patch's class is the region whose box holds the patch centre (the
+    smallest box where boxes overlap), 0 elsewhere. dense_probe_metrics: tokens that carry each
+    patch's class score 100 % on the object patches; constant tokens (a collapsed model) score
+    0 %, however large the background share; non-square token grids and NaN tokens are
+    refused."""
+    from eval import patch_labels, dense_probe_metrics
+    # a 4 x 4 grid: patch centres at 1/8, 3/8, 5/8, 7/8 of the side
+    data = dict(image_ids=torch.tensor([10, 20]), region_image_ids=torch.tensor([10, 10, 20]),
+                boxes=torch.tensor([[0, 0, 0.5, 1], [0, 0, 0.3, 0.3], [0.55, 0.55, 0.7, 0.7]]),
+                gcap_ids=torch.tensor([gcap_row([20]), gcap_row([21, 22]), gcap_row([20])]))
+    classes = {}
+    labels = patch_labels(data, 4, classes, colon=7)
+    assert classes == {(20,): 1, (21, 22): 2}
+    left_half = [2, 1, 0, 0] + [1, 1, 0, 0] * 3 # the small box wins its one patch (0, 0)
+    only_patch_10 = [0] * 10 + [1] + [0] * 5 # row 2, column 2: centre (5/8, 5/8)
+    assert labels.tolist() == [left_half, only_patch_10]
+
+    def world(first, n): # images first..first+n-1, each with 1-2 random boxes of 3 classes
+        g = torch.Generator().manual_seed(first)
+        ids, boxes, seqs = [], [], []
+        for i in range(first, first + n):
+            for _ in range(1 + i % 2):
+                x0, y0 = (torch.rand(2, generator=g) * 0.6).tolist()
+                ids.append(i)
+                boxes.append([x0, y0, x0 + 0.4, y0 + 0.4])
+                seqs.append(gcap_row([30 + int(torch.randint(3, (1,), generator=g))]))
+        # pixel (0, 0) holds the image's index: the oracle below looks its labels up by it
+        pixels = torch.arange(first, first + n, dtype=torch.uint8).view(n, 1, 1, 1)
+        return dict(image_ids=torch.arange(first, first + n), region_image_ids=torch.tensor(ids),
+                    boxes=torch.tensor(boxes), gcap_ids=torch.tensor(seqs),
+                    pixels=pixels.expand(n, 3, 2, 2))
+    fit, test = world(0, 60), world(60, 90)
+    classes = {}
+    truth = torch.cat([patch_labels(fit, 4, classes, 7), patch_labels(test, 4, classes, 7)])
+
+    class Oracle(torch.nn.Module): # tokens: each patch's class one-hot (or all equal)
+        def __init__(self, collapsed=False, drop=0, nan=False):
+            super().__init__()
+            self.collapsed, self.drop, self.nan = collapsed, drop, nan
+        def preprocess(self, pixels):
+            return pixels.float()
+        def visual(self, x): # -> tokens (B, N, C), pooled (B, C)
+            tokens = F.one_hot(truth[x[:, 0, 0, 0].long()], len(classes) + 1).float()
+            if self.collapsed:
+                tokens = torch.ones_like(tokens)
+            if self.nan:
+                tokens[0, 0, 0] = float('nan')
+            tokens = tokens[:, :16 - self.drop] # drop=1: 15 tokens, no square grid
+            return tokens, tokens.mean(1)
+    seen = dense_probe_metrics(Oracle(), fit, test, 7, 'cpu')
+    blind = dense_probe_metrics(Oracle(collapsed=True), fit, test, 7, 'cpu')
+    assert seen['grid'] == 4 and seen['n_classes'] == 4
+    assert seen['object_patch_acc'] == 100.0 and seen['all_patch_acc'] == 100.0
+    assert blind['object_patch_acc'] == 0.0
+    assert blind['all_patch_acc'] == pytest.approx(blind['background_rate'])
+    assert 20 < blind['background_rate'] < 80, blind # both kinds of patch are common here
+    lo, hi = seen['object_patch_acc_interval']
+    assert lo == hi == 100.0
+    with pytest.raises(SystemExit, match='square grid of patch tokens, the model gives 15'):
+        dense_probe_metrics(Oracle(drop=1), fit, test, 7, 'cpu')
+    with pytest.raises(SystemExit, match='not finite'):
+        dense_probe_metrics(Oracle(nan=True), fit, test, 7, 'cpu')
+
+# -----------------------------------------------------------------------------
+# student.py: the student dir, ONNX export, folder search
 
 def test_student_dir_onnx_export_reload_query(demo):
     """A trained student dir is self-contained (AutoTokenizer / AutoProcessor load it and tokenise
@@ -1496,11 +2084,85 @@ def test_student_dir_onnx_export_reload_query(demo):
     r = json.load(open(demo / 'out/shapes/tinysiglip/eval.json'))
     assert f"{r['speed']['img_ratio']:.1f}× img" in report
 
-# -----------------------------------------------------------------------------
-# report.py: the seed's tables from run directories, and what it refuses (NaN, stale, corrupt,
-# another cache)
+def test_folder_search_reindexes_changed_files_and_skips_special_files(tiny_caches, tmp_path):
+    """Folder search keyed on size + mtime, blocking on special files, tracebacks on a bad index. A
+    file replaced at the same size and mtime is re-indexed; a FIFO named .jpg and a dangling
+    symlink are left out (said); a truncated index is rebuilt, said so; an HF name's index never
+    lands in the user's folder."""
+    from PIL import Image
+    shutil.copytree(TEACHER, tmp_path / 's')
+    f = tmp_path / 'f'
+    f.mkdir()
+    webs = sorted((tiny_caches / 'w/web2017').iterdir())
+    for i in range(3): # BMP: one size for every image of the same dimensions
+        Image.open(webs[i]).save(f / f'{i}.bmp')
+    os.mkfifo(f / 'pipe.jpg')
+    os.symlink(tmp_path / 'gone.jpg', f / 'dangling.jpg')
+    search = ['student.py', f'--ckpt={tmp_path / "s"}', f'--folder={f}', '--query=a red circle',
+              '--topk=3']
+    out = run(*search, timeout=120).stdout
+    assert 'indexed 3 images' in out and "'not_regular_files': 2" in out, out
+    assert 'reusing index' in run(*search, timeout=120).stdout
+    st = os.stat(f / '0.bmp')
+    Image.open(webs[5]).save(tmp_path / '5.bmp')
+    assert os.path.getsize(tmp_path / '5.bmp') == st.st_size
+    # another image, same size and mtime
+    (f / '0.bmp').write_bytes((tmp_path / '5.bmp').read_bytes())
+    os.utime(f / '0.bmp', ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert 'indexed 3 images' in run(*search, timeout=120).stdout
+    index = [p for p in os.listdir(tmp_path / 's') if p.startswith('index-')]
+    assert len(index) == 1
+    (tmp_path / 's' / index[0]).write_bytes((tmp_path / 's' / index[0]).read_bytes()[:50])
+    out = run(*search, timeout=120).stdout
+    assert 'unreadable' in out and 'indexed 3 images' in out
 
-@fast
+# -----------------------------------------------------------------------------
+# bench.py: the loss-term rows of --hf_b16; --speed's errors
+
+def test_bench_hf_b16_rows_print_time_and_peak_memory_ratios():
+    """bench.py --hf_b16 at a tiny size (the B/16 keys shrunk, ~35 s on 2 busy cores): the five
+    rows print, each measured in its own process, with finite positive ms and peak memory and
+    ratios to the sigmoid row (1.00x on that row); the complete objective's step peak exceeds
+    sigmoid-only's (its DINO heads' activations alone are tens of MiB), so a memory column that
+    measures nothing fails. No timing is compared."""
+    out = run('bench.py', '--hf_b16=True', '--device=cpu', '--dtype=float32', '--hf_width=64',
+              '--hf_depth=2', '--hf_image_size=64', '--hf_vocab=500', '--hf_kept=100',
+              '--seq_len=16', '--dino_dim=64', '--hf_batch_size=4', '--hf_iters=1').stdout
+    num = r'\s+([\d.]+|nan|inf)'
+    rows = {}
+    for name in ('sigmoid only', '+ LocCa (3 decoder passes)', '+ SILC (8 local crops)',
+                 '+ TIPS (masked view)', 'complete objective'):
+        m = re.search(re.escape(name) + num + r' ms' + num + r'x \| step peak' + num + r' MiB'
+                      + num + r'x \| process peak' + num + r' MiB' + num + 'x', out)
+        assert m, (name, out)
+        rows[name] = [float(v) for v in m.groups()]
+        assert all(math.isfinite(v) and v > 0 for v in rows[name]), (name, out)
+    ms, ms_x, step, step_x, total, total_x = rows['sigmoid only']
+    assert ms_x == step_x == total_x == 1.0, out
+    assert rows['complete objective'][2] > step, out
+    assert all(r[4] >= r[2] for r in rows.values()), out # the absolute peak holds the step's
+
+def test_missing_weights_and_a_deleted_teacher_are_one_line_errors(tiny_caches, tmp_path):
+    """Tracebacks where a message belongs. A run dir without model.safetensors; --speed when the
+    manifest's teacher is gone."""
+    shutil.copytree(TEACHER, tmp_path / 's')
+    os.remove(tmp_path / 's/model.safetensors')
+    p = run('student.py', f'--ckpt={tmp_path / "s"}', f'--folder={tiny_caches / "w/web2017"}',
+            ok=False)
+    assert clean_error(p, 'no model.safetensors')
+    shutil.copytree(TEACHER, tmp_path / 't')
+    run('cache_teacher.py', f'--data_dir={tiny_caches / "w"}', '--split=val',
+        f'--teacher={tmp_path / "t"}', '--num_workers=0', f'--out_dir={tmp_path / "c"}')
+    shutil.rmtree(tmp_path / 't')
+    p = run('bench.py', f'--ckpt={TEACHER}', f'--cache={tmp_path / "c/val"}', '--speed=True',
+            '--speed_seconds=0.1', '--device=cpu', f'--out={tmp_path / "e.json"}', ok=False)
+    assert clean_error(p, str(tmp_path / 't')) and not (tmp_path / 'e.json').exists()
+
+# -----------------------------------------------------------------------------
+# report.py: the seed's tables from run directories, the per-term study's table, and what it
+# refuses (NaN, stale, corrupt, another cache)
+
+@pytest.mark.fast
 def test_report_prints_the_seeds_tables(tmp_path):
     """Runs carrying the seed's numbers (SigLIP 2 L teacher 71.5 / 54.7, full method 62.4 / 44.1) ->
     report.py prints Table 1, Table 2 (Delta vs Full), Table B and its 2x3 grid with exactly these
@@ -1576,8 +2238,8 @@ def test_report_prints_the_seeds_tables(tmp_path):
     assert ('| Student (TinySigLIP, run tinysiglip) | 33.2M (31.8M) '
             '| 63.0 | 87.0 | 93.0 | 45.0 |') in report()
 
-@fast
-def test_rel_report_refuses_nan_stale_and_corrupt(tmp_path):
+@pytest.mark.fast
+def test_report_refuses_nan_stale_and_corrupt(tmp_path):
     """report.py: a NaN run is never 'best', an eval.json of another checkpoint or cache is refused
     by name (stale), a corrupt eval.json / log.jsonl is reported as corrupt; the report is still
     written."""
@@ -1615,6 +2277,47 @@ def test_rel_report_refuses_nan_stale_and_corrupt(tmp_path):
     assert 'corrupt' in row('a4') and str(runs / 'a4' / 'eval.json') in row('a4')
     assert 'another cache' in row('a6') and '40.0' not in row('a6')
     assert 'corrupt' in rep and str(runs / 'a1' / 'log.jsonl') in rep and p.returncode == 0
+
+@pytest.mark.fast
+def test_report_prints_what_each_term_adds(tmp_path):
+    """report.py's per-term table: rows in the study's order, mean ± half-range over seeds with
+    the mean bootstrap bounds, ARef only where a decoder was trained; an arm scored on another
+    cache than the base is refused and named."""
+    def write(run, fingerprint, i2t, extra):
+        os.makedirs(tmp_path / run, exist_ok=True)
+        m = dict(i2t_r1=i2t, t2i_r1=i2t + 1)
+        e = dict(split='test', n_images=5000, n_captions=25000, fingerprint=fingerprint,
+                 metrics=m, intervals={k: [v - 1, v + 1] for k, v in m.items()}, **extra)
+        json.dump(e, open(tmp_path / run / 'eval.json', 'w'))
+    probe = lambda acc: dict(dense_probe=dict(object_patch_acc=acc,
+                                              object_patch_acc_interval=[acc - 2, acc + 2]))
+    aref = lambda acc: dict(locca=dict(aref_acc_iou50=acc,
+                                       aref_acc_iou50_interval=[acc - 4, acc + 4]))
+    write('terms-base', 'T', 10.0, probe(30.0))
+    write('terms-sigmoid', 'T', 12.0, probe(31.0))
+    write('terms-sigmoid-s1', 'T', 14.0, probe(33.0))
+    write('terms-locca', 'other', 13.0, dict(**probe(35.0), **aref(20.0)))
+    write('terms-complete', 'T', 13.0, dict(**probe(40.0), **aref(22.0)))
+    os.makedirs(tmp_path / 'cache', exist_ok=True)
+    teacher = tmp_path / 'cache/eval.json' # the demo's teacher row: another cache
+    recalls = {f'{d}_r{k}': 25.0 for d in ('i2t', 't2i') for k in (1, 5, 10)}
+    json.dump(dict(split='test', n_images=5000, n_captions=25000, fingerprint='M',
+                   metrics=recalls), open(teacher, 'w'))
+    text = run('report.py', f'--runs_dir={tmp_path}', f'--teacher_eval={teacher}',
+               f'--out={tmp_path / "report.md"}').stdout
+    rows = md_table(text, '## What each SigLIP 2 term adds')
+    assert rows[0] == ('| objective | run | seeds | I→T R@1 | T→I R@1 | ARef acc@0.5 '
+                       '| dense probe |')
+    assert rows[2:4] == [
+        '| base: sigmoid only, before the arms | terms-base | 1 | 10.0 [9.0, 11.0] '
+        '| 11.0 [10.0, 12.0] | — | 30.0 [28.0, 32.0] |',
+        '| sigmoid only | terms-sigmoid | 2 | 13.0 ± 1.0 [12.0, 14.0] | 14.0 ± 1.0 [13.0, 15.0] '
+        '| — | 32.0 ± 1.0 [30.0, 34.0] |']
+    assert rows[4].startswith('| + LocCa | terms-locca | 0 | — | — | — | — |')
+    assert 'scored on another cache than terms-base' in rows[4]
+    assert rows[5].startswith('| + SILC/TIPS | terms-silc-tips | 0 |') and '(missing: ' in rows[5]
+    assert rows[6] == ('| complete: + LocCa + SILC/TIPS | terms-complete | 1 | 13.0 [12.0, 14.0] '
+                       '| 14.0 [13.0, 15.0] | 22.0 [18.0, 26.0] | 40.0 [38.0, 42.0] |')
 
 # -----------------------------------------------------------------------------
 # demo.sh end to end: the quick demo's tables, plots and teacher row
@@ -1669,996 +2372,6 @@ def test_demo_quick_writes_tables(demo):
         rows = [json.loads(l) for l in open(run_dir / 'log.jsonl')]
         terms_logged = {k for r in rows for k in r if k.startswith('loss/')}
         assert ({'loss/silc', 'loss/tips'} <= terms_logged) == (arm in ('silc-tips', 'complete'))
-
-
-# -----------------------------------------------------------------------------
-# reliability of the new surface: views, unpaired caches, tars / folders / caption files, the
-# product modes; each test names the kind of failure it covers (each failed before the fix)
-@pytest.fixture(scope='session')
-def w18(
-    tmp_path_factory,
-):  # a tiny world cached with the demo teacher: train (K=2 views), val, web images
-    tmp = tmp_path_factory.mktemp('w18')
-    w = tiny_world(tmp / 'w')
-    common = [
-        f'--data_dir={w}',
-        f'--teacher={TEACHER}',
-        '--num_workers=0',
-        f'--out_dir={tmp / "c"}',
-    ]
-    run('cache_teacher.py', *common, '--split=train', '--views=2')
-    run('cache_teacher.py', *common, '--split=val')
-    run('cache_teacher.py', *common, '--split=web', '--captions=False')
-    return tmp
-
-
-def train18(w18, out, *extra, **kw):
-    return run(
-        'train.py',
-        'config/a5.py',
-        'config/shapes.py',
-        f'--train_cache={w18 / "c/train"}',
-        f'--val_cache={w18 / "c/val"}',
-        f'--out_dir={out}',
-        '--batch_size=8',
-        '--val_images=20',
-        '--log_interval=1',
-        '--warmup_iters=1',
-        '--eval_interval=2',
-        '--max_iters=2',
-        *extra,
-        **kw,
-    )
-
-
-FSIZE = (
-    "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-    "resource.setrlimit(resource.RLIMIT_FSIZE, ({0}, {0})); "
-)
-
-def run_file_limited(limit, script, *args):
-    """Runs `script` with every write past `limit` bytes failing (EFBIG), as on a full disk."""
-    code = FSIZE.format(limit) + "import runpy; sys.argv = sys.argv[1:]; "
-    code += "runpy.run_path(sys.argv[0], run_name='__main__')"
-    return subprocess.run([sys.executable, '-c', code, script, *args], cwd=REPO, env=ENV,
-                          capture_output=True, text=True)
-
-
-def test_r18_failed_writes_keep_the_last_good_file(w18, tmp_path):
-    """Kind: data loss and unsafe writes. A write that fails (here: a file-size limit, as a full
-    disk or quota: the error comes at write or close) raises, leaves the last good config.json /
-    model.safetensors and no temp file; train.py exits non-zero with one line and keeps the last
-    good save; report.py --out likewise, and into a missing folder a clear error; a split is a
-    name, never a path."""
-    # model.py's save closes what it writes: a write or close error raises, never passes silently
-    # (train.py makes the save atomic with a staging dir)
-    code = (
-        FSIZE.format(100) + f"sys.path.insert(0, {REPO!r}); from test_smoke import tiny_student; "
-        f"tiny_student(embed_dim=32).save_pretrained({str(tmp_path / 's')!r})"
-    )
-    p = subprocess.run(
-        [sys.executable, '-c', code], cwd=REPO, env=ENV, capture_output=True, text=True
-    )
-    assert p.returncode != 0 and 'Error' in p.stderr, p.stderr[-2000:]
-    # train.py: a good save at iter 2, then a resume whose save cannot be written
-    train18(w18, tmp_path / 'o')
-    good = {
-        f: (tmp_path / 'o' / f).read_bytes()
-        for f in ('ckpt.pt', 'model.safetensors', 'config.json', 'meta.json')
-    }
-    p = run_file_limited(10000, 'train.py', 'config/a5.py', 'config/shapes.py',
-                         f'--train_cache={w18 / "c/train"}', f'--val_cache={w18 / "c/val"}',
-                         f'--out_dir={tmp_path / "o"}', '--batch_size=8', '--val_images=20',
-                         '--warmup_iters=1', '--eval_interval=2', '--max_iters=4',
-                         '--init_from=resume')
-    assert clean_error(p, 'saving to', 'last good save (iter 2)'), p.stderr[-2000:]
-    assert {f: (tmp_path / 'o' / f).read_bytes() for f in good} == good
-    assert not [f for f in os.listdir(tmp_path / 'o') if f.endswith('.tmp')]
-    # report.py: a missing folder, and a write that fails keeps the last report
-    p = run('report.py', f'--runs_dir={tmp_path}', f'--out={tmp_path / "nope/report.md"}', ok=False)
-    assert clean_error(p, 'does not exist')
-    (tmp_path / 'report.md').write_text('the last good report\n')
-    p = run_file_limited(10, 'report.py', f'--runs_dir={tmp_path / "none"}',
-                         f'--out={tmp_path / "report.md"}')
-    assert (
-        clean_error(p, 'cannot write')
-        and (tmp_path / 'report.md').read_text() == 'the last good report\n'
-    )
-    # a split is a name: nothing written outside --out_dir
-    p = run(
-        'cache_teacher.py',
-        f'--data_dir={w18 / "w"}',
-        '--split=../x',
-        '--teacher=none',
-        f'--processor={w18 / "w/processor"}',
-        f'--out_dir={tmp_path / "c"}',
-        ok=False,
-    )
-    assert clean_error(p, "split='../x'") and not (tmp_path / 'x').exists()
-
-
-def test_r18_user_text_is_validated_where_read(w18, tmp_path):
-    """Kind: user-supplied text. Non-UTF-8 bytes in a caption file, a captions jsonl and a tar
-    caption; a template without {c} or with another field; an empty query, a missing
-    --query_image, --topk=-1: one line naming the file (and line / member) or the setting, no
-    traceback."""
-    import io, tarfile, shutil
-
-    common = [f'--teacher={TEACHER}', '--num_workers=0', f'--out_dir={tmp_path / "c"}']
-    (tmp_path / 'caps.txt').write_bytes(b'a red circle\nbad \xff\xfe bytes\n')
-    p = run(
-        'cache_teacher.py',
-        f'--caption_file={tmp_path / "caps.txt"}',
-        '--split=t',
-        *common,
-        ok=False,
-    )
-    assert clean_error(p, 'caps.txt, line 2', 'UTF-8')
-    (tmp_path / 'f').mkdir()
-    shutil.copy(sorted((w18 / 'w/web2017').iterdir())[0], tmp_path / 'f/a.jpg')
-    (tmp_path / 'caps.jsonl').write_bytes(b'{"file": "a.jpg", "caption": "caf\xe9"}\n')
-    p = run(
-        'cache_teacher.py',
-        f'--image_folder={tmp_path / "f"}',
-        f'--folder_captions={tmp_path / "caps.jsonl"}',
-        '--split=j',
-        *common,
-        ok=False,
-    )
-    assert clean_error(p, 'caps.jsonl, line 1', 'UTF-8')
-    with tarfile.open(tmp_path / 'a.tar', 'w') as tf:
-        for name, data in (('k.jpg', (tmp_path / 'f/a.jpg').read_bytes()), ('k.txt', b'\xff')):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    p = run('cache_teacher.py', f'--tars={tmp_path / "a.tar"}', '--split=tar', *common, ok=False)
-    assert clean_error(p, 'a.tar, member k.txt', 'UTF-8')
-    shutil.copytree(TEACHER, tmp_path / 's')
-    (tmp_path / 'zs/a').mkdir(parents=True)
-    (tmp_path / 'zs/b').mkdir()
-    shutil.copy(tmp_path / 'f/a.jpg', tmp_path / 'zs/a/1.jpg')
-    shutil.copy(tmp_path / 'f/a.jpg', tmp_path / 'zs/b/1.jpg')
-    for t in ('a photo', 'a {x}', '{c} and {d}'):
-        p = run(
-            'eval.py',
-            f'--ckpt={tmp_path / "s"}',
-            f'--zeroshot={tmp_path / "zs"}',
-            f'--templates={t}',
-            ok=False,
-        )
-        assert clean_error(p, '--templates', repr(t)) and not (tmp_path / 's/eval.json').exists()
-    search = ['student.py', f'--ckpt={tmp_path / "s"}', f'--folder={tmp_path / "f"}']
-    assert clean_error(run(*search, '--query= ', ok=False), '--query', 'empty')
-    assert clean_error(
-        run(*search, f'--query_image={tmp_path / "nope.jpg"}', ok=False), 'nope.jpg', 'not found'
-    )
-    assert clean_error(run(*search, '--query=a red circle', '--topk=-1', ok=False), '--topk=-1')
-
-
-def tar_of(path, members):  # [(name, bytes)] -> an uncompressed tar
-    import io, tarfile
-
-    with tarfile.open(path, 'w') as tf:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-
-
-def test_r18_readers_count_what_they_drop_or_merge(w18, tmp_path):
-    """Kind: readers dropping or merging without a count. Duplicate keys in one tar and the same tar
-    listed twice; a folder with a .gif, a .txt, a FIFO named .jpg, a dangling symlink, a
-    symlinked subfolder (followed) and a link back up the tree (a loop: counted, not followed);
-    two sources in one run -> error; truncated tar / not a tar -> one line."""
-    from PIL import Image
-    from cache import load_cache
-
-    webs = sorted((w18 / 'w/web2017').iterdir())
-    common = [
-        '--teacher=none',
-        f'--processor={w18 / "w/processor"}',
-        '--num_workers=0',
-        f'--out_dir={tmp_path / "c"}',
-    ]
-    jpg = [f.read_bytes() for f in webs[:3]]
-    tar_of(
-        tmp_path / 'a.tar',
-        [
-            ('k0.jpg', jpg[0]),
-            ('k0.txt', b'one'),
-            ('k1.jpg', jpg[1]),
-            ('k1.txt', b'two'),
-            ('k1.jpg', jpg[2]),
-            ('k1.txt', b'three'),
-        ],
-    )
-    out = run('cache_teacher.py', f'--tars={tmp_path}/{{a,a}}.tar', '--split=tar', *common).stdout
-    _, m = load_cache(str(tmp_path / 'c/tar'))
-    assert (
-        m['counts']['images'] == 2
-        and m['counts']['repeated_tars'] == 1
-        and m['counts']['duplicate_members'] == 2
-    )
-    assert 'counted in the manifest' in out
-    f = tmp_path / 'f'
-    (f / 'real').mkdir(parents=True)
-    for i, src in enumerate(webs[:3]):
-        shutil.copy(src, f / f'{i}.jpg')
-    Image.open(webs[3]).save(f / 'real/x.gif')
-    Image.open(webs[4]).save(f / 'x.tif')
-    (f / 'notes.txt').write_text('not an image')
-    os.mkfifo(f / 'pipe.jpg')
-    os.symlink(tmp_path / 'gone.jpg', f / 'dangling.jpg')
-    (tmp_path / 'outside').mkdir()
-    Image.open(webs[5]).save(tmp_path / 'outside/y.gif')
-    os.symlink(tmp_path / 'outside', f / 'linked')  # followed
-    os.symlink(f, f / 'real/up')  # a loop: read once
-    os.symlink(f / 'real', f / 'again')  # the same folder twice: read once
-    run(
-        'cache_teacher.py',
-        f'--image_folder={f}',
-        '--split=folder',
-        '--captions=False',
-        *common,
-        timeout=120,
-    )
-    _, m = load_cache(str(tmp_path / 'c/folder'))
-    assert m['counts']['images'] == 6  # 3 jpg + tif + real/x.gif + linked/y.gif
-    assert (
-        m['counts']['not_images'] == 1
-        and m['counts']['not_regular_files'] == 2
-        and m['counts']['repeated_folders'] == 2
-    )
-    p = run(
-        'cache_teacher.py',
-        f'--image_folder={f}',
-        f'--tars={tmp_path / "a.tar"}',
-        '--split=two',
-        *common,
-        ok=False,
-    )
-    assert clean_error(p, 'one source per cache run')
-    (tmp_path / 'cut.tar').write_bytes((tmp_path / 'a.tar').read_bytes()[:1500])
-    (tmp_path / 'no.tar').write_bytes(b'not a tar at all' * 100)
-    for name in ('cut.tar', 'no.tar'):
-        p = run('cache_teacher.py', f'--tars={tmp_path / name}', '--split=bad', *common, ok=False)
-        assert clean_error(p, name), p.stderr[-1500:]
-
-
-def test_r18_wrong_cache_kind_and_views_without_views(w18, tmp_path):
-    """Kind: silent wrong results in training. An image-only cache as train_cache or as eval.py
-    --cache -> one line; --views=2 with an extra image cache that stores no views -> refused (it
-    trained on full images only)."""
-    p = train18(w18, tmp_path / 'a', f'--train_cache={w18 / "c/web"}', ok=False)
-    assert clean_error(p, 'web', 'input_ids')
-    p = run('eval.py', f'--cache={w18 / "c/web"}', ok=False)
-    assert clean_error(p, 'web', 'input_ids')
-    p = train18(w18, tmp_path / 'b', '--views=2', f'--extra_image_cache={w18 / "c/web"}', ok=False)
-    assert clean_error(p, 'views=2', '1 view(s)')
-
-
-def test_r18_leaks_are_checked_by_content(w18, tmp_path):
-    """Kind: leak checks by id only. The val images cached again through --image_folder (ids are
-    positions) and given as the unpaired image cache, or as rows of the training cache: refused,
-    byte-identical rows counted."""
-    import shutil
-    from cache import load_cache, check_same_images
-
-    shutil.copytree(w18 / 'w/val2017', tmp_path / 'f')
-    run(
-        'cache_teacher.py',
-        f'--image_folder={tmp_path / "f"}',
-        '--split=again',
-        '--captions=False',
-        f'--teacher={TEACHER}',
-        '--num_workers=0',
-        f'--out_dir={tmp_path / "c"}',
-    )
-    p = train18(w18, tmp_path / 'o', f'--extra_image_cache={tmp_path / "c/again"}', ok=False)
-    assert clean_error(p, 'byte-identical', '20 of 20')
-    val = load_cache(str(w18 / 'c/val'))[0]['pixels']
-    train = load_cache(str(w18 / 'c/train'), mmap=True)[0]['pixels']  # Rows over the shards
-    check_same_images(train, val, 'clean')  # distinct images: no refusal
-    mixed = torch.cat([train[:5], val[3:4], train[5:9]])
-    with pytest.raises(SystemExit, match='1 of 10 images are byte-identical'):
-        check_same_images(mixed, val, 'mixed')
-
-
-def test_r18_meaningless_scores_and_unbounded_settings(w18, tmp_path):
-    """Kind: a score that cannot mean anything is written; settings that exhaust memory. Zero-shot
-    over one class (top-1 100 %) -> refused, nothing written; an absurd --views is refused before
-    any work."""
-    import shutil
-
-    shutil.copytree(TEACHER, tmp_path / 's')
-    (tmp_path / 'zs/a').mkdir(parents=True)
-    shutil.copy(sorted((w18 / 'w/web2017').iterdir())[0], tmp_path / 'zs/a/1.jpg')
-    p = run(
-        'eval.py',
-        f'--ckpt={tmp_path / "s"}',
-        f'--zeroshot={tmp_path / "zs"}',
-        '--templates=a {c}',
-        ok=False,
-    )
-    assert clean_error(p, '1 class') and not (tmp_path / 's/eval.json').exists()
-    p = run(
-        'cache_teacher.py',
-        f'--data_dir={w18 / "w"}',
-        '--split=val',
-        f'--teacher={TEACHER}',
-        '--views=1000000',
-        f'--out_dir={tmp_path / "c"}',
-        ok=False,
-        timeout=120,
-    )
-    assert clean_error(p, 'views=1000000', 'GiB')
-
-
-def test_r18_folder_search_index_and_special_files(w18, tmp_path):
-    """Kind: folder search keyed on size + mtime, blocking on special files, tracebacks on a bad
-    index. A file replaced at the same size and mtime is re-indexed; a FIFO named .jpg and a
-    dangling symlink are left out (said); a truncated index is rebuilt, said so; an HF name's
-    index never lands in the user's folder."""
-    import shutil
-
-    shutil.copytree(TEACHER, tmp_path / 's')
-    f = tmp_path / 'f'
-    f.mkdir()
-    webs = sorted((w18 / 'w/web2017').iterdir())
-    from PIL import Image
-
-    for i in range(3):  # BMP: one size for every image of the same dimensions
-        Image.open(webs[i]).save(f / f'{i}.bmp')
-    os.mkfifo(f / 'pipe.jpg')
-    os.symlink(tmp_path / 'gone.jpg', f / 'dangling.jpg')
-    search = [
-        'student.py',
-        f'--ckpt={tmp_path / "s"}',
-        f'--folder={f}',
-        '--query=a red circle',
-        '--topk=3',
-    ]
-    out = run(*search, timeout=120).stdout
-    assert 'indexed 3 images' in out and "'not_regular_files': 2" in out, out
-    assert 'reusing index' in run(*search, timeout=120).stdout
-    st = os.stat(f / '0.bmp')
-    Image.open(webs[5]).save(tmp_path / '5.bmp')
-    assert os.path.getsize(tmp_path / '5.bmp') == st.st_size
-    (f / '0.bmp').write_bytes(
-        (tmp_path / '5.bmp').read_bytes()
-    )  # another image, same size and mtime
-    os.utime(f / '0.bmp', ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert 'indexed 3 images' in run(*search, timeout=120).stdout
-    index = [p for p in os.listdir(tmp_path / 's') if p.startswith('index-')]
-    assert len(index) == 1
-    (tmp_path / 's' / index[0]).write_bytes((tmp_path / 's' / index[0]).read_bytes()[:50])
-    out = run(*search, timeout=120).stdout
-    assert 'unreadable' in out and 'indexed 3 images' in out
-
-
-def test_r18_remaining_tracebacks(w18, tmp_path):
-    """Kind: tracebacks where a message belongs. A run dir without model.safetensors; --speed when
-    the manifest's teacher is gone."""
-    import shutil
-
-    shutil.copytree(TEACHER, tmp_path / 's')
-    os.remove(tmp_path / 's/model.safetensors')
-    p = run('student.py', f'--ckpt={tmp_path / "s"}', f'--folder={w18 / "w/web2017"}', ok=False)
-    assert clean_error(p, 'no model.safetensors')
-    shutil.copytree(TEACHER, tmp_path / 't')
-    run(
-        'cache_teacher.py',
-        f'--data_dir={w18 / "w"}',
-        '--split=val',
-        f'--teacher={tmp_path / "t"}',
-        '--num_workers=0',
-        f'--out_dir={tmp_path / "c"}',
-    )
-    shutil.rmtree(tmp_path / 't')
-    p = run(
-        'bench.py',
-        f'--ckpt={TEACHER}',
-        f'--cache={tmp_path / "c/val"}',
-        '--speed=True',
-        '--speed_seconds=0.1',
-        '--device=cpu',
-        f'--out={tmp_path / "e.json"}',
-        ok=False,
-    )
-    assert clean_error(p, str(tmp_path / 't')) and not (tmp_path / 'e.json').exists()
-
-
-# -----------------------------------------------------------------------------
-# evaluation as the field does: ImageNet names and templates, CLIP_benchmark parity, bootstrap
-# intervals, Flickr30k (eval.py, cache_teacher.py's Karpathy reader, report.py's columns)
-def test_imagenet_folder_gets_the_standard_names_and_80_templates(tmp_path):
-    """An ImageNet-style val folder (WordNet-id subfolders) is classified with CLIP_benchmark's
-    imagenet1k names and its 80 templates (checked on the prompts actually embedded); folders
-    named by ids are refused unless --classnames is given; the shipped lists are the files
-    data/clip_benchmark/README.md names (sha256)."""
-    from PIL import Image
-    from cache_teacher import zeroshot_classnames, zeroshot_templates
-
-    for f, digest in re.findall(
-        r'\| `(en_\w+\.json)` \| `(\w{64})` \|',
-        open(os.path.join(CLIP_BENCHMARK, 'README.md')).read(),
-    ):
-        assert (
-            hashlib.sha256(open(os.path.join(CLIP_BENCHMARK, f), 'rb').read()).hexdigest() == digest
-        ), f
-    cb = lambda kind: json.load(open(os.path.join(CLIP_BENCHMARK, f'en_{kind}.json')))['imagenet1k']
-    wnids = ['n01440764', 'n01443537', 'n02123045']  # ImageNet classes 0, 1, 281
-    for k, w in enumerate(wnids):
-        os.makedirs(tmp_path / 'val' / w)
-        for i in range(k + 1):
-            Image.new('RGB', (8, 8), (40 * i, 80, 120)).save(
-                tmp_path / 'val' / w / f'ILSVRC2012_val_{k}{i}.JPEG'
-            )
-    paths, labels, classes = zeroshot_items(str(tmp_path / 'val'))
-    names, source, dataset = zeroshot_classnames(classes, str(tmp_path / 'val'))
-    assert names == ['tench', 'goldfish', 'tabby cat'] == [cb('classnames')[i] for i in (0, 1, 281)]
-    assert dataset == 'imagenet1k' and 'WordNet' in source
-    temps = zeroshot_templates('', dataset)
-    assert temps == cb('zeroshot_classification_templates') and len(temps) == 80
-    embedded = []
-
-    class Recorder:  # records every prompt the text tower sees
-        tokenize = staticmethod(lambda texts: embedded.extend(texts) or texts)
-        prep = staticmethod(lambda ims: torch.ones(len(ims), 4))
-        images = staticmethod(lambda x: x)
-        texts = staticmethod(lambda ts: torch.randn(len(ts), 4))
-
-    zs = zeroshot_classify(Recorder(), paths, labels, names, temps, batch_size=4)
-    assert embedded == [t.format(c=c) for c in names for t in temps] and len(embedded) == 240
-    assert (
-        not any(re.search(r'n\d{8}', p) for p in embedded) and 'a bad photo of a tench.' in embedded
-    )
-    assert (
-        zs['n_images'] == 6
-        and zs['intervals']['top1'][0] <= zs['top1'] <= zs['intervals']['top1'][1]
-    )
-    for bad in (
-        '000',
-        'n99999999',
-    ):  # class ids without names: refused, naming the folder and the way out
-        os.makedirs(tmp_path / bad / bad)
-        Image.new('RGB', (8, 8)).save(tmp_path / bad / bad / 'a.png')
-        with pytest.raises(SystemExit, match=f"class folder '{bad}' is an id.*--classnames"):
-            zeroshot_classnames(zeroshot_items(str(tmp_path / bad))[2], str(tmp_path / bad))
-    (tmp_path / 'names.txt').write_text('mystery fish\n')
-    assert zeroshot_classnames(['000'], str(tmp_path / '000'), str(tmp_path / 'names.txt'))[0] == [
-        'mystery fish'
-    ]
-    (tmp_path / 'names.txt').write_text('a\nb\n')
-    with pytest.raises(SystemExit, match='has 2 names.*has 1 classes'):
-        zeroshot_classnames(['000'], str(tmp_path / '000'), str(tmp_path / 'names.txt'))
-    assert zeroshot_classnames(['red', 'blue'], str(tmp_path / 'val'))[0] == [
-        'red',
-        'blue',
-    ]  # names: as written
-    pets = json.load(open(os.path.join(CLIP_BENCHMARK, 'en_classnames.json')))[
-        'pets'
-    ]  # by dataset name, index order
-    assert (
-        zeroshot_classnames([f'{i:03d}' for i in range(len(pets))], str(tmp_path / '000'), 'pets')[
-            0
-        ]
-        == pets
-    )
-
-
-def clip_benchmark_metrics():
-    """CLIP_benchmark's metric modules. Installed without its dependencies (`pip install --no-deps
-    clip-benchmark==1.6.2`, .ci/run): zeroshot_classification imports scikit-learn for the
-    balanced accuracy only, which these tests do not compare, so a stand-in module answers that
-    import when scikit-learn is absent."""
-    import types, importlib.util
-
-    if importlib.util.find_spec('clip_benchmark') is None:
-        raise AssertionError(
-            'clip_benchmark missing: pip install --no-deps clip-benchmark==1.6.2 (see .ci/run)'
-        )
-    if importlib.util.find_spec('sklearn') is None:
-        sys.modules['sklearn'] = types.ModuleType('sklearn')
-        sys.modules['sklearn.metrics'] = types.SimpleNamespace(
-            balanced_accuracy_score=lambda y, p: float('nan'),
-            classification_report=lambda *a, **k: '',
-        )
-    from clip_benchmark.metrics import zeroshot_classification, zeroshot_retrieval
-
-    return zeroshot_classification, zeroshot_retrieval
-
-
-def test_zeroshot_and_retrieval_match_clip_benchmark():
-    """Our retrieval R@k and zero-shot top-1/top-5 equal CLIP_benchmark's evaluate on the same
-    random embeddings (ImageNet's 1000 real class names x the 80 templates). Random float
-    embeddings have no exact ties, where our ranks (ties count against the query) and its topk
-    could differ."""
-    from eval import zeroshot_weights, zeroshot_hits
-
-    cb_zs, cb_ret = clip_benchmark_metrics()
-    g = torch.Generator().manual_seed(0)
-
-    class Fake:  # a CLIP-like model over fixed tables: "images" and "tokens" are row numbers
-        def __init__(self, img, txt):
-            self.img, self.txt = img, txt
-
-        encode_image = lambda self, rows: self.img[rows]
-        encode_text = lambda self, rows: self.txt[rows]
-
-    # retrieval: 40 images with 4-6 captions each
-    n_caps = torch.randint(4, 7, (40,), generator=g)
-    index = torch.repeat_interleave(torch.arange(40), n_caps)
-    img, txt = torch.randn(40, 16, generator=g), torch.randn(len(index), 16, generator=g)
-    txt += 0.5 * img[index]  # related, so the recalls are neither 0 nor 100
-    caps = [[str(j) for j in (index == i).nonzero().squeeze(1).tolist()] for i in range(40)]
-    loader = torch.utils.data.DataLoader(
-        list(zip(range(40), caps)),
-        batch_size=16,
-        collate_fn=lambda b: (torch.tensor([i for i, _ in b]), [c for _, c in b]),
-    )
-    theirs = cb_ret.evaluate(
-        Fake(img, txt),
-        loader,
-        lambda ts: torch.tensor([int(t) for t in ts]),
-        'cpu',
-        amp=False,
-        recall_k_list=[1, 5, 10],
-    )
-    ours = retrieval_metrics(img, txt, index)
-    for k in (1, 5, 10):  # text_retrieval = images querying texts (I→T)
-        assert abs(ours[f'i2t_r{k}'] - 100 * theirs[f'text_retrieval_recall@{k}']) <= 0.01
-        assert abs(ours[f't2i_r{k}'] - 100 * theirs[f'image_retrieval_recall@{k}']) <= 0.01
-    assert 0 < ours['t2i_r1'] < ours['t2i_r10'] < 100
-    # zero-shot: the real imagenet1k names and templates, each prompt a random row
-    names = json.load(open(os.path.join(CLIP_BENCHMARK, 'en_classnames.json')))['imagenet1k']
-    temps = json.load(
-        open(os.path.join(CLIP_BENCHMARK, 'en_zeroshot_classification_templates.json'))
-    )['imagenet1k']
-    # 79,840 distinct prompts: two classes each are named 'missile' and 'sunglasses' (as in
-    # CLIP's list)
-    prompts = {
-        p: j for j, p in enumerate(dict.fromkeys(t.format(c=c) for c in names for t in temps))
-    }
-    table = torch.randn(len(prompts), 64, generator=g)
-    labels = torch.randint(0, 1000, (300,), generator=g)
-    rows = lambda c: torch.tensor(
-        [prompts[t.format(c=c)] for t in temps]
-    )  # (80,) a class's prompt rows
-    mean = torch.stack(
-        [F.normalize(F.normalize(table[rows(names[y])], dim=-1).mean(0), dim=0) for y in labels]
-    )
-    images = mean + 0.3 * torch.randn(
-        300, 64, generator=g
-    )  # near their class's mean prompt: top-1 about half
-
-    class Stub:
-        tokenize = staticmethod(lambda texts: torch.tensor([prompts[t] for t in texts]))
-        texts = staticmethod(lambda rows: table[rows])
-
-    hits = zeroshot_hits(images, zeroshot_weights(Stub(), names, temps), labels)
-
-    class Labelled(list):  # CLIP_benchmark reads dataloader.dataset.classes
-        classes = names
-
-    loader = torch.utils.data.DataLoader(Labelled(zip(range(300), labels.tolist())), batch_size=64)
-    # its evaluate() = zero_shot_classifier + run_classification + accuracy; accuracy() calls
-    # float() on a 1-element array, a TypeError since NumPy 2.4, so its top-k is read off its
-    # logits here as accuracy() does
-    classifier = cb_zs.zero_shot_classifier(
-        Fake(images, table), Stub.tokenize, names, temps, 'cpu', amp=False
-    )
-    logits, target = cb_zs.run_classification(
-        Fake(images, table), classifier, loader, 'cpu', amp=False
-    )
-    top = logits.topk(5, 1).indices  # (N, 5)
-    theirs = [100 * (top[:, :k] == target[:, None]).any(1).float().mean().item() for k in (1, 5)]
-    assert abs(100 * hits[:, 0].mean().item() - theirs[0]) <= 0.01
-    assert abs(100 * hits[:, 1].mean().item() - theirs[1]) <= 0.01
-    assert 5 < theirs[0] < theirs[1] < 95, theirs
-
-
-def test_bootstrap_interval_resamples_images_with_their_captions():
-    """The interval brackets the point estimate, shrinks with more test images, is reproducible
-    (fixed seed), and resamples images, not captions: one image owning all hits moves T→I as a
-    block."""
-    from eval import bootstrap_interval, retrieval_ranks, retrieval_intervals, recalls
-
-    g = torch.Generator().manual_seed(1)
-    small, large = [(torch.rand(n, 1, generator=g) < 0.6).float() for n in (100, 10000)]
-    a, b = [bootstrap_interval(h, torch.ones_like(h))[0] for h in (small, large)]
-    assert (
-        a[0] < 100 * small.mean() < a[1]
-        and b[0] < 100 * large.mean() < b[1]
-        and (b[1] - b[0]) < (a[1] - a[0]) / 5
-    )
-    assert torch.equal(
-        bootstrap_interval(small, torch.ones_like(small)),
-        bootstrap_interval(small, torch.ones_like(small)),
-    )
-    # image 0 has 10 captions that all hit, 9 images have one caption that misses: T→I R@1 =
-    # 10/19 = 52.6 %; drawing images, the share of runs without image 0 is (9/10)^10 = 35 %, so
-    # the 95 % interval reaches 0
-    hits, counts = torch.tensor([[10.0]] + [[0.0]] * 9), torch.tensor([[10.0]] + [[1.0]] * 9)
-    lo, hi = bootstrap_interval(hits, counts)[0].tolist()
-    assert lo == 0.0 and hi > 52.6
-    img = torch.randn(30, 8, generator=g)
-    index = torch.arange(30).repeat_interleave(3)
-    ranks = retrieval_ranks(img, img[index] + torch.randn(90, 8, generator=g), index)
-    ci, m = retrieval_intervals(*ranks, index), recalls(*ranks)
-    assert all(ci[k][0] <= m[k] <= ci[k][1] for k in ci) and set(ci) == set(m) - {'rsum'}
-
-
-def test_flickr30k_karpathy_cached_scored_and_reported(tmp_path):
-    """Karpathy's dataset_flickr30k.json (filename, imgid, sentences, split; no filepath / cocoid) +
-    one flat image folder: the 1k-test-style split is cached with every caption and Flickr photo
-    ids, the teacher row and a COCO-trained student are scored on it; COCO ids equal to the
-    Flickr ids are not a leak (other id space, said so); eval.json keeps the COCO row on top and
-    both under evals; report.py's Table 1 gains Flickr30k columns."""
-    sys.path.insert(0, os.path.join(REPO, 'data', 'shapes'))
-    from prepare import make_tiny_hf_teacher
-    from safetensors.torch import load_file
-
-    w = tiny_world(tmp_path / 'w')
-    make_tiny_hf_teacher(str(tmp_path / 't'), str(w / 'processor'))
-    base = [
-        'cache_teacher.py',
-        f'--teacher={tmp_path / "t"}',
-        '--num_workers=0',
-        f'--out_dir={tmp_path / "c"}',
-    ]
-    for split in (
-        'train',
-        'test',
-    ):  # COCO layout: the student's training cache and its in-domain test split
-        run(*base, f'--data_dir={w}', f'--split={split}')
-    train_ids = load_file(str(tmp_path / 'c/train/train-00000.safetensors'))['image_ids'].tolist()
-    caps = json.load(open(w / 'annotations/captions_test2017.json'))
-    flickr = tmp_path / 'flickr30k-images'
-    flickr.mkdir()
-    rows = []
-    for k, im in enumerate(
-        caps['images']
-    ):  # Flickr file names carry the photo id; here equal to COCO train ids
-        name = f'{train_ids[k]}.jpg'
-        shutil.copy(w / 'test2017' / im['file_name'], flickr / name)
-        sents = [
-            dict(raw=a['caption'], tokens=[])
-            for a in caps['annotations']
-            if a['image_id'] == im['id']
-        ]
-        rows.append(
-            dict(
-                filename=name,
-                imgid=k,
-                sentids=[],
-                split='test' if k < 15 else 'train',
-                sentences=sents,
-            )
-        )
-    json.dump(
-        dict(images=rows, dataset='flickr30k'), open(tmp_path / 'dataset_flickr30k.json', 'w')
-    )
-    run(
-        'cache_teacher.py',
-        *base[1:-1],
-        f'--out_dir={tmp_path / "f"}',
-        f'--data_dir={flickr}',
-        f'--karpathy={tmp_path / "dataset_flickr30k.json"}',
-        '--split=test',
-    )
-    from cache import load_cache
-
-    d, m = load_cache(str(tmp_path / 'f/test'))
-    assert m['dataset']['name'] == 'flickr30k' and m['dataset']['id_space'] == 'flickr'
-    assert sorted(d['image_ids'].tolist()) == sorted(train_ids[:15])
-    assert m['counts']['captions'] == sum(len(r['sentences']) for r in rows[:15])
-    run('eval.py', f'--cache={tmp_path / "f/test"}')  # the teacher row, same code
-    t = json.load(open(tmp_path / 'f/test/eval.json'))
-    assert (
-        t['dataset'] == 'flickr30k' and t['n_images'] == 15 and t['bootstrap']['resamples'] == 1000
-    )
-    assert all(
-        t['intervals'][k][0] <= t['metrics'][k] <= t['intervals'][k][1] for k in t['intervals']
-    )
-    run('eval.py', f'--cache={tmp_path / "c/test"}')
-    # a student "trained" on the COCO-layout train cache (meta.json as train.py writes it)
-    st = tiny_student(kept_ids=list(range(249)), embed_dim=32)
-    st.save_pretrained(str(tmp_path / 'runs/a5'))
-    tm = json.load(open(tmp_path / 'c/train/manifest.json'))
-    json.dump(
-        dict(
-            teacher_fingerprint=tm['teacher_fingerprint'],
-            train_cache=str(tmp_path / 'c/train'),
-            iter_num=0,
-        ),
-        open(tmp_path / 'runs/a5/meta.json', 'w'),
-    )
-    run('eval.py', f'--cache={tmp_path / "c/test"}', f'--ckpt={tmp_path / "runs/a5"}')
-    out = run('eval.py', f'--cache={tmp_path / "f/test"}', f'--ckpt={tmp_path / "runs/a5"}').stdout
-    assert 'leak check skipped' in out and 'flickr ids' in out, out
-    e = json.load(open(tmp_path / 'runs/a5/eval.json'))
-    assert (
-        e['dataset'] == 'w'
-        and e['n_images'] == 20
-        and set(e['evals']) == {'w/test', 'flickr30k/test'}
-    )
-    assert (
-        e['evals']['flickr30k/test']['fingerprint'] == t['fingerprint']
-        and e['evals']['w/test']['metrics'] == e['metrics']
-    )
-    rep = run(
-        'report.py',
-        f'--runs_dir={tmp_path / "runs"}',
-        f'--teacher_eval={tmp_path / "c/test/eval.json"}',
-        f'--transfer_evals={tmp_path / "f/test/eval.json"}',
-        f'--out={tmp_path / "r.md"}',
-    ).stdout
-    table = md_table(rep, '## Table 1: teacher vs students')
-    columns = table[0].split(' | ')[7:10]
-    assert columns == ['R@10', 'flickr30k I→T R@1', 'flickr30k T→I R@1'], table[0]
-    cell = lambda line, col: line.split(' | ')[col]
-    with_interval = lambda row, k: (f"{row['metrics'][k]:.1f} [{row['intervals'][k][0]:.1f}, "
-                                    f"{row['intervals'][k][1]:.1f}]")
-    fl = e['evals']['flickr30k/test']
-    assert cell(table[2], 8) == with_interval(t, 'i2t_r1')
-    assert cell(table[4], 9) == with_interval(fl, 't2i_r1')
-    assert cell(table[3], 8) == '—'  # no a1 run
-    assert 'ImageNet' not in table[0]  # no ImageNet eval: no column
-    zs = dict(
-        top1=41.0,
-        top5=70.0,
-        intervals=dict(top1=[38.0, 44.0], top5=[67.0, 73.0]),
-        dataset='imagenet1k',
-        source='/data/imagenet/val',
-        n_images=50000,
-        n_classes=1000,
-        templates=['a {c}.'],
-    )
-    json.dump(dict(e, zeroshot=zs), open(tmp_path / 'runs/a5/eval.json', 'w'))
-    rep = run(
-        'report.py',
-        f'--runs_dir={tmp_path / "runs"}',
-        f'--teacher_eval={tmp_path / "c/test/eval.json"}',
-        f'--out={tmp_path / "r.md"}',
-    ).stdout
-    table = md_table(rep, '## Table 1: teacher vs students')
-    assert (
-        'ImageNet-1k ZS top-1' in table[0]
-        and '| 41.0 [38.0, 44.0] |' in table[4]
-        and 'flickr' not in table[0]
-    )
-
-
-# -----------------------------------------------------------------------------
-# train.py --hf_model: a transformers SiglipModel / Siglip2Model trained with the complete
-# objective and saved as a transformers dir
-
-def hf_run_caches(tmp, kind):
-    """A tiny random HF model of `kind` + --teacher=none caches made with its own processor."""
-    w = tiny_world(tmp / 'w', n_train=200, n_val=50)
-    make_tiny_hf_teacher(str(tmp / 'hf'), str(w / 'processor'), kind=kind)
-    for split in ('train', 'val'):
-        run('cache_teacher.py', f'--data_dir={w}', f'--split={split}', '--teacher=none',
-            f'--processor={tmp / "hf"}', '--num_workers=0', f'--out_dir={tmp / "c"}')
-    return tmp / 'hf'
-
-def hf_args(tmp, out, *extra):
-    """The complete objective on the HF model: sigmoid + LocCa + SILC/TIPS from half the run."""
-    return ['train.py', 'config/a6.py', 'config/shapes.py', f'--hf_model={tmp / "hf"}',
-            f'--train_cache={tmp / "c/train"}', f'--val_cache={tmp / "c/val"}', f'--out_dir={out}',
-            '--lambda_feat=0', '--lambda_affinity=0', '--batch_size=32', '--val_images=50',
-            '--log_interval=1', '--warmup_iters=10', '--learning_rate=2e-3', '--switch=0.5', *extra]
-
-def loss_terms(row):
-    return {k: v for k, v in row.items() if k.startswith('loss')}
-
-@pytest.mark.parametrize('kind', ['siglip', 'siglip2'])
-def test_train_fine_tunes_a_tiny_hf_siglip_and_saves_a_transformers_dir(tmp_path, kind):
-    """train.py --hf_model trains a tiny random SiglipModel / Siglip2Model (NaFlex) with the
-    complete objective on a --teacher=none cache made with its own processor: every term finite,
-    the total falls, val R@1 rises above step 0; out_dir reloads with AutoModel / AutoProcessor
-    and embeds the val images and captions as the run did; eval.py scores it as train.py did;
-    SIGKILL + resume across the switch == the uninterrupted run; 2 gloo ranks == 1 rank; the
-    complete objective on 2 ranks keeps them in sync."""
-    from transformers import AutoModel, AutoProcessor
-    from cache import load_cache
-    from model import load_trained
-    from eval import embed_student
-    hf_run_caches(tmp_path, kind)
-    out = tmp_path / 'full'
-    run(*hf_args(tmp_path, out, '--max_iters=300', '--eval_interval=300'))
-    rows = [json.loads(l) for l in open(out / 'log.jsonl')]
-    steps, vals = [r for r in rows if 'loss' in r], [r for r in rows if 'val/i2t_r1' in r]
-    terms = ('loss/sigmoid', 'loss/locca/cap', 'loss/locca/aref', 'loss/locca/gcap', 'loss/silc',
-             'loss/tips')
-    assert len(steps) == 300 and all(k in steps[-1] for k in terms)
-    assert all(math.isfinite(v) for r in steps for v in loss_terms(r).values()), 'non-finite'
-    mean = lambda rs: sum(r['loss'] for r in rs) / len(rs)
-    assert mean(steps[-20:]) < mean(steps[:20]), (mean(steps[:20]), mean(steps[-20:]))
-    r1 = lambda v: v['val/i2t_r1'] + v['val/t2i_r1']
-    assert vals[0]['iter'] == 0 and vals[-1]['iter'] == 300, vals
-    assert r1(vals[-1]) > r1(vals[0]), vals
-    # the transformers dir: AutoModel / AutoProcessor embed the cached val pixels and captions
-    # as the run did
-    val, _ = load_cache(str(tmp_path / 'c/val'))
-    run_img, run_txt = embed_student(load_trained(str(out)), val['pixels'], val['input_ids'],
-                                     'cpu')
-    model = AutoModel.from_pretrained(str(out)).eval()
-    proc = AutoProcessor.from_pretrained(str(out))
-    assert model.config.model_type == kind
-    with torch.no_grad():
-        inputs = proc.image_processor(list(val['pixels']), return_tensors='pt')
-        img = model.get_image_features(**inputs).pooler_output
-        txt = model.get_text_features(input_ids=val['input_ids'].long()).pooler_output
-    cos = lambda a, b: F.cosine_similarity(a.float(), b.float(), dim=-1).min().item()
-    assert cos(img, run_img) >= 0.9999 and cos(txt, run_txt) >= 0.9999
-    run('eval.py', f'--cache={tmp_path / "c/val"}', f'--ckpt={out}')
-    e = json.load(open(out / 'eval.json'))
-    assert e['metrics']['i2t_r1'] == pytest.approx(vals[-1]['val/i2t_r1'], abs=1e-6)
-    assert 'locca' in e
-    # SIGKILL right after the iter-4 checkpoint, resume across the switch (iter 6)
-    short = lambda o: hf_args(tmp_path, o, '--max_iters=12', '--eval_interval=4')
-    full, _, _ = resume_after_kill(short, tmp_path, checkpoint_iter=4)
-    assert full['iter'] == 12 and {'loss/silc', 'loss/tips'} <= set(full)
-    # 2 gloo ranks (batch 8 each) == 1 rank (batch 16), sigmoid only as the student's DDP test
-    ddp = lambda o, bs: ['train.py', 'config/a5.py', 'config/shapes.py',
-                         *hf_args(tmp_path, tmp_path / o, '--max_iters=5', '--eval_interval=5',
-                                  '--num_threads=1', f'--batch_size={bs}')[3:]]
-    run(*ddp('one', 16))
-    run('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', *ddp('two', 8))
-    (a, va), (b, vb) = last_row(tmp_path / 'one'), last_row(tmp_path / 'two')
-    assert loss_terms(a) == pytest.approx(loss_terms(b), rel=1e-4, abs=1e-5)
-    assert va['val/i2t_r1'] == pytest.approx(vb['val/i2t_r1'], abs=1e-6)
-    # the complete objective on 2 ranks (each rank draws its own crops, masks and parallel-
-    # prediction rows, so it is not 1 rank's run): train.py checks before each checkpoint that
-    # the ranks' weights, EMA teacher and SILC/TIPS centres are equal, and exits if not (it does
-    # when loss.py's centre all-reduce is removed)
-    two = hf_args(tmp_path, tmp_path / 'two_full', '--max_iters=8', '--eval_interval=4',
-                  '--num_threads=1', '--batch_size=8')
-    run('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', *two)
-    step, val = last_row(tmp_path / 'two_full')
-    assert step['iter'] == 8 and val['iter'] == 8
-    assert {'loss/locca', 'loss/silc', 'loss/tips'} <= set(step)
-    assert json.load(open(tmp_path / 'two_full/meta.json'))['world_size'] == 2
-
-# -----------------------------------------------------------------------------
-# bench.py
-
-def test_bench_hf_b16_rows_print_time_and_peak_memory_ratios():
-    """bench.py --hf_b16 at a tiny size (the B/16 keys shrunk, ~35 s on 2 busy cores): the five
-    rows print, each measured in its own process, with finite positive ms and peak memory and
-    ratios to the sigmoid row (1.00x on that row); the complete objective's step peak exceeds
-    sigmoid-only's (its DINO heads' activations alone are tens of MiB), so a memory column that
-    measures nothing fails. No timing is compared."""
-    out = run('bench.py', '--hf_b16=True', '--device=cpu', '--dtype=float32', '--hf_width=64',
-              '--hf_depth=2', '--hf_image_size=64', '--hf_vocab=500', '--hf_kept=100',
-              '--seq_len=16', '--dino_dim=64', '--hf_batch_size=4', '--hf_iters=1').stdout
-    num = r'\s+([\d.]+|nan|inf)'
-    rows = {}
-    for name in ('sigmoid only', '+ LocCa (3 decoder passes)', '+ SILC (8 local crops)',
-                 '+ TIPS (masked view)', 'complete objective'):
-        m = re.search(re.escape(name) + num + r' ms' + num + r'x \| step peak' + num + r' MiB'
-                      + num + r'x \| process peak' + num + r' MiB' + num + 'x', out)
-        assert m, (name, out)
-        rows[name] = [float(v) for v in m.groups()]
-        assert all(math.isfinite(v) and v > 0 for v in rows[name]), (name, out)
-    ms, ms_x, step, step_x, total, total_x = rows['sigmoid only']
-    assert ms_x == step_x == total_x == 1.0, out
-    assert rows['complete objective'][2] > step, out
-    assert all(r[4] >= r[2] for r in rows.values()), out # the absolute peak holds the step's
-
-# the per-term study (demo.sh TERMS=1): eval.py's dense probe and report.py's table
-
-def gcap_row(name, colon=7, length=10): # 'gcap: <box> : <name>' + eos, as the cache stores it
-    seq = [5, 9, 9, colon, *name, 1]
-    return seq + [0] * (length - len(seq))
-
-@fast
-def test_dense_probe_labels_each_patch_and_scores_only_what_the_tokens_say():
-    """eval.patch_labels: each patch's class is the region whose box holds the patch centre (the
-    smallest box where boxes overlap), 0 elsewhere. dense_probe_metrics: tokens that carry each
-    patch's class score 100 % on the object patches; constant tokens (a collapsed model) score
-    0 %, however large the background share; non-square token grids and NaN tokens are
-    refused."""
-    from eval import patch_labels, dense_probe_metrics
-    # a 4 x 4 grid: patch centres at 1/8, 3/8, 5/8, 7/8 of the side
-    data = dict(image_ids=torch.tensor([10, 20]), region_image_ids=torch.tensor([10, 10, 20]),
-                boxes=torch.tensor([[0, 0, 0.5, 1], [0, 0, 0.3, 0.3], [0.55, 0.55, 0.7, 0.7]]),
-                gcap_ids=torch.tensor([gcap_row([20]), gcap_row([21, 22]), gcap_row([20])]))
-    classes = {}
-    labels = patch_labels(data, 4, classes, colon=7)
-    assert classes == {(20,): 1, (21, 22): 2}
-    left_half = [2, 1, 0, 0] + [1, 1, 0, 0] * 3 # the small box wins its one patch (0, 0)
-    only_patch_10 = [0] * 10 + [1] + [0] * 5 # row 2, column 2: centre (5/8, 5/8)
-    assert labels.tolist() == [left_half, only_patch_10]
-
-    def world(first, n): # images first..first+n-1, each with 1-2 random boxes of 3 classes
-        g = torch.Generator().manual_seed(first)
-        ids, boxes, seqs = [], [], []
-        for i in range(first, first + n):
-            for _ in range(1 + i % 2):
-                x0, y0 = (torch.rand(2, generator=g) * 0.6).tolist()
-                ids.append(i)
-                boxes.append([x0, y0, x0 + 0.4, y0 + 0.4])
-                seqs.append(gcap_row([30 + int(torch.randint(3, (1,), generator=g))]))
-        # pixel (0, 0) holds the image's index: the oracle below looks its labels up by it
-        pixels = torch.arange(first, first + n, dtype=torch.uint8).view(n, 1, 1, 1)
-        return dict(image_ids=torch.arange(first, first + n), region_image_ids=torch.tensor(ids),
-                    boxes=torch.tensor(boxes), gcap_ids=torch.tensor(seqs),
-                    pixels=pixels.expand(n, 3, 2, 2))
-    fit, test = world(0, 60), world(60, 90)
-    classes = {}
-    truth = torch.cat([patch_labels(fit, 4, classes, 7), patch_labels(test, 4, classes, 7)])
-
-    class Oracle(torch.nn.Module): # tokens: each patch's class one-hot (or all equal)
-        def __init__(self, collapsed=False, drop=0, nan=False):
-            super().__init__()
-            self.collapsed, self.drop, self.nan = collapsed, drop, nan
-        def preprocess(self, pixels):
-            return pixels.float()
-        def visual(self, x): # -> tokens (B, N, C), pooled (B, C)
-            tokens = F.one_hot(truth[x[:, 0, 0, 0].long()], len(classes) + 1).float()
-            if self.collapsed:
-                tokens = torch.ones_like(tokens)
-            if self.nan:
-                tokens[0, 0, 0] = float('nan')
-            tokens = tokens[:, :16 - self.drop] # drop=1: 15 tokens, no square grid
-            return tokens, tokens.mean(1)
-    seen = dense_probe_metrics(Oracle(), fit, test, 7, 'cpu')
-    blind = dense_probe_metrics(Oracle(collapsed=True), fit, test, 7, 'cpu')
-    assert seen['grid'] == 4 and seen['n_classes'] == 4
-    assert seen['object_patch_acc'] == 100.0 and seen['all_patch_acc'] == 100.0
-    assert blind['object_patch_acc'] == 0.0
-    assert blind['all_patch_acc'] == pytest.approx(blind['background_rate'])
-    assert 20 < blind['background_rate'] < 80, blind # both kinds of patch are common here
-    lo, hi = seen['object_patch_acc_interval']
-    assert lo == hi == 100.0
-    with pytest.raises(SystemExit, match='square grid of patch tokens, the model gives 15'):
-        dense_probe_metrics(Oracle(drop=1), fit, test, 7, 'cpu')
-    with pytest.raises(SystemExit, match='not finite'):
-        dense_probe_metrics(Oracle(nan=True), fit, test, 7, 'cpu')
-
-@fast
-def test_report_prints_what_each_term_adds(tmp_path):
-    """report.py's per-term table: rows in the study's order, mean ± half-range over seeds with
-    the mean bootstrap bounds, ARef only where a decoder was trained; an arm scored on another
-    cache than the base is refused and named."""
-    def write(run, fingerprint, i2t, extra):
-        os.makedirs(tmp_path / run, exist_ok=True)
-        m = dict(i2t_r1=i2t, t2i_r1=i2t + 1)
-        e = dict(split='test', n_images=5000, n_captions=25000, fingerprint=fingerprint,
-                 metrics=m, intervals={k: [v - 1, v + 1] for k, v in m.items()}, **extra)
-        json.dump(e, open(tmp_path / run / 'eval.json', 'w'))
-    probe = lambda acc: dict(dense_probe=dict(object_patch_acc=acc,
-                                              object_patch_acc_interval=[acc - 2, acc + 2]))
-    aref = lambda acc: dict(locca=dict(aref_acc_iou50=acc,
-                                       aref_acc_iou50_interval=[acc - 4, acc + 4]))
-    write('terms-base', 'T', 10.0, probe(30.0))
-    write('terms-sigmoid', 'T', 12.0, probe(31.0))
-    write('terms-sigmoid-s1', 'T', 14.0, probe(33.0))
-    write('terms-locca', 'other', 13.0, dict(**probe(35.0), **aref(20.0)))
-    write('terms-complete', 'T', 13.0, dict(**probe(40.0), **aref(22.0)))
-    os.makedirs(tmp_path / 'cache', exist_ok=True)
-    teacher = tmp_path / 'cache/eval.json' # the demo's teacher row: another cache
-    recalls = {f'{d}_r{k}': 25.0 for d in ('i2t', 't2i') for k in (1, 5, 10)}
-    json.dump(dict(split='test', n_images=5000, n_captions=25000, fingerprint='M',
-                   metrics=recalls), open(teacher, 'w'))
-    text = run('report.py', f'--runs_dir={tmp_path}', f'--teacher_eval={teacher}',
-               f'--out={tmp_path / "report.md"}').stdout
-    rows = md_table(text, '## What each SigLIP 2 term adds')
-    assert rows[0] == ('| objective | run | seeds | I→T R@1 | T→I R@1 | ARef acc@0.5 '
-                       '| dense probe |')
-    assert rows[2:4] == [
-        '| base: sigmoid only, before the arms | terms-base | 1 | 10.0 [9.0, 11.0] '
-        '| 11.0 [10.0, 12.0] | — | 30.0 [28.0, 32.0] |',
-        '| sigmoid only | terms-sigmoid | 2 | 13.0 ± 1.0 [12.0, 14.0] | 14.0 ± 1.0 [13.0, 15.0] '
-        '| — | 32.0 ± 1.0 [30.0, 34.0] |']
-    assert rows[4].startswith('| + LocCa | terms-locca | 0 | — | — | — | — |')
-    assert 'scored on another cache than terms-base' in rows[4]
-    assert rows[5].startswith('| + SILC/TIPS | terms-silc-tips | 0 |') and '(missing: ' in rows[5]
-    assert rows[6] == ('| complete: + LocCa + SILC/TIPS | terms-complete | 1 | 13.0 [12.0, 14.0] '
-                       '| 14.0 [13.0, 15.0] | 22.0 [18.0, 26.0] | 40.0 [38.0, 42.0] |')
 
 if __name__ == '__main__':
     sys.exit(pytest.main([__file__, '-q', *sys.argv[1:]])) # e.g. -m fast, -k resume, -x

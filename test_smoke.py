@@ -227,15 +227,16 @@ def readme_table(header):
 @pytest.mark.fast
 def test_every_config_resolves_to_the_seeds_teacher_and_student(monkeypatch):
     """Each README experiment row (config chain -> teacher -> student -> px -> losses) is what
-    exec'ing its configs over train.py's defaults gives (teacher via train_cache -> cache dir -> the
-    README's cache table), every config in config/ is in a row, and the seed's plan holds: A1-A7 L x
-    ViT-S, B1 B x Tiny, B2 L x Tiny, B3 B x Small, B4 L x Small, B5 So400m x Small, C1/C2 L x
-    ResNet-50 / MobileNetV3; every A/B/C student at 224 px."""
+    exec'ing its configs over train.py's defaults gives (teacher via train_cache -> cache dir ->
+    the README's cache table), every config in config/ is in a row, and the seed's plan holds:
+    A1-A7 L x ViT-S, B1 B x Tiny, B2 L x Tiny, B3 B x Small, B4 L x Small, B5 So400m x Small,
+    C1/C2 L x ResNet-50 / MobileNetV3; every A/B/C student at 224 px."""
     monkeypatch.chdir(REPO) # configs exec 'config/a5.py' relative to the repo, as train.py is run
     L = 'google/siglip2-large-patch16-256'
     B = 'google/siglip2-base-patch16-224'
     So = 'google/siglip2-so400m-patch14-384'
-    S, T, full = 'vit_small_patch16_224', 'vit_tiny_patch16_224', 'feature + affinity + contrastive'
+    S, T = 'vit_small_patch16_224', 'vit_tiny_patch16_224'
+    full = 'feature + affinity + contrastive'
     seed = {'a1': (L, S, 'contrastive'), 'a2': (L, S, 'feature'),
             'a3': (L, S, 'feature + contrastive'), 'a4': (L, S, 'affinity + contrastive'),
             'a5': (L, S, full), 'a6': (L, S, full + ' + LocCa + SILC/TIPS'),
@@ -296,7 +297,8 @@ def test_decoder_masks_by_perturbation_and_cross_attention():
     assert torch.allclose(h[0, :4], h2[0, :4], atol=1e-6)
     assert not torch.allclose(h[0, 4:], h2[0, 4:])
     assert not torch.allclose(h[1, :4], h2[1, :4])        # parallel: every position sees it
-    assert not torch.allclose(dec(ids, enc + 1, causal), h) # cross-attention reads the image tokens
+    # cross-attention reads the image tokens
+    assert not torch.allclose(dec(ids, enc + 1, causal), h)
     assert (LoccaDecoder(20, 32, 1, 2, 64, 24).head(h) == 0).all()
 
 @pytest.mark.fast
@@ -642,12 +644,12 @@ def test_cache_bad_inputs_and_resume(tmp_path):
     caps, inst = json.load(open(caps_f)), json.load(open(inst_f))
     ims = caps['images']
     image_file = lambda i: w / 'val2017' / ims[i]['file_name']
-    image_file(0).write_bytes(b'not a jpeg at all')                               # corrupt
-    Image.open(image_file(1)).convert('L').save(image_file(1))                    # grayscale
-    Image.open(image_file(2)).convert('CMYK').save(image_file(2))                 # CMYK JPEG
-    caps['annotations'][5]['caption'] = ' '.join(['red circle'] * 60)             # > 64 tokens
+    image_file(0).write_bytes(b'not a jpeg at all') # corrupt
+    Image.open(image_file(1)).convert('L').save(image_file(1)) # grayscale
+    Image.open(image_file(2)).convert('CMYK').save(image_file(2)) # CMYK JPEG
+    caps['annotations'][5]['caption'] = ' '.join(['red circle'] * 60) # > 64 tokens
     json.dump(caps, open(caps_f, 'w'))
-    inst['annotations'][0]['bbox'] = [1000, 1000, 5, 5]                           # entirely outside
+    inst['annotations'][0]['bbox'] = [1000, 1000, 5, 5] # entirely outside
     # partly outside: clipped
     inst['annotations'][1]['bbox'] = [-4, -4, 10, 10]
     json.dump(inst, open(inst_f, 'w'))
@@ -735,10 +737,10 @@ def test_views_crops_match_the_stored_teacher_embeddings(tmp_path):
             assert wrong.mean() < right.mean() - 0.02, (v, wrong.mean(), right.mean())
 
 def test_unpaired_caches_from_a_folder_a_caption_file_and_coco_unlabeled(demo, tmp_path):
-    """Image-only caches from a folder of images and from a COCO image_info (unlabeled2017-style)
-    file, a text-only cache from a caption file; train.py takes them as extra caches (and refuses a
-    cache of the wrong kind). The folder paired by a captions jsonl is a train cache (a caption-less
-    image or a bad line: a clear error)."""
+    """Image-only caches from a folder of images and from a COCO image_info
+    (unlabeled2017-style) file, a text-only cache from a caption file; train.py takes them as
+    extra caches (and refuses a cache of the wrong kind). The folder paired by a captions jsonl
+    is a train cache (a caption-less image or a bad line: a clear error)."""
     w = tiny_world(tmp_path / 'w')
     (tmp_path / 'f/sub').mkdir(parents=True)
     for i, f in enumerate(sorted(os.listdir(w / 'web2017'))[:6]):
@@ -761,7 +763,8 @@ def test_unpaired_caches_from_a_folder_a_caption_file_and_coco_unlabeled(demo, t
     assert tm['dataset']['contents'] == 'texts'
     assert f['pixels'].shape[0] == 6 and f['view_embeds'].shape[:2] == (6, 2)
     assert 'input_ids' not in f
-    assert t['input_ids'].shape[0] == 2 and 'pixels' not in t and t['text_embeds'].shape == (2, 128)
+    assert t['input_ids'].shape[0] == 2 and 'pixels' not in t
+    assert t['text_embeds'].shape == (2, 128)
     assert u['pixels'].shape[0] == 20 and 'input_ids' not in u
     extra = [f'--extra_image_cache={tmp_path / "c/folder"}',
              f'--extra_text_cache={tmp_path / "c/corpus"}',
@@ -946,9 +949,9 @@ def test_cache_fingerprint_hashes_content(tmp_path):
     assert clean_error(p, 'teacher weights') and 'captions' not in p.stderr, p.stderr[-2000:]
 
 def test_cache_refuses_foreign_tokenizer(tmp_path):
-    """--processor with another vocabulary than the teacher's: refused before any image is read (no
-    shard written), for one of our teachers (tokenizer saved beside it) and for an HF teacher with a
-    smaller text vocabulary."""
+    """--processor with another vocabulary than the teacher's: refused before any image is read
+    (no shard written), for one of our teachers (tokenizer saved beside it) and for an HF
+    teacher with a smaller text vocabulary."""
     from transformers import AutoTokenizer
     w = tiny_world(tmp_path / 'w')
     foreign = tmp_path / 'foreign'
@@ -1194,7 +1197,8 @@ def test_train_resume_after_kill_is_exact_across_the_switch(demo, tmp_path, max_
 
 def test_recipe_resume_after_kill_is_exact_with_views_and_unpaired_batches(demo, tmp_path):
     """The TinySigLIP recipe (K views + unpaired image and caption batches): SIGKILL after the
-    iter-6 checkpoint, resume, and every loss term and val number equals the uninterrupted run's."""
+    iter-6 checkpoint, resume, and every loss term and val number equals the uninterrupted
+    run's."""
     extra = [f'--extra_image_cache={demo}/cache/shapes-img/web',
              f'--extra_text_cache={demo}/cache/shapes-txt/web',
              '--views=3', '--max_iters=12', '--eval_interval=6', '--extra_batch_size=8']
@@ -1304,7 +1308,8 @@ def test_train_rejects_bad_config(demo, tmp_path):
     p = run(*student_args(demo, tmp_path / 'x', '--embed_dim=64'), ok=False)
     assert p.returncode != 0 and 'embed_dim=64' in p.stderr + p.stdout
     # leak
-    p = run(*student_args(demo, tmp_path / 'x', f'--val_cache={demo}/cache/shapes/train'), ok=False)
+    train_as_val = f'--val_cache={demo}/cache/shapes/train'
+    p = run(*student_args(demo, tmp_path / 'x', train_as_val), ok=False)
     assert p.returncode != 0 and 'overlap' in (p.stderr + p.stdout).lower()
 
 def test_train_stops_on_nonfinite_loss(demo, tmp_path):
@@ -1478,7 +1483,8 @@ def hf_args(tmp, out, *extra):
     return ['train.py', 'config/a6.py', 'config/shapes.py', f'--hf_model={tmp / "hf"}',
             f'--train_cache={tmp / "c/train"}', f'--val_cache={tmp / "c/val"}', f'--out_dir={out}',
             '--lambda_feat=0', '--lambda_affinity=0', '--batch_size=32', '--val_images=50',
-            '--log_interval=1', '--warmup_iters=10', '--learning_rate=2e-3', '--switch=0.5', *extra]
+            '--log_interval=1', '--warmup_iters=10', '--learning_rate=2e-3', '--switch=0.5',
+            *extra]
 
 def loss_terms(row):
     return {k: v for k, v in row.items() if k.startswith('loss')}
@@ -1792,9 +1798,9 @@ def test_imagenet_folder_gets_the_standard_names_and_80_templates(tmp_path):
 WORLD_TEMPLATES = '--templates=a {c}|a picture of a {c}|there is a {c}'
 
 def test_speed_zeroshot_folder_with_tiny_hf_teacher(tmp_path):
-    """Speed of a student vs a tiny HF SigLIP 2 teacher (read from the cache manifest) in one run;
-    zero-shot with the HF teacher and the student from a COCO instances json and from an ImageFolder
-    of the same images."""
+    """Speed of a student vs a tiny HF SigLIP 2 teacher (read from the cache manifest) in one
+    run; zero-shot with the HF teacher and the student from a COCO instances json and from an
+    ImageFolder of the same images."""
     w = tiny_world(tmp_path / 'w')
     make_tiny_hf_teacher(str(tmp_path / 't'), str(w / 'processor'), kind='siglip2')
     run('cache_teacher.py', f'--data_dir={w}', '--split=val', f'--teacher={tmp_path / "t"}',
@@ -1845,7 +1851,8 @@ def test_speed_zeroshot_folder_with_tiny_hf_teacher(tmp_path):
     out = run('student.py', f'--ckpt={tmp_path / "t"}', f'--folder={tmp_path / "f"}',
               f'--query_image={q}', '--topk=3').stdout
     score, path = out.strip().splitlines()[-3].split()[:2]
-    assert 'indexed' in out and path == str(q) and float(score) == pytest.approx(1.0, abs=1e-4), out
+    assert 'indexed' in out and path == str(q), out
+    assert float(score) == pytest.approx(1.0, abs=1e-4), out
     out = run('student.py', f'--ckpt={tmp_path / "t"}', f'--folder={tmp_path / "f"}',
               '--query=a red circle', '--topk=2').stdout
     assert 'reusing index' in out and len(out.strip().splitlines()) == 4, out
@@ -2018,10 +2025,10 @@ def test_dense_probe_labels_each_patch_and_scores_only_what_the_tokens_say():
 # student.py: the student dir, ONNX export, folder search
 
 def test_student_dir_onnx_export_reload_query(demo):
-    """A trained student dir is self-contained (AutoTokenizer / AutoProcessor load it and tokenise
-    like the cache); ONNX export, reload in onnxruntime, query: same embeddings and the same answers
-    as PyTorch on the test split; the demo report has the zero-shot rows (teacher + students) and
-    the speed-vs-teacher column."""
+    """A trained student dir is self-contained (AutoTokenizer / AutoProcessor load it and
+    tokenise like the cache); ONNX export, reload in onnxruntime, query: same embeddings and the
+    same answers as PyTorch on the test split; the demo report has the zero-shot rows (teacher +
+    students) and the speed-vs-teacher column."""
     from transformers import AutoTokenizer, AutoProcessor
     import onnxruntime as ort
     a5 = demo / 'out/shapes/a5'
@@ -2031,7 +2038,8 @@ def test_student_dir_onnx_export_reload_query(demo):
     texts = [a['caption'].lower() for a in by_image]
     L = test['input_ids'].shape[1] # the demo teacher's text length (32)
     tokenizer = AutoTokenizer.from_pretrained(str(a5))
-    ids = tokenizer(texts, padding='max_length', max_length=L, truncation=True, return_tensors='pt')
+    ids = tokenizer(texts, padding='max_length', max_length=L, truncation=True,
+                    return_tensors='pt')
     assert torch.equal(ids['input_ids'].int(), test['input_ids'])
     image_processor = AutoProcessor.from_pretrained(str(a5)).image_processor
     assert image_processor.size == {'height': 32, 'width': 32}
@@ -2164,9 +2172,9 @@ def test_missing_weights_and_a_deleted_teacher_are_one_line_errors(tiny_caches, 
 
 @pytest.mark.fast
 def test_report_prints_the_seeds_tables(tmp_path):
-    """Runs carrying the seed's numbers (SigLIP 2 L teacher 71.5 / 54.7, full method 62.4 / 44.1) ->
-    report.py prints Table 1, Table 2 (Delta vs Full), Table B and its 2x3 grid with exactly these
-    rows and values."""
+    """Runs carrying the seed's numbers (SigLIP 2 L teacher 71.5 / 54.7, full method 62.4 /
+    44.1) -> report.py prints Table 1, Table 2 (Delta vs Full), Table B and its 2x3 grid with
+    exactly these rows and values."""
     def write(path, obj):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         json.dump(obj, open(path, 'w'))
@@ -2192,7 +2200,8 @@ def test_report_prints_the_seeds_tables(tmp_path):
             'b4': ([62.4, 86.0, 92.0], [44.1, 71.0, 81.0])}
     for n, (i2t, t2i) in runs.items():
         write(tmp_path / 'out' / n / 'eval.json', ev(i2t, t2i, student_p))
-        (tmp_path / 'out' / f'{n}.log').write_text("demo.sh writes each run's log beside its dir\n")
+        log = "demo.sh writes each run's log beside its dir\n"
+        (tmp_path / 'out' / f'{n}.log').write_text(log)
     # another run, not a seed of a1
     write(tmp_path / 'out/a1-sweep/eval.json', ev([1.0] * 3, [1.0] * 3, student_p))
     for n, t, tev, model in [
@@ -2223,8 +2232,8 @@ def test_report_prints_the_seeds_tables(tmp_path):
     b = md_table(text, '## Table B: teacher × student (full method)')
     assert b[2] == ('| b1 | google/siglip2-base-patch16-224 | vit_tiny_patch16_224 | 50.0 | 36.0 '
                     '| 33.2M (31.8M) | 0.73 | 0.69 |') # 50.0 / 68.9, 36.0 / 52.1
-    assert b[5] == ('| b4 | google/siglip2-large-patch16-256 | vit_small_patch16_224 | 62.4 | 44.1 '
-                    '| 33.2M (31.8M) | 0.87 | 0.81 |') # 62.4 / 71.5, 44.1 / 54.7
+    assert b[5] == ('| b4 | google/siglip2-large-patch16-256 | vit_small_patch16_224 | 62.4 '
+                    '| 44.1 | 33.2M (31.8M) | 0.87 | 0.81 |') # 62.4 / 71.5, 44.1 / 54.7
     assert b[3].startswith('| b2 | — |') and '(missing: ' in b[3]
     assert md_table(text, "### Table B as the seed's grid (I→T / T→I R@1, run)")[2:] == [
         '| SigLIP 2 B | 50.0 / 36.0 (b1) | — |', '| SigLIP 2 L | — | 62.4 / 44.1 (b4) |',
@@ -2251,8 +2260,8 @@ def test_report_refuses_nan_stale_and_corrupt(tmp_path):
         d.mkdir(parents=True)
         (d / 'model.safetensors').write_bytes(b'w')
         json.dump(dict(iter_num=10, config={}), open(d / 'meta.json', 'w'))
-        ev = dict(split='test', n_images=2, n_captions=2, fingerprint=fp, run=name, model='student',
-                  checkpoint=dict(iter_num=10, model_sha256=sha(scored)),
+        ev = dict(split='test', n_images=2, n_captions=2, fingerprint=fp, run=name,
+                  model='student', checkpoint=dict(iter_num=10, model_sha256=sha(scored)),
                   metrics={k: r1 for k in metric_keys})
         json.dump(ev, open(d / 'eval.json', 'w'))
         return d

@@ -38,15 +38,17 @@ Resumable: finished shards (written to a temp name, then renamed) are kept and s
 manifest is written last, so a directory without one is never read as a cache. Takes ~20 s
 for the 1k-image synthetic train split on 2 cores.
 
-The file reads top to bottom: the views, Teacher, the readers (one per source), one shard's
-tensors, then the script under __main__ (settings, the source, the teacher, the shards, the
-manifest). The format, its checks and its reader are cache.py. `from cache_teacher import
-Teacher` has no side effects: the one teacher wrapper, which eval.py and bench.py use too.
+The file reads top to bottom: the views, Teacher, the readers (one per source; also the
+zero-shot sources eval.py classifies), one shard's tensors, then the script under __main__
+(settings, the source, the teacher, the shards, the manifest). The format, its checks and its
+reader are cache.py. `from cache_teacher import Teacher` has no side effects: the one teacher
+wrapper, which eval.py, student.py and bench.py use too.
 """
-import os, sys, io, re, glob, json, time, math, tarfile, hashlib
+import os, sys, io, re, glob, json, time, math, string, tarfile, hashlib
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -55,7 +57,7 @@ from model import box_to_text
 from cache import (sha256, atomic_write, write_json, read_json, check_name, teacher_fingerprint,
                    what_changed, shard_ok, write_manifest)
 
-# one list for every reader of image files (folders, tars, student.py's folder search)
+# one list for every reader of image files (folders, tars, zero-shot, student.py's search)
 IMAGE_EXT = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.gif', '.tif', '.tiff')
 
 # -----------------------------------------------------------------------------
@@ -276,6 +278,23 @@ class Teacher:
                 return self.model.encode_text(ids).float()
             return features(self.model.get_text_features(input_ids=ids)).float()
 
+def embed_files(enc, paths, batch_size): # eval.py's zero-shot, student.py's folder search
+    """-> (N, D) normalised on CPU, indices of the files read (unreadable ones: named, skipped)."""
+    embs, keep = [], []
+    for s in range(0, len(paths), batch_size):
+        ims = []
+        for i in range(s, min(s + batch_size, len(paths))):
+            try:
+                ims.append(Image.open(paths[i]).convert('RGB'))
+                keep.append(i)
+            except Exception as e:
+                print(f"skipped {paths[i]}: {type(e).__name__}: {e}")
+        if ims:
+            embs.append(F.normalize(enc.images(enc.prep(ims)), dim=-1).cpu())
+    if not embs:
+        sys.exit(f"none of {len(paths)} image files could be read")
+    return torch.cat(embs), keep
+
 # -----------------------------------------------------------------------------
 # readers: one per source, each -> ({image_id: record}, {file: sha256 of what it read},
 # {what it dropped or merged: count}, written into the manifest's counts)
@@ -326,6 +345,12 @@ def list_image_files(folder):
             else:
                 paths.append(p)
     return sorted(paths), dropped
+
+def list_images(folder): # every image file under folder (as the cache reads a folder)
+    paths, dropped = list_image_files(folder)
+    if any(dropped.values()):
+        print(f"{folder}: left out {dropped}")
+    return [os.path.relpath(p, folder) for p in paths]
 
 def read_coco(data_dir, split): # COCO-2017 layout
     annotations = {}
@@ -513,6 +538,138 @@ def add_boxes(recs, instance_paths, annotations):
             recs[a['image_id']]['regions'].append(([x0 / W, y0 / H, x1 / W, y1 / H],
                                                    names[a['category_id']]))
     return n_dropped, n_crowd
+
+# -----------------------------------------------------------------------------
+# zero-shot sources (eval.py --zeroshot): an ImageFolder dir or a COCO instances json -> images,
+# labels, class names and prompt templates; their errors name eval.py's flags, its only caller
+WORDNET_ID = re.compile(r'n\d{8}') # an ImageNet val folder: n01440764 (tench)
+
+def check_templates(templates): # each prompt holds {c} and no other field
+    for t in templates:
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(t) if f is not None}
+        except ValueError as e:
+            sys.exit(f"eval.py: --templates: {t!r} is not a template ({e})")
+        if fields != {'c'}:
+            sys.exit(f"eval.py: --templates: {t!r} must hold {{c}} (the class name) and no "
+                     f"other field, has {sorted(fields) or 'none'}")
+
+def zeroshot_items(src):
+    """ImageFolder dir (class = subfolder) or a COCO instances json (the images with exactly
+    one object, class = its category; images in <root>/<split> for
+    <root>/annotations/instances_<split>.json) -> (paths, labels, class names)."""
+    if os.path.isdir(src):
+        classes = sorted(d for d in os.listdir(src) if os.path.isdir(os.path.join(src, d)))
+        paths, labels = [], []
+        for k, c in enumerate(classes):
+            files = list_images(os.path.join(src, c))
+            paths += [os.path.join(src, c, f) for f in files]
+            labels += [k] * len(files)
+        return paths, labels, [c.replace('_', ' ') for c in classes]
+    if not (src.endswith('.json') and os.path.isfile(src)):
+        sys.exit(f"eval.py: --zeroshot={src!r} is neither an ImageFolder dir "
+                 f"nor an instances json")
+    inst = json.load(open(src))
+    cats = sorted(inst['categories'], key=lambda c: c['id'])
+    row = {c['id']: k for k, c in enumerate(cats)}
+    objects = {} # image id -> its category ids
+    for a in inst['annotations']:
+        objects.setdefault(a['image_id'], []).append(a['category_id'])
+    split = os.path.basename(src)[len('instances_'):-len('.json')]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(src)))
+    ims = sorted(inst['images'], key=lambda im: im['id'])
+    ims = [im for im in ims if len(objects.get(im['id'], [])) == 1]
+    paths = [os.path.join(root, split, im['file_name']) for im in ims]
+    labels = [row[objects[im['id']][0]] for im in ims]
+    return paths, labels, [c['name'] for c in cats]
+
+# CLIP_benchmark 1.6.2's English class names and templates per dataset (provenance and sha256:
+# data/clip_benchmark/README.md); imagenet1k: 1000 names in index order, the 80 OpenAI templates.
+# A function, not a str global: the script's settings below are its str globals
+def clip_benchmark_file(kind): # 'classnames' / 'zeroshot_classification_templates'
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.path.join(here, 'data', 'clip_benchmark', f'en_{kind}.json')
+
+def clip_benchmark_list(kind, dataset):
+    """kind 'classnames' / 'zeroshot_classification_templates', a CLIP_benchmark dataset name
+    -> its list from data/clip_benchmark/en_<kind>.json, or None if it has none."""
+    return json.load(open(clip_benchmark_file(kind))).get(dataset)
+
+def imagenet_classnames(wnids):
+    """ImageNet WordNet-id folders -> CLIP_benchmark's imagenet1k names: a wnid's index is its
+    row in timm's imagenet_synsets.txt (the 1000 ids sorted, as ImageFolder orders them)."""
+    import timm
+    path = os.path.join(os.path.dirname(timm.__file__), 'data', '_info', 'imagenet_synsets.txt')
+    index = {w: i for i, w in enumerate(open(path).read().split())}
+    unknown = [w for w in wnids if w not in index]
+    if unknown:
+        return None
+    names = clip_benchmark_list('classnames', 'imagenet1k')
+    return [names[index[w]] for w in wnids]
+
+def read_list(path): # a file of names or templates: a JSON list, or one a line
+    if not os.path.isfile(path):
+        sys.exit(f"eval.py: {path} not found")
+    text = open(path).read()
+    items = json.loads(text) if text.lstrip().startswith('[') else text.splitlines()
+    return [x.strip() for x in items if x.strip()]
+
+def zeroshot_classnames(classes, src, classnames='', dataset=''):
+    """zeroshot_items' classes -> (the names put into the prompts, where they came from, the
+    CLIP_benchmark dataset): --classnames (a file, one name a line in sorted folder order, or
+    a CLIP_benchmark dataset name: its names in index order) first; ImageNet WordNet-id folders
+    get CLIP_benchmark's imagenet1k names; other folder names are used as written unless they
+    are ids (no letter, or an unknown WordNet id)."""
+    if classnames:
+        names = (clip_benchmark_list('classnames', classnames) if not os.path.exists(classnames)
+                 else read_list(classnames))
+        if names is None:
+            sys.exit(f"eval.py: --classnames={classnames} is neither a file nor a dataset of "
+                     f"{clip_benchmark_file('classnames')}")
+        if len(names) != len(classes):
+            sys.exit(f"eval.py: --classnames={classnames} has {len(names)} names, "
+                     f"{src} has {len(classes)} classes")
+        return names, classnames, dataset
+    if not os.path.isdir(src): # instances json: COCO's category names
+        return classes, 'categories', dataset
+    if all(WORDNET_ID.fullmatch(c) for c in classes):
+        names = imagenet_classnames(classes)
+        if names:
+            return names, 'imagenet1k (CLIP_benchmark) by WordNet id', dataset or 'imagenet1k'
+    ids = [c for c in classes if WORDNET_ID.fullmatch(c) or not re.search('[a-zA-Z]', c)]
+    if ids:
+        sys.exit(f"eval.py: --zeroshot={src}: class folder {ids[0]!r} is an id, not a name "
+                 f"(WordNet ids outside ImageNet-1k, numbers): pass --classnames=<file, "
+                 f"one name a line in sorted folder order>")
+    return classes, 'folder names', dataset
+
+def zeroshot_templates(templates, dataset):
+    """--templates ('a|b' or a file) or, if '', the CLIP_benchmark templates of dataset
+    ('' = imagenet1k's 80, the default CLIP_benchmark uses for a dataset without its own)."""
+    if not templates:
+        kind = 'zeroshot_classification_templates'
+        temps = clip_benchmark_list(kind, dataset or 'imagenet1k')
+        if temps is None:
+            sys.exit(f"eval.py: --zeroshot_dataset={dataset!r} has no templates in "
+                     f"{clip_benchmark_file(kind)}: pass --templates")
+    else:
+        temps = read_list(templates) if os.path.isfile(templates) else templates.split('|')
+    check_templates(temps)
+    return temps
+
+def read_zeroshot(src, classnames='', dataset='', templates=''):
+    """eval.py --zeroshot's source and settings -> (image paths, labels, the class names put into
+    the prompts, the templates, where the names came from, the CLIP_benchmark dataset)."""
+    paths, labels, classes = zeroshot_items(src)
+    classes, names_from, dataset = zeroshot_classnames(classes, src, classnames, dataset)
+    temps = zeroshot_templates(templates, dataset)
+    if not paths:
+        sys.exit(f"eval.py: no images to classify in {src}")
+    # one class: every image is right, a top-1 of 100 % that means nothing is not written
+    if len(classes) < 2:
+        sys.exit(f"eval.py: --zeroshot={src} has {len(classes)} class(es): "
+                 f"zero-shot needs at least 2")
+    return paths, labels, classes, temps, names_from, dataset
 
 # -----------------------------------------------------------------------------
 # images: decoded in DataLoader workers; corrupt / unreadable files are skipped and counted

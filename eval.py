@@ -26,15 +26,15 @@ Speed (img/s, txt/s vs the teacher) is bench.py --speed; folder search and ONNX 
 student.py.
 
 `from eval import retrieval_metrics` has no side effects. The cache format (open_cache, ...) lives
-in cache.py, the model wrapper (Teacher) in cache_teacher.py.
+in cache.py; the model wrapper (Teacher) and the zero-shot sources' reader (read_zeroshot) in
+cache_teacher.py.
 """
-import os, re, sys, json, math
+import os, sys, math
 import torch
 import torch.nn.functional as F
-import string
 from cache import (open_cache, PAIRED, sha256, check_same_teacher, read_json, write_json,
                    check_contents)
-from cache_teacher import list_image_files, Teacher
+from cache_teacher import Teacher, embed_files, read_zeroshot
 
 def retrieval_metrics(image_embeds, text_embeds, text_image_index, chunk=1024):
     """image_embeds (N, D), text_embeds (M, D), text_image_index (M,) -> recall@{1,5,10} in
@@ -350,142 +350,8 @@ def retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca, dense_prob
 
 # -----------------------------------------------------------------------------
 # zero-shot classification: any model dir behind cache_teacher.Teacher (a train.py out_dir, an
-# HF SigLIP dir or hub name), so it is resized and tokenised exactly as the cache was
-# CLIP_benchmark 1.6.2's English class names and templates per dataset (provenance and sha256:
-# data/clip_benchmark/README.md); imagenet1k: 1000 names in index order, the 80 OpenAI templates
-CLIP_BENCHMARK = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'clip_benchmark')
-WORDNET_ID = re.compile(r'n\d{8}') # an ImageNet val folder: n01440764 (tench)
-
-def embed_files(enc, paths, batch_size): # zero-shot and student.py's folder search
-    """-> (N, D) normalised on CPU, indices of the files read (unreadable ones: named, skipped)."""
-    from PIL import Image
-    embs, keep = [], []
-    for s in range(0, len(paths), batch_size):
-        ims = []
-        for i in range(s, min(s + batch_size, len(paths))):
-            try:
-                ims.append(Image.open(paths[i]).convert('RGB'))
-                keep.append(i)
-            except Exception as e:
-                print(f"skipped {paths[i]}: {type(e).__name__}: {e}")
-        if ims:
-            embs.append(F.normalize(enc.images(enc.prep(ims)), dim=-1).cpu())
-    if not embs:
-        sys.exit(f"eval.py: none of {len(paths)} image files could be read")
-    return torch.cat(embs), keep
-
-def list_images(folder): # every image file under folder (as the cache reads a folder)
-    paths, dropped = list_image_files(folder)
-    if any(dropped.values()):
-        print(f"{folder}: left out {dropped}")
-    return [os.path.relpath(p, folder) for p in paths]
-
-def check_templates(templates): # each prompt holds {c} and no other field
-    for t in templates:
-        try:
-            fields = {f for _, f, _, _ in string.Formatter().parse(t) if f is not None}
-        except ValueError as e:
-            sys.exit(f"eval.py: --templates: {t!r} is not a template ({e})")
-        if fields != {'c'}:
-            sys.exit(f"eval.py: --templates: {t!r} must hold {{c}} (the class name) and no "
-                     f"other field, has {sorted(fields) or 'none'}")
-
-def zeroshot_items(src):
-    """ImageFolder dir (class = subfolder) or a COCO instances json (the images with exactly
-    one object, class = its category; images in <root>/<split> for
-    <root>/annotations/instances_<split>.json) -> (paths, labels, class names)."""
-    if os.path.isdir(src):
-        classes = sorted(d for d in os.listdir(src) if os.path.isdir(os.path.join(src, d)))
-        paths, labels = [], []
-        for k, c in enumerate(classes):
-            files = list_images(os.path.join(src, c))
-            paths += [os.path.join(src, c, f) for f in files]
-            labels += [k] * len(files)
-        return paths, labels, [c.replace('_', ' ') for c in classes]
-    if not (src.endswith('.json') and os.path.isfile(src)):
-        sys.exit(f"eval.py: --zeroshot={src!r} is neither an ImageFolder dir "
-                 f"nor an instances json")
-    inst = json.load(open(src))
-    cats = sorted(inst['categories'], key=lambda c: c['id'])
-    row = {c['id']: k for k, c in enumerate(cats)}
-    objects = {} # image id -> its category ids
-    for a in inst['annotations']:
-        objects.setdefault(a['image_id'], []).append(a['category_id'])
-    split = os.path.basename(src)[len('instances_'):-len('.json')]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(src)))
-    ims = sorted(inst['images'], key=lambda im: im['id'])
-    ims = [im for im in ims if len(objects.get(im['id'], [])) == 1]
-    paths = [os.path.join(root, split, im['file_name']) for im in ims]
-    labels = [row[objects[im['id']][0]] for im in ims]
-    return paths, labels, [c['name'] for c in cats]
-
-def clip_benchmark_list(kind, dataset):
-    """kind 'classnames' / 'zeroshot_classification_templates', a CLIP_benchmark dataset name
-    -> its list from data/clip_benchmark/en_<kind>.json, or None if it has none."""
-    lists = json.load(open(os.path.join(CLIP_BENCHMARK, f'en_{kind}.json')))
-    return lists.get(dataset)
-
-def imagenet_classnames(wnids):
-    """ImageNet WordNet-id folders -> CLIP_benchmark's imagenet1k names: a wnid's index is its
-    row in timm's imagenet_synsets.txt (the 1000 ids sorted, as ImageFolder orders them)."""
-    import timm
-    path = os.path.join(os.path.dirname(timm.__file__), 'data', '_info', 'imagenet_synsets.txt')
-    index = {w: i for i, w in enumerate(open(path).read().split())}
-    unknown = [w for w in wnids if w not in index]
-    if unknown:
-        return None
-    names = clip_benchmark_list('classnames', 'imagenet1k')
-    return [names[index[w]] for w in wnids]
-
-def read_list(path): # a file of names or templates: a JSON list, or one a line
-    if not os.path.isfile(path):
-        sys.exit(f"eval.py: {path} not found")
-    text = open(path).read()
-    items = json.loads(text) if text.lstrip().startswith('[') else text.splitlines()
-    return [x.strip() for x in items if x.strip()]
-
-def zeroshot_classnames(classes, src, classnames='', dataset=''):
-    """zeroshot_items' classes -> (the names put into the prompts, where they came from, the
-    CLIP_benchmark dataset): --classnames (a file, one name a line in sorted folder order, or
-    a CLIP_benchmark dataset name: its names in index order) first; ImageNet WordNet-id folders
-    get CLIP_benchmark's imagenet1k names; other folder names are used as written unless they
-    are ids (no letter, or an unknown WordNet id)."""
-    if classnames:
-        names = (clip_benchmark_list('classnames', classnames) if not os.path.exists(classnames)
-                 else read_list(classnames))
-        if names is None:
-            sys.exit(f"eval.py: --classnames={classnames} is neither a file nor a dataset of "
-                     f"{CLIP_BENCHMARK}/en_classnames.json")
-        if len(names) != len(classes):
-            sys.exit(f"eval.py: --classnames={classnames} has {len(names)} names, "
-                     f"{src} has {len(classes)} classes")
-        return names, classnames, dataset
-    if not os.path.isdir(src): # instances json: COCO's category names
-        return classes, 'categories', dataset
-    if all(WORDNET_ID.fullmatch(c) for c in classes):
-        names = imagenet_classnames(classes)
-        if names:
-            return names, 'imagenet1k (CLIP_benchmark) by WordNet id', dataset or 'imagenet1k'
-    ids = [c for c in classes if WORDNET_ID.fullmatch(c) or not re.search('[a-zA-Z]', c)]
-    if ids:
-        sys.exit(f"eval.py: --zeroshot={src}: class folder {ids[0]!r} is an id, not a name "
-                 f"(WordNet ids outside ImageNet-1k, numbers): pass --classnames=<file, "
-                 f"one name a line in sorted folder order>")
-    return classes, 'folder names', dataset
-
-def zeroshot_templates(templates, dataset):
-    """--templates ('a|b' or a file) or, if '', the CLIP_benchmark templates of dataset
-    ('' = imagenet1k's 80, the default CLIP_benchmark uses for a dataset without its own)."""
-    if not templates:
-        temps = clip_benchmark_list('zeroshot_classification_templates', dataset or 'imagenet1k')
-        if temps is None:
-            sys.exit(f"eval.py: --zeroshot_dataset={dataset!r} has no templates in "
-                     f"{CLIP_BENCHMARK}: pass --templates")
-    else:
-        temps = read_list(templates) if os.path.isfile(templates) else templates.split('|')
-    check_templates(temps)
-    return temps
-
+# HF SigLIP dir or hub name), so it is resized and tokenised exactly as the cache was; the
+# images, labels, class names and templates are cache_teacher.read_zeroshot's
 @torch.no_grad()
 def zeroshot_weights(enc, classes, templates):
     """CLIP_benchmark's classifier: a class is the normalised mean of its normalised prompt
@@ -515,15 +381,8 @@ def zeroshot_classify(enc, paths, labels, classes, templates, batch_size):
                 n_images=len(keep), n_classes=len(classes), templates=templates)
 
 def zeroshot_mode(enc, src, classnames, dataset, templates, batch_size, out, run):
-    paths, labels, classes = zeroshot_items(src)
-    classes, names_from, dataset = zeroshot_classnames(classes, src, classnames, dataset)
-    temps = zeroshot_templates(templates, dataset)
-    if not paths:
-        sys.exit(f"eval.py: no images to classify in {src}")
-    # one class: every image is right, a top-1 of 100 % that means nothing is not written
-    if len(classes) < 2:
-        sys.exit(f"eval.py: --zeroshot={src} has {len(classes)} class(es): "
-                 f"zero-shot needs at least 2")
+    paths, labels, classes, temps, names_from, dataset = read_zeroshot(src, classnames, dataset,
+                                                                       templates)
     # a word the tokenizer can't spell makes every class's prompts alike: refuse early
     unk = enc.tok.unk_token_id
     for t in temps:

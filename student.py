@@ -18,8 +18,7 @@ Zero-shot classification and the retrieval scores are eval.py's; speed is bench.
 import os, sys, json, hashlib
 import torch.nn.functional as F
 from cache import write_json, atomic_write
-from cache_teacher import Teacher
-from eval import embed_files, list_images
+from cache_teacher import Teacher, embed_files, list_images
 
 def model_hash(path): # config + weights bytes: a retrained checkpoint gets a new index
     h = hashlib.sha256(path.encode())

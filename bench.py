@@ -45,6 +45,16 @@ float32; written as the 'speed' field of <ckpt>/eval.json (report.py's Table 1 c
     python bench.py --speed=True --ckpt=out/shapes/a5 --cache=cache/shapes/test --device=cpu
     python bench.py --speed=True --ckpt=out/a5 --cache=cache/coco-L/test --device=cuda
 
+With --dist_loss (7) alone: the sigmoid loss step (all-gather + forward + backward) on each DDP
+rank, for each global batch B of --dist_batches: every rank's full B x B matrix (train.py before
+issue 27) vs its own b x B rows (b = B / world; one block, or chunked by size past 64M logits) vs
+chunks of --dist_chunk rows. Peak memory and ms, the max over ranks, as ratios to the full
+matrix and times world (the aim: memory <= ~1, time <= ~1.2). Outside torchrun it relaunches
+itself under torchrun with --dist_world CPU ranks (gloo); on GPUs launch it with torchrun (NCCL,
+one GPU per rank, the allocator's peak):
+    python bench.py --dist_loss=True --device=cpu --dtype=float32 --iters=3
+    torchrun --standalone --nproc_per_node=8 bench.py --dist_loss=True --dist_batches=8192,32768
+
 Measured. (1)-(2) on one H100, `python bench.py` (ViT-S/16, bf16; ratios printed in one run):
 
     step (fwd + bwd + AdamW), batch 128 @ 224       ms  x sigmoid-only  peak GiB
@@ -79,6 +89,24 @@ the peak RSS above the weights + AdamW state (GPU: the allocator's peak above th
 On a CPU a fixed cost per step (AdamW over 375M parameters, half of them the 256k-row token table)
 compresses the ratios, and one timed step is only as steady as the machine's load.
 
+(7) on the 2-core CPU, `python bench.py --dist_loss=True --device=cpu --dtype=float32 --iters=3`
+(4 gloo ranks of 1 thread each, D = 64, fp32; one run, 75 s; peak RSS above the state before):
+
+    loss step per rank, 4 ranks          ms  x full  x world | peak MiB  x full  x world
+    B=4096 (b=1024) full B x B         1710    1.00     4.00 |    279.4   1.000     4.00
+      own rows b x B (one block)        489    0.29     1.14 |     75.2   0.269     1.08
+      own rows, chunks of 256           784    0.46     1.83 |     26.5   0.095     0.38
+    B=8192 (b=2048) full B x B         7764    1.00     4.00 |   1102.1   1.000     4.00
+      own rows b x B (one block)       1684    0.22     0.87 |    285.9   0.259     1.04
+      own rows, chunks of 256          3067    0.40     1.58 |     60.2   0.055     0.22
+
+Both figures of merit met by the own rows: memory 1.04-1.08 / world of the full matrix's, time
+0.87-1.14 / world. Memory is ~17.5 bytes per logit (fp32 logits, the signed logits, logsigmoid's
+output and buffer, the bool mask, backward's gradients), so B = 16384 needs 4.6 GiB per rank for
+the full matrix (18 GiB for 4 ranks, more than this shared machine had free): not run. Chunks
+cut memory to one chunk's (256 rows: 0.055x at 8k) for 1.4-1.8x the time of one block (each
+chunk's forward runs again in backward), so by size chunks only past 64M logits (~1.1 GiB).
+
 (3)-(4) on a 2-core CPU, `python bench.py --teacher=...` (one run): a random SigLIP-B/16-shaped
 teacher (width 768, 12 layers, 224 px) over 128 JPEGs of 480 px, batch 32, 2 workers: the cache
 pass / the bare image forward is 1.08x with the per-image processor in the workers, 0.99x with
@@ -91,7 +119,8 @@ import torch
 import torch.nn.functional as F
 from model import (Student, StudentConfig, LoccaDecoder, DINOHead, HFSiglip, HFConfig,
                    locca_decoder_args)
-from loss import SigLIP2Loss, DistillLoss, chunked_cross_entropy
+from loss import (SigLIP2Loss, DistillLoss, chunked_cross_entropy, sigmoid_loss, sigmoid_chunk,
+                  rank_rows)
 
 # -----------------------------------------------------------------------------
 device = 'cuda'
@@ -149,6 +178,14 @@ ckpt = '' # a train.py out_dir (or an HF SigLIP dir / hub name, with --out)
 speed_seconds = 2.0 # timing budget per tower (rounds alternate student and teacher)
 speed_batch = 256 # images and captions per timed call (at most the cache's)
 out = '' # the eval.json that gets the 'speed' field; '' = <ckpt>/eval.json
+# (7) alone: the sigmoid loss step (all-gather + forward + backward) per rank under DDP: every
+# rank's full B x B matrix (before issue 27) vs its own b x B rows, one block and chunked by size;
+# dist_world gloo ranks on CPU started here, or the ranks of a torchrun launch (NCCL on GPUs)
+dist_loss = False
+dist_world = 4
+dist_batches = '4096,8192' # global batches B; b = B / world rows per rank
+dist_dim = 64
+dist_chunk = 256 # the chunked row's image rows per chunk (by size chunks only past 64M logits)
 config_keys = [k for k,v in globals().items()
                if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
@@ -299,6 +336,66 @@ if hf_b16:
               f"{ratio(r['step_mib'], base['step_mib']):5.2f}x | "
               f"process peak {r['total_mib']:8.1f} MiB "
               f"{ratio(r['total_mib'], base['total_mib']):5.2f}x")
+    sys.exit()
+
+# 7) with --dist_loss, alone: per-rank peak memory and time of the sigmoid loss step, full
+# matrix vs the rank's own rows. Outside torchrun it relaunches itself under torchrun with
+# dist_world CPU ranks (gloo); under torchrun with --device=cuda each rank takes its GPU (NCCL)
+if dist_loss and 'RANK' not in os.environ:
+    torchrun = [sys.executable, '-m', 'torch.distributed.run', '--standalone',
+                f'--nproc_per_node={dist_world}', os.path.abspath(__file__), *sys.argv[1:]]
+    # a fixed mmap threshold: glibc then maps every tensor over 1 MiB and unmaps it when freed
+    # (its default threshold rises to 32 MiB after the first big free, and blocks below it
+    # stay in the heap), so the ranks' RSS follows the live tensors
+    env = dict(os.environ, OMP_NUM_THREADS='1', MALLOC_MMAP_THRESHOLD_=str(2**20))
+    sys.exit(subprocess.run(torchrun, env=env).returncode)
+if dist_loss:
+    import torch.distributed as dist, torch.distributed.nn
+    dist.init_process_group('nccl' if cuda else 'gloo')
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if cuda:
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+        torch.cuda.set_device(device)
+    # the train.py step's sigmoid term on this rank: (name, chunk rows or None = full matrix)
+    def loss_step(img, txt, chunk):
+        img_all = torch.cat(torch.distributed.nn.functional.all_gather(img)) # (B, D)
+        txt_all = torch.cat(torch.distributed.nn.functional.all_gather(txt))
+        if chunk is None: # every rank the whole B x B matrix
+            loss = sigmoid_loss(img_all, txt_all, 10.0, -10.0)
+        else: # its b rows against all B texts
+            rows = rank_rows(len(img))
+            ids = torch.arange(len(img_all), device=device)
+            loss = sigmoid_loss(img_all[rows], txt_all, 10.0, -10.0, ids[rows], ids, chunk)
+        loss.backward()
+    # -> the max over ranks of x (ms, MiB): the slowest rank sets the step
+    def rank_max(*x):
+        t = torch.tensor(x, dtype=torch.float64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t.tolist()
+    if rank == 0:
+        what = 'allocated (torch.cuda)' if cuda else 'RSS above the state before (VmHWM)'
+        print(f"sigmoid loss step (all-gather + fwd + bwd) per rank, {world} ranks "
+              f"({'NCCL' if cuda else 'gloo'}), D={dist_dim}, fp32 on {device}; peak {what} "
+              f"and mean ms of {iters} steps after 1 warm-up, max over ranks:")
+    for B in [int(x) for x in dist_batches.split(',')]:
+        b = B // world
+        g = torch.Generator().manual_seed(rank)
+        img, txt = [F.normalize(torch.randn(b, dist_dim, generator=g), dim=-1).to(device)
+                    .requires_grad_() for _ in range(2)]
+        chunk = sigmoid_chunk(b, B)
+        modes = [('full B x B', None),
+                 (f"own rows b x B, by size ({chunk or 'one block'})", chunk),
+                 (f'own rows, chunks of {dist_chunk}', dist_chunk)]
+        res = [rank_max(*measure(lambda: loss_step(img, txt, c), n=iters, rss=True))
+               for _, c in modes]
+        (t0, m0) = res[0]
+        if rank == 0:
+            print(f"  B={B} (b={b}): full matrix {B * B / 2**20:.2f}M logits per rank, "
+                  f"own rows {b * B / 2**20:.2f}M")
+            for (name, _), (t, m) in zip(modes, res):
+                print(f"    {name:36s} {t:7.0f} ms {t / t0:5.2f}x (x world {t / t0 * world:4.2f})"
+                      f" | peak {m:8.1f} MiB {m / m0:6.3f}x (x world {m / m0 * world:4.2f})")
+    dist.destroy_process_group()
     sys.exit()
 
 # 6) with --speed, alone: images/s and texts/s of --ckpt and of the teacher that --cache was

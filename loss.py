@@ -67,6 +67,21 @@ def sigmoid_loss(img, txt, scale, bias, img_ids=None, txt_ids=None, chunk_size=0
         total = total + block
     return total / len(img)
 
+# logits per block when the chunk size is chosen by size: 64M, ~1.1 GiB of forward + backward at
+# the ~17 bytes per logit that bench.py --dist_loss measures (fp32); chunking costs time (the
+# forward runs again in backward), so it starts only where the memory matters
+CHUNK_LOGITS = 1 << 26
+
+def sigmoid_chunk(rows, cols, budget=CHUNK_LOGITS):
+    """The chunk size (image rows) chosen by size for a (rows, cols) sigmoid block: 0 (one
+    block, as before) up to `budget` logits, else as many rows as fit in it."""
+    return 0 if rows * cols <= budget else max(1, budget // cols)
+
+# this rank's n rows of all ranks' rows (all_gather concatenates rank-major); 0:n in one process
+def rank_rows(n):
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return slice(rank * n, (rank + 1) * n)
+
 def infonce_loss(img, txt, scale):
     """CLIP / open_clip ClipLoss: ½ [CE(s·I Tᵀ, y) + CE(s·T Iᵀ, y)], y = arange(B)."""
     logits = scale * img @ txt.T
@@ -82,7 +97,7 @@ def feature_loss(student, teacher):
     return diff.pow(2).sum(-1).mean()
 
 def affinity_loss(s_img, s_txt, t_img, t_txt, s_scale, t_scale,
-                  s_bias=None, t_bias=None, kind='softmax'):
+                  s_bias=None, t_bias=None, kind='softmax', img_rows=None, txt_rows=None):
     """Affinity distillation, teacher as target (TinyCLIP, CLIP-KD, MobileCLIP).
     Inputs normalised.
     softmax: ½ [KL(softmax(Z_t) ‖ softmax(Z_s)) over image rows + the same over text rows],
@@ -90,13 +105,22 @@ def affinity_loss(s_img, s_txt, t_img, t_txt, s_scale, t_scale,
       checkpoint). KL, not soft-CE, so it is 0 at s == t.
     sigmoid (SigLIP teachers): Σ_j KL(Bern(σ(z_t,ij)) ‖ Bern(σ(z_s,ij))), mean over images,
       z = scale·cos + bias; the same normalisation as sigmoid_loss. Not MobileCLIP2's
-      -Σ log σ(y_t z_s), which is not minimal at student == teacher."""
-    zs = s_scale * s_img @ s_txt.T # (B, M)
-    zt = t_scale * t_img @ t_txt.T
+      -Σ log σ(y_t z_s), which is not minimal at student == teacher.
+    img_rows / txt_rows (slices, None = all): only these image rows (against every text) and
+    text rows (against every image) enter, each mean over its own rows: under DDP each rank
+    passes its own (rank_rows), and the ranks' mean is the full loss (NOTES.md)."""
+    img_rows = img_rows or slice(None)
+    txt_rows = txt_rows or slice(None)
+    zs = s_scale * s_img[img_rows] @ s_txt.T # (b, M)
+    zt = t_scale * t_img[img_rows] @ t_txt.T
     if kind == 'softmax':
         kl = lambda s, t: F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1),
                                    log_target=True, reduction='batchmean')
-        return 0.5 * (kl(zs, zt) + kl(zs.T, zt.T))
+        # the text rows: the same matrix in one process, its (B, m) column block under DDP
+        whole = len(zs) == len(s_img) and len(s_txt[txt_rows]) == len(s_txt)
+        zs_t = zs.T if whole else (s_scale * s_img @ s_txt[txt_rows].T).T # (m, B)
+        zt_t = zt.T if whole else (t_scale * t_img @ t_txt[txt_rows].T).T
+        return 0.5 * (kl(zs, zt) + kl(zs_t, zt_t))
     zs = zs + (s_bias if s_bias is not None else 0.0)
     zt = zt + (t_bias if t_bias is not None else 0.0)
     # KL of Bernoullis = BCE(z_s, p_t) - H(p_t)
@@ -104,7 +128,7 @@ def affinity_loss(s_img, s_txt, t_img, t_txt, s_scale, t_scale,
     ce = F.binary_cross_entropy_with_logits(zs, pt, reduction='none')
     entropy = F.binary_cross_entropy_with_logits(zt, pt, reduction='none')
     kl = ce - entropy
-    return kl.sum() / len(s_img)
+    return kl.sum() / len(zs)
 
 class DistillLoss(nn.Module):
     """The distillation objective, the cached teacher's embeddings as targets:
@@ -114,7 +138,8 @@ class DistillLoss(nn.Module):
     Affinity targets use the teacher's own scale and bias (t_scale: the scale itself, not its
     log, and t_bias, both from its checkpoint); the unpaired towers' rows are compared at the
     teacher's scale on both sides, softmax kind.
-    Feature terms are per example (this rank's rows), affinity terms batch-level (all ranks').
+    Feature terms are per example (this rank's rows), affinity terms this rank's rows against
+    all ranks' (b x B_global blocks, whose mean over ranks is the full matrix's loss).
 
         distill = DistillLoss(t_scale, t_bias, feat=1.0, affinity=1.0)
         total, terms = distill(img, txt, img_all, txt_all, t_img, t_txt,
@@ -129,12 +154,13 @@ class DistillLoss(nn.Module):
                       extra_affinity=extra_affinity, extra_cross=extra_cross)
         self.kind = kind
 
-    def _affinity(self, s_img, s_txt, t_img, t_txt, logit_scale, logit_bias):
+    def _affinity(self, s_img, s_txt, t_img, t_txt, logit_scale, logit_bias, img_rows,
+                  txt_rows):
         # student rows at the student's scale vs teacher rows at the teacher's
         s_img, s_txt = F.normalize(s_img, dim=-1), F.normalize(s_txt, dim=-1)
         t_img, t_txt = F.normalize(t_img, dim=-1), F.normalize(t_txt, dim=-1)
         return affinity_loss(s_img, s_txt, t_img, t_txt, logit_scale.exp(), self.t_scale,
-                             logit_bias, self.t_bias, kind=self.kind)
+                             logit_bias, self.t_bias, self.kind, img_rows, txt_rows)
 
     def forward(self, img, txt, img_all, txt_all, t_img, t_txt, logit_scale, logit_bias,
                 unpaired_img=None, unpaired_txt=None):
@@ -145,38 +171,40 @@ class DistillLoss(nn.Module):
         float32, the teacher's (n·world, D)), or None.
         -> (total: the weighted sum, 0.0 when every weight is 0; terms: name -> unweighted
         scalar)."""
-        # this rank's slice of the global teacher rows, for the per-example terms
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        # this rank's slice of the global rows: the per-example terms take only it, the
+        # affinity terms its rows against all ranks' (b x B_global each, NOTES.md)
+        rows = rank_rows(len(img))
         total, terms = 0.0, {}
         if self.w['feat']:
-            # per example: this rank's rows
-            rows = slice(rank * len(img), (rank + 1) * len(img))
             terms['feat'] = (feature_loss(img.float(), t_img[rows])
                              + feature_loss(txt.float(), t_txt[rows]))
             total = total + self.w['feat'] * terms['feat']
         if self.w['affinity']:
             terms['affinity'] = self._affinity(img_all, txt_all, t_img, t_txt,
-                                               logit_scale, logit_bias)
+                                               logit_scale, logit_bias, rows, rows)
             total = total + self.w['affinity'] * terms['affinity']
-        unpaired = {} # name -> (normalised student rows, teacher rows), all ranks
-        for name, rows in (('extra_img', unpaired_img), ('extra_txt', unpaired_txt)):
-            if rows is None:
+        # name -> (normalised student rows, teacher rows, this rank's slice), all ranks
+        unpaired = {}
+        for name, tower in (('extra_img', unpaired_img), ('extra_txt', unpaired_txt)):
+            if tower is None:
                 continue
-            s, s_all, t = rows
+            s, s_all, t = tower
             s_all, t_all = F.normalize(s_all, dim=-1), F.normalize(t, dim=-1)
-            unpaired[name] = (s_all, t)
-            n = len(s)
-            terms[f'{name}/feat'] = feature_loss(s.float(), t[rank * n:(rank + 1) * n])
+            own = rank_rows(len(s))
+            unpaired[name] = (s_all, t, own)
+            terms[f'{name}/feat'] = feature_loss(s.float(), t[own])
             # image-image / text-text rows, both at the teacher's scale (NOTES.md): 0 when
             # student == teacher
             terms[f'{name}/affinity'] = affinity_loss(s_all, s_all, t_all, t_all,
-                                                      self.t_scale, self.t_scale)
+                                                      self.t_scale, self.t_scale,
+                                                      img_rows=own, txt_rows=own)
             total = (total + self.w['extra_feat'] * terms[f'{name}/feat']
                      + self.w['extra_affinity'] * terms[f'{name}/affinity'])
         if self.w['extra_cross'] and len(unpaired) == 2:
-            (s_img, t_img), (s_txt, t_txt) = unpaired['extra_img'], unpaired['extra_txt']
-            terms['extra_cross'] = self._affinity(s_img, s_txt, t_img, t_txt,
-                                                  logit_scale, logit_bias)
+            (s_img, t_img, own_img) = unpaired['extra_img']
+            (s_txt, t_txt, own_txt) = unpaired['extra_txt']
+            terms['extra_cross'] = self._affinity(s_img, s_txt, t_img, t_txt, logit_scale,
+                                                  logit_bias, own_img, own_txt)
             total = total + self.w['extra_cross'] * terms['extra_cross']
         return total, terms
 
@@ -329,6 +357,7 @@ class SigLIP2Loss(nn.Module):
         self.teacher_temp = teacher_temp
         self.center_m = center_momentum
         self.contrast = contrast
+        # sigmoid image rows per checkpointed chunk; 0 = chosen by size (sigmoid_chunk)
         self.chunk_size = chunk_size
         self.ce_chunk = ce_chunk
         self.sd = gamma > 0 and (self.w['silc'] > 0 or self.w['tips'] > 0)
@@ -406,7 +435,7 @@ class SigLIP2Loss(nn.Module):
             handle.remove()
 
     def forward(self, images, img_emb, txt_emb, tokens, logit_scale, logit_bias, progress,
-                locca=None, img_ids=None, txt_ids=None):
+                locca=None, img_ids=None, txt_ids=None, rows=None):
         """images (B, 3, H, W): the student's normalised input (SILC/TIPS crop and mask it);
         img_emb (B, D), txt_emb (M, D): the embeddings (all ranks'); tokens (B, N, C): the
         image tower's patch tokens (the LocCa decoder's memory); logit_scale: the log scale,
@@ -416,6 +445,8 @@ class SigLIP2Loss(nn.Module):
           with regions also aref_ids / aref_prefix, gcap_ids / gcap_prefix (the same shapes)
           and has_region (B,) bool (False: no ARef/GCap loss for that example; absent: all).
         img_ids (B,), txt_ids (M,): which captions match which image (default the diagonal).
+        rows: this rank's slice of img_emb's rows (rank_rows), None = all: the sigmoid term
+        takes only them against every text (b x M; InfoNCE's softmax over images needs all).
         -> (total: the weighted sum, a float 0.0 when no term is on; terms: name -> unweighted
         scalar)."""
         terms = {}
@@ -425,8 +456,13 @@ class SigLIP2Loss(nn.Module):
             img = F.normalize(img_emb, dim=-1)
             txt = F.normalize(txt_emb, dim=-1)
             if self.contrast == 'sigmoid':
+                rows = rows or slice(None)
+                if img_ids is None:
+                    img_ids = torch.arange(len(img), device=img.device)
+                img, img_ids = img[rows], img_ids[rows] # (b, D), (b,)
+                chunk = self.chunk_size or sigmoid_chunk(len(img), len(txt))
                 terms['sigmoid'] = sigmoid_loss(img, txt, scale, logit_bias, img_ids, txt_ids,
-                                                self.chunk_size)
+                                                chunk)
             else:
                 terms['sigmoid'] = infonce_loss(img, txt, scale)
         # three targets per example, one decoder pass each (§2.2)

@@ -381,6 +381,35 @@ def test_gradients_match_autograd_float64():
         assert torch.autograd.gradcheck(affinity, (a, b))
 
 @pytest.mark.fast
+def test_rank_row_blocks_average_to_the_full_loss_and_gradient():
+    """What each of 4 DDP ranks computes (its 3 image rows, and for the softmax affinity its 3
+    text rows, against all 12), averaged over ranks as train.py averages gradients, == the full
+    12 x 12 loss and its gradient; the sigmoid term's blocks also chunked (2 rows: 2 + 1)."""
+    from loss import rank_rows
+    g = torch.Generator().manual_seed(3)
+    img, txt, t_img, t_txt = [F.normalize(torch.randn(12, 8, generator=g, dtype=torch.float64),
+                                          dim=-1).requires_grad_() for _ in range(4)]
+    log_scale, bias = torch.tensor(math.log(10.0)), torch.tensor(-5.0)
+    sig = SigLIP2Loss(torch.nn.Identity())
+    chunked = SigLIP2Loss(torch.nn.Identity(), chunk_size=2)
+    losses = {'sigmoid': lambda fn, r: fn(None, img, txt, None, log_scale, bias, 0.0, rows=r)[0]}
+    losses['chunked'] = lambda fn, r: losses['sigmoid'](chunked, r)
+    for kind in ('softmax', 'sigmoid'):
+        losses[kind] = lambda fn, r, kind=kind: affinity_loss(img, txt, t_img, t_txt, 10.0, 7.0,
+                                                              -5.0, -3.0, kind, r, r)
+    for name, loss in losses.items():
+        full = loss(sig, None)
+        # rank r's rows: rank_rows(3) on rank r (one process here: rank 0, so sliced by hand)
+        blocks = [loss(sig, slice(r * 3, (r + 1) * 3)) for r in range(4)]
+        assert rank_rows(3) == slice(0, 3)
+        mean = sum(blocks) / 4
+        assert mean.item() == pytest.approx(full.item(), rel=1e-12), name
+        assert not any(b.item() == pytest.approx(full.item(), rel=1e-6) for b in blocks), name
+        grads = [torch.autograd.grad(loss, (img, txt)) for loss in (full, mean)]
+        for x, y in zip(*grads):
+            assert torch.allclose(x, y, rtol=1e-10, atol=1e-12), name
+
+@pytest.mark.fast
 def test_chunked_equals_unchunked():
     g = torch.Generator().manual_seed(2)
     img, txt = [F.normalize(torch.randn(10, 8, generator=g), dim=-1).requires_grad_()
@@ -1264,6 +1293,44 @@ def test_ddp_two_cpu_processes_match_one(demo, tmp_path):
             assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), k
     assert va['val/i2t_r1'] == pytest.approx(vb['val/i2t_r1'], abs=1e-6)
     assert json.load(open(tmp_path / 'two/meta.json'))['world_size'] == 2
+
+def learnt_weights(out):
+    """out/model.safetensors without the attention key biases: their true gradient is 0 (a
+    softmax ignores a shift shared by a query's logits), so AdamW turns rounding noise into
+    steps of up to lr there, and two runs differ by ~lr in them."""
+    from safetensors.torch import load_file
+    w = load_file(str(out / 'model.safetensors'))
+    for k, v in w.items():
+        if k.endswith('.qkv.bias'): # [q, k, v]
+            w[k] = torch.cat([v[:len(v) // 3], v[2 * len(v) // 3:]])
+        elif k.endswith('.kv.bias'): # [k, v]
+            w[k] = v[len(v) // 2:]
+    return w
+
+def test_ddp_four_ranks_own_loss_rows_match_one_process_chunked_or_not(demo, tmp_path):
+    """4 gloo ranks (batch 4 each), each computing only its own image rows of the sigmoid and
+    affinity matrices against all 16 texts, == 1 process with batch 16: the same losses (every
+    term, unpaired ones included) and weights after 3 steps, with and without chunking
+    (--loss_chunk=3 splits each rank's 4 rows into 3 + 1, and the 1 process's 16 into 6)."""
+    common = ['--max_iters=3', '--eval_interval=3', '--num_threads=1', '--lambda_extra_cross=1.0',
+              f'--extra_image_cache={demo}/cache/shapes-img/web',
+              f'--extra_text_cache={demo}/cache/shapes-txt/web', '--extra_batch_size=8']
+    run(*student_args(demo, tmp_path / 'one', *common))
+    for name, chunk in (('four', '--loss_chunk=0'), ('four_chunked', '--loss_chunk=3')):
+        args = student_args(demo, tmp_path / name, *common[:-1], '--extra_batch_size=2', chunk)
+        args[args.index('--batch_size=16')] = '--batch_size=4'
+        run('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=4', *args)
+        (a, _), (b, _) = last_row(tmp_path / 'one'), last_row(tmp_path / name)
+        assert {'loss/sigmoid', 'loss/affinity', 'loss/extra_cross'} <= set(a)
+        # grad_norm: AdamW's step hides a gradient off by a constant factor, the norm does not
+        for k in a:
+            if k.startswith('loss') or k == 'grad_norm':
+                assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), (name, k)
+        wa = learnt_weights(tmp_path / 'one')
+        wb = learnt_weights(tmp_path / name)
+        for k in wa:
+            assert torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-5), (name, k)
+        assert json.load(open(tmp_path / name / 'meta.json'))['world_size'] == 4
 
 def test_train_val_subset_matches_an_independent_eval(demo, tmp_path):
     """train.py's periodic val R@1 on the first val_images images (not a multiple of its 256-image

@@ -5,7 +5,7 @@ no teacher runs in the loop.
 
     # 1 GPU, COCO cache of SigLIP 2 L
     python train.py config/a5.py
-    # 8 GPUs (embeddings gathered across ranks)
+    # 8 GPUs (embeddings gathered; each rank its own rows of the loss matrices)
     torchrun --standalone --nproc_per_node=8 train.py config/a5.py
     # laptop smoke
     python train.py config/a5.py --device=cpu --dtype=float32 --max_iters=20 --batch_size=16
@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from model import (Student, StudentConfig, LoccaDecoder, DINOHead, HFSiglip, HFConfig,
                    locca_decoder_args)
-from loss import SigLIP2Loss, DistillLoss, crop_boxes
+from loss import SigLIP2Loss, DistillLoss, crop_boxes, rank_rows
 from eval import retrieval_metrics, embed_student
 from cache import open_cache, PAIRED, what_changed, atomic_write, write_json, Rows
 
@@ -63,6 +63,10 @@ hf_from_config = False # True: random weights from hf_model's config.json (from 
 # loss: total = λ_feat·L_feat + λ_affinity·L_affinity
 #   + SigLIP2Loss(λ_contrast·L_sig + λ_locca·L_LocCa + γ·(...))
 contrast = 'sigmoid' # 'sigmoid' (SigLIP) or 'infonce'
+# sigmoid loss: each rank's image rows against all ranks' texts (b x B_global logits), in
+# checkpointed chunks of loss_chunk rows; 0 = chosen by size (one block up to 64M logits, ~1.1
+# GiB, else chunks of 64M: loss.sigmoid_chunk), so it never needs setting
+loss_chunk = 0
 lambda_contrast = 1.0
 lambda_feat = 0.0
 lambda_affinity = 0.0
@@ -137,6 +141,7 @@ for k, ok in [('contrast', contrast in ('sigmoid', 'infonce')),
               ('log_interval', log_interval > 0),
               ('val_images', val_images > 0),
               ('grad_accum', grad_accum > 0),
+              ('loss_chunk', loss_chunk >= 0),
               ('warmup_iters', warmup_iters >= 0)]:
     if not ok:
         sys.exit(f"train.py: bad value {k}={globals()[k]!r}")
@@ -435,7 +440,8 @@ loss_fn = SigLIP2Loss(student.visual, student.visual.patch_embed_proj, decoder=d
                       sig_weight=lambda_contrast, locca_weight=lambda_locca, gamma=gamma,
                       silc_weight=lambda_silc, tips_weight=lambda_tips, switch=switch,
                       ema_momentum=ema_momentum, n_local=n_local,
-                      local_size=local_size or None, contrast=contrast).to(device)
+                      local_size=local_size or None, contrast=contrast,
+                      chunk_size=loss_chunk).to(device)
 # feature + affinity to the teacher at its own scale and bias (paired and unpaired rows)
 distill = DistillLoss(t_scale, t_bias, feat=lambda_feat, affinity=lambda_affinity,
                       extra_feat=lambda_extra_feat, extra_affinity=lambda_extra_affinity,
@@ -497,7 +503,10 @@ def locca_targets(b):
         return None
     return {k: student.map_ids(v) if k.endswith('_ids') else v for k, v in b['locca'].items()}
 
-# (B, D) per rank -> (B * world, D), gradient flows back to the owning rank
+# (B, D) per rank -> (B * world, D); backward sums every rank's gradient into the owner's rows,
+# so each rank's loss is a mean over its own rows and the averaged gradients are the full loss's.
+# An all-gather, not open_clip's ring: (B_global, D) rows are small next to the b x B_global
+# logits, and one collective keeps the step as simple as before
 def gather(x):
     return torch.cat(torch.distributed.nn.functional.all_gather(x)) if ddp else x
 
@@ -671,9 +680,11 @@ while True:
         with autocast:
             img, txt, tokens = model(x, b['ids'])
             img_all, txt_all = gather(img.float()), gather(txt.float())
+            # the sigmoid term: this rank's image rows vs all texts (b x B_global)
             siglip_total, siglip_terms = loss_fn(x, img_all, txt_all, tokens,
                                                  student.logit_scale, student.logit_bias,
-                                                 progress, locca=locca_targets(b))
+                                                 progress, locca=locca_targets(b),
+                                                 rows=rank_rows(len(img)))
             unpaired_img, unpaired_txt = encode_unpaired(b)
             distill_total, distill_terms = distill(img, txt, img_all, txt_all, b.get('t_img'),
                                                    b.get('t_txt'), student.logit_scale,
@@ -694,7 +705,8 @@ while True:
         for g, f in zip(grads, flat.split([g.numel() for g in grads])):
             g.copy_(f.view_as(g))
     vals = torch.stack(list(terms_sum.values())).float()
-    # log global means: per-example terms differ between ranks, batch-level ones are identical
+    # log global means: each rank's terms are means over its own rows (per example, or its
+    # rows of a batch-level matrix), so their mean over ranks is the global batch's
     if ddp:
         dist.all_reduce(vals)
         vals /= world
@@ -723,6 +735,7 @@ while True:
         print0(f"iter {iter_num}: loss {terms_sum['loss']:.4f} ({extra}) | lr {lr:.2e} | "
                f"{dt * 1000:.0f}ms | {sps:.0f} samples/s | ETA {eta:.0f}s")
         log({'iter': iter_num, 'lr': lr, 'dt_ms': dt * 1000, 'samples_per_s': sps,
+             'grad_norm': grad_norm,
              'scale': student.logit_scale.exp().item(),
              **{(k if k == 'loss' else f'loss/{k}'): v for k, v in terms_sum.items()}})
 print(f"rank {rank}: memory at the end (MiB): {memory()}", flush=True)

@@ -11,8 +11,8 @@ exercises.
     TEST_DEMO_DIR=/tmp/demo python -m pytest -q test_smoke.py -k demo
 
 Times. The full suite: 72 passed in 1115 s from a clean clone (`bash .ci/run`) on the 2-core
-CPU, with the demo running beside it for 5 min; about 4 min of it is the quick demo (with TERMS=1)
-that the tests taking the `demo` fixture share. The fast subset: 28 passed in 35 s.
+CPU; about 4 min of it is the quick demo (with TERMS=1) that the tests taking the `demo` fixture
+share. The fast subset: 28 passed in 35 s.
 """
 import os
 import sys

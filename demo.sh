@@ -5,7 +5,7 @@
 #   two at a time, one thread each) -> eval on the 5k test split (retrieval, zero-shot, speed vs the teacher)
 #   -> report.md: the findings, each delta marked resolved or not
 #
-#   bash demo.sh            # Tables 1 + 2 (~14 min on 2 cores: ~11 of it the 10 student runs of ~2 min each);
+#   bash demo.sh            # Tables 1 + 2 (~15 min on 2 cores: ~11 of it the 10 student runs of ~2 min each);
 #                           #   sets up .venv first if it is missing
 #   bash demo.sh --quick    # < 4 min pipeline check on a smaller world, A1/A5/recipe one seed (run by test_smoke.py)
 #   DEMO_DIR=/tmp/d bash demo.sh   # where data/, cache/, out/ go (default: this repo)

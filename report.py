@@ -9,9 +9,13 @@ meta.json, log.jsonl.
     python report.py --runs_dir=out --teacher_eval=cache/coco-L/test/eval.json \
         --transfer_evals=cache/flickr30k-L/test/eval.json --out=report.md
 
+The report opens with its findings: the no-KD student's ratio to the teacher against the seed's
+calibration range, then each difference below with whether it is resolved (every seed's delta of
+one sign, and the mean clear of the two runs' combined bootstrap intervals), then convergence.
 The seed's tables: Table 1 Teacher (name) / Student (No KD) = a1 / Student (TinySigLIP) = the
-run `tinysiglip`, else a5, with params and speed vs the teacher (bench.py --speed); Table 2 Full
-Method (a5), w/o Feature Loss (a4), w/o Affinity Loss (a3), w/o Contrastive (a7), Delta vs Full.
+distilled run (tinysiglip, a5, a3, ...) with the best val R@1, chosen on val, with params, ratio
+and speed vs the teacher (bench.py --speed); Table 2 Full Method (a5), w/o Feature Loss (a4), w/o
+Affinity Loss (a3), w/o Contrastive (a7), each Delta vs Full per seed pair and resolved or not.
 Then Table R (the recipe part by part), every loss combination a1-a7, zero-shot top-1/top-5
 (eval.py --zeroshot), Table B teacher x student (b1-b5, also as the seed's 2x3 grid) and Table C
 (c1, c2) with student/teacher R@1 ratios, and (demo.sh TERMS=1) what each SigLIP 2 term adds to a
@@ -212,8 +216,13 @@ def val_score(evals):
     scores = [m['val/i2t_r1'] + m['val/t2i_r1'] for m in metas if 'val/t2i_r1' in m]
     return sum(scores) / len(scores) if scores else -1.0
 
-def ratio(ev, k): # student R@1 / the teacher's
-    return f"{mean(ev, k) / max(teacher['metrics'][k], 1e-9):.2f}" if ev and teacher else '—'
+def ratio(ev, k, t='main'): # student R@1 / its teacher's (default: the teacher row), or None
+    t = teacher if t == 'main' else t
+    return mean(ev, k) / max(t['metrics'][k], 1e-9) if ev and t else None
+
+def ratio_cell(ev, k, t='main'):
+    r = ratio(ev, k, t)
+    return '—' if r is None else f'{r:.2f}'
 
 # Table 1, the seed's rows; "TinySigLIP" is the distilled run with the best val score, chosen on
 # val (never on test); on a tie, or without meta.json, the first in this order
@@ -254,7 +263,7 @@ for label, evals in table1:
     cells = [stat([t] if is_teacher else transfer(evals, key, t), k)
              for key, t in transfers for k in R1]
     cells += [zeroshot_stat(evals)] if has_imagenet else []
-    ratios = '—' if is_teacher or not evals else ' / '.join(ratio(evals, k) for k in R1)
+    ratios = '—' if is_teacher or not evals else ' / '.join(ratio_cell(evals, k) for k in R1)
     lines.append(row(label, params(first), *[stat(evals, k) for k in KEYS], *cells, ratios,
                      speed(first)) + note)
 
@@ -301,7 +310,7 @@ if any(seeds(n) for _, n in PARTS[1:]):
     for label, n in PARTS:
         ev = seeds(n)
         lines.append(row(label, n, str(len(ev)), *[stat(ev, k) for k in R1],
-                         *[ratio(ev, k) for k in R1], run=n))
+                         *[ratio_cell(ev, k) for k in R1], run=n))
 
 LOSSES = {'a1': 'contrastive only (no KD)', 'a2': 'feature', 'a3': 'feature + contrastive',
           'a4': 'affinity + contrastive', 'a5': 'feature + affinity + contrastive',
@@ -324,10 +333,10 @@ def arch_table(title, names):
             rows.append(row(n, *['—'] * 7, run=n))
             continue
         t = read(meta.get('teacher_eval', ''))
-        ratio = [f"{mean(ev, k) / max(t['metrics'][k], 1e-9):.2f}" if t else '—' for k in R1]
+        ratios = [ratio_cell(ev, k, t) for k in R1]
         student = meta.get('config', {}).get('image_model', '—')
         rows.append(row(n, short(meta.get('teacher', '—')), student, *[stat(ev, k) for k in R1],
-                        params(ev[0]), *ratio))
+                        params(ev[0]), *ratios))
     return rows
 # zero-shot classification (eval.py --zeroshot): the teacher's row and every run that has one
 zs_rows = [('teacher', teacher)]
@@ -386,19 +395,21 @@ if any(seeds(n, 'terms-base') for _, n in TERMS):
                          part_stat(ev, 'dense_probe', 'object_patch_acc'),
                          run=n, reference_run='terms-base'))
 
-# convergence: each run of Tables 1 and 2 on its val curve (log.jsonl) over its last 20 % of steps
-def read_log(run_dir): # -> log.jsonl rows, [] when missing or corrupt (the plots name it)
+logs = {} # log.jsonl -> rows; a corrupt line is reported, not a crash
+for log in sorted(glob.glob(os.path.join(runs_dir, '*', 'log.jsonl'))):
     try:
-        return [json.loads(l) for l in open(os.path.join(run_dir, 'log.jsonl'))]
-    except (OSError, ValueError):
-        return []
+        logs[log] = [json.loads(l) for l in open(log)]
+    except (OSError, ValueError) as e:
+        lines += ['', f"(corrupt: {log} ({type(e).__name__}: {e}); its curves are not plotted)"]
+
+# convergence: each run of Tables 1 and 2 on its val curve (log.jsonl) over its last 20 % of steps
 
 def convergence(run_dir):
     """-> (iter at 80 % of the run, val R@1 there, at the end, the val set's 95 % half-width,
     verdict) or None. val R@1: mean of I→T and T→I; the half-width: binomial over the val
     images at the end value, the change that val noise alone can make."""
     val = [(r['iter'], (r['val/i2t_r1'] + r['val/t2i_r1']) / 2)
-           for r in read_log(run_dir) if 'val/t2i_r1' in r]
+           for r in logs.get(os.path.join(run_dir, 'log.jsonl'), []) if 'val/t2i_r1' in r]
     if len(val) < 2:
         return None
     last, end = val[-1]
@@ -434,7 +445,7 @@ CALIBRATION = (0.5, 0.75)
 opening = []
 no_kd, best = seeds('a1'), seeds(tiny)
 if no_kd and teacher:
-    r = [mean(no_kd, k) / max(teacher['metrics'][k], 1e-9) for k in R1]
+    r = [ratio(no_kd, k) for k in R1]
     inside = all(CALIBRATION[0] <= x <= CALIBRATION[1] for x in r)
     opening.append(f"- Calibration: No KD (a1) reaches {r[0]:.2f}× / {r[1]:.2f}× of the "
                    f"teacher's I→T / T→I R@1: {'inside' if inside else 'OUTSIDE'} the range "
@@ -462,12 +473,6 @@ try:
 except ImportError:
     plt = None
     lines += ['', '(matplotlib not installed: plots skipped)']
-logs = {} # log.jsonl -> rows; a corrupt line is reported, not a crash
-for log in sorted(glob.glob(os.path.join(runs_dir, '*', 'log.jsonl'))):
-    try:
-        logs[log] = [json.loads(l) for l in open(log)]
-    except (OSError, ValueError) as e:
-        lines += ['', f"(corrupt: {log} ({type(e).__name__}: {e}); its curves are not plotted)"]
 if plt:
     for log, rows in logs.items():
         terms = sorted({k for r in rows for k in r if k.startswith('loss')})

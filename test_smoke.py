@@ -77,27 +77,18 @@ def tiny_world(tmp, **kw): # the synthetic world at 20 web / 40 train / 20 val /
     run('data/shapes/prepare.py', f'--out_dir={tmp}', *[f'--{k}={v}' for k, v in args.items()])
     return tmp
 
-def md_table(text, start): # the first run of '|' rows from the line starting with `start` on
+def md_table(text, start, prefix='|'):
+    """The first run of lines starting with `prefix` ('|': table rows, '- ': list items) from the
+    line starting with `start` on."""
     lines = text.split('\n')
     i = next(i for i, l in enumerate(lines) if l.startswith(start))
-    while not lines[i].startswith('|'):
+    while not lines[i].startswith(prefix):
         i += 1
     rows = []
-    while i < len(lines) and lines[i].startswith('|'):
+    while i < len(lines) and lines[i].startswith(prefix):
         rows.append(lines[i])
         i += 1
     return rows
-
-def md_list(text, start): # the '- ' items under the heading line starting with `start`
-    lines = text.split('\n')
-    i = next(i for i, l in enumerate(lines) if l.startswith(start)) + 1
-    while not lines[i].startswith('- '):
-        i += 1
-    items = []
-    while i < len(lines) and lines[i].startswith('- '):
-        items.append(lines[i])
-        i += 1
-    return items
 
 @pytest.fixture(scope='session')
 def demo(tmp_path_factory):
@@ -2375,7 +2366,7 @@ def test_report_marks_a_delta_resolved_only_when_seeds_and_intervals_clear_zero(
     assert rows['w/o Affinity Loss'] == ['+0.0 ± 2.0 (±0.7)', '+3.0 ± 0.0 (±0.7)',
                                          'no: inside the seed spread / yes |']
     assert rows['w/o Contrastive'] == ['-10.0 (±0.7)', '-10.0 (±0.7)', 'no: 1 seed / no: 1 seed |']
-    findings = md_list(report, '## Findings')
+    findings = md_table(report, '## Findings', prefix='- ')
     assert findings[0] == ("- Calibration: No KD (a1) reaches 0.60× / 0.30× of the teacher's "
                            "I→T / T→I R@1: OUTSIDE the range 0.5–0.75× (the seed's No KD: 0.64×).")
     assert findings[1].startswith('- Distillation: a3 (the best distilled on val) vs No KD (a1): '
@@ -2508,7 +2499,7 @@ def test_demo_quick_writes_tables(demo):
     # every table is produced; the runs --quick does not train (B, C) are rows marked missing
     for n in ('b1', 'b5', 'c1', 'c2'):
         assert f"| {n} | — |" in report and f"(missing: {demo / 'out/shapes' / n})" in report
-    findings = md_list(report, '## Findings')
+    findings = md_table(report, '## Findings', prefix='- ')
     assert findings[0].startswith('- Calibration: No KD (a1) reaches ')
     # one seed: nothing can be resolved
     assert findings[1].startswith('- Distillation: ') and findings[1].endswith(

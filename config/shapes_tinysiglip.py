@@ -4,7 +4,7 @@
 # its captions sit in separate caches, so no web pair is ever seen (RECIPE=1 bash
 # demo.sh builds all three caches with K = 8 and runs this).
 #   python train.py config/shapes_tinysiglip.py
-# (its numbers: the README's Table 1; NOTES.md, "Reinforced distillation")
+# (its numbers on the former 500-pair world: NOTES.md, "Reinforced distillation")
 exec(open('config/tinysiglip.py').read())
 exec(open('config/shapes.py').read())
 out_dir = 'out/shapes/tinysiglip'

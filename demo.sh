@@ -13,7 +13,9 @@
 #   SEEDS="0 1 2" bash demo.sh     # seeds of every run (default 0 1)
 #   RECIPE=1 bash demo.sh          # + the TinySigLIP recipe: the web split cached as unpaired images (K views) and
 #                                  #   unpaired captions, 4,000 steps beside the A runs
-#   FULL=1 bash demo.sh            # + A2, the recipe (RECIPE=1) and Table C (ResNet, MobileNet students), 2 seeds each
+#   FULL=1 bash demo.sh            # + Table B (the kept B / L / So400m stand-ins x Tiny / Small students), Table C
+#                                  #   (ResNet, MobileNet students) and the recipe (RECIPE=1) against A5 on 500 / 2,000 /
+#                                  #   5,000 pairs, 2 seeds each (~75 min on 2 cores: README, "The demo in full")
 #   PARTS=1 bash demo.sh           # + what each part of the recipe adds (views / unpaired images / texts), 2 seeds
 #   RETRAIN_TEACHER=1 bash demo.sh # train the demo teacher from scratch first (config/shapes_teacher.py, ~60 min)
 #   TERMS=1 bash demo.sh           # + what each SigLIP 2 term adds to a small HF Siglip2Model: a sigmoid-only base, then
@@ -28,16 +30,21 @@ D=${DEMO_DIR:-.}
 W=$D/data/shapes; R=$D/cache/shapes-raw; C=$D/cache/shapes; O=$D/out/shapes
 WORLD=(--seed=${WORLD_SEED:-0}); TEACH=(); STUD=(); RECIPE_ARGS=(); SEEDS=${SEEDS:-0 1}; K=8
 RUNS="a1 a3 a4 a5 a7" # Table 1 (No KD = a1, the best distilled on val) and Table 2 (a5 a4 a3 a7)
+PAIRS="" # the recipe's data-efficiency sweep: a5 and the recipe on the first N of the 5,000 pairs
 TBASE=(); TARM=() # the terms study's base and arms (--quick: shorter)
-[ -z "${FULL:-}" ] || { RECIPE=1; RUNS="$RUNS a2 c1 c2"; } # Table 2b's a2, Table C (config/shapes_c*.py)
+if [ -n "${FULL:-}" ]; then # the longest runs first, so that the last pair of jobs is short
+    RECIPE=1; PAIRS="500 2000" # Table C: config/shapes_c*.py; Table B: config/shapes_b*.py (B4 is a5)
+    RUNS="tinysiglip-p500 tinysiglip-p2000 tinysiglip c2 c1 a5-p500 a5-p2000 $RUNS b5 b3 b2 b1"
+fi
 [ -z "${PARTS:-}" ] || RECIPE=1 # the parts table compares against the recipe
-[ -z "${RECIPE:-}" ] || RUNS="tinysiglip $RUNS" # the recipe first: it runs beside all the A runs
+[ -z "${RECIPE:-}" ] || [[ $RUNS = *tinysiglip* ]] || RUNS="tinysiglip $RUNS" # first: the longest run
 if [ "${1:-}" = "--quick" ]; then # same pipeline, smaller world and budgets
     WORLD=(--seed=${WORLD_SEED:-0} --n_web=2000 --n_train=300 --n_val=100 --n_test=100)
     TEACH=(--max_iters=100 --eval_interval=100 --batch_size=64 --val_images=100)
     STUD=(--max_iters=40 --eval_interval=40 --log_interval=20 --batch_size=64 --val_images=100)
     RECIPE_ARGS=(--max_iters=40 --eval_interval=40)
     SEEDS="0"; RUNS="tinysiglip a1 a5"; K=3; RECIPE=1
+    [ -z "${FULL:-}" ] || { PAIRS="100"; RUNS="tinysiglip-p100 a5-p100 $RUNS c2 c1 b5 b3 b2 b1"; }
     TBASE=(--max_iters=40 --eval_interval=40 --val_images=100); TARM=(--max_iters=10 --eval_interval=10 --val_images=100)
 fi
 # the web split feeds only the teacher's retraining, the recipe's unpaired caches and the terms study
@@ -72,12 +79,30 @@ if [ -n "${RECIPE:-}" ]; then
     cache --split=web --out_dir=$D/cache/shapes-txt --images=False
     wait $img_job
 fi
+for n in $PAIRS; do # the sweep's paired splits: the first n train images, the same K views
+    cache --split=train --out_dir=$D/cache/shapes-p$n --views=$VIEWS --max_images=$n
+done
+if [ -n "${FULL:-}" ]; then
+    echo "   + Table B's two other teachers (the B and So400m stand-ins) on train, val, test"
+    for t in b so; do
+        for s in train val test; do cache --teacher=data/shapes/teacher-$t --split=$s --out_dir=$D/cache/shapes-$t; done &
+    done
+    for p in $(jobs -p); do wait $p; done
+    for t in b so; do $PY eval.py --cache=$D/cache/shapes-$t/test; done
+fi
 $PY eval.py --cache=$C/test
 step "4. students (two at a time, one thread each)"
 runs=()
+cache_of() { # the caches of run $1: its teacher's (Table B), train cut to its first N pairs (the sweep)
+    case $1 in b1*|b3*) echo $D/cache/shapes-b;; b5*) echo $D/cache/shapes-so;; *) echo $C;; esac
+}
+train_of() {
+    local n=${1#*-p}
+    if [[ $1 = *-p[0-9]* ]]; then echo $D/cache/shapes-p${n%%-*}/train; else echo $(cache_of $1)/train; fi
+}
 student() { # $1 config chain, $2 run name, $3 seed, then extra flags
     local cfg=$1 run=$2 seed=$3; shift 3
-    if $PY train.py $cfg --train_cache=$C/train --val_cache=$C/val --out_dir=$O/$run \
+    if $PY train.py $cfg --train_cache=$(train_of $run) --val_cache=$(cache_of $run)/val --out_dir=$O/$run \
             --seed=$seed "${STUD[@]}" "$@" > $O/$run.log 2>&1; then tail -n 1 $O/$run.log | sed "s/^/$run: /"
     else echo "FAILED: $run"; tail -n 20 $O/$run.log; return 1; fi
 }
@@ -91,9 +116,9 @@ mkdir -p $O
 for seed in $SEEDS; do
     for a in $RUNS; do
         run=$a; [ "$seed" = 0 ] || run=$a-s$seed
-        if [ $a = tinysiglip ]; then launch config/shapes_tinysiglip.py $run $seed "${EXTRA[@]}" --views=$K "${RECIPE_ARGS[@]}"
-        elif [[ $a = c* ]]; then launch config/shapes_$a.py $run $seed
-        else launch "config/$a.py config/shapes.py" $run $seed; fi
+        if [[ $a = tinysiglip* ]]; then launch config/shapes_tinysiglip.py $run $seed "${EXTRA[@]}" --views=$K "${RECIPE_ARGS[@]}"
+        elif [[ $a = [bc][0-9] ]]; then launch config/shapes_$a.py $run $seed
+        else launch "config/${a%%-*}.py config/shapes.py" $run $seed; fi
     done
 done
 if [ -n "${PARTS:-}" ]; then # what each part of the recipe adds, two seeds each (all three = the recipe's seeds)
@@ -110,7 +135,7 @@ for p in $(jobs -p); do wait $p; done
 step "5. eval every student on the test split, then the tables"
 for run in "${runs[@]}"; do # two at a time, like the training runs
     [ $(jobs -rp | wc -l) -lt 2 ] || wait -n
-    $PY eval.py --cache=$C/test --ckpt=$O/$run --locca=False &
+    $PY eval.py --cache=$(cache_of $run)/test --ckpt=$O/$run --locca=False &
 done
 for p in $(jobs -p); do wait $p; done
 step "6. zero-shot on the single-object test images (the world's caption templates), student vs teacher speed"
@@ -119,7 +144,7 @@ $PY eval.py --ckpt=$T "${ZS[@]}" --out=$C/test/eval.json
 for run in "${runs[@]}"; do # seed 0 of each, one at a time: the timings share the CPU with nothing of ours
     [[ $run != *-s[0-9]* ]] || continue
     $PY eval.py --ckpt=$O/$run "${ZS[@]}"
-    $PY bench.py --speed=True --ckpt=$O/$run --cache=$C/test --device=cpu --speed_seconds=0.5
+    $PY bench.py --speed=True --ckpt=$O/$run --cache=$(cache_of $run)/test --device=cpu --speed_seconds=0.5
 done
 if [ -n "${TERMS:-}" ]; then
     step "7. what each SigLIP 2 term adds: a small Siglip2Model, a sigmoid-only base, then each objective, 2 seeds"

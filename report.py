@@ -32,7 +32,7 @@ row names the file and why.
 With matplotlib: <run>/curves.png (every loss term vs iteration) and ablation.png next to the
 report.
 """
-import os, json, glob, math, hashlib, functools
+import os, re, json, glob, math, hashlib, functools
 
 runs_dir = 'out'
 teacher_eval = 'cache/coco-L/test/eval.json'
@@ -76,13 +76,11 @@ def refused(e, path, run_dir=None, reference='main', reference_name='the teacher
     return None
 
 @functools.cache
-def seeds(name, reference_run=None):
+def seeds(name, reference_path=None, reference_name='the teacher row'):
     """The valid eval.json of a run and of its extra seeds; refusals go to NOTES[name]. They
-    must be scored on the teacher row's cache, or on reference_run's (the terms study's own
-    test cache, which has no teacher row)."""
-    reference = 'main'
-    if reference_run:
-        reference = read(os.path.join(runs_dir, reference_run, 'eval.json'))
+    must be scored on the teacher row's cache, or on the cache of the eval.json at
+    reference_path (a Table B run: its own teacher's; the terms study: terms-base's)."""
+    reference = read(reference_path) if reference_path else 'main'
     # extra seeds are the directories <name>-s<k>; demo.sh's <name>-s<k>.log beside them are not
     # runs
     extra = sorted(glob.glob(os.path.join(runs_dir, f'{name}-s*')))
@@ -92,7 +90,7 @@ def seeds(name, reference_run=None):
     for d in dirs:
         path = os.path.join(d, 'eval.json')
         e = read(path, notes)
-        why = refused(e, path, d, reference, reference_run or 'the teacher row') if e else None
+        why = refused(e, path, d, reference, reference_name) if e else None
         notes += [why] if why else []
         # <name> is seed 0, <name>-s<k> seed k: the deltas pair runs of the same seed
         seed = 0 if d == dirs[0] else int(d.rsplit('-s', 1)[1])
@@ -179,8 +177,8 @@ def zeroshot_stat(evals, k='top1'): # ImageNet-1k zero-shot top-1 of a run (eval
     return fmt([z[k] for z in zs], intervals=[z.get('intervals', {}).get(k) for z in zs])
 
 # a markdown table row; a run's missing or refused eval.json is named after it
-def row(*cells, run=None, reference_run=None):
-    note = gap(run) if run and (NOTES.get(run) or not seeds(run, reference_run)) else ''
+def row(*cells, run=None, ref=()): # ref: seeds()'s reference_path and reference_name
+    note = gap(run) if run and (NOTES.get(run) or not seeds(run, *ref)) else ''
     return '| ' + ' | '.join(cells) + ' |' + note
 
 def header(*cols):
@@ -321,23 +319,44 @@ for n, what in LOSSES.items():
     ev = seeds(n)
     lines.append(row(n, what, *[stat(ev, k) for k in R1], *delta(ev), run=n))
 
-# one row per run; teacher and student names from the run's meta.json
-def arch_table(title, names):
+# Tables B and C: each run against its own teacher row, the test eval.json beside its val cache
+# (meta.json's teacher_eval); the seed's B4 (L x Small, the full method) is A5's run: a5 where
+# no b4 ran
+def own_teacher(n): # -> (its teacher row's path, name): seeds()'s reference for run n
+    path = (read(os.path.join(runs_dir, n, 'meta.json')) or {}).get('teacher_eval', '')
+    return path, f'its teacher row ({path})'
+
+def b_run(n):
+    return 'a5' if n == 'b4' and not os.path.isdir(os.path.join(runs_dir, 'b4')) else n
+
+def arch_table(title, names, note=''):
     rows = ['', f'## {title}', '',
-            "Ratio: student R@1 / its teacher's R@1 (the cache's test eval.json).", '']
-    rows += header('run', 'teacher', 'student', 'I→T R@1', 'T→I R@1', 'params',
-                   'I→T ratio', 'T→I ratio')
-    for n in names:
-        ev, meta = seeds(n), read(os.path.join(runs_dir, n, 'meta.json')) or {}
+            "Teacher R@1: the teacher's row of the run's own test cache; ratio: student R@1 / "
+            "that teacher's." + note, '']
+    rows += header('run', 'teacher', 'teacher R@1 I→T / T→I', 'student', 'I→T R@1', 'T→I R@1',
+                   'params', 'I→T ratio', 'T→I ratio')
+    for n in map(b_run, names):
+        ev, meta = seeds(n, *own_teacher(n)), read(os.path.join(runs_dir, n, 'meta.json')) or {}
         if not ev:
-            rows.append(row(n, *['—'] * 7, run=n))
+            rows.append(row(n, *['—'] * 8, run=n, ref=own_teacher(n)))
             continue
         t = read(meta.get('teacher_eval', ''))
+        t_r1 = ' / '.join(f"{t['metrics'][k]:.1f}" for k in R1) if t else '—'
         ratios = [ratio_cell(ev, k, t) for k in R1]
         student = meta.get('config', {}).get('image_model', '—')
-        rows.append(row(n, short(meta.get('teacher', '—')), student, *[stat(ev, k) for k in R1],
-                        params(ev[0]), *ratios))
+        rows.append(row(n, short(meta.get('teacher', '—')), t_r1, student,
+                        *[stat(ev, k) for k in R1], params(ev[0]), *ratios))
     return rows
+
+def own_compare(a, b, what):
+    """A finding: run a - run b in R@1 points on the same test images, each scored against its
+    own teacher row; None unless both ran."""
+    ev_a, ev_b = seeds(a, *own_teacher(a)), seeds(b, *own_teacher(b))
+    if not ev_a or not ev_b:
+        return None
+    (d1, r1), (d2, r2) = [compare(ev_a, ev_b, k) for k in R1]
+    return (f"{what}: {a} − {b}", (d1, d2), (r1, r2))
+
 # zero-shot classification (eval.py --zeroshot): the teacher's row and every run that has one
 zs_rows = [('teacher', teacher)]
 for p in sorted(glob.glob(os.path.join(runs_dir, '*', 'eval.json'))):
@@ -357,18 +376,65 @@ if zs_rows:
     cells = lambda z: [stat([dict(z, metrics=z)], k) for k in ('top1', 'top5')]
     lines += ['| ' + ' | '.join([n, *cells(z)]) + ' |' for n, z in zs_rows]
 
-lines += arch_table('Table B: teacher × student (full method)', ['b1', 'b2', 'b3', 'b4', 'b5'])
+GRID_RUNS = ['b1', 'b2', 'b3', 'b4', 'b5']
+lines += arch_table('Table B: teacher × student (full method)', GRID_RUNS,
+                    " B4 is a5's run where no b4 ran (the seed's B4 is A5).")
 
 # the seed's 2×3 grid of the same runs: B1 B×Tiny, B2 L×Tiny, B3 B×Small,
 # B4 L×Small (core target), B5 So400m×Small; So400m×Tiny is not in the plan
 GRID = [('SigLIP 2 B', 'b1', 'b3'), ('SigLIP 2 L', 'b2', 'b4'), ('SigLIP 2 So400m', None, 'b5')]
 def cell(n):
-    ev = seeds(n) if n else []
-    return f"{stat(ev, 'i2t_r1')} / {stat(ev, 't2i_r1')} ({n})" if ev else '—'
-lines += ['', "### Table B as the seed's grid (I→T / T→I R@1, run)", '']
+    n = b_run(n) if n else None
+    ev = seeds(n, *own_teacher(n)) if n else []
+    if not ev:
+        return '—'
+    t = read((read(os.path.join(runs_dir, n, 'meta.json')) or {}).get('teacher_eval', ''))
+    ratios = '/'.join(ratio_cell(ev, k, t) for k in R1)
+    return f"{stat(ev, 'i2t_r1')} / {stat(ev, 't2i_r1')} ({n}; {ratios}×)"
+lines += ['', "### Table B as the seed's grid (I→T / T→I R@1; run; ratios to its teacher)", '']
 lines += header('teacher \\ student', 'ViT-Tiny', 'ViT-Small')
 lines += [row(t, cell(tiny_run), cell(small_run)) for t, tiny_run, small_run in GRID]
-lines += arch_table('Table C: student architectures (full method)', ['c1', 'c2'])
+# the seed's B questions, each a difference of two grid cells
+B_QUESTIONS = [('b2', 'b1', 'A stronger teacher (L vs B), the same Tiny student'),
+               ('b4', 'b3', 'A stronger teacher (L vs B), the same Small student'),
+               ('b5', 'b4', 'A stronger teacher (So400m vs L), the same Small student'),
+               ('b3', 'b1', 'A bigger student (Small vs Tiny), teacher B'),
+               ('b4', 'b2', 'A bigger student (Small vs Tiny), teacher L')]
+findings += filter(None, [own_compare(b_run(a), b_run(b), what) for a, b, what in B_QUESTIONS])
+lines += arch_table('Table C: student architectures (full method)', ['c1', 'c2', 'a5'],
+                    ' a5: the ViT student of the same teacher.')
+findings += filter(None, [own_compare('c1', 'a5', 'A ResNet student vs the ViT (Table C)'),
+                          own_compare('c2', 'a5', 'A MobileNet student vs the ViT (Table C)')])
+
+# the recipe against A5 by the size of the paired split (demo.sh FULL=1: the first N pairs)
+def pairs_of(n): # the paired images run n trained on: its train cache's manifest, or None
+    meta = read(os.path.join(runs_dir, n, 'meta.json')) or {}
+    man = read(os.path.join(meta.get('train_cache', ''), 'manifest.json')) or {}
+    return man.get('counts', {}).get('images')
+sweep_dirs = [os.path.basename(d) for d in glob.glob(os.path.join(runs_dir, '*-p*'))]
+cut = sorted({int(d.split('-p')[1]) for d in sweep_dirs
+              if re.fullmatch(r'(a5|tinysiglip)-p\d+', d)}) # seed 0's dirs name the sizes
+SWEEP = [(n, f'a5-p{n}', f'tinysiglip-p{n}') for n in cut]
+SWEEP += [(pairs_of('a5') or pairs_of('tinysiglip') or 'all', 'a5', 'tinysiglip')]
+if any(seeds(r) for _, _, r in SWEEP):
+    lines += ['', '## Table R2: the recipe against A5 by paired-split size', '',
+              'The same student and steps; the recipe adds K views, unpaired web images and '
+              'captions (its losses: feature + affinity). Δ: recipe − A5 in R@1 points per seed '
+              'pair (± the combined 95 % interval). Pairs: the first N images of the paired '
+              'split (demo.sh FULL=1), its whole in the last row.', '']
+    lines += header('pairs', 'A5 I→T / T→I R@1', 'recipe I→T / T→I R@1', 'Δ I→T', 'Δ T→I',
+                    'Resolved I→T / T→I')
+    for n, a5_run, recipe_run in SWEEP:
+        ev_a5, ev_recipe = seeds(a5_run), seeds(recipe_run)
+        both = [compare(ev_recipe, ev_a5, k) for k in R1] if ev_a5 and ev_recipe else [('—',) * 2] * 2
+        missing = ''.join(gap(r) for r in (a5_run, recipe_run) if not seeds(r))
+        lines.append(row(f'{n:,}' if isinstance(n, int) else n,
+                         ' / '.join(stat(ev_a5, k) for k in R1),
+                         ' / '.join(stat(ev_recipe, k) for k in R1),
+                         both[0][0], both[1][0], f"{both[0][1]} / {both[1][1]}") + missing)
+        if ev_a5 and ev_recipe:
+            findings.append((f"The recipe vs A5 on {n} pairs: {recipe_run} − {a5_run}",
+                             (both[0][0], both[1][0]), (both[0][1], both[1][1])))
 
 # what each SigLIP 2 term adds (demo.sh TERMS=1): a small HF Siglip2Model trained with the
 # sigmoid loss alone (terms-base), then on from it at equal steps with each objective
@@ -380,7 +446,8 @@ TERMS = [('base: sigmoid only, before the arms', 'terms-base'),
 def part_stat(evals, part, k): # a score eval.py nests under `part` (locca, dense_probe)
     parts = [e[part] for e in evals if part in e]
     return fmt([p[k] for p in parts], intervals=[p.get(f'{k}_interval') for p in parts])
-if any(seeds(n, 'terms-base') for _, n in TERMS):
+TERMS_REF = (os.path.join(runs_dir, 'terms-base', 'eval.json'), 'terms-base')
+if any(seeds(n, *TERMS_REF) for _, n in TERMS):
     lines += ['', '## What each SigLIP 2 term adds (a small Siglip2Model)', '',
               "Each arm trains on from the base at equal steps. ARef: the LocCa decoder's "
               'box from a region caption, IoU ≥ 0.5 (runs with a decoder). Dense probe: a '
@@ -389,11 +456,11 @@ if any(seeds(n, 'terms-base') for _, n in TERMS):
     lines += header('objective', 'run', 'seeds', 'I→T R@1', 'T→I R@1', 'ARef acc@0.5',
                     'dense probe')
     for label, n in TERMS:
-        ev = seeds(n, 'terms-base')
+        ev = seeds(n, *TERMS_REF)
         lines.append(row(label, n, str(len(ev)), *[stat(ev, k) for k in R1],
                          part_stat(ev, 'locca', 'aref_acc_iou50'),
                          part_stat(ev, 'dense_probe', 'object_patch_acc'),
-                         run=n, reference_run='terms-base'))
+                         run=n, ref=TERMS_REF))
 
 logs = {} # log.jsonl -> rows; a corrupt line is reported, not a crash
 for log in sorted(glob.glob(os.path.join(runs_dir, '*', 'log.jsonl'))):
@@ -402,7 +469,7 @@ for log in sorted(glob.glob(os.path.join(runs_dir, '*', 'log.jsonl'))):
     except (OSError, ValueError) as e:
         lines += ['', f"(corrupt: {log} ({type(e).__name__}: {e}); its curves are not plotted)"]
 
-# convergence: each run of Tables 1 and 2 on its val curve (log.jsonl) over its last 20 % of steps
+# convergence: each run the tables show, on its val curve (log.jsonl) over its last 20 % of steps
 
 def convergence(run_dir):
     """-> (iter at 80 % of the run, val R@1 there, at the end, the val set's 95 % half-width,
@@ -425,8 +492,10 @@ def convergence(run_dir):
     else:
         verdict = 'rising' if end > v80 else 'falling'
     return at80, v80, end, half, verdict
+CHECKED = ['a1', tiny] + [n for _, n in SEED_ABLATION] + [b_run(n) for n in GRID_RUNS]
+CHECKED += ['c1', 'c2'] + [n for _, a5_run, recipe_run in SWEEP for n in (a5_run, recipe_run)]
 curves = [(os.path.basename(e['dir']), convergence(e['dir']))
-          for n in dict.fromkeys(['a1', tiny] + [n for _, n in SEED_ABLATION]) for e in seeds(n)]
+          for n in dict.fromkeys(CHECKED) for e in seeds(n, *own_teacher(n))]
 curves = [(n, c) for n, c in curves if c]
 if curves:
     lines += ['', '## Convergence: val R@1 over the last 20 % of steps', '',

@@ -7,12 +7,12 @@ exercises.
     python test_smoke.py -m fast                 # the inner loop: unit tests + small command lines
     python -m pytest -q -m fast test_smoke.py    # the same
     python -m pytest -q test_smoke.py -k resume  # the tests whose name matches
-    DEMO_DIR=/tmp/demo bash demo.sh --quick      # then reuse that quick demo in every session:
+    DEMO_DIR=/tmp/demo FULL=1 TERMS=1 bash demo.sh --quick  # then reuse it in every session:
     TEST_DEMO_DIR=/tmp/demo python -m pytest -q test_smoke.py -k demo
 
 Times. The full suite: 72 passed in 1115 s from a clean clone (`bash .ci/run`) on the 2-core
-CPU; about 4 min of it is the quick demo (with TERMS=1) that the tests taking the `demo` fixture
-share. The fast subset: 28 passed in 35 s.
+CPU; about 4 min of it is the quick demo (with TERMS=1; FULL=1 since adds Tables B, C and the
+sweep) that the tests taking the `demo` fixture share. The fast subset: 28 passed in 35 s.
 """
 import os
 import sys
@@ -92,15 +92,17 @@ def md_table(text, start, prefix='|'):
 
 @pytest.fixture(scope='session')
 def demo(tmp_path_factory):
-    """The quick demo once (world -> teacher -> cache -> A1-A5 -> eval -> the per-term study on a
-    small Siglip2Model -> report); other tests reuse its caches. TEST_DEMO_DIR=<dir> reuses a
-    `DEMO_DIR=<dir> TERMS=1 bash demo.sh --quick` made by this same code (faster iterations)."""
+    """The quick demo once, with every table (world -> teachers -> caches -> A1, A5, the recipe,
+    Tables B and C, the sweep -> eval -> the per-term study on a small Siglip2Model -> report);
+    other tests reuse its caches. TEST_DEMO_DIR=<dir> reuses a
+    `DEMO_DIR=<dir> FULL=1 TERMS=1 bash demo.sh --quick` made by this same code (faster
+    iterations)."""
     if os.environ.get('TEST_DEMO_DIR'):
         return pathlib.Path(os.environ['TEST_DEMO_DIR'])
     d = tmp_path_factory.mktemp('demo')
     t = time.time()
     p = subprocess.run(['bash', 'demo.sh', '--quick'], cwd=REPO,
-                       env=dict(ENV, DEMO_DIR=str(d), PY=sys.executable, TERMS='1'),
+                       env=dict(ENV, DEMO_DIR=str(d), PY=sys.executable, TERMS='1', FULL='1'),
                        capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
     print(f"quick demo: {time.time() - t:.0f}s")
@@ -2472,6 +2474,7 @@ def test_demo_quick_writes_tables(demo):
     # the quick teacher is too short to learn: quality is the full demo's job (README), here the
     # plumbing
     t = json.load(open(demo / 'cache/shapes/test/eval.json'))
+    t_fingerprint = t['fingerprint']
     assert t['n_images'] == 100 and t['n_captions'] == 500
     assert '(missing: ' in report # --quick trains only A1 and A5: the other rows must show as gaps
     for a in ('a1', 'a5'):
@@ -2496,11 +2499,32 @@ def test_demo_quick_writes_tables(demo):
     assert '| + all three (the recipe) | tinysiglip | 1 |' in report
     # --quick: no A7 run
     assert '| Full Method | ' in report and '| w/o Contrastive | — | — | — |' in report
-    # every table is produced; the runs --quick does not train (B, C) are rows marked missing
-    for n in ('b1', 'b5', 'c1', 'c2'):
-        assert f"| {n} | — |" in report and f"(missing: {demo / 'out/shapes' / n})" in report
+    # FULL=1: Table B, each run scored against its own teacher's test cache
+    b_rows = [r.split(' | ')[:2] for r in md_table(report, '## Table B: teacher')[2:]]
+    teachers = {'b1': 'b', 'b2': 'l', 'b3': 'b', 'b4': 'l', 'b5': 'so'}
+    assert b_rows == [[f'| {n}', f'shapes/teacher-{t}'] for n, t in teachers.items()], b_rows
+    for n, t in teachers.items():
+        own = json.load(open(demo / f'cache/shapes-{t}/test/eval.json'))
+        run_eval = json.load(open(demo / f'out/shapes/{n}/eval.json'))
+        assert run_eval['fingerprint'] == own['fingerprint'] != t_fingerprint
+        assert own['teacher'].endswith(f'teacher-{t}'), own['teacher']
+    grid = md_table(report, "### Table B as the seed's grid")[2:]
+    assert [r.count('—') for r in grid] == [0, 0, 1], grid # So400m x Tiny: not in the seed's plan
+    c_rows = [r.split(' | ')[3] for r in md_table(report, '## Table C: student')[2:]]
+    assert c_rows == ['resnet18', 'mobilenetv3_small_050', 'vit_tiny_patch16_224'], c_rows
+    # the sweep: the first 100 of the 300 pairs, then all of them; a5 vs the recipe, both trained
+    sweep = md_table(report, '## Table R2: the recipe against A5')[2:]
+    assert [r.split(' | ')[0] for r in sweep] == ['| 100', '| 300'] and '—' not in sweep[0]
+    m = json.load(open(demo / 'cache/shapes-p100/train/manifest.json'))
+    assert m['counts']['images'] == 100
+    # a run --quick does not train (a7) is a row marked missing
+    assert f"(missing: {demo / 'out/shapes/a7'})" in report
     findings = md_table(report, '## Findings', prefix='- ')
     assert findings[0].startswith('- Calibration: No KD (a1) reaches ')
+    asked = [f.split(': ')[0] for f in findings]
+    assert asked.count('- A stronger teacher (L vs B), the same Tiny student') == 1, asked
+    assert '- The recipe vs A5 on 100 pairs' in asked
+    assert '- A ResNet student vs the ViT (Table C)' in asked
     # one seed: nothing can be resolved
     assert findings[1].startswith('- Distillation: ') and findings[1].endswith(
         'resolved: no: 1 seed / no: 1 seed.')

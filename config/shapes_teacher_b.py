@@ -1,7 +1,9 @@
-# The demo's SigLIP 2 B stand-in (Table B): config/shapes_teacher.py's world and schedule, a
-# narrower, shallower pair of towers (0.39M against the kept L stand-in's 1.07M). Kept in the
-# repo as data/shapes/teacher-b (weights + log.jsonl). To retrain it (after demo.sh's packing
-# of web + val, RETRAIN_TEACHER=1 bash demo.sh's step 2):
+# Table B's SigLIP 2 B stand-in: config/shapes_teacher.py's world and schedule with two-layer
+# towers 96 wide (0.39M). B / L / So400m are one family, trained alike by the same code, widths
+# 96 / 112 / 128 at one depth (deeper or wider members start slower on this schedule and
+# end below: NOTES.md, "Table B's teachers").
+# Kept in the repo as data/shapes/teacher-b (weights + log.jsonl). To retrain it (after the
+# packing of web + val in RETRAIN_TEACHER=1 bash demo.sh's step 2):
 #   python train.py config/shapes_teacher.py config/shapes_teacher_b.py
 out_dir = 'out/shapes/teacher-b'
 image_kwargs = {'patch_size': 8, 'embed_dim': 96, 'depth': 2, 'num_heads': 3}

@@ -2474,7 +2474,6 @@ def test_demo_quick_writes_tables(demo):
     # the quick teacher is too short to learn: quality is the full demo's job (README), here the
     # plumbing
     t = json.load(open(demo / 'cache/shapes/test/eval.json'))
-    t_fingerprint = t['fingerprint']
     assert t['n_images'] == 100 and t['n_captions'] == 500
     assert '(missing: ' in report # --quick trains only A1 and A5: the other rows must show as gaps
     for a in ('a1', 'a5'):
@@ -2502,12 +2501,12 @@ def test_demo_quick_writes_tables(demo):
     # FULL=1: Table B, each run scored against its own teacher's test cache
     b_rows = [r.split(' | ')[:2] for r in md_table(report, '## Table B: teacher')[2:]]
     teachers = {'b1': 'b', 'b2': 'l', 'b3': 'b', 'b4': 'l', 'b5': 'so'}
-    assert b_rows == [[f'| {n}', f'shapes/teacher-{t}'] for n, t in teachers.items()], b_rows
-    for n, t in teachers.items():
-        own = json.load(open(demo / f'cache/shapes-{t}/test/eval.json'))
+    assert b_rows == [[f'| {n}', f'shapes/teacher-{m}'] for n, m in teachers.items()], b_rows
+    for n, member in teachers.items():
+        own = json.load(open(demo / f'cache/shapes-{member}/test/eval.json'))
         run_eval = json.load(open(demo / f'out/shapes/{n}/eval.json'))
-        assert run_eval['fingerprint'] == own['fingerprint'] != t_fingerprint
-        assert own['teacher'].endswith(f'teacher-{t}'), own['teacher']
+        assert run_eval['fingerprint'] == own['fingerprint'] != t['fingerprint']
+        assert own['teacher'].endswith(f'teacher-{member}'), own['teacher']
     grid = md_table(report, "### Table B as the seed's grid")[2:]
     assert [r.count('—') for r in grid] == [0, 0, 1], grid # So400m x Tiny: not in the seed's plan
     c_rows = [r.split(' | ')[3] for r in md_table(report, '## Table C: student')[2:]]

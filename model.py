@@ -292,6 +292,17 @@ class HFVision(nn.Module):
         out = self.vm(pixel_values=patches, pixel_attention_mask=valid, spatial_shapes=shapes)
         return out.last_hidden_state, out.pooler_output
 
+def quiet_transformers():
+    """What transformers prints at every load and save that no user can act on: the progress
+    bars of a few-MB model, and the special-token warning its own Siglip(2)TextConfig defaults
+    raise (vocab 32000, bos 49406 / eos 49407) while any SigLIP config is built. Nothing here
+    reads the config's bos / eos ids (captions come tokenised from the cache)."""
+    from transformers.utils import logging
+    logging.disable_progress_bar()
+    log = logging.get_logger('transformers.configuration_utils')
+    if not log.filters:
+        log.addFilter(lambda r: 'an integer within the vocabulary' not in r.getMessage())
+
 @dataclass
 class HFConfig:
     kept_ids: list # the LocCa decoder's compact vocabulary (the text tower keeps its own)
@@ -320,8 +331,14 @@ class HFSiglip(nn.Module):
     def load(cls, name, config, from_config=False):
         """name: an HF dir or hub name; from_config: random weights from its config.json."""
         from transformers import AutoConfig, AutoModel
+        quiet_transformers()
         if from_config:
             model = AutoModel.from_config(AutoConfig.from_pretrained(name))
+            # transformers starts both at 0 (scale 1): SigLIP's t = 10, b = -10 (§3.2), as the
+            # Student; SiglipConfig has no field of its own for them
+            with torch.no_grad():
+                model.logit_scale.fill_(math.log(10.0))
+                model.logit_bias.fill_(-10.0)
         else:
             model = AutoModel.from_pretrained(name, dtype=torch.float32)
         if model.config.model_type not in ('siglip', 'siglip2'):

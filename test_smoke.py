@@ -1626,6 +1626,241 @@ def test_train_fine_tunes_a_tiny_hf_siglip_and_saves_a_transformers_dir(tmp_path
     assert {'loss/locca', 'loss/silc', 'loss/tips'} <= set(step)
     assert json.load(open(tmp_path / 'two_full/meta.json'))['world_size'] == 2
 
+# the HF path's refusals and saves, on a 40-image world: every bad input refused before any
+# step with a line naming it and the way out, every out_dir one consistent save
+@pytest.fixture(scope='session')
+def hf_small(tmp_path_factory):
+    """The tiny world (40 train / 20 val / 20 test images), a tiny SiglipModel (`siglip`) and
+    Siglip2Model (NaFlex, `siglip2`: 16 patches of 8 px) on its tokenizer, and --teacher=none
+    caches c/{train,val,test} made with the Siglip2Model's processor."""
+    tmp = tmp_path_factory.mktemp('hf_small')
+    w = tiny_world(tmp / 'w')
+    for kind in ('siglip', 'siglip2'):
+        make_tiny_hf_teacher(str(tmp / kind), str(w / 'processor'), kind=kind)
+    for split in ('train', 'val', 'test'):
+        hf_small_cache(tmp, tmp / 'siglip2', tmp / 'c', split)
+    return tmp
+
+def hf_small_cache(tmp, processor, out, split, *extra): # a --teacher=none cache of the world
+    run('cache_teacher.py', f'--data_dir={tmp / "w"}', f'--split={split}', '--teacher=none',
+        f'--processor={processor}', '--num_workers=0', f'--out_dir={out}', *extra)
+
+def hf_small_args(tmp, out, *extra):
+    """The complete objective (sigmoid + LocCa + SILC/TIPS from iter 1) on the Siglip2Model, 2
+    iters, a save at every one (0, 1, 2), tiny DINO heads."""
+    return ['train.py', 'config/a6.py', 'config/shapes.py', f'--hf_model={tmp / "siglip2"}',
+            f'--train_cache={tmp / "c/train"}', f'--val_cache={tmp / "c/val"}',
+            f'--out_dir={out}', '--lambda_feat=0', '--lambda_affinity=0', '--batch_size=8',
+            '--val_images=20', '--log_interval=1', '--warmup_iters=1', '--switch=0.5',
+            '--max_iters=2', '--eval_interval=1', '--dino_dim=16', '--dino_hidden=16',
+            '--dino_bottleneck=8', *extra]
+
+def dir_bytes(d): # every file under d -> its sha256: what a refused command must leave as it was
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(pathlib.Path(d).rglob('*')) if p.is_file()}
+
+def hf_variant(src, dst, max_num_patches=None, swap=None):
+    """A copy of the HF dir src: its NaFlex patch budget set, or two token ids swapped in its
+    tokenizer (same vocabulary size, another tokenisation)."""
+    shutil.copytree(src, dst)
+    if max_num_patches:
+        cfg = json.load(open(dst / 'processor_config.json'))
+        cfg['image_processor']['max_num_patches'] = max_num_patches
+        (dst / 'processor_config.json').write_text(json.dumps(cfg))
+    if swap:
+        tok = json.load(open(dst / 'tokenizer.json'))
+        vocab = tok['model']['vocab']
+        a, b = [t for t, i in vocab.items() if i in swap]
+        vocab[a], vocab[b] = vocab[b], vocab[a]
+        (dst / 'tokenizer.json').write_text(json.dumps(tok))
+    return dst
+
+@pytest.mark.parametrize('case', ['swapped_ids', 'patch_budget', 'image_size', 'non_square'])
+def test_hf_train_refuses_a_cache_of_another_processor_or_size(hf_small, tmp_path, case):
+    """Before the first step, the cache is checked against --hf_model: a model whose tokenizer
+    has two ids swapped (same vocabulary size), a NaFlex model on a cache of a 36-patch
+    processor, a fixed-res model on a cache made at another --image_size, and a NaFlex budget
+    that is not a square (20) -> a line naming the cache, the model and the cache_teacher.py
+    command (or the budget), no Traceback; the out_dir as it was."""
+    t = hf_small
+    model, caches = t / 'siglip2', t / 'c'
+    if case == 'swapped_ids':
+        model = hf_variant(t / 'siglip2', tmp_path / 'swapped', swap=(40, 41))
+    if case in ('patch_budget', 'non_square', 'image_size'):
+        n = dict(patch_budget=36, non_square=20).get(case)
+        proc = (hf_variant(t / 'siglip2', tmp_path / f'p{n}', max_num_patches=n) if n
+                else t / 'siglip')
+        extra = ['--image_size=48'] if case == 'image_size' else []
+        caches = tmp_path / 'c'
+        for split in ('train', 'val'):
+            hf_small_cache(t, proc, caches, split, *extra)
+        model = {'patch_budget': model, 'non_square': proc, 'image_size': proc}[case]
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'keep.txt').write_text('a file of the user')
+    p = run(*hf_small_args(t, out, f'--hf_model={model}', f'--train_cache={caches / "train"}',
+                           f'--val_cache={caches / "val"}'), ok=False)
+    needles = {'swapped_ids': [str(caches / 'train'), str(model), 'cache_teacher.py'],
+               'patch_budget': [str(caches / 'train'), str(model), 'cache_teacher.py'],
+               'image_size': ['48 px', '32 px', str(model), 'cache_teacher.py'],
+               'non_square': ['max_num_patches=20', str(model), 'square']}[case]
+    assert clean_error(p, *needles), p.stdout[-2000:] + p.stderr[-2000:]
+    assert dir_bytes(out) == {'keep.txt': hashlib.sha256(b'a file of the user').hexdigest()}
+
+def test_hf_resume_refuses_a_changed_model_or_loss_setting(hf_small, tmp_path):
+    """--init_from=resume compares what shapes the model and the loss module (hf_model,
+    lambda_locca, gamma, the DINO heads, the decoder) with ckpt.pt's config: a change is refused
+    by name, before any file of the out_dir is touched."""
+    out = tmp_path / 'out'
+    run(*hf_small_args(hf_small, out))
+    before = dir_bytes(out)
+    for arg, key in [(f'--hf_model={hf_small / "siglip"}', 'hf_model'),
+                     ('--lambda_locca=0', 'lambda_locca'), ('--gamma=0', 'gamma'),
+                     ('--dino_dim=32', 'dino_dim'), ('--decoder_depth=3', 'decoder_depth')]:
+        p = run(*hf_small_args(hf_small, out, '--max_iters=4', '--init_from=resume', arg),
+                ok=False)
+        assert clean_error(p, key, 'ckpt.pt', 'another out_dir'), (arg, p.stderr[-2000:])
+        assert dir_bytes(out) == before, arg
+
+# python -c KILL_IN_SAVE.format(n=k) train.py ...: train.py SIGKILLed inside its k-th save, right
+# after model.safetensors was moved into place (ckpt.pt and config.json before it, meta.json not)
+KILL_IN_SAVE = ("import os, signal, runpy, sys; sys.path.insert(0, os.getcwd()); import cache\n"
+                "moves = [0]\n"
+                "def replace(tmp, path, replace=cache.replace_durably):\n"
+                "    replace(tmp, path)\n"
+                "    moves[0] += os.path.basename(path) == 'model.safetensors'\n"
+                "    if moves[0] == {n}:\n"
+                "        os.kill(os.getpid(), signal.SIGKILL)\n"
+                "cache.replace_durably = replace\n"
+                "sys.argv = sys.argv[1:]\n"
+                "runpy.run_path('train.py', run_name='__main__')\n")
+
+def test_hf_kill_9_inside_a_save_is_refused_by_name_then_resume_saves_it_whole(hf_small,
+                                                                               tmp_path):
+    """train.py SIGKILLed inside its last save, after model.safetensors (iter 2) was moved in
+    and before meta.json (iter 1): eval.py and a run-as-teacher refuse the dir by name and
+    leave it as it was; --init_from=resume evaluates and saves the last iter whole, then
+    eval.py scores that save: one iter, never a mix."""
+    out = tmp_path / 'out'
+    args = hf_small_args(hf_small, out)
+    p = subprocess.run([sys.executable, '-c', KILL_IN_SAVE.format(n=3), *args], cwd=REPO,
+                       env=ENV, capture_output=True, text=True, timeout=600)
+    assert p.returncode == -9, p.stderr[-2000:]
+    meta = json.load(open(out / 'meta.json'))
+    assert meta['iter_num'] == 1
+    assert torch.load(out / 'ckpt.pt', weights_only=False)['iter_num'] == 2
+    saved = lambda f: hashlib.sha256((out / f).read_bytes()).hexdigest()
+    assert saved('model.safetensors') != meta['files']['model.safetensors']
+    assert saved('tokenizer.json') == meta['files']['tokenizer.json'] # not moved yet
+    before = dir_bytes(out)
+    test = hf_small / 'c/test'
+    p = run('eval.py', f'--cache={test}', f'--ckpt={out}', ok=False)
+    assert clean_error(p, str(out), 'model.safetensors', 'iter-1', '--init_from=resume'), p.stderr
+    p = run('cache_teacher.py', f'--data_dir={hf_small / "w"}', '--split=test',
+            f'--teacher={out}', '--num_workers=0', f'--out_dir={tmp_path / "ct"}', ok=False)
+    assert clean_error(p, str(out), 'model.safetensors'), p.stderr[-2000:]
+    assert dir_bytes(out) == before
+    p = run(*args, '--init_from=resume')
+    assert 'saving it whole again' in p.stdout
+    meta = json.load(open(out / 'meta.json'))
+    assert meta['iter_num'] == 2 and saved('model.safetensors') == meta['files']['model.safetensors']
+    vals = [json.loads(l) for l in open(out / 'log.jsonl') if 'val/i2t_r1' in l]
+    assert [v['iter'] for v in vals] == [0, 1, 2]
+    run('eval.py', f'--cache={test}', f'--ckpt={out}')
+    e = json.load(open(out / 'eval.json'))
+    assert e['checkpoint'] == dict(iter_num=2, model_sha256=meta['files']['model.safetensors'])
+
+def test_hf_rerun_leaves_no_file_of_an_earlier_run_and_foreign_files_are_refused(hf_small,
+                                                                                tmp_path):
+    """A run without LocCa into the out_dir of a LocCa run (plus another model's
+    processor_config.json) leaves neither the old decoder nor the foreign processor file, so
+    AutoProcessor reads the run's own and eval.py scores no ARef; another run's decoder, a
+    missing decoder_config.json or tinysiglip_hf.json, and a truncated model.safetensors are
+    refused by name (eval.py: no Traceback, the dir as it was)."""
+    from transformers import AutoProcessor
+    from cache import check_save
+    a, b = tmp_path / 'a', tmp_path / 'b'
+    run(*hf_small_args(hf_small, a))
+    run(*hf_small_args(hf_small, b, '--seed=1'))
+    shutil.copytree(a, tmp_path / 'rerun')
+    rerun = tmp_path / 'rerun'
+    shutil.copyfile(hf_small / 'siglip/processor_config.json', rerun / 'processor_config.json')
+    run(*hf_small_args(hf_small, rerun, '--lambda_locca=0', '--gamma=0'))
+    left = set(os.listdir(rerun))
+    assert not {'decoder.safetensors', 'decoder_config.json', 'processor_config.json'} & left
+    improc = AutoProcessor.from_pretrained(str(rerun)).image_processor
+    assert improc.max_num_patches == 16 and improc.patch_size == 8
+    run('eval.py', f'--cache={hf_small / "c/test"}', f'--ckpt={rerun}')
+    assert 'locca' not in json.load(open(rerun / 'eval.json'))
+    cases = {'decoder.safetensors': lambda d: shutil.copyfile(b / 'decoder.safetensors',
+                                                              d / 'decoder.safetensors'),
+             'decoder_config.json': lambda d: os.remove(d / 'decoder_config.json'),
+             'tinysiglip_hf.json': lambda d: os.remove(d / 'tinysiglip_hf.json'),
+             'model.safetensors': lambda d: (d / 'model.safetensors').write_bytes(
+                 (a / 'model.safetensors').read_bytes()[:1000])}
+    for f, spoil in cases.items():
+        d = tmp_path / f'spoilt-{f}'
+        shutil.copytree(a, d)
+        spoil(d)
+        with pytest.raises(SystemExit, match=re.escape(f)):
+            check_save(str(d), 'test')
+    d = tmp_path / 'spoilt-model.safetensors'
+    before = dir_bytes(d)
+    p = run('eval.py', f'--cache={hf_small / "c/test"}', f'--ckpt={d}', ok=False)
+    assert clean_error(p, str(d), 'model.safetensors', '--init_from=resume'), p.stderr[-2000:]
+    assert dir_bytes(d) == before
+
+def test_hf_from_config_starts_at_siglip_init_and_the_readme_processor_call_matches(hf_small,
+                                                                                    tmp_path):
+    """--hf_from_config=True: the startup log names the model and SigLIP's init (scale 10, bias
+    -10), the first logged step is there, and no load warns of the config's special ids or draws
+    progress bars. The README's call of the saved processor (NaFlex images, text without the
+    mask) gives the cache's ids and the run's own features; with the mask the text features
+    change, as the README says. A mistyped --hf_model dir is refused by name."""
+    from transformers import AutoModel, AutoProcessor
+    from model import load_trained
+    from eval import embed_student
+    out = tmp_path / 'out'
+    p = run(*hf_small_args(hf_small, out, '--hf_from_config=True', '--lambda_locca=0',
+                           '--gamma=0', '--max_iters=2', '--eval_interval=2'))
+    assert "hf_model=" in p.stdout and 'Siglip2Model, random weights from its config.json, ' \
+        'logit_scale 10.00, logit_bias -10.00' in p.stdout, p.stdout[-2000:]
+    assert 'HF model:' in p.stdout and '249-row token table' in p.stdout
+    for noise in ('within the vocabulary', 'Loading weights', 'Writing model shards'):
+        assert noise not in p.stdout + p.stderr, noise
+    first = [json.loads(l) for l in open(out / 'log.jsonl') if '"loss"' in l][0]
+    assert first['iter'] == 1
+    assert first['scale'] == pytest.approx(10.0, rel=1e-2) and first['bias'] == pytest.approx(
+        -10.0, abs=0.05)
+    # the README's call, verbatim, on the test images and captions
+    readme = open(os.path.join(REPO, 'README.md')).read()
+    code = re.search(r'<!-- processor call.*?```python\n(.*?)```', readme, re.S).group(1)
+    test, _ = load_cache(str(hf_small / 'c/test'))
+    from PIL import Image
+    files = [hf_small / f'w/test2017/{i:012d}.jpg' for i in test['image_ids'].tolist()]
+    caps = json.load(open(hf_small / 'w/annotations/captions_test2017.json'))['annotations']
+    by_image = {}
+    for c in caps:
+        by_image.setdefault(c['image_id'], []).append(c['caption'])
+    texts = [t for i in test['image_ids'].tolist() for t in by_image[i]]
+    ns = dict(out_dir=str(out), images=[Image.open(f).convert('RGB') for f in files], texts=texts)
+    exec(code, ns)
+    assert torch.equal(ns['ids'], test['input_ids'].long())
+    run_img, run_txt = embed_student(load_trained(str(out)), test['pixels'], test['input_ids'],
+                                     'cpu')
+    cos = lambda x, y: F.cosine_similarity(x.float(), y.float(), dim=-1).min().item()
+    assert cos(ns['img'], run_img) >= 0.999 and cos(ns['txt'], run_txt) >= 0.9999
+    model, proc = AutoModel.from_pretrained(str(out)).eval(), AutoProcessor.from_pretrained(str(out))
+    with torch.no_grad():
+        inputs = proc.tokenizer(texts, padding='max_length', max_length=ns['L'], truncation=True,
+                                return_tensors='pt')
+        masked = model.get_text_features(**inputs).pooler_output
+    assert cos(masked, run_txt) < 0.99
+    before = dir_bytes(out)
+    p = run(*hf_small_args(hf_small, out, f'--hf_model={tmp_path / "siglip2-typo"}'), ok=False)
+    assert clean_error(p, str(tmp_path / 'siglip2-typo'), 'no such directory'), p.stderr[-2000:]
+    assert dir_bytes(out) == before
+
 # -----------------------------------------------------------------------------
 # eval.py: retrieval metrics and their bootstrap intervals, zero-shot classification (ImageNet
 # names and templates, CLIP_benchmark parity, COCO instances and folders), Flickr30k transfer,

@@ -405,6 +405,10 @@ def zeroshot_mode(enc, src, classnames, dataset, templates, batch_size, out, run
                      f"tokenizer: pass --templates")
     zs = zeroshot_classify(enc, paths, labels, classes, temps, batch_size)
     zs.update(source=src, dataset=dataset, classnames=names_from)
+    # the weights scored: report.py marks the row once the run has been retrained
+    weights = os.path.join(enc.path, 'model.safetensors')
+    if os.path.isfile(weights):
+        zs['model_sha256'] = sha256(weights)
     update_eval_json(out, zeroshot=zs, run=run)
     lo, hi = zs['intervals']['top1']
     print(f"{run}: zero-shot on {src}: {zs['n_images']} images, "

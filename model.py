@@ -24,8 +24,8 @@ UNK = 3 # Gemma special ids: pad 0, eos 1, bos 2, unk 3, mask 4
 
 def save_weights(module, out_dir, name, cfg_name, cfg):
     """config JSON + safetensors, each file closed here so a write or close error (a full disk,
-    a quota) raises. Not atomic on its own: train.py saves into a staging dir and moves each file
-    into place durably, so a crash never leaves half a checkpoint."""
+    a quota) raises. Not atomic on its own: train.py saves into a staging dir, moves each file
+    into place durably, then writes meta.json listing them, so a half-moved set is refused."""
     os.makedirs(out_dir, exist_ok=True)
     sd = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
     save_file(sd, os.path.join(out_dir, f'{name}.safetensors'))
@@ -412,7 +412,8 @@ def is_trained_dir(path):
 def load_trained(out_dir):
     """The one loader of a train.py out_dir, for its scores (eval.py) and as a product
     (cache_teacher.Teacher: zero-shot, speed, search, a run as a teacher) -> Student or
-    HFSiglip; either takes uint8 pixels through its own preprocess."""
+    HFSiglip; either takes uint8 pixels through its own preprocess. model.py reads no
+    meta.json: its callers first check that the dir is one complete save (cache.check_save)."""
     if os.path.isfile(os.path.join(out_dir, HF_FILE)):
         return HFSiglip.from_pretrained(out_dir)
     return Student.from_pretrained(out_dir)

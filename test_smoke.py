@@ -1107,7 +1107,7 @@ def tar_of(path, members): # [(name, bytes)] -> an uncompressed tar
 
 def test_user_text_is_validated_where_read(tiny_caches, tmp_path):
     """User-supplied text. Non-UTF-8 bytes in a caption file, a captions jsonl and a tar caption; a
-    template without {c} or with another field; an empty query, a missing --query_image,
+    template without {c} or with another field; an empty or blank query, a missing --query_image,
     --topk=-1: one line naming the file (and line / member) or the setting, no traceback."""
     common = [f'--teacher={TEACHER}', '--num_workers=0', f'--out_dir={tmp_path / "c"}']
     (tmp_path / 'caps.txt').write_bytes(b'a red circle\nbad \xff\xfe bytes\n')
@@ -1134,7 +1134,8 @@ def test_user_text_is_validated_where_read(tiny_caches, tmp_path):
                 f'--templates={t}', ok=False)
         assert clean_error(p, '--templates', repr(t)) and not (tmp_path / 's/eval.json').exists()
     search = ['student.py', f'--ckpt={tmp_path / "s"}', f'--folder={tmp_path / "f"}']
-    assert clean_error(run(*search, '--query= ', ok=False), '--query', 'empty')
+    for q in ('--query= ', '--query='):
+        assert clean_error(run(*search, q, ok=False), '--query', 'empty'), q
     p = run(*search, f'--query_image={tmp_path / "nope.jpg"}', ok=False)
     assert clean_error(p, 'nope.jpg', 'not found')
     assert clean_error(run(*search, '--query=a red circle', '--topk=-1', ok=False), '--topk=-1')
@@ -1700,9 +1701,10 @@ def test_hf_train_refuses_a_cache_of_another_processor_or_size(hf_small, tmp_pat
     (out / 'keep.txt').write_text('a file of the user')
     p = run(*hf_small_args(t, out, f'--hf_model={model}', f'--train_cache={caches / "train"}',
                            f'--val_cache={caches / "val"}'), ok=False)
-    needles = {'swapped_ids': [str(caches / 'train'), str(model), 'cache_teacher.py'],
-               'patch_budget': [str(caches / 'train'), str(model), 'cache_teacher.py'],
-               'image_size': ['48 px', '32 px', str(model), 'cache_teacher.py'],
+    other = [str(caches / 'train'), 'another processor', str(model), 'cache_teacher.py']
+    needles = {'swapped_ids': other, 'patch_budget': other,
+               'image_size': ['holds 48 px images', 'takes 32 px', str(model),
+                              'cache_teacher.py'],
                'non_square': ['max_num_patches=20', str(model), 'square']}[case]
     assert clean_error(p, *needles), p.stdout[-2000:] + p.stderr[-2000:]
     assert dir_bytes(out) == {'keep.txt': hashlib.sha256(b'a file of the user').hexdigest()}
@@ -1721,6 +1723,19 @@ def test_hf_resume_refuses_a_changed_model_or_loss_setting(hf_small, tmp_path):
                 ok=False)
         assert clean_error(p, key, 'ckpt.pt', 'another out_dir'), (arg, p.stderr[-2000:])
         assert dir_bytes(out) == before, arg
+
+def test_train_refuses_a_switch_or_gamma_that_means_nothing(tmp_path):
+    """SILC/TIPS switch on at the training fraction `switch`: with gamma > 0 a switch outside
+    [0, 1) never comes, and gamma < 0 is no size factor. Refused by key and range before the
+    out_dir is made."""
+    out = tmp_path / 'out'
+    for args, needle in [(['--gamma=0.25', '--switch=1.0'], 'switch=1.0 must be in [0, 1)'),
+                         (['--gamma=0.25', '--switch=-0.1'], 'switch=-0.1 must be in [0, 1)'),
+                         (['--gamma=-0.5'], 'gamma=-0.5 must be >= 0')]:
+        p = run('train.py', 'config/a6.py', 'config/shapes.py', f'--out_dir={out}', *args,
+                ok=False)
+        assert clean_error(p, needle), (args, p.stderr[-2000:])
+        assert not out.exists()
 
 # python -c KILL_IN_SAVE.format(n=k) train.py ...: train.py SIGKILLed inside its k-th save, right
 # after model.safetensors was moved into place (ckpt.pt and config.json before it, meta.json not)
@@ -1763,7 +1778,8 @@ def test_hf_kill_9_inside_a_save_is_refused_by_name_then_resume_saves_it_whole(h
     p = run(*args, '--init_from=resume')
     assert 'saving it whole again' in p.stdout
     meta = json.load(open(out / 'meta.json'))
-    assert meta['iter_num'] == 2 and saved('model.safetensors') == meta['files']['model.safetensors']
+    assert meta['iter_num'] == 2
+    assert saved('model.safetensors') == meta['files']['model.safetensors']
     vals = [json.loads(l) for l in open(out / 'log.jsonl') if 'val/i2t_r1' in l]
     assert [v['iter'] for v in vals] == [0, 1, 2]
     run('eval.py', f'--cache={test}', f'--ckpt={out}')
@@ -1850,7 +1866,8 @@ def test_hf_from_config_starts_at_siglip_init_and_the_readme_processor_call_matc
                                      'cpu')
     cos = lambda x, y: F.cosine_similarity(x.float(), y.float(), dim=-1).min().item()
     assert cos(ns['img'], run_img) >= 0.999 and cos(ns['txt'], run_txt) >= 0.9999
-    model, proc = AutoModel.from_pretrained(str(out)).eval(), AutoProcessor.from_pretrained(str(out))
+    model = AutoModel.from_pretrained(str(out)).eval()
+    proc = AutoProcessor.from_pretrained(str(out))
     with torch.no_grad():
         inputs = proc.tokenizer(texts, padding='max_length', max_length=ns['L'], truncation=True,
                                 return_tensors='pt')
@@ -2325,6 +2342,33 @@ def test_dense_probe_labels_each_patch_and_scores_only_what_the_tokens_say():
     with pytest.raises(SystemExit, match='not finite'):
         dense_probe_metrics(Oracle(nan=True), fit, test, 7, 'cpu')
 
+def test_eval_on_a_cache_without_boxes_skips_aref_and_refuses_the_dense_probe(hf_small, tmp_path):
+    """A LocCa run scored on a test cache made without boxes: ARef is skipped with a one-line
+    note and the retrieval row is written. --dense_probe on it, or with a fit cache tokenised by
+    another tokenizer (two ids swapped), is refused by name; eval.json as it was."""
+    out = tmp_path / 'out'
+    run(*hf_small_args(hf_small, out, '--gamma=0', '--max_iters=1'))
+    w = tmp_path / 'w'
+    shutil.copytree(hf_small / 'w', w)
+    os.remove(w / 'annotations/instances_test2017.json')
+    run('cache_teacher.py', f'--data_dir={w}', '--split=test', '--teacher=none',
+        f'--processor={hf_small / "siglip2"}', '--num_workers=0', f'--out_dir={tmp_path / "c"}')
+    nobox = tmp_path / 'c/test'
+    p = run('eval.py', f'--cache={nobox}', f'--ckpt={out}')
+    assert f'{nobox} holds no boxes' in p.stdout and 'ARef is not scored' in p.stdout
+    e = json.load(open(out / 'eval.json'))
+    assert e['cache'] == str(nobox) and 'locca' not in e
+    before = dir_bytes(out)
+    p = run('eval.py', f'--cache={nobox}', f'--ckpt={out}',
+            f'--dense_probe={hf_small / "c/val"}', ok=False)
+    assert clean_error(p, str(nobox), 'no boxes', '--instances'), p.stderr[-2000:]
+    other = hf_variant(hf_small / 'siglip2', tmp_path / 'swapped', swap=(40, 41))
+    hf_small_cache(hf_small, other, tmp_path / 'c2', 'val')
+    p = run('eval.py', f'--cache={hf_small / "c/test"}', f'--ckpt={out}',
+            f'--dense_probe={tmp_path / "c2/val"}', ok=False)
+    assert clean_error(p, str(tmp_path / 'c2/val'), 'another teacher/processor'), p.stderr
+    assert dir_bytes(out) == before
+
 # -----------------------------------------------------------------------------
 # student.py: the student dir, ONNX export, folder search
 
@@ -2453,6 +2497,22 @@ def test_bench_hf_b16_rows_print_time_and_peak_memory_ratios():
     assert ms_x == step_x == total_x == 1.0, out
     assert rows['complete objective'][2] > step, out
     assert all(r[4] >= r[2] for r in rows.values()), out # the absolute peak holds the step's
+
+@pytest.mark.parametrize('arg, needle', [
+    ('--hf_iters=-1', 'hf_iters=-1 must be >= 0'),
+    ('--hf_kept=300000', 'hf_kept=300000 must be in [5, hf_vocab=256000]'),
+    ('--hf_row=9', 'hf_row=9 must be in [-1, 4]'),
+    ('--hf_batch_size=-2', 'hf_batch_size=-2 must be >= 0'),
+    ('--hf_image_size=250', 'hf_image_size=250 must be a positive multiple of the patch size'),
+    ('--hf_width=32', 'hf_width=32 must be a positive multiple of 64'),
+    ('--device=cuda', '--device=cpu')])
+def test_bench_hf_b16_refuses_sizes_that_build_no_model(arg, needle):
+    """bench.py --hf_b16: each size is checked where it is read, the message naming the key and
+    its valid range; --device=cuda on a machine without CUDA says to pass --device=cpu."""
+    if arg == '--device=cuda' and torch.cuda.is_available():
+        pytest.skip('this machine has CUDA: the refusal is for machines without it')
+    p = run('bench.py', '--hf_b16=True', '--device=cpu', '--dtype=float32', arg, ok=False)
+    assert clean_error(p, needle), p.stdout[-2000:] + p.stderr[-2000:]
 
 def test_missing_weights_and_a_deleted_teacher_are_one_line_errors(tiny_caches, tmp_path):
     """Tracebacks where a message belongs. A run dir without model.safetensors; --speed when the
@@ -2621,11 +2681,11 @@ def test_report_marks_a_delta_resolved_only_when_seeds_and_intervals_clear_zero(
 def test_report_refuses_nan_stale_and_corrupt(tmp_path):
     """report.py: a NaN run is never 'best', an eval.json of another checkpoint or cache is refused
     by name (stale), a corrupt eval.json / log.jsonl is reported as corrupt; the report is still
-    written."""
+    written. A zero-shot row of weights the run has since replaced is marked stale."""
     runs = tmp_path / 'out'
     sha = lambda b: hashlib.sha256(b).hexdigest()
     metric_keys = ('i2t_r1', 'i2t_r5', 'i2t_r10', 't2i_r1', 't2i_r5', 't2i_r10')
-    def make(name, r1, scored=b'w', fp='f'):
+    def make(name, r1, scored=b'w', fp='f', zeroshot_of=None):
         d = runs / name
         d.mkdir(parents=True)
         (d / 'model.safetensors').write_bytes(b'w')
@@ -2633,6 +2693,10 @@ def test_report_refuses_nan_stale_and_corrupt(tmp_path):
         ev = dict(split='test', n_images=2, n_captions=2, fingerprint=fp, run=name,
                   model='student', checkpoint=dict(iter_num=10, model_sha256=sha(scored)),
                   metrics={k: r1 for k in metric_keys})
+        if zeroshot_of: # eval.py --zeroshot's row, of the weights zeroshot_of
+            ev['zeroshot'] = dict(top1=50.0, top5=90.0, templates=['a {c}'], source='/d/zs',
+                                  n_images=4, n_classes=2, dataset='world',
+                                  model_sha256=sha(zeroshot_of))
         json.dump(ev, open(d / 'eval.json', 'w'))
         return d
     teacher = dict(split='test', n_images=2, n_captions=2, fingerprint='f',
@@ -2642,8 +2706,9 @@ def test_report_refuses_nan_stale_and_corrupt(tmp_path):
     make('a2', float('nan'))            # diverged
     make('a3', 20.0, scored=b'old')     # eval.json of an older model.safetensors
     (make('a4', 25.0) / 'eval.json').write_text('{"metrics": ')
-    make('a5', 15.0)
+    make('a5', 15.0, zeroshot_of=b'w')
     make('a6', 40.0, fp='g')            # scored on another cache / split
+    make('a7', 30.0, zeroshot_of=b'old') # zero-shot of weights since retrained
     p = run('report.py', f'--runs_dir={runs}', f'--teacher_eval={tmp_path / "teacher.json"}',
             f'--out={tmp_path / "r.md"}')
     rep = open(tmp_path / 'r.md').read()
@@ -2656,6 +2721,9 @@ def test_report_refuses_nan_stale_and_corrupt(tmp_path):
     assert 'corrupt' in row('a4') and str(runs / 'a4' / 'eval.json') in row('a4')
     assert 'another cache' in row('a6') and '40.0' not in row('a6')
     assert 'corrupt' in rep and str(runs / 'a1' / 'log.jsonl') in rep and p.returncode == 0
+    zs = md_table(rep, '## Zero-shot classification')
+    assert [r.split('|')[1].strip() for r in zs[2:]] == [
+        'a5', 'a7 (stale: retrained since; rerun eval.py --zeroshot)'], zs
 
 @pytest.mark.fast
 def test_report_prints_what_each_term_adds(tmp_path):

@@ -446,14 +446,15 @@ if 'hf_model' in model_args:
     student = student.to(device)
     text_cfg = student.model.config.text_config
     # the cache was tokenised and resized by the model's own processor (cache_teacher.py
-    # --processor=<it>), compared by the content hash the manifest keeps (a train.py run dir:
-    # the one its meta.json recorded of its training cache); then the pixel size it implies
-    hf_meta = read_json(os.path.join(hf_dir, 'meta.json'))
-    hf_proc = hf_meta.get('processor_fingerprint') or hash_files(processor_files(hf_dir))
+    # --processor=<it>), compared by the content hash the manifest keeps (a train.py run dir
+    # also matches the one of its training cache, recorded in its meta.json: its processor
+    # files are that cache's copy); then the pixel size it implies
+    hf_proc = hash_files(processor_files(hf_dir))
+    own = [hf_proc, read_json(os.path.join(hf_dir, 'meta.json')).get('processor_fingerprint')]
     # the command that re-caches this split with the model's processor, at its own size
     recache = recache_command(
         {**man, 'config': {**man['config'], 'processor': name, 'image_size': 0}}, train_cache)
-    if hf_proc != man['content']['processor']:
+    if man['content']['processor'] not in own:
         made_with = man['config'].get('processor') or man['teacher']
         sys.exit(f"train.py: {train_cache} was made with another processor (tokenizer / image "
                  f"settings / patch budget: {made_with}, files {man['content']['processor'][:12]}"

@@ -222,7 +222,7 @@ def check_same_images(pixels, eval_pixels, what, chunk=4096):
 # run is seen by every reader (eval.py, cache_teacher.Teacher: zero-shot, search, speed; resume)
 # the files a save may hold besides the processor's: a stale one of an earlier run is removed
 SAVE_FILES = ('ckpt.pt', 'model.safetensors', 'config.json', 'tinysiglip_hf.json',
-              'decoder.safetensors', 'decoder_config.json', 'generation_config.json')
+              'decoder.safetensors', 'decoder_config.json')
 
 def save_problem(out_dir):
     """-> None when out_dir's files are the save its meta.json lists (same bytes), else why not,

@@ -451,9 +451,12 @@ if 'hf_model' in model_args:
     # files are that cache's copy); then the pixel size it implies
     hf_proc = hash_files(processor_files(hf_dir))
     own = [hf_proc, read_json(os.path.join(hf_dir, 'meta.json')).get('processor_fingerprint')]
-    # the command that re-caches this split with the model's processor, at its own size
-    recache = recache_command(
-        {**man, 'config': {**man['config'], 'processor': name, 'image_size': 0}}, train_cache)
+    # the command that re-caches this split with the model's processor, at its own size, into
+    # a new dir (the old one holds shards of other settings)
+    new_dir = f"{man['config']['out_dir'].rstrip('/')}-{os.path.basename(os.path.normpath(name))}"
+    recache = recache_command({**man, 'config': {**man['config'], 'processor': name,
+                                                 'image_size': 0, 'out_dir': new_dir}},
+                              train_cache)
     if man['content']['processor'] not in own:
         made_with = man['config'].get('processor') or man['teacher']
         sys.exit(f"train.py: {train_cache} was made with another processor (tokenizer / image "

@@ -767,6 +767,28 @@ def test_views_crops_match_the_stored_teacher_embeddings(tmp_path):
             # the check can fail
             assert wrong.mean() < right.mean() - 0.02, (v, wrong.mean(), right.mean())
 
+@pytest.mark.fast
+def test_many_views_go_through_the_teacher_in_bounded_chunks_with_the_same_embeddings(tmp_path,
+                                                                                     monkeypatch):
+    """cache_teacher.embed_views runs the crops VIEW_CHUNK per image at a time, so the teacher's
+    activations do not grow with --views (views=2000 on 50 images: 12.9 GB RSS in one forward,
+    1.7 GB chunked): with chunks of 2 views, 7 views give the embeddings of one forward."""
+    import cache_teacher as ct
+    w = tiny_world(tmp_path / 'w', n_web=1, n_train=1, n_val=4, n_test=1)
+    files = sorted((w / 'val2017').iterdir())
+    recs = [dict(path=str(f), image_id=i) for i, f in enumerate(files)]
+    teacher = ct.Teacher(TEACHER)
+    ds = ct.Images(recs, teacher, teacher.input_size, 7, 0.35, True, False)
+    batch = [ds[i] for i in range(len(recs))]
+    rows, images = [], teacher.images
+    teacher.images = lambda x: rows.append(len(x)) or images(x) # the rows of each forward
+    with torch.no_grad():
+        whole = ct.embed_views(teacher, batch, False, 7) # (4, 7, D): 6 crops in one forward
+        monkeypatch.setattr(ct, 'VIEW_CHUNK', 2)
+        chunked = ct.embed_views(teacher, batch, False, 7) # 3 forwards of 2 crops per image
+    assert rows == [4, 24, 4, 8, 8, 8] and whole.shape == (4, 7, teacher.embed_dim)
+    assert torch.allclose(whole, chunked, atol=1e-5), (whole - chunked).abs().max()
+
 def test_unpaired_caches_from_a_folder_a_caption_file_and_coco_unlabeled(demo, tmp_path):
     """Image-only caches from a folder of images and from a COCO image_info
     (unlabeled2017-style) file, a text-only cache from a caption file; train.py takes them as

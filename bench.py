@@ -191,6 +191,9 @@ config_keys = [k for k,v in globals().items()
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
 cuda = device.startswith('cuda')
+if cuda and not torch.cuda.is_available():
+    sys.exit(f"bench.py: device={device!r} but torch sees no CUDA device here: pass "
+             f"--device=cpu (with --dtype=float32)")
 print(f"torch {torch.__version__} on {torch.cuda.get_device_name() if cuda else 'cpu'}")
 autocast = torch.autocast(device_type='cuda' if cuda else 'cpu', dtype=getattr(torch, dtype),
                           enabled=dtype != 'float32')
@@ -283,6 +286,21 @@ hf_rows = [('sigmoid only', {}),
            ('+ SILC (8 local crops)', dict(silc=1.0)),
            ('+ TIPS (masked view)', dict(tips=0.25)),
            ('complete objective', dict(locca_w=1.0, silc=1.0, tips=0.25))]
+# (5)'s sizes, each checked against what builds a model and a timing (heads = width / 64)
+if hf_b16 or hf_row >= 0:
+    for k, ok, valid in [('hf_iters', hf_iters >= 0, '>= 0 (0: 10 on a GPU, 1 on CPU)'),
+                         ('hf_batch_size', hf_batch_size >= 0, '>= 0 (0: 64 on a GPU, 4 on CPU)'),
+                         ('hf_width', hf_width >= 64 and hf_width % 64 == 0,
+                          'a positive multiple of 64 (heads = width / 64)'),
+                         ('hf_depth', hf_depth >= 1, '>= 1'),
+                         ('hf_image_size', hf_image_size >= 16 and hf_image_size % 16 == 0,
+                          'a positive multiple of the patch size, 16'),
+                         ('hf_vocab', hf_vocab >= 5, '>= 5 (the special ids 0..4)'),
+                         ('hf_kept', 5 <= hf_kept <= hf_vocab, f'in [5, hf_vocab={hf_vocab}]'),
+                         ('hf_row', -1 <= hf_row < len(hf_rows), f'in [-1, {len(hf_rows) - 1}]'),
+                         ('seq_len', seq_len >= 1, '>= 1')]:
+        if not ok:
+            sys.exit(f"bench.py: {k}={globals()[k]!r} must be {valid}")
 hf_batch_size = hf_batch_size or (64 if cuda else 4)
 hf_iters = hf_iters or (10 if cuda else 1)
 if hf_row >= 0: # the child: one row -> one 'hf_row {json}' line

@@ -102,6 +102,19 @@ def read_json(path): # -> {} when the file does not exist
 
 # -----------------------------------------------------------------------------
 # fingerprints and the rules a cache is checked against
+# content, never paths: `./out/t` and `out/t` hash the same, new weights at one path do not
+def hash_files(paths):
+    pairs = sorted((os.path.basename(p), sha256(p)) for p in paths)
+    return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
+
+# a dir's tokenizer + image-settings files (not weights, eval.json, logs): what a cache's
+# content['processor'] hashes, and what a train.py save ships beside the weights
+PROCESSOR_PREFIXES = ('tokenizer', 'special_tokens', 'added_tokens', 'preprocessor', 'processor',
+                      'vocab', 'merges', 'spiece')
+def processor_files(folder):
+    return [os.path.join(folder, f) for f in sorted(os.listdir(folder))
+            if f.startswith(PROCESSOR_PREFIXES) or f.endswith('.model')]
+
 # what a cache is: teacher + processor + annotation files (content hashes, never paths), the
 # settings, the teacher's own scale/bias and the pixel normalisation train.py uses, and the
 # exact shard bytes
@@ -202,6 +215,41 @@ def check_same_images(pixels, eval_pixels, what, chunk=4096):
         raise SystemExit(f"{what}: {n} of {len(pixels)} images are byte-identical to "
                          f"evaluation images: training on them scores the evaluation set; "
                          f"remove them from the training source and re-cache")
+
+# -----------------------------------------------------------------------------
+# a train.py out_dir is one save: meta.json, written last, lists every file of the save with its
+# sha256, so a save cut short (kill -9 between two file moves) or a file copied in from another
+# run is seen by every reader (eval.py, cache_teacher.Teacher: zero-shot, search, speed; resume)
+# the files a save may hold besides the processor's: a stale one of an earlier run is removed
+SAVE_FILES = ('ckpt.pt', 'model.safetensors', 'config.json', 'tinysiglip_hf.json',
+              'decoder.safetensors', 'decoder_config.json')
+
+def save_problem(out_dir):
+    """-> None when out_dir's files are the save its meta.json lists (same bytes), else why not,
+    in words naming the files. A meta.json without the list (written before it was kept, as
+    data/shapes/teacher's) has nothing to check against: None."""
+    meta = read_json(os.path.join(out_dir, 'meta.json'))
+    if 'files' not in meta:
+        return None
+    missing = [f for f in meta['files'] if not os.path.isfile(os.path.join(out_dir, f))]
+    changed = [f for f, h in meta['files'].items()
+               if f not in missing and sha256(os.path.join(out_dir, f)) != h]
+    if not missing and not changed:
+        return None
+    what = ([f"{', '.join(missing)} missing"] if missing else []) + (
+        [f"{', '.join(changed)} not the bytes saved"] if changed else [])
+    return (f"{out_dir} is not one complete save: {'; '.join(what)} (meta.json lists the "
+            f"iter-{meta['iter_num']} save): a save cut short by a kill, or files copied in "
+            f"from another run")
+
+def check_save(out_dir, who):
+    """Refuses (one line starting with `who`) an out_dir that is not one complete save, with
+    the way out -> its meta.json."""
+    problem = save_problem(out_dir)
+    if problem:
+        raise SystemExit(f"{who}: {problem}; `python train.py <its config> --out_dir={out_dir} "
+                         f"--init_from=resume` writes a complete save again")
+    return read_json(os.path.join(out_dir, 'meta.json'))
 
 # -----------------------------------------------------------------------------
 # reading: shards memory-mapped, their rows joined, the manifest checked

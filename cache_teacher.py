@@ -55,7 +55,8 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 from model import box_to_text
 from cache import (sha256, atomic_write, write_json, read_json, check_name, teacher_fingerprint,
-                   what_changed, shard_ok, write_manifest)
+                   what_changed, shard_ok, write_manifest, hash_files, processor_files,
+                   check_save)
 
 # one list for every reader of image files (folders, tars, zero-shot, student.py's search)
 IMAGE_EXT = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.gif', '.tif', '.tiff')
@@ -93,11 +94,6 @@ def local_dir(name): # an HF hub name -> its local snapshot (from_pretrained has
     from huggingface_hub import snapshot_download
     return snapshot_download(name, local_files_only=True)
 
-# content, never paths: `./out/t` and `out/t` hash the same, new weights at one path do not
-def hash_files(paths):
-    pairs = sorted((os.path.basename(p), sha256(p)) for p in paths)
-    return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
-
 # transformers 5.x returns BaseModelOutputWithPooling; 4.x returned the tensor
 def features(out):
     return out if torch.is_tensor(out) else out.pooler_output
@@ -111,7 +107,8 @@ class Teacher:
     def __init__(self, path, device='cpu', processor='', max_length=0, lowercase=True,
                  dtype='float32'):
         from transformers import AutoTokenizer, AutoProcessor
-        from model import is_trained_dir, load_trained
+        from model import is_trained_dir, load_trained, quiet_transformers
+        quiet_transformers()
         self.path, self.device, self.lowercase = path, device, lowercase
         self.model, self.kind = None, 'none'
         if path != 'none' and os.path.isdir(path) and not os.path.isfile(
@@ -120,6 +117,7 @@ class Teacher:
         if path != 'none' and is_trained_dir(path):
             if not os.path.isfile(os.path.join(path, 'model.safetensors')):
                 sys.exit(f"{path}: no model.safetensors (a run that has not saved yet?)")
+            check_save(path, 'cache_teacher')
             # the one loader of a run dir, as eval.py scores it; prep feeds its preprocess
             self.kind, self.model = 'ours', load_trained(path)
             # the text tower pools the last (pad) position: tokenise at the length it trained
@@ -215,11 +213,7 @@ class Teacher:
                 if f == 'config.json' or f.endswith(('.safetensors', '.bin'))]
 
     def processor_files(self): # tokenizer + image settings only, not eval.json, logs, ...
-        proc_local = local_dir(self.proc_dir)
-        return [os.path.join(proc_local, f) for f in sorted(os.listdir(proc_local))
-                if f.startswith(('tokenizer', 'special_tokens', 'added_tokens', 'preprocessor',
-                                 'processor', 'vocab', 'merges', 'spiece'))
-                or f.endswith('.model')]
+        return processor_files(local_dir(self.proc_dir))
 
     # text --------------------------------------------------------------------
     # SigLIP 2 was trained on lowercased text; the fixed-res tokenizer won't do it
@@ -743,9 +737,15 @@ def take_views(teacher, tin, views_slice):
         return teacher.model.preprocess(pick(tin).to(teacher.device))
     return {k: pick(v) for k, v in tin.items()}
 
+# crops per image in one teacher forward: its activations are those of <= 16 batches whatever
+# --views is (views=2000 on 50 images in one forward peaked at 12.9 GB RSS); --views <= 17 runs
+# in one forward, as before
+VIEW_CHUNK = 16
+
 def embed_views(teacher, batch, batch_preprocess, views):
-    """A batch of Images items -> (B, K, D) float on CPU: view 0 alone, then the crops, so the
-    full images see exactly the batches of a cache without views."""
+    """A batch of Images items -> (B, K, D) float on CPU: view 0 alone, then the crops
+    (VIEW_CHUNK at a time), so the full images see exactly the batches of a cache without
+    views."""
     if teacher.kind == 'ours':
         tin = torch.stack([b[2] for b in batch]) # (B, K, 3, S, S)
     elif batch_preprocess:
@@ -753,8 +753,8 @@ def embed_views(teacher, batch, batch_preprocess, views):
     else:
         tin = {key: torch.stack([b[2][key] for b in batch]) for key in batch[0][2]}
     e = [teacher.images(take_views(teacher, tin, slice(0, 1)))]
-    if views > 1:
-        e.append(teacher.images(take_views(teacher, tin, slice(1, None))))
+    for v in range(1, views, VIEW_CHUNK):
+        e.append(teacher.images(take_views(teacher, tin, slice(v, v + VIEW_CHUNK))))
     return torch.cat([x.float().cpu().view(len(batch), -1, teacher.embed_dim) for x in e], 1)
 
 # -> (ids padded to the teacher's length, prefix length); eos stays even when truncated

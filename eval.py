@@ -33,7 +33,7 @@ import os, sys, math
 import torch
 import torch.nn.functional as F
 from cache import (open_cache, PAIRED, sha256, check_same_teacher, read_json, write_json,
-                   check_contents)
+                   check_contents, check_save)
 from cache_teacher import Teacher, embed_files, read_zeroshot
 
 def retrieval_metrics(image_embeds, text_embeds, text_image_index, chunk=1024):
@@ -307,7 +307,8 @@ def retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca, dense_prob
     if missing:
         sys.exit(f"eval.py: {ckpt} is not a finished train.py out_dir: "
                  f"missing {', '.join(missing)}")
-    meta = read_json(os.path.join(ckpt, 'meta.json'))
+    # one save, not files of two (a kill during a save, a file copied in from another run)
+    meta = check_save(ckpt, 'eval.py')
     check_same_teacher(man, meta, f"eval.py: {ckpt} (its training cache) vs {cache}")
     train_dir = meta['train_cache']
     if not os.path.isfile(os.path.join(train_dir, 'manifest.json')):
@@ -329,7 +330,14 @@ def retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca, dense_prob
                metrics=recalls(*ranks), intervals=retrieval_intervals(*ranks, index),
                params=dict(total=student.num_params(),
                            without_token_table=student.num_params(token_table=False)))
-    has_decoder = locca and os.path.isfile(os.path.join(ckpt, 'decoder.safetensors'))
+    # the decoder of this save (meta.json's list), never one an earlier run left in the dir
+    listed = meta['files'] if 'files' in meta else os.listdir(ckpt)
+    has_decoder = locca and 'decoder.safetensors' in listed
+    # ARef reads the test cache's boxes: a cache made without --instances has none
+    if has_decoder and len(data['boxes']) == 0:
+        print(f"eval.py: {cache} holds no boxes (cached without --instances): the LocCa "
+              f"decoder's ARef is not scored")
+        has_decoder = False
     if has_decoder or dense_probe:
         from transformers import AutoTokenizer
         tokenizer = AutoTokenizer.from_pretrained(ckpt) # the run's, as the cache's ids
@@ -341,9 +349,14 @@ def retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca, dense_prob
                                      max_locca)
     if dense_probe:
         # the probe is fitted on other images than it is scored on
+        # ... and tokenised as the test cache (the same teacher and processor)
         fit, _ = open_cache(dense_probe, 'eval.py --dense_probe', needs=['pixels', 'boxes'],
-                            evaluated=(data, man, cache))
+                            same_teacher=(man, cache), evaluated=(data, man, cache))
         check_contents(data, ['boxes'], cache, 'eval.py --dense_probe')
+        for path, d in ((dense_probe, fit), (cache, data)):
+            if len(d['boxes']) == 0:
+                sys.exit(f"eval.py: --dense_probe: {path} holds no boxes (cached without "
+                         f"--instances): re-cache it with --instances=<COCO instances json>")
         row['dense_probe'] = dict(dense_probe_metrics(student, fit, data, colon, device),
                                   fit_cache=dense_probe)
     return row, train_man['dataset']['name'] == dataset
@@ -392,6 +405,10 @@ def zeroshot_mode(enc, src, classnames, dataset, templates, batch_size, out, run
                      f"tokenizer: pass --templates")
     zs = zeroshot_classify(enc, paths, labels, classes, temps, batch_size)
     zs.update(source=src, dataset=dataset, classnames=names_from)
+    # the weights scored: report.py marks the row once the run has been retrained
+    weights = os.path.join(enc.path, 'model.safetensors')
+    if os.path.isfile(weights):
+        zs['model_sha256'] = sha256(weights)
     update_eval_json(out, zeroshot=zs, run=run)
     lo, hi = zs['intervals']['top1']
     print(f"{run}: zero-shot on {src}: {zs['n_images']} images, "

@@ -24,8 +24,8 @@ UNK = 3 # Gemma special ids: pad 0, eos 1, bos 2, unk 3, mask 4
 
 def save_weights(module, out_dir, name, cfg_name, cfg):
     """config JSON + safetensors, each file closed here so a write or close error (a full disk,
-    a quota) raises. Not atomic on its own: train.py saves into a staging dir and moves each file
-    into place durably, so a crash never leaves half a checkpoint."""
+    a quota) raises. Not atomic on its own: train.py saves into a staging dir, moves each file
+    into place durably, then writes meta.json listing them, so a half-moved set is refused."""
     os.makedirs(out_dir, exist_ok=True)
     sd = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
     save_file(sd, os.path.join(out_dir, f'{name}.safetensors'))
@@ -292,6 +292,17 @@ class HFVision(nn.Module):
         out = self.vm(pixel_values=patches, pixel_attention_mask=valid, spatial_shapes=shapes)
         return out.last_hidden_state, out.pooler_output
 
+def quiet_transformers():
+    """What transformers prints at every load and save that no user can act on: the progress
+    bars of a few-MB model, and the special-token warning its own Siglip(2)TextConfig defaults
+    raise (vocab 32000, bos 49406 / eos 49407) while any SigLIP config is built. Nothing here
+    reads the config's bos / eos ids (captions come tokenised from the cache)."""
+    from transformers.utils import logging
+    logging.disable_progress_bar()
+    log = logging.get_logger('transformers.configuration_utils')
+    if not log.filters:
+        log.addFilter(lambda r: 'an integer within the vocabulary' not in r.getMessage())
+
 @dataclass
 class HFConfig:
     kept_ids: list # the LocCa decoder's compact vocabulary (the text tower keeps its own)
@@ -320,8 +331,14 @@ class HFSiglip(nn.Module):
     def load(cls, name, config, from_config=False):
         """name: an HF dir or hub name; from_config: random weights from its config.json."""
         from transformers import AutoConfig, AutoModel
+        quiet_transformers()
         if from_config:
             model = AutoModel.from_config(AutoConfig.from_pretrained(name))
+            # transformers starts both at 0 (scale 1): SigLIP's t = 10, b = -10 (§3.2), as the
+            # Student; SiglipConfig has no field of its own for them
+            with torch.no_grad():
+                model.logit_scale.fill_(math.log(10.0))
+                model.logit_bias.fill_(-10.0)
         else:
             model = AutoModel.from_pretrained(name, dtype=torch.float32)
         if model.config.model_type not in ('siglip', 'siglip2'):
@@ -395,7 +412,8 @@ def is_trained_dir(path):
 def load_trained(out_dir):
     """The one loader of a train.py out_dir, for its scores (eval.py) and as a product
     (cache_teacher.Teacher: zero-shot, speed, search, a run as a teacher) -> Student or
-    HFSiglip; either takes uint8 pixels through its own preprocess."""
+    HFSiglip; either takes uint8 pixels through its own preprocess. model.py reads no
+    meta.json: its callers first check that the dir is one complete save (cache.check_save)."""
     if os.path.isfile(os.path.join(out_dir, HF_FILE)):
         return HFSiglip.from_pretrained(out_dir)
     return Student.from_pretrained(out_dir)

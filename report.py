@@ -362,6 +362,12 @@ zs_rows = [('teacher', teacher)]
 for p in sorted(glob.glob(os.path.join(runs_dir, '*', 'eval.json'))):
     zs_rows.append((os.path.basename(os.path.dirname(p)), read(p)))
 zs_rows = [(n, e['zeroshot']) for n, e in zs_rows if e and 'zeroshot' in e]
+# a row of weights the run has since replaced (retrained after its zero-shot eval) is marked
+for i, (n, z) in enumerate(zs_rows):
+    model = os.path.join(runs_dir, n, 'model.safetensors')
+    if n != 'teacher' and 'model_sha256' in z and os.path.isfile(model) and (
+            z['model_sha256'] != sha256(model)):
+        zs_rows[i] = (f"{n} (stale: retrained since; rerun eval.py --zeroshot)", z)
 if zs_rows:
     z = zs_rows[0][1]
     prompts = ' / '.join(repr(t) for t in z['templates'])

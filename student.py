@@ -51,7 +51,11 @@ def folder_index(enc, folder, batch_size, index_dir=''):
     if not where:
         sys.exit(f"student.py: --ckpt={enc.path} is a hub name, not a dir: pass "
                  f"--index_dir=<dir> for the index of {folder}")
-    os.makedirs(where, exist_ok=True)
+    try:
+        os.makedirs(where, exist_ok=True)
+    except OSError as e:
+        sys.exit(f"student.py: cannot make {where} for the index of {folder} "
+                 f"({e.strerror}): pass --index_dir=<a writable dir>")
     name = hashlib.sha256((folder + enc.path).encode()).hexdigest()[:12]
     path = os.path.join(where, f"index-{name}.safetensors")
     try:
@@ -65,6 +69,11 @@ def folder_index(enc, folder, batch_size, index_dir=''):
         pass
     except Exception as e: # truncated or corrupt: rebuilt, said so
         print(f"index {path} unreadable ({type(e).__name__}): rebuilding it")
+    # a read-only model dir (a shared checkpoint) is read from, but the index needs a writable
+    # place: said before the embedding, not as a traceback after it
+    if not os.access(where, os.W_OK):
+        sys.exit(f"student.py: {where} is not writable, and the index of {folder} is kept "
+                 f"there: pass --index_dir=<a writable dir>")
     emb, keep = embed_files(enc, [os.path.join(folder, r) for r in rel], batch_size)
     paths = [rel[i] for i in keep]
     meta = dict(signature=sig, folder=folder, paths=json.dumps(paths))
@@ -77,8 +86,6 @@ def search(enc, folder, query, query_image, topk, batch_size, index_dir):
     from PIL import Image
     if topk < 1:
         sys.exit(f"student.py: --topk={topk} must be >= 1")
-    if query and not query.strip():
-        sys.exit(f"student.py: --query={query!r} is empty: give words to search for")
     if query_image and not os.path.isfile(query_image):
         sys.exit(f"student.py: --query_image={query_image!r} not found")
     paths, emb = folder_index(enc, folder, batch_size, index_dir)
@@ -134,6 +141,9 @@ if not ckpt:
     sys.exit("student.py: pass --ckpt=<a train.py out_dir>")
 if not (export_onnx or folder):
     sys.exit("student.py: nothing to do: pass --folder=<dir> (search) and/or --export_onnx=True")
+# `--query=` given but empty (or blank) is a query without words, not "no query"
+if (query or any(a.startswith('--query=') for a in sys.argv[1:])) and not query.strip():
+    sys.exit(f"student.py: --query={query!r} is empty: give words to search for")
 enc = Teacher(ckpt, device)
 if export_onnx:
     export(enc, os.path.join(ckpt, 'onnx'))

@@ -769,6 +769,28 @@ def test_views_crops_match_the_stored_teacher_embeddings(tmp_path):
             # the check can fail
             assert wrong.mean() < right.mean() - 0.02, (v, wrong.mean(), right.mean())
 
+@pytest.mark.fast
+def test_many_views_go_through_the_teacher_in_bounded_chunks_with_the_same_embeddings(tmp_path,
+                                                                                     monkeypatch):
+    """cache_teacher.embed_views runs the crops VIEW_CHUNK per image at a time, so the teacher's
+    activations do not grow with --views (views=2000 on 50 images: 12.9 GB RSS in one forward,
+    1.7 GB chunked): with chunks of 2 views, 7 views give the embeddings of one forward."""
+    import cache_teacher as ct
+    w = tiny_world(tmp_path / 'w', n_web=1, n_train=1, n_val=4, n_test=1)
+    files = sorted((w / 'val2017').iterdir())
+    recs = [dict(path=str(f), image_id=i) for i, f in enumerate(files)]
+    teacher = ct.Teacher(TEACHER)
+    ds = ct.Images(recs, teacher, teacher.input_size, 7, 0.35, True, False)
+    batch = [ds[i] for i in range(len(recs))]
+    rows, images = [], teacher.images
+    teacher.images = lambda x: rows.append(len(x)) or images(x) # the rows of each forward
+    with torch.no_grad():
+        whole = ct.embed_views(teacher, batch, False, 7) # (4, 7, D): 6 crops in one forward
+        monkeypatch.setattr(ct, 'VIEW_CHUNK', 2)
+        chunked = ct.embed_views(teacher, batch, False, 7) # 3 forwards of 2 crops per image
+    assert rows == [4, 24, 4, 8, 8, 8] and whole.shape == (4, 7, teacher.embed_dim)
+    assert torch.allclose(whole, chunked, atol=1e-5), (whole - chunked).abs().max()
+
 def test_unpaired_caches_from_a_folder_a_caption_file_and_coco_unlabeled(demo, tmp_path):
     """Image-only caches from a folder of images and from a COCO image_info
     (unlabeled2017-style) file, a text-only cache from a caption file; train.py takes them as
@@ -1109,7 +1131,7 @@ def tar_of(path, members): # [(name, bytes)] -> an uncompressed tar
 
 def test_user_text_is_validated_where_read(tiny_caches, tmp_path):
     """User-supplied text. Non-UTF-8 bytes in a caption file, a captions jsonl and a tar caption; a
-    template without {c} or with another field; an empty query, a missing --query_image,
+    template without {c} or with another field; an empty or blank query, a missing --query_image,
     --topk=-1: one line naming the file (and line / member) or the setting, no traceback."""
     common = [f'--teacher={TEACHER}', '--num_workers=0', f'--out_dir={tmp_path / "c"}']
     (tmp_path / 'caps.txt').write_bytes(b'a red circle\nbad \xff\xfe bytes\n')
@@ -1136,7 +1158,8 @@ def test_user_text_is_validated_where_read(tiny_caches, tmp_path):
                 f'--templates={t}', ok=False)
         assert clean_error(p, '--templates', repr(t)) and not (tmp_path / 's/eval.json').exists()
     search = ['student.py', f'--ckpt={tmp_path / "s"}', f'--folder={tmp_path / "f"}']
-    assert clean_error(run(*search, '--query= ', ok=False), '--query', 'empty')
+    for q in ('--query= ', '--query='):
+        assert clean_error(run(*search, q, ok=False), '--query', 'empty'), q
     p = run(*search, f'--query_image={tmp_path / "nope.jpg"}', ok=False)
     assert clean_error(p, 'nope.jpg', 'not found')
     assert clean_error(run(*search, '--query=a red circle', '--topk=-1', ok=False), '--topk=-1')
@@ -1628,6 +1651,257 @@ def test_train_fine_tunes_a_tiny_hf_siglip_and_saves_a_transformers_dir(tmp_path
     assert {'loss/locca', 'loss/silc', 'loss/tips'} <= set(step)
     assert json.load(open(tmp_path / 'two_full/meta.json'))['world_size'] == 2
 
+# the HF path's refusals and saves, on a 40-image world: every bad input refused before any
+# step with a line naming it and the way out, every out_dir one consistent save
+@pytest.fixture(scope='session')
+def hf_small(tmp_path_factory):
+    """The tiny world (40 train / 20 val / 20 test images), a tiny SiglipModel (`siglip`) and
+    Siglip2Model (NaFlex, `siglip2`: 16 patches of 8 px) on its tokenizer, and --teacher=none
+    caches c/{train,val,test} made with the Siglip2Model's processor."""
+    tmp = tmp_path_factory.mktemp('hf_small')
+    w = tiny_world(tmp / 'w')
+    for kind in ('siglip', 'siglip2'):
+        make_tiny_hf_teacher(str(tmp / kind), str(w / 'processor'), kind=kind)
+    for split in ('train', 'val', 'test'):
+        hf_small_cache(tmp, tmp / 'siglip2', tmp / 'c', split)
+    return tmp
+
+def hf_small_cache(tmp, processor, out, split, *extra): # a --teacher=none cache of the world
+    run('cache_teacher.py', f'--data_dir={tmp / "w"}', f'--split={split}', '--teacher=none',
+        f'--processor={processor}', '--num_workers=0', f'--out_dir={out}', *extra)
+
+def hf_small_args(tmp, out, *extra):
+    """The complete objective (sigmoid + LocCa + SILC/TIPS from iter 1) on the Siglip2Model, 2
+    iters, a save at every one (0, 1, 2), tiny DINO heads."""
+    return ['train.py', 'config/a6.py', 'config/shapes.py', f'--hf_model={tmp / "siglip2"}',
+            f'--train_cache={tmp / "c/train"}', f'--val_cache={tmp / "c/val"}',
+            f'--out_dir={out}', '--lambda_feat=0', '--lambda_affinity=0', '--batch_size=8',
+            '--val_images=20', '--log_interval=1', '--warmup_iters=1', '--switch=0.5',
+            '--max_iters=2', '--eval_interval=1', '--dino_dim=16', '--dino_hidden=16',
+            '--dino_bottleneck=8', *extra]
+
+def dir_bytes(d): # every file under d -> its sha256: what a refused command must leave as it was
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(pathlib.Path(d).rglob('*')) if p.is_file()}
+
+def hf_variant(src, dst, max_num_patches=None, swap=None):
+    """A copy of the HF dir src: its NaFlex patch budget set, or two token ids swapped in its
+    tokenizer (same vocabulary size, another tokenisation)."""
+    shutil.copytree(src, dst)
+    if max_num_patches:
+        cfg = json.load(open(dst / 'processor_config.json'))
+        cfg['image_processor']['max_num_patches'] = max_num_patches
+        (dst / 'processor_config.json').write_text(json.dumps(cfg))
+    if swap:
+        tok = json.load(open(dst / 'tokenizer.json'))
+        vocab = tok['model']['vocab']
+        a, b = [t for t, i in vocab.items() if i in swap]
+        vocab[a], vocab[b] = vocab[b], vocab[a]
+        (dst / 'tokenizer.json').write_text(json.dumps(tok))
+    return dst
+
+@pytest.mark.parametrize('case', ['swapped_ids', 'patch_budget', 'image_size', 'non_square'])
+def test_hf_train_refuses_a_cache_of_another_processor_or_size(hf_small, tmp_path, case):
+    """Before the first step, the cache is checked against --hf_model: a model whose tokenizer
+    has two ids swapped (same vocabulary size), a NaFlex model on a cache of a 36-patch
+    processor, a fixed-res model on a cache made at another --image_size, and a NaFlex budget
+    that is not a square (20) -> a line naming the cache, the model and the cache_teacher.py
+    command (or the budget), no Traceback; the out_dir as it was."""
+    t = hf_small
+    model, caches = t / 'siglip2', t / 'c'
+    if case == 'swapped_ids':
+        model = hf_variant(t / 'siglip2', tmp_path / 'swapped', swap=(40, 41))
+    if case in ('patch_budget', 'non_square', 'image_size'):
+        n = dict(patch_budget=36, non_square=20).get(case)
+        proc = (hf_variant(t / 'siglip2', tmp_path / f'p{n}', max_num_patches=n) if n
+                else t / 'siglip')
+        extra = ['--image_size=48'] if case == 'image_size' else []
+        caches = tmp_path / 'c'
+        for split in ('train', 'val'):
+            hf_small_cache(t, proc, caches, split, *extra)
+        model = {'patch_budget': model, 'non_square': proc, 'image_size': proc}[case]
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'keep.txt').write_text('a file of the user')
+    p = run(*hf_small_args(t, out, f'--hf_model={model}', f'--train_cache={caches / "train"}',
+                           f'--val_cache={caches / "val"}'), ok=False)
+    other = [str(caches / 'train'), 'another processor', str(model), 'cache_teacher.py']
+    needles = {'swapped_ids': other, 'patch_budget': other,
+               'image_size': ['holds 48 px images', 'takes 32 px', str(model),
+                              'cache_teacher.py'],
+               'non_square': ['max_num_patches=20', str(model), 'square']}[case]
+    assert clean_error(p, *needles), p.stdout[-2000:] + p.stderr[-2000:]
+    assert dir_bytes(out) == {'keep.txt': hashlib.sha256(b'a file of the user').hexdigest()}
+
+def test_hf_resume_refuses_a_changed_model_or_loss_setting(hf_small, tmp_path):
+    """--init_from=resume compares what shapes the model and the loss module (hf_model,
+    lambda_locca, gamma, the DINO heads, the decoder) with ckpt.pt's config: a change is refused
+    by name, before any file of the out_dir is touched."""
+    out = tmp_path / 'out'
+    run(*hf_small_args(hf_small, out))
+    before = dir_bytes(out)
+    for arg, key in [(f'--hf_model={hf_small / "siglip"}', 'hf_model'),
+                     ('--lambda_locca=0', 'lambda_locca'), ('--gamma=0', 'gamma'),
+                     ('--dino_dim=32', 'dino_dim'), ('--decoder_depth=3', 'decoder_depth')]:
+        p = run(*hf_small_args(hf_small, out, '--max_iters=4', '--init_from=resume', arg),
+                ok=False)
+        assert clean_error(p, key, 'ckpt.pt', 'another out_dir'), (arg, p.stderr[-2000:])
+        assert dir_bytes(out) == before, arg
+
+def test_train_refuses_a_switch_or_gamma_that_means_nothing(tmp_path):
+    """SILC/TIPS switch on at the training fraction `switch`: with gamma > 0 a switch outside
+    [0, 1) never comes, and gamma < 0 is no size factor. Refused by key and range before the
+    out_dir is made."""
+    out = tmp_path / 'out'
+    for args, needle in [(['--gamma=0.25', '--switch=1.0'], 'switch=1.0 must be in [0, 1)'),
+                         (['--gamma=0.25', '--switch=-0.1'], 'switch=-0.1 must be in [0, 1)'),
+                         (['--gamma=-0.5'], 'gamma=-0.5 must be >= 0')]:
+        p = run('train.py', 'config/a6.py', 'config/shapes.py', f'--out_dir={out}', *args,
+                ok=False)
+        assert clean_error(p, needle), (args, p.stderr[-2000:])
+        assert not out.exists()
+
+# python -c KILL_IN_SAVE.format(n=k) train.py ...: train.py SIGKILLed inside its k-th save, right
+# after model.safetensors was moved into place (ckpt.pt and config.json before it, meta.json not)
+KILL_IN_SAVE = ("import os, signal, runpy, sys; sys.path.insert(0, os.getcwd()); import cache\n"
+                "moves = [0]\n"
+                "def replace(tmp, path, replace=cache.replace_durably):\n"
+                "    replace(tmp, path)\n"
+                "    moves[0] += os.path.basename(path) == 'model.safetensors'\n"
+                "    if moves[0] == {n}:\n"
+                "        os.kill(os.getpid(), signal.SIGKILL)\n"
+                "cache.replace_durably = replace\n"
+                "sys.argv = sys.argv[1:]\n"
+                "runpy.run_path('train.py', run_name='__main__')\n")
+
+def test_hf_kill_9_inside_a_save_is_refused_by_name_then_resume_saves_it_whole(hf_small,
+                                                                               tmp_path):
+    """train.py SIGKILLed inside its last save, after model.safetensors (iter 2) was moved in
+    and before meta.json (iter 1): eval.py and a run-as-teacher refuse the dir by name and
+    leave it as it was; --init_from=resume evaluates and saves the last iter whole, then
+    eval.py scores that save: one iter, never a mix."""
+    out = tmp_path / 'out'
+    args = hf_small_args(hf_small, out)
+    p = subprocess.run([sys.executable, '-c', KILL_IN_SAVE.format(n=3), *args], cwd=REPO,
+                       env=ENV, capture_output=True, text=True, timeout=600)
+    assert p.returncode == -9, p.stderr[-2000:]
+    meta = json.load(open(out / 'meta.json'))
+    assert meta['iter_num'] == 1
+    assert torch.load(out / 'ckpt.pt', weights_only=False)['iter_num'] == 2
+    saved = lambda f: hashlib.sha256((out / f).read_bytes()).hexdigest()
+    assert saved('model.safetensors') != meta['files']['model.safetensors']
+    assert saved('tokenizer.json') == meta['files']['tokenizer.json'] # not moved yet
+    before = dir_bytes(out)
+    test = hf_small / 'c/test'
+    p = run('eval.py', f'--cache={test}', f'--ckpt={out}', ok=False)
+    assert clean_error(p, str(out), 'model.safetensors', 'iter-1', '--init_from=resume'), p.stderr
+    p = run('cache_teacher.py', f'--data_dir={hf_small / "w"}', '--split=test',
+            f'--teacher={out}', '--num_workers=0', f'--out_dir={tmp_path / "ct"}', ok=False)
+    assert clean_error(p, str(out), 'model.safetensors'), p.stderr[-2000:]
+    assert dir_bytes(out) == before
+    p = run(*args, '--init_from=resume')
+    assert 'saving it whole again' in p.stdout
+    meta = json.load(open(out / 'meta.json'))
+    assert meta['iter_num'] == 2
+    assert saved('model.safetensors') == meta['files']['model.safetensors']
+    vals = [json.loads(l) for l in open(out / 'log.jsonl') if 'val/i2t_r1' in l]
+    assert [v['iter'] for v in vals] == [0, 1, 2]
+    run('eval.py', f'--cache={test}', f'--ckpt={out}')
+    e = json.load(open(out / 'eval.json'))
+    assert e['checkpoint'] == dict(iter_num=2, model_sha256=meta['files']['model.safetensors'])
+
+def test_hf_rerun_leaves_no_file_of_an_earlier_run_and_foreign_files_are_refused(hf_small,
+                                                                                tmp_path):
+    """A run without LocCa into the out_dir of a LocCa run (plus another model's
+    processor_config.json) leaves neither the old decoder nor the foreign processor file, so
+    AutoProcessor reads the run's own and eval.py scores no ARef; another run's decoder, a
+    missing decoder_config.json or tinysiglip_hf.json, and a truncated model.safetensors are
+    refused by name (eval.py: no Traceback, the dir as it was)."""
+    from transformers import AutoProcessor
+    from cache import check_save
+    a, b = tmp_path / 'a', tmp_path / 'b'
+    run(*hf_small_args(hf_small, a))
+    run(*hf_small_args(hf_small, b, '--seed=1'))
+    shutil.copytree(a, tmp_path / 'rerun')
+    rerun = tmp_path / 'rerun'
+    shutil.copyfile(hf_small / 'siglip/processor_config.json', rerun / 'processor_config.json')
+    run(*hf_small_args(hf_small, rerun, '--lambda_locca=0', '--gamma=0'))
+    left = set(os.listdir(rerun))
+    assert not {'decoder.safetensors', 'decoder_config.json', 'processor_config.json'} & left
+    improc = AutoProcessor.from_pretrained(str(rerun)).image_processor
+    assert improc.max_num_patches == 16 and improc.patch_size == 8
+    run('eval.py', f'--cache={hf_small / "c/test"}', f'--ckpt={rerun}')
+    assert 'locca' not in json.load(open(rerun / 'eval.json'))
+    cases = {'decoder.safetensors': lambda d: shutil.copyfile(b / 'decoder.safetensors',
+                                                              d / 'decoder.safetensors'),
+             'decoder_config.json': lambda d: os.remove(d / 'decoder_config.json'),
+             'tinysiglip_hf.json': lambda d: os.remove(d / 'tinysiglip_hf.json'),
+             'model.safetensors': lambda d: (d / 'model.safetensors').write_bytes(
+                 (a / 'model.safetensors').read_bytes()[:1000])}
+    for f, spoil in cases.items():
+        d = tmp_path / f'spoilt-{f}'
+        shutil.copytree(a, d)
+        spoil(d)
+        with pytest.raises(SystemExit, match=re.escape(f)):
+            check_save(str(d), 'test')
+    d = tmp_path / 'spoilt-model.safetensors'
+    before = dir_bytes(d)
+    p = run('eval.py', f'--cache={hf_small / "c/test"}', f'--ckpt={d}', ok=False)
+    assert clean_error(p, str(d), 'model.safetensors', '--init_from=resume'), p.stderr[-2000:]
+    assert dir_bytes(d) == before
+
+def test_hf_from_config_starts_at_siglip_init_and_the_readme_processor_call_matches(hf_small,
+                                                                                    tmp_path):
+    """--hf_from_config=True: the startup log names the model and SigLIP's init (scale 10, bias
+    -10), the first logged step is there, and no load warns of the config's special ids or draws
+    progress bars. The README's call of the saved processor (NaFlex images, text without the
+    mask) gives the cache's ids and the run's own features; with the mask the text features
+    change, as the README says. A mistyped --hf_model dir is refused by name."""
+    from transformers import AutoModel, AutoProcessor
+    from model import load_trained
+    from eval import embed_student
+    out = tmp_path / 'out'
+    p = run(*hf_small_args(hf_small, out, '--hf_from_config=True', '--lambda_locca=0',
+                           '--gamma=0', '--max_iters=2', '--eval_interval=2'))
+    assert "hf_model=" in p.stdout and 'Siglip2Model, random weights from its config.json, ' \
+        'logit_scale 10.00, logit_bias -10.00' in p.stdout, p.stdout[-2000:]
+    assert 'HF model:' in p.stdout and '249-row token table' in p.stdout
+    for noise in ('within the vocabulary', 'Loading weights', 'Writing model shards'):
+        assert noise not in p.stdout + p.stderr, noise
+    first = [json.loads(l) for l in open(out / 'log.jsonl') if '"loss"' in l][0]
+    assert first['iter'] == 1
+    assert first['scale'] == pytest.approx(10.0, rel=1e-2) and first['bias'] == pytest.approx(
+        -10.0, abs=0.05)
+    # the README's call, verbatim, on the test images and captions
+    readme = open(os.path.join(REPO, 'README.md')).read()
+    code = re.search(r'<!-- processor call.*?```python\n(.*?)```', readme, re.S).group(1)
+    test, _ = load_cache(str(hf_small / 'c/test'))
+    from PIL import Image
+    files = [hf_small / f'w/test2017/{i:012d}.jpg' for i in test['image_ids'].tolist()]
+    caps = json.load(open(hf_small / 'w/annotations/captions_test2017.json'))['annotations']
+    by_image = {}
+    for c in caps:
+        by_image.setdefault(c['image_id'], []).append(c['caption'])
+    texts = [t for i in test['image_ids'].tolist() for t in by_image[i]]
+    ns = dict(out_dir=str(out), images=[Image.open(f).convert('RGB') for f in files], texts=texts)
+    exec(code, ns)
+    assert torch.equal(ns['ids'], test['input_ids'].long())
+    run_img, run_txt = embed_student(load_trained(str(out)), test['pixels'], test['input_ids'],
+                                     'cpu')
+    cos = lambda x, y: F.cosine_similarity(x.float(), y.float(), dim=-1).min().item()
+    assert cos(ns['img'], run_img) >= 0.999 and cos(ns['txt'], run_txt) >= 0.9999
+    model = AutoModel.from_pretrained(str(out)).eval()
+    proc = AutoProcessor.from_pretrained(str(out))
+    with torch.no_grad():
+        inputs = proc.tokenizer(texts, padding='max_length', max_length=ns['L'], truncation=True,
+                                return_tensors='pt')
+        masked = model.get_text_features(**inputs).pooler_output
+    assert cos(masked, run_txt) < 0.99
+    before = dir_bytes(out)
+    p = run(*hf_small_args(hf_small, out, f'--hf_model={tmp_path / "siglip2-typo"}'), ok=False)
+    assert clean_error(p, str(tmp_path / 'siglip2-typo'), 'no such directory'), p.stderr[-2000:]
+    assert dir_bytes(out) == before
+
 # -----------------------------------------------------------------------------
 # eval.py: retrieval metrics and their bootstrap intervals, zero-shot classification (ImageNet
 # names and templates, CLIP_benchmark parity, COCO instances and folders), Flickr30k transfer,
@@ -2092,6 +2366,33 @@ def test_dense_probe_labels_each_patch_and_scores_only_what_the_tokens_say():
     with pytest.raises(SystemExit, match='not finite'):
         dense_probe_metrics(Oracle(nan=True), fit, test, 7, 'cpu')
 
+def test_eval_on_a_cache_without_boxes_skips_aref_and_refuses_the_dense_probe(hf_small, tmp_path):
+    """A LocCa run scored on a test cache made without boxes: ARef is skipped with a one-line
+    note and the retrieval row is written. --dense_probe on it, or with a fit cache tokenised by
+    another tokenizer (two ids swapped), is refused by name; eval.json as it was."""
+    out = tmp_path / 'out'
+    run(*hf_small_args(hf_small, out, '--gamma=0', '--max_iters=1'))
+    w = tmp_path / 'w'
+    shutil.copytree(hf_small / 'w', w)
+    os.remove(w / 'annotations/instances_test2017.json')
+    run('cache_teacher.py', f'--data_dir={w}', '--split=test', '--teacher=none',
+        f'--processor={hf_small / "siglip2"}', '--num_workers=0', f'--out_dir={tmp_path / "c"}')
+    nobox = tmp_path / 'c/test'
+    p = run('eval.py', f'--cache={nobox}', f'--ckpt={out}')
+    assert f'{nobox} holds no boxes' in p.stdout and 'ARef is not scored' in p.stdout
+    e = json.load(open(out / 'eval.json'))
+    assert e['cache'] == str(nobox) and 'locca' not in e
+    before = dir_bytes(out)
+    p = run('eval.py', f'--cache={nobox}', f'--ckpt={out}',
+            f'--dense_probe={hf_small / "c/val"}', ok=False)
+    assert clean_error(p, str(nobox), 'no boxes', '--instances'), p.stderr[-2000:]
+    other = hf_variant(hf_small / 'siglip2', tmp_path / 'swapped', swap=(40, 41))
+    hf_small_cache(hf_small, other, tmp_path / 'c2', 'val')
+    p = run('eval.py', f'--cache={hf_small / "c/test"}', f'--ckpt={out}',
+            f'--dense_probe={tmp_path / "c2/val"}', ok=False)
+    assert clean_error(p, str(tmp_path / 'c2/val'), 'another teacher/processor'), p.stderr
+    assert dir_bytes(out) == before
+
 # -----------------------------------------------------------------------------
 # student.py: the student dir, ONNX export, folder search
 
@@ -2220,6 +2521,22 @@ def test_bench_hf_b16_rows_print_time_and_peak_memory_ratios():
     assert ms_x == step_x == total_x == 1.0, out
     assert rows['complete objective'][2] > step, out
     assert all(r[4] >= r[2] for r in rows.values()), out # the absolute peak holds the step's
+
+@pytest.mark.parametrize('arg, needle', [
+    ('--hf_iters=-1', 'hf_iters=-1 must be >= 0'),
+    ('--hf_kept=300000', 'hf_kept=300000 must be in [5, hf_vocab=256000]'),
+    ('--hf_row=9', 'hf_row=9 must be in [-1, 4]'),
+    ('--hf_batch_size=-2', 'hf_batch_size=-2 must be >= 0'),
+    ('--hf_image_size=250', 'hf_image_size=250 must be a positive multiple of the patch size'),
+    ('--hf_width=32', 'hf_width=32 must be a positive multiple of 64'),
+    ('--device=cuda', '--device=cpu')])
+def test_bench_hf_b16_refuses_sizes_that_build_no_model(arg, needle):
+    """bench.py --hf_b16: each size is checked where it is read, the message naming the key and
+    its valid range; --device=cuda on a machine without CUDA says to pass --device=cpu."""
+    if arg == '--device=cuda' and torch.cuda.is_available():
+        pytest.skip('this machine has CUDA: the refusal is for machines without it')
+    p = run('bench.py', '--hf_b16=True', '--device=cpu', '--dtype=float32', arg, ok=False)
+    assert clean_error(p, needle), p.stdout[-2000:] + p.stderr[-2000:]
 
 def test_missing_weights_and_a_deleted_teacher_are_one_line_errors(tiny_caches, tmp_path):
     """Tracebacks where a message belongs. A run dir without model.safetensors; --speed when the
@@ -2388,11 +2705,11 @@ def test_report_marks_a_delta_resolved_only_when_seeds_and_intervals_clear_zero(
 def test_report_refuses_nan_stale_and_corrupt(tmp_path):
     """report.py: a NaN run is never 'best', an eval.json of another checkpoint or cache is refused
     by name (stale), a corrupt eval.json / log.jsonl is reported as corrupt; the report is still
-    written."""
+    written. A zero-shot row of weights the run has since replaced is marked stale."""
     runs = tmp_path / 'out'
     sha = lambda b: hashlib.sha256(b).hexdigest()
     metric_keys = ('i2t_r1', 'i2t_r5', 'i2t_r10', 't2i_r1', 't2i_r5', 't2i_r10')
-    def make(name, r1, scored=b'w', fp='f'):
+    def make(name, r1, scored=b'w', fp='f', zeroshot_of=None):
         d = runs / name
         d.mkdir(parents=True)
         (d / 'model.safetensors').write_bytes(b'w')
@@ -2400,6 +2717,10 @@ def test_report_refuses_nan_stale_and_corrupt(tmp_path):
         ev = dict(split='test', n_images=2, n_captions=2, fingerprint=fp, run=name,
                   model='student', checkpoint=dict(iter_num=10, model_sha256=sha(scored)),
                   metrics={k: r1 for k in metric_keys})
+        if zeroshot_of: # eval.py --zeroshot's row, of the weights zeroshot_of
+            ev['zeroshot'] = dict(top1=50.0, top5=90.0, templates=['a {c}'], source='/d/zs',
+                                  n_images=4, n_classes=2, dataset='world',
+                                  model_sha256=sha(zeroshot_of))
         json.dump(ev, open(d / 'eval.json', 'w'))
         return d
     teacher = dict(split='test', n_images=2, n_captions=2, fingerprint='f',
@@ -2409,8 +2730,9 @@ def test_report_refuses_nan_stale_and_corrupt(tmp_path):
     make('a2', float('nan'))            # diverged
     make('a3', 20.0, scored=b'old')     # eval.json of an older model.safetensors
     (make('a4', 25.0) / 'eval.json').write_text('{"metrics": ')
-    make('a5', 15.0)
+    make('a5', 15.0, zeroshot_of=b'w')
     make('a6', 40.0, fp='g')            # scored on another cache / split
+    make('a7', 30.0, zeroshot_of=b'old') # zero-shot of weights since retrained
     p = run('report.py', f'--runs_dir={runs}', f'--teacher_eval={tmp_path / "teacher.json"}',
             f'--out={tmp_path / "r.md"}')
     rep = open(tmp_path / 'r.md').read()
@@ -2423,6 +2745,9 @@ def test_report_refuses_nan_stale_and_corrupt(tmp_path):
     assert 'corrupt' in row('a4') and str(runs / 'a4' / 'eval.json') in row('a4')
     assert 'another cache' in row('a6') and '40.0' not in row('a6')
     assert 'corrupt' in rep and str(runs / 'a1' / 'log.jsonl') in rep and p.returncode == 0
+    zs = md_table(rep, '## Zero-shot classification')
+    assert [r.split('|')[1].strip() for r in zs[2:]] == [
+        'a5', 'a7 (stale: retrained since; rerun eval.py --zeroshot)'], zs
 
 @pytest.mark.fast
 def test_report_prints_what_each_term_adds(tmp_path):

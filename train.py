@@ -24,7 +24,10 @@ from model import (Student, StudentConfig, LoccaDecoder, DINOHead, HFSiglip, HFC
                    locca_decoder_args)
 from loss import SigLIP2Loss, DistillLoss, crop_boxes, rank_rows
 from eval import retrieval_metrics, embed_student
-from cache import open_cache, PAIRED, what_changed, atomic_write, write_json, Rows
+from cache import (open_cache, PAIRED, what_changed, atomic_write, write_json, read_json, Rows,
+                   hash_files, processor_files, recache_command, sha256, save_problem,
+                   SAVE_FILES)
+from cache_teacher import local_dir
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -145,6 +148,11 @@ for k, ok in [('contrast', contrast in ('sigmoid', 'infonce')),
               ('warmup_iters', warmup_iters >= 0)]:
     if not ok:
         sys.exit(f"train.py: bad value {k}={globals()[k]!r}")
+# SILC/TIPS switch on at the training fraction `switch`: outside [0, 1) they never would
+for k, ok, valid in [('gamma', gamma >= 0, '>= 0 (0 = SILC/TIPS off)'),
+                     ('switch', not gamma or 0 <= switch < 1, 'in [0, 1) when gamma > 0')]:
+    if not ok:
+        sys.exit(f"train.py: {k}={globals()[k]!r} must be {valid}")
 if not hf_model and not timm.is_model(image_model):
     sys.exit(f"train.py: unknown timm model image_model={image_model!r} "
              f"(see timm.list_models('vit_*'))")
@@ -188,7 +196,7 @@ if master:
         if os.path.isfile(lock) and open(lock).read() == str(os.getpid()):
             os.remove(lock)
     atexit.register(release_lock)
-ckpt, saved_iter = None, None
+ckpt, saved_iter, repair = None, None, False
 if init_from == 'resume':
     path = os.path.join(out_dir, 'ckpt.pt')
     if not os.path.isfile(path):
@@ -200,6 +208,26 @@ if init_from == 'resume':
         sys.exit(f"train.py: cannot read {path}, truncated or corrupt "
                  f"({type(e).__name__}: {str(e).splitlines()[0]})")
     saved_iter = ckpt['iter_num']
+    # the keys that shape the model and the loss module: the checkpoint's state fits only its
+    # own, so a changed one is refused, never ignored (max_iters, lr, ... may change)
+    shape_keys = ('hf_model', 'hf_from_config', 'image_model', 'image_size', 'image_kwargs',
+                  'text_width', 'text_depth', 'text_heads', 'embed_dim', 'lambda_locca',
+                  'decoder_depth', 'gamma', 'lambda_silc', 'lambda_tips', 'dino_dim',
+                  'dino_hidden', 'dino_bottleneck')
+    changed = [f"{k}={config[k]!r} (ckpt.pt: {ckpt['config'][k]!r})" for k in shape_keys
+               if k in ckpt['config'] and ckpt['config'][k] != config[k]]
+    if changed:
+        sys.exit(f"train.py: --init_from=resume with {', '.join(changed)}: these shape the "
+                 f"model and loss saved in {path}; resume with its values, or train into "
+                 f"another out_dir")
+    # ckpt.pt (moved in first) is whole, but the rest of its save may not be: a kill during
+    # the save. Then the resumed run evaluates and saves at its first step, so the dir is one
+    # complete save again even when ckpt.pt is the last iter
+    problem = save_problem(out_dir)
+    repair = problem is not None
+    if repair:
+        print0(f"train.py: {problem}: resuming from ckpt.pt (iter {saved_iter}) and saving "
+               f"it whole again")
 
 # -----------------------------------------------------------------------------
 # data: caches memory-mapped (uint8 pixels, fp16 embeddings stay in the shard files; ids
@@ -404,13 +432,52 @@ if 'hf_model' in model_args:
     # --- an HF SigLIP / SigLIP 2 (the decoder takes its text encoder's shape, half the depth:
     # locca_decoder_args, as the student's)
     hf_config = HFConfig(**{k: v for k, v in model_args.items() if not k.startswith('hf_')})
+    name = model_args['hf_model']
+    # a path that is not a dir would reach the hub as a malformed repo id
+    if not os.path.isdir(name) and (name.startswith(('.', '/', '~')) or name.count('/') != 1
+                                    or os.path.isdir(os.path.dirname(name))):
+        sys.exit(f"train.py: hf_model={name!r}: no such directory (and not a hub name "
+                 f"'org/model'); check the path")
     try:
-        student = HFSiglip.load(model_args['hf_model'], hf_config, model_args['hf_from_config'])
+        student = HFSiglip.load(name, hf_config, model_args['hf_from_config'])
+        hf_dir = local_dir(name)
     except (OSError, ValueError) as e:
-        sys.exit(f"train.py: cannot load hf_model={model_args['hf_model']!r}: "
-                 f"{str(e).splitlines()[0]}")
+        sys.exit(f"train.py: cannot load hf_model={name!r}: {str(e).splitlines()[0]}")
     student = student.to(device)
     text_cfg = student.model.config.text_config
+    # the cache was tokenised and resized by the model's own processor (cache_teacher.py
+    # --processor=<it>), compared by the content hash the manifest keeps (a train.py run dir
+    # also matches the one of its training cache, recorded in its meta.json: its processor
+    # files are that cache's copy); then the pixel size it implies
+    hf_proc = hash_files(processor_files(hf_dir))
+    own = [hf_proc, read_json(os.path.join(hf_dir, 'meta.json')).get('processor_fingerprint')]
+    # the command that re-caches this split with the model's processor, at its own size, into
+    # a new dir (the old one holds shards of other settings)
+    new_dir = f"{man['config']['out_dir'].rstrip('/')}-{os.path.basename(os.path.normpath(name))}"
+    recache = recache_command({**man, 'config': {**man['config'], 'processor': name,
+                                                 'image_size': 0, 'out_dir': new_dir}},
+                              train_cache)
+    if man['content']['processor'] not in own:
+        made_with = man['config'].get('processor') or man['teacher']
+        sys.exit(f"train.py: {train_cache} was made with another processor (tokenizer / image "
+                 f"settings / patch budget: {made_with}, files {man['content']['processor'][:12]}"
+                 f") than hf_model={name!r} has (files {hf_proc[:12]}): re-cache every split "
+                 f"with the model's own, e.g. {recache}")
+    from transformers import AutoProcessor
+    improc = AutoProcessor.from_pretrained(hf_dir).image_processor
+    n_max = getattr(improc, 'max_num_patches', None)
+    if n_max and math.isqrt(n_max) ** 2 != n_max:
+        sys.exit(f"train.py: hf_model={name!r}: its processor's max_num_patches={n_max} is not "
+                 f"a square; train.py trains NaFlex on square images of a full sqrt(n) x "
+                 f"sqrt(n) grid, which AutoProcessor then reproduces: save the processor with "
+                 f"a square budget (e.g. {math.isqrt(n_max) ** 2}) and re-cache")
+    size = (improc.patch_size * math.isqrt(n_max) if n_max
+            else student.model.config.vision_config.image_size)
+    if man['image_size'] != size:
+        sys.exit(f"train.py: {train_cache} holds {man['image_size']} px images, "
+                 f"hf_model={name!r} takes {size} px "
+                 + (f"({n_max} patches of {improc.patch_size})" if n_max else '')
+                 + f": re-cache at the model's size, e.g. {recache}")
     if man['processor']['vocab_size'] > text_cfg.vocab_size:
         sys.exit(f"train.py: {train_cache} was tokenised with {man['processor']['vocab_size']} "
                  f"tokens, hf_model={hf_model!r} reads {text_cfg.vocab_size}: cache it with "
@@ -447,8 +514,17 @@ distill = DistillLoss(t_scale, t_bias, feat=lambda_feat, affinity=lambda_affinit
                       extra_feat=lambda_extra_feat, extra_affinity=lambda_extra_affinity,
                       extra_cross=lambda_extra_cross, kind=affinity_kind)
 n_params, n_params_nt = student.num_params(), student.num_params(token_table=False)
-print0(f"student: {n_params / 1e6:.2f}M params "
-       f"({n_params_nt / 1e6:.2f}M without the {vocab}-row token table); "
+# an HF model keeps its own token table (the compact vocabulary is the decoder's only)
+if 'hf_model' in model_args:
+    init = 'random weights from its config.json' if model_args['hf_from_config'] else 'weights'
+    print0(f"model: hf_model={model_args['hf_model']!r} ({type(student.model).__name__}, {init},"
+           f" logit_scale {student.logit_scale.exp().item():.2f}, logit_bias "
+           f"{student.logit_bias.item():.2f})")
+    what, rows = 'HF model', text_cfg.vocab_size
+else:
+    what, rows = 'student', vocab
+print0(f"{what}: {n_params / 1e6:.2f}M params "
+       f"({n_params_nt / 1e6:.2f}M without the {rows}-row token table); "
        f"loss module: "
        f"{sum(p.numel() for p in loss_fn.parameters() if p.requires_grad) / 1e6:.2f}M trainable")
 
@@ -579,24 +655,35 @@ def write_checkpoint(metrics):
               optimizer=optimizer.state_dict(), model_args=model_args,
               iter_num=iter_num, best_val=best_val, config=config,
               fingerprint=man['fingerprint'], cache_content=man.get('content'))
-    # a crash keeps the last one
-    atomic_write(os.path.join(out_dir, 'ckpt.pt'), lambda tmp: torch.save(ck, tmp))
-    # config.json + model.safetensors (all that from_pretrained needs), the decoder and the
-    # teacher's tokenizer + image settings: written whole into a staging dir, then each file
-    # moved into place durably, so a failed write keeps the last good file
+    # One save = ckpt.pt, config.json + model.safetensors (all that from_pretrained needs), the
+    # decoder and the teacher's tokenizer + image settings, written whole into a staging dir (a
+    # failed write leaves out_dir as it was), each file moved into place durably, then
+    # meta.json last, listing every file with its sha256: readers refuse a dir whose files are
+    # not that list (a kill between two moves), and resume writes a complete save again. Not
+    # one dir swapped in whole: out_dir itself must stay the transformers dir users load
     staging = os.path.join(out_dir, '.staging')
     shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    torch.save(ck, os.path.join(staging, 'ckpt.pt'))
     student.save_pretrained(staging)
     if decoder is not None:
         decoder.save_pretrained(staging)
     proc = os.path.join(train_cache, 'processor')
     for f in os.listdir(proc):
         shutil.copyfile(os.path.join(proc, f), os.path.join(staging, f))
-    for f in sorted(os.listdir(staging)):
+    files = {f: sha256(os.path.join(staging, f)) for f in sorted(os.listdir(staging))}
+    for f in files:
         atomic_write(os.path.join(out_dir, f),
                      lambda tmp: os.replace(os.path.join(staging, f), tmp))
     os.rmdir(staging)
+    # an earlier run's files this save does not write (its decoder, another model's processor
+    # files) must not be read as this run's
+    old = [os.path.basename(p) for p in processor_files(out_dir)] + list(SAVE_FILES)
+    for f in set(old) - set(files):
+        if os.path.isfile(os.path.join(out_dir, f)):
+            os.remove(os.path.join(out_dir, f))
     meta = dict(config=config, model_args=model_args, iter_num=iter_num, metrics=metrics,
+                files=files, processor_fingerprint=man['content']['processor'],
                 train_cache=train_cache, val_cache=val_cache,
                 fingerprint=man['fingerprint'],
                 teacher_fingerprint=man['teacher_fingerprint'],
@@ -624,8 +711,9 @@ if master:
     if iter_num == 0 and os.path.exists(logf):
         os.remove(logf)
     elif os.path.exists(logf): # resume: drop rows logged after the checkpoint we continue from
-        rows = [l for l in open(logf)
-                if row_iter(l) is not None and row_iter(l) <= iter_num]
+        # (a repairing resume logs its step's val row again)
+        rows = [l for l in open(logf) if row_iter(l) is not None and row_iter(l) <= iter_num
+                and not (repair and row_iter(l) == iter_num and 'val/i2t_r1' in l)]
         open(logf, 'w').writelines(rows)
 
 # -----------------------------------------------------------------------------
@@ -650,7 +738,7 @@ while True:
     if ddp and (iter_num % eval_interval == 0 or last):
         check_ranks_in_sync()
     if (master and (iter_num % eval_interval == 0 or last)
-            and (iter_num != start_iter or init_from == 'scratch')):
+            and (iter_num != start_iter or init_from == 'scratch' or repair)):
         metrics = evaluate()
         best_val = max(best_val, metrics['val/i2t_r1'] + metrics['val/t2i_r1'])
         print0(f"iter {iter_num}: val I→T R@1 {metrics['val/i2t_r1']:.2f}  "
@@ -736,7 +824,7 @@ while True:
                f"{dt * 1000:.0f}ms | {sps:.0f} samples/s | ETA {eta:.0f}s")
         log({'iter': iter_num, 'lr': lr, 'dt_ms': dt * 1000, 'samples_per_s': sps,
              'grad_norm': grad_norm,
-             'scale': student.logit_scale.exp().item(),
+             'scale': student.logit_scale.exp().item(), 'bias': student.logit_bias.item(),
              **{(k if k == 'loss' else f'loss/{k}'): v for k, v in terms_sum.items()}})
 print(f"rank {rank}: memory at the end (MiB): {memory()}", flush=True)
 prefetcher.shutdown()

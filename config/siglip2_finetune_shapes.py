@@ -1,6 +1,7 @@
 # The synthetic-world twin of config/siglip2_finetune_coco.py: a tiny random Siglip2Model
 # (data/shapes/prepare.py make_tiny_hf_teacher) trained with the complete objective on a
-# --teacher=none cache made with its processor:
+# --teacher=none cache made with its processor; from a fresh clone, the world first:
+#   python data/shapes/prepare.py
 #   python -c "import sys; sys.path.insert(0, 'data/shapes'); from prepare import \
 #       make_tiny_hf_teacher; make_tiny_hf_teacher('out/hf-tiny', 'data/shapes/processor', \
 #       kind='siglip2')"

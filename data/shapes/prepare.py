@@ -164,8 +164,12 @@ def make_tiny_hf_teacher(out_dir, processor_dir, kind='siglip', image_size=32, p
     import torch, transformers as T
     torch.manual_seed(seed)
     tok = T.AutoTokenizer.from_pretrained(processor_dir)
+    # the tokenizer's special ids: the config's defaults (CLIP's 49406 / 49407) lie outside
+    # a tiny vocabulary, and transformers warns of that at every load
     tcfg = dict(vocab_size=len(tok), hidden_size=width, intermediate_size=2 * width,
-                num_hidden_layers=layers, num_attention_heads=2, max_position_embeddings=64)
+                num_hidden_layers=layers, num_attention_heads=2, max_position_embeddings=64,
+                pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id)
     vcfg = dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
                 num_attention_heads=2, patch_size=patch)
     if kind == 'siglip':

@@ -2622,14 +2622,15 @@ def test_report_prints_the_seeds_tables(tmp_path):
     assert ('Rows: Full Method = a5, w/o Feature Loss = a4, w/o Affinity Loss = a3, '
             'w/o Contrastive = a7.') in text
     b = md_table(text, '## Table B: teacher × student (full method)')
-    assert b[2] == ('| b1 | google/siglip2-base-patch16-224 | vit_tiny_patch16_224 | 50.0 | 36.0 '
-                    '| 33.2M (31.8M) | 0.73 | 0.69 |') # 50.0 / 68.9, 36.0 / 52.1
-    assert b[5] == ('| b4 | google/siglip2-large-patch16-256 | vit_small_patch16_224 | 62.4 '
-                    '| 44.1 | 33.2M (31.8M) | 0.87 | 0.81 |') # 62.4 / 71.5, 44.1 / 54.7
+    # each run against its own teacher's row (meta.json's teacher_eval)
+    assert b[2] == ('| b1 | google/siglip2-base-patch16-224 | 68.9 / 52.1 | vit_tiny_patch16_224 '
+                    '| 50.0 | 36.0 | 33.2M (31.8M) | 0.73 | 0.69 |') # 50.0 / 68.9, 36.0 / 52.1
+    assert b[5] == ('| b4 | google/siglip2-large-patch16-256 | 71.5 / 54.7 | vit_small_patch16_224 '
+                    '| 62.4 | 44.1 | 33.2M (31.8M) | 0.87 | 0.81 |') # 62.4 / 71.5, 44.1 / 54.7
     assert b[3].startswith('| b2 | — |') and '(missing: ' in b[3]
-    assert md_table(text, "### Table B as the seed's grid (I→T / T→I R@1, run)")[2:] == [
-        '| SigLIP 2 B | 50.0 / 36.0 (b1) | — |', '| SigLIP 2 L | — | 62.4 / 44.1 (b4) |',
-        '| SigLIP 2 So400m | — | — |']
+    assert md_table(text, "### Table B as the seed's grid")[2:] == [
+        '| SigLIP 2 B | 50.0 / 36.0 (b1; 0.73/0.69×) | — |',
+        '| SigLIP 2 L | — | 62.4 / 44.1 (b4; 0.87/0.81×) |', '| SigLIP 2 So400m | — | — |']
     table_2b = md_table(text, '## Table 2b: every loss combination (delta vs the full method a5)')
     a2 = [l for l in table_2b if l.startswith('| a')]
     assert [l.split(' | ')[0] for l in a2] == [f'| a{i}' for i in range(1, 8)]

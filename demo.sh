@@ -15,7 +15,7 @@
 #                                  #   unpaired captions, 4,000 steps beside the A runs
 #   FULL=1 bash demo.sh            # + Table B (the kept B / L / So400m stand-ins x Tiny / Small students), Table C
 #                                  #   (ResNet, MobileNet students) and the recipe (RECIPE=1) against A5 on 500 / 2,000 /
-#                                  #   5,000 pairs, 2 seeds each (~75 min on 2 cores: README, "The demo in full")
+#                                  #   5,000 pairs, 2 seeds each (4,482 s measured on 2 shared cores: README)
 #   PARTS=1 bash demo.sh           # + what each part of the recipe adds (views / unpaired images / texts), 2 seeds
 #   RETRAIN_TEACHER=1 bash demo.sh # train the demo teacher from scratch first (config/shapes_teacher.py, ~60 min)
 #   TERMS=1 bash demo.sh           # + what each SigLIP 2 term adds to a small HF Siglip2Model: a sigmoid-only base, then

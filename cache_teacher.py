@@ -862,7 +862,7 @@ if __name__ == '__main__':
     # val); '' = annotations/instances_<split>2017.json if it exists (Karpathy: no boxes)
     instances = ''
     out_dir = 'cache/shapes'
-    max_images = 0 # 0 = all; else the first N images by id (smoke tests)
+    max_images = 0 # 0 = all; else the first N images by id (tests; demo.sh FULL=1's sweep)
     skip_missing = False # missing image files: error (default) or drop and count them
     # unpaired data (DIME-FM distils from unpaired images and texts): image-only and text-only
     images = True # False: a text-only cache (the split's captions, no pixels)

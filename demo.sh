@@ -86,7 +86,9 @@ if [ -n "${FULL:-}" ]; then
     echo "   + Table B's teachers (the B, L and So400m stand-ins, one family) on train, val, test"
     for t in b l so; do
         [ $(jobs -rp | wc -l) -lt 2 ] || wait -n
-        for s in train val test; do cache --teacher=data/shapes/teacher-$t --split=$s --out_dir=$D/cache/shapes-$t; done &
+        for s in train val test; do
+            cache --teacher=data/shapes/teacher-$t --split=$s --out_dir=$D/cache/shapes-$t
+        done &
     done
     for p in $(jobs -p); do wait $p; done
     for t in b l so; do $PY eval.py --cache=$D/cache/shapes-$t/test; done
@@ -95,8 +97,12 @@ $PY eval.py --cache=$C/test
 step "4. students (two at a time, one thread each)"
 runs=()
 cache_of() { # the caches of run $1: its teacher's (Table B), train cut to its first N pairs (the sweep)
-    case $1 in b1*|b3*) echo $D/cache/shapes-b;; b2*|b4*) echo $D/cache/shapes-l;; b5*) echo $D/cache/shapes-so;;
-        *) echo $C;; esac
+    case $1 in
+        b1*|b3*) echo $D/cache/shapes-b;;
+        b2*|b4*) echo $D/cache/shapes-l;;
+        b5*) echo $D/cache/shapes-so;;
+        *) echo $C;;
+    esac
 }
 train_of() {
     local n=${1#*-p}

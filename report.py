@@ -326,6 +326,9 @@ def own_teacher(n): # -> (its teacher row's path, name): seeds()'s reference for
     path = (read(os.path.join(runs_dir, n, 'meta.json')) or {}).get('teacher_eval', '')
     return path, f'its teacher row ({path})'
 
+def own_teacher_eval(n): # run n's teacher row (its eval.json), or None
+    return read(own_teacher(n)[0])
+
 def b_run(n):
     return 'a5' if n == 'b4' and not os.path.isdir(os.path.join(runs_dir, 'b4')) else n
 
@@ -340,7 +343,7 @@ def arch_table(title, names, note=''):
         if not ev:
             rows.append(row(n, *['—'] * 8, run=n, ref=own_teacher(n)))
             continue
-        t = read(meta.get('teacher_eval', ''))
+        t = own_teacher_eval(n)
         t_r1 = ' / '.join(f"{t['metrics'][k]:.1f}" for k in R1) if t else '—'
         ratios = [ratio_cell(ev, k, t) for k in R1]
         student = meta.get('config', {}).get('image_model', '—')
@@ -394,8 +397,7 @@ def cell(n):
     ev = seeds(n, *own_teacher(n)) if n else []
     if not ev:
         return '—'
-    t = read((read(os.path.join(runs_dir, n, 'meta.json')) or {}).get('teacher_eval', ''))
-    ratios = '/'.join(ratio_cell(ev, k, t) for k in R1)
+    ratios = '/'.join(ratio_cell(ev, k, own_teacher_eval(n)) for k in R1)
     return f"{stat(ev, 'i2t_r1')} / {stat(ev, 't2i_r1')} ({n}; {ratios}×)"
 lines += ['', "### Table B as the seed's grid (I→T / T→I R@1; run; ratios to its teacher)", '']
 lines += header('teacher \\ student', 'ViT-Tiny', 'ViT-Small')
@@ -432,7 +434,9 @@ if any(seeds(r) for _, _, r in SWEEP):
                     'Resolved I→T / T→I')
     for n, a5_run, recipe_run in SWEEP:
         ev_a5, ev_recipe = seeds(a5_run), seeds(recipe_run)
-        both = [compare(ev_recipe, ev_a5, k) for k in R1] if ev_a5 and ev_recipe else [('—',) * 2] * 2
+        both = [('—', '—')] * 2
+        if ev_a5 and ev_recipe:
+            both = [compare(ev_recipe, ev_a5, k) for k in R1]
         missing = ''.join(gap(r) for r in (a5_run, recipe_run) if not seeds(r))
         lines.append(row(f'{n:,}' if isinstance(n, int) else n,
                          ' / '.join(stat(ev_a5, k) for k in R1),

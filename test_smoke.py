@@ -10,8 +10,8 @@ exercises.
     DEMO_DIR=/tmp/demo FULL=1 TERMS=1 bash demo.sh --quick  # then reuse it in every session:
     TEST_DEMO_DIR=/tmp/demo python -m pytest -q test_smoke.py -k demo
 
-Times. The full suite: 90 passed in 2535 s from a clean clone (`bash .ci/run`) on the 2-core
-CPU while a `FULL=1` demo ran beside it (the 72 tests before the HF refusals took 1115 s quiet);
+Times. The full suite: 90 passed in 1465 s from a clean clone (`bash .ci/run`) on the quiet
+2-core CPU (2535 s while a `FULL=1` demo ran beside it);
 several minutes of it are the quick demo (FULL=1, TERMS=1) that the tests taking the `demo`
 fixture share. The fast subset: 29 passed in 39-46 s (loaded CPU).
 """

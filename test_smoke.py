@@ -441,10 +441,12 @@ def test_a_full_width_copy_of_an_hf_text_tower_is_close_up_to_gelu_and_eps(hf_te
             if isinstance(m, torch.nn.LayerNorm):
                 m.eps = 1e-6
         exact = st.encode_text(ids)
-    assert torch.allclose(exact, want, atol=1e-5)
-    # measured: cos >= 0.99999, relative error <= 5e-3 (tanh vs exact GELU differ by < 1e-3
-    # per unit, eps by < 1e-5 of a unit-variance row); the bound leaves a margin of 10
-    assert cos.min() > 0.9999 and rel < 5e-2, (cos.min().item(), rel.item())
+    # measured: equal to the last bit
+    assert torch.allclose(exact, want, atol=1e-6)
+    # measured on this random tower: cos >= 0.9999998, relative error 3.3e-4 (tanh GELU is
+    # within 1e-3 of exact GELU per unit, the eps moves a unit-variance row by ~5e-6); the
+    # bounds leave a margin of 15 (a trained tower's larger activations differ more)
+    assert cos.min() > 0.9999 and rel < 5e-3, (cos.min().item(), rel.item())
 
 def test_inherit_text_tower_refuses_by_name(hf_text_teachers):
     from transformers import AutoModel
@@ -2043,6 +2045,68 @@ def test_hf_from_config_starts_at_siglip_init_and_the_readme_processor_call_matc
     p = run(*hf_small_args(hf_small, out, f'--hf_model={tmp_path / "siglip2-typo"}'), ok=False)
     assert clean_error(p, str(tmp_path / 'siglip2-typo'), 'no such directory'), p.stderr[-2000:]
     assert dir_bytes(out) == before
+
+
+# text_init='teacher': the student's text tower inherited from the train cache's teacher
+def test_train_text_init_teacher_starts_at_the_teachers_text_embeddings(tmp_path):
+    """On a 200-image world cached with the demo teacher: the startup log names the kept layers
+    and heads; at iter 0 the student's text embeddings point at the teacher's (cosine to the
+    cached ones) and after 100 A5 steps val R@1 is above the scratch run's."""
+    w = tiny_world(tmp_path / 'w', n_train=200, n_val=50)
+    for split in ('train', 'val'):
+        run('cache_teacher.py', f'--data_dir={w}', f'--split={split}', f'--teacher={TEACHER}',
+            '--num_workers=0', f'--out_dir={tmp_path / "c"}')
+    val, _ = load_cache(str(tmp_path / 'c/val'))
+    def train(out, iters, *extra):
+        return run('train.py', 'config/a5.py', 'config/shapes.py',
+                   f'--train_cache={tmp_path / "c/train"}', f'--val_cache={tmp_path / "c/val"}',
+                   f'--out_dir={tmp_path / out}', '--batch_size=32', '--val_images=50',
+                   '--warmup_iters=10', '--eval_interval=50', f'--max_iters={iters}', *extra)
+    cos = {}
+    for init in ('', 'teacher'):
+        p = train(f'start-{init}', 0, f'--text_init={init}')
+        assert ('text tower inherited from' in p.stdout) == bool(init)
+        student = Student.from_pretrained(str(tmp_path / f'start-{init}'))
+        with torch.no_grad():
+            txt = student.encode_text(val['input_ids'].long())
+        cos[init] = F.cosine_similarity(txt, val['text_embeds'].float(), dim=-1).mean().item()
+    assert "layers [0] of 2, heads 0-1 of 4, width 64 of 128" in p.stdout
+    # measured: 0.21 inherited (half the width of a 2-layer tower) vs 0.01 from scratch
+    assert cos['teacher'] > 0.15 > 0.05 > cos[''], cos
+    best = {}
+    for init in ('', 'teacher'):
+        train(f'run-{init}', 100, f'--text_init={init}')
+        best[init] = max(r['val/i2t_r1'] + r['val/t2i_r1'] for r in map(
+            json.loads, open(tmp_path / f'run-{init}/log.jsonl')) if 'val/i2t_r1' in r)
+    # measured: best val R@1 sum 39.6 inherited vs 10.8 from scratch (seed 1: 16.4 vs 7.6)
+    assert best['teacher'] > best[''] + 5, best
+
+def test_train_text_init_refusals_name_the_setting(tiny_caches, tmp_path):
+    """Other text_init values (the HF text encoder: not yet), with hf_model, a student the teacher
+    cannot fill, a cache without a teacher, a teacher dir that is gone: one line each."""
+    args = lambda out, *extra: tiny_train_args(tiny_caches, tmp_path / out, *extra)
+    p = run(*args('a', '--text_init=bert'), ok=False)
+    assert clean_error(p, "text_init='bert': not supported yet")
+    p = run(*args('b', '--text_init=teacher', '--hf_model=x/y'), ok=False)
+    assert clean_error(p, "text_init='teacher'", "hf_model='x/y'", "must be ''")
+    p = run(*args('c', '--text_init=teacher', '--text_depth=3'), ok=False)
+    assert clean_error(p, 'text_init=teacher', "text_depth=3: deeper than the teacher's 2 layers")
+    # caches without a teacher, and of a teacher deleted after caching
+    gone = tmp_path / 'gone'
+    shutil.copytree(TEACHER, gone)
+    for teacher, out in (('none', 'none'), (gone, 'gone-c')):
+        for split in ('train', 'val'):
+            run('cache_teacher.py', f'--data_dir={tiny_caches / "w"}', f'--split={split}',
+                f'--teacher={teacher}', f'--processor={TEACHER}', '--num_workers=0',
+                f'--out_dir={tmp_path / out}')
+    caches = lambda c: [f'--train_cache={tmp_path / c / "train"}',
+                        f'--val_cache={tmp_path / c / "val"}']
+    p = run(*args('d', '--text_init=teacher', '--lambda_feat=0', '--lambda_affinity=0',
+                  '--embed_dim=128', *caches('none')), ok=False)
+    assert clean_error(p, 'text_init=teacher', 'teacher=none')
+    shutil.rmtree(gone)
+    p = run(*args('e', '--text_init=teacher', *caches('gone-c')), ok=False)
+    assert clean_error(p, 'text_init=teacher: cannot load', str(gone))
 
 # -----------------------------------------------------------------------------
 # eval.py: retrieval metrics and their bootstrap intervals, zero-shot classification (ImageNet

@@ -161,7 +161,7 @@ def make_tiny_hf_teacher(out_dir, processor_dir, kind='siglip', image_size=32, p
     pixel_values (B, P, 3·p·p), pixel_attention_mask (B, P), spatial_shapes (B, 2); call
     processor.image_processor directly, since Siglip2Processor's class defaults
     (max_num_patches=256, patch_size=16) override the saved values. mlp_ratio: the text MLP's
-    width / width (4: a full-width Student text tower can inherit it, model.inherit_text_tower)."""
+    width over `width` (4: a full-width Student text tower can inherit it: inherit_text_tower)."""
     import torch, transformers as T
     torch.manual_seed(seed)
     tok = T.AutoTokenizer.from_pretrained(processor_dir)

@@ -2112,6 +2112,10 @@ def test_train_text_init_refusals_name_the_setting(tiny_caches, tmp_path):
     p = run(*args('d', '--text_init=teacher', '--lambda_feat=0', '--lambda_affinity=0',
                   '--embed_dim=128', *caches('none')), ok=False)
     assert clean_error(p, 'text_init=teacher', 'teacher=none')
+    with open(gone / 'config.json', 'a') as f: # retrained in place, as it were
+        f.write('\n')
+    p = run(*args('f', '--text_init=teacher', *caches('gone-c')), ok=False)
+    assert clean_error(p, 'text_init=teacher', 'changed since', str(tmp_path / 'gone-c/train'))
     shutil.rmtree(gone)
     p = run(*args('e', '--text_init=teacher', *caches('gone-c')), ok=False)
     assert clean_error(p, 'text_init=teacher: cannot load', str(gone))

@@ -27,7 +27,7 @@ from eval import retrieval_metrics, embed_student
 from cache import (open_cache, PAIRED, what_changed, atomic_write, write_json, read_json, Rows,
                    hash_files, processor_files, recache_command, sha256, save_problem,
                    SAVE_FILES, check_save)
-from cache_teacher import local_dir
+from cache_teacher import local_dir, teacher_files
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -528,6 +528,10 @@ if text_init == 'teacher' and not ckpt:
         except ValueError as e:
             sys.exit(f"train.py: text_init=teacher: the student cannot inherit {t_path!r}'s "
                      f"text tower: {e}")
+    # the weights the cache's embeddings came from, not a teacher retrained in place since
+    if hash_files(teacher_files(t_path, man['teacher_kind'])) != man['content']['teacher']:
+        sys.exit(f"train.py: text_init=teacher: {t_path}'s weights or config changed since "
+                 f"{train_cache} was cached: re-cache every split with it, or restore it")
     print0(f"text tower inherited from {t_path} (TinyCLIP): {kept_line}")
     del teacher
 vocab = len(model_args['kept_ids'])

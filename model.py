@@ -501,11 +501,12 @@ def inherit_text_tower(student, teacher):
     if isinstance(teacher, Student):
         rows = teacher.map_ids(kept).cpu() # the teacher's compact rows
         n_unk = int((rows == teacher.map_ids(torch.tensor(UNK))).sum()) - 1 # but UNK's own
+        unk = f" ({n_unk} kept ids the teacher reads as UNK: its UNK row)"
     elif int(kept.max()) >= t_vocab:
         raise ValueError(f"token id {int(kept.max())} (the student's kept_ids): beyond the "
                          f"teacher's {t_vocab}-row token table (a cache of another tokenizer?)")
     else:
-        rows, n_unk = kept, 0
+        rows, unk = kept, ''
     step = t_depth // c.text_depth
     picked = [j * step for j in range(c.text_depth)] # TinyCLIP's interval_front
     state = student.state_dict()
@@ -524,7 +525,7 @@ def inherit_text_tower(student, teacher):
                 state[f'blocks.{j}.{name}'].copy_(leading(t, state[f'blocks.{j}.{name}'].shape))
     return (f"layers {picked} of {t_depth}, heads 0-{c.text_heads - 1} of {t_heads}, width "
             f"{c.text_width} of {t_width}, MLP {4 * c.text_width} of {t_mlp}, {len(rows)} token "
-            f"rows of {t_vocab} ({n_unk} kept ids the teacher reads as UNK: its UNK row)")
+            f"rows of {t_vocab}{unk}")
 
 # -----------------------------------------------------------------------------
 # LocCa decoder (SigLIP 2 §2.2): standard transformer decoder with cross-attention to the

@@ -98,6 +98,14 @@ def local_dir(name): # an HF hub name -> its local snapshot (from_pretrained has
 def features(out):
     return out if torch.is_tensor(out) else out.pooler_output
 
+# what a manifest's content['teacher'] hashes (Teacher.files; train.py's text_init='teacher')
+def teacher_files(path, kind):
+    if kind == 'ours':
+        return [os.path.join(path, f) for f in ('model.safetensors', 'config.json')]
+    hf_dir = local_dir(path)
+    return [os.path.join(hf_dir, f) for f in sorted(os.listdir(hf_dir))
+            if f == 'config.json' or f.endswith(('.safetensors', '.bin'))]
+
 class Teacher:
     """Any model dir behind one interface: `path` a train.py out_dir (our students, the demo
     teacher, an HF SigLIP train.py fine-tuned), an HF SigLIP / SigLIP 2 (NaFlex too) dir or hub
@@ -206,11 +214,7 @@ class Teacher:
                      f"ids past the table would crash or embed garbage")
 
     def files(self): # what the teacher fingerprint hashes: weights + config
-        if self.kind == 'ours':
-            return [os.path.join(self.path, f) for f in ('model.safetensors', 'config.json')]
-        hf_dir = local_dir(self.path)
-        return [os.path.join(hf_dir, f) for f in sorted(os.listdir(hf_dir))
-                if f == 'config.json' or f.endswith(('.safetensors', '.bin'))]
+        return teacher_files(self.path, self.kind)
 
     def processor_files(self): # tokenizer + image settings only, not eval.json, logs, ...
         return processor_files(local_dir(self.proc_dir))

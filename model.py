@@ -419,6 +419,115 @@ def load_trained(out_dir):
     return Student.from_pretrained(out_dir)
 
 # -----------------------------------------------------------------------------
+# the student's text tower inherited from its teacher's (train.py text_init='teacher'):
+# TinyCLIP's manual inheritance (Wu et al., ICCV 2023; microsoft/Cream
+# TinyCLIP/src/open_clip/weight_inherit.py). As there: the layers 'interval_front' (0, step,
+# 2·step, ... with step = teacher depth // student depth), every tensor cut to the student's
+# leading entries on each axis, q / k / v per head (the leading heads). Where ours differs:
+# - the token table keeps only the rows of the student's kept ids (TinyCLIP cuts its width only);
+#   a kept id that a teacher of ours reads as UNK gets the teacher's UNK row, which is what
+#   the teacher itself computes for it
+# - the tower runs in our Block: exact GELU and LayerNorm eps 1e-5, where SigLIP's HF text
+#   tower has tanh GELU and eps 1e-6, so even a full-width copy of an HF tower is close, not equal
+# - the head dim must be the teacher's (TinyCLIP may also cut it); a deeper or wider student,
+#   more heads, a longer position table are refused (ValueError naming the setting)
+HF_TEXT_NAMES = {'ln1': 'layer_norm1', 'attn.q': 'self_attn.q_proj', 'attn.k': 'self_attn.k_proj',
+                 'attn.v': 'self_attn.v_proj', 'attn.out': 'self_attn.out_proj',
+                 'ln3': 'layer_norm2', 'mlp.0': 'mlp.fc1', 'mlp.2': 'mlp.fc2'}
+
+def teacher_text_tensors(teacher):
+    """A Student, an HFSiglip or a transformers SiglipModel / Siglip2Model -> (layers, top,
+    heads): its text tower in the Student's names at the teacher's size. layers: one
+    {name: tensor} per block, with k and v apart (a Student fuses them in attn.kv); top:
+    tok_emb.weight (V, W), pos_emb (C, W), ln_f.*, txt_proj.* (D, W)."""
+    if isinstance(teacher, HFSiglip):
+        teacher = teacher.model
+    if isinstance(teacher, Student):
+        sd, W = teacher.state_dict(), teacher.config.text_width
+        layers = []
+        for i in range(teacher.config.text_depth):
+            prefix = f'blocks.{i}.'
+            layer = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+            # attn.kv (2W, W): rows [0, W) k, [W, 2W) v, each `heads` blocks of the head dim
+            for part in ('weight', 'bias'):
+                kv = layer.pop(f'attn.kv.{part}')
+                layer[f'attn.k.{part}'], layer[f'attn.v.{part}'] = kv[:W], kv[W:]
+            layers.append(layer)
+        top = {k: sd[k] for k in ('tok_emb.weight', 'pos_emb', 'ln_f.weight', 'ln_f.bias',
+                                  'txt_proj.weight', 'txt_proj.bias')}
+        return layers, top, teacher.config.text_heads
+    tm = teacher.text_model
+    layers = [{f'{ours}.{part}': layer.get_submodule(hf).get_parameter(part).detach()
+               for ours, hf in HF_TEXT_NAMES.items() for part in ('weight', 'bias')}
+              for layer in tm.encoder.layers]
+    top = {'tok_emb.weight': tm.embeddings.token_embedding.weight.detach(),
+           'pos_emb': tm.embeddings.position_embedding.weight.detach(),
+           'ln_f.weight': tm.final_layer_norm.weight.detach(),
+           'ln_f.bias': tm.final_layer_norm.bias.detach(),
+           'txt_proj.weight': tm.head.weight.detach(), 'txt_proj.bias': tm.head.bias.detach()}
+    return layers, top, tm.config.num_attention_heads
+
+def leading(t, shape): # TinyCLIP's cut: the leading shape[i] entries of axis i
+    return t[tuple(slice(0, n) for n in shape)]
+
+@torch.no_grad()
+def inherit_text_tower(student, teacher):
+    """Copies the teacher's text tower (teacher_text_tensors' kinds) into `student`'s, cut to its
+    size -> a line saying what was kept. ValueError, naming the setting, on a student the
+    teacher cannot fill or a kept id beyond the teacher's token table."""
+    layers, top, t_heads = teacher_text_tensors(teacher)
+    c = student.config
+    t_depth, (t_vocab, t_width) = len(layers), top['tok_emb.weight'].shape
+    t_mlp, t_context = layers[0]['mlp.0.weight'].shape[0], top['pos_emb'].shape[0]
+    t_dim = top['txt_proj.weight'].shape[0]
+    refusals = [(c.text_depth > t_depth, f"text_depth={c.text_depth}: deeper than the "
+                 f"teacher's {t_depth} layers"),
+                (c.text_width > t_width, f"text_width={c.text_width}: wider than the teacher's "
+                 f"{t_width}"),
+                (c.text_heads > t_heads, f"text_heads={c.text_heads}: more than the teacher's "
+                 f"{t_heads}"),
+                (c.text_width * t_heads != t_width * c.text_heads, f"text_width / text_heads = "
+                 f"{c.text_width}/{c.text_heads}: the head dim must be the teacher's "
+                 f"{t_width}/{t_heads} = {t_width // t_heads}"),
+                (4 * c.text_width > t_mlp, f"text_width={c.text_width}: its MLP of "
+                 f"{4 * c.text_width} is wider than the teacher's {t_mlp}"),
+                (c.context_length > t_context, f"context_length={c.context_length}: longer "
+                 f"than the teacher's {t_context} positions"),
+                (c.embed_dim != t_dim, f"embed_dim={c.embed_dim}: the teacher embeds in {t_dim}")]
+    for refused, why in refusals:
+        if refused:
+            raise ValueError(why)
+    kept = torch.tensor(c.kept_ids)
+    if isinstance(teacher, Student):
+        rows = teacher.map_ids(kept).cpu() # the teacher's compact rows
+        n_unk = int((rows == teacher.map_ids(torch.tensor(UNK))).sum()) - 1 # but UNK's own
+        unk = f" ({n_unk} kept ids the teacher reads as UNK: its UNK row)"
+    elif int(kept.max()) >= t_vocab:
+        raise ValueError(f"token id {int(kept.max())} (the student's kept_ids): beyond the "
+                         f"teacher's {t_vocab}-row token table (a cache of another tokenizer?)")
+    else:
+        rows, unk = kept, ''
+    step = t_depth // c.text_depth
+    picked = [j * step for j in range(c.text_depth)] # TinyCLIP's interval_front
+    state = student.state_dict()
+    for name, t in top.items():
+        t = t[rows] if name == 'tok_emb.weight' else t
+        state[name].copy_(leading(t, state[name].shape))
+    for j, i in enumerate(picked):
+        for name, t in layers[i].items():
+            # k and v: the leading heads of each, into the student's fused kv
+            if name.startswith(('attn.k.', 'attn.v.')):
+                kv = state[f'blocks.{j}.attn.kv.{name.split(".")[-1]}']
+                half = kv.shape[0] // 2
+                at = slice(0, half) if name.startswith('attn.k.') else slice(half, 2 * half)
+                kv[at].copy_(leading(t, kv[at].shape))
+            else:
+                state[f'blocks.{j}.{name}'].copy_(leading(t, state[f'blocks.{j}.{name}'].shape))
+    return (f"layers {picked} of {t_depth}, heads 0-{c.text_heads - 1} of {t_heads}, width "
+            f"{c.text_width} of {t_width}, MLP {4 * c.text_width} of {t_mlp}, {len(rows)} token "
+            f"rows of {t_vocab}{unk}")
+
+# -----------------------------------------------------------------------------
 # LocCa decoder (SigLIP 2 §2.2): standard transformer decoder with cross-attention to the
 # UN-pooled image tokens, text-tower shapes with half the layers; block structure from
 # big_vision models/proj/cappa/cappa.py

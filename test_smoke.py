@@ -39,7 +39,8 @@ CLIP_BENCHMARK = os.path.join(REPO, 'data', 'clip_benchmark')
 sys.path.insert(0, REPO)
 # prepare.py: the synthetic world, tiny HF teachers
 sys.path.insert(0, os.path.join(REPO, 'data', 'shapes'))
-from model import Student, StudentConfig, LoccaDecoder, DINOHead, box_to_text, text_to_box, box_iou
+from model import (Student, StudentConfig, LoccaDecoder, DINOHead, box_to_text, text_to_box,
+                   box_iou, inherit_text_tower)
 from loss import (sigmoid_loss, infonce_loss, feature_loss, affinity_loss, chunked_cross_entropy,
                   locca_inputs, locca_loss, random_patch_mask, random_resized_crops, SigLIP2Loss,
                   crop_boxes)
@@ -332,6 +333,148 @@ def test_student_vocab_map_save_load(tmp_path):
     tok, pooled = cnn.visual(torch.randn(2, 3, 64, 64))
     assert tok.shape == (2, 4, 512) and pooled.shape == (2, 512)
     assert cnn.visual.patch_embed_proj is None
+
+# the text tower inherited from a teacher (model.inherit_text_tower, train.py text_init='teacher')
+def text_block(model, i): # block i of a Student's text tower -> {name: tensor}
+    return {k: v for k, v in model.blocks[i].state_dict().items()}
+
+@pytest.mark.fast
+def test_inherited_text_tower_is_the_demo_teachers_selected_layers_heads_and_rows():
+    teacher = Student.from_pretrained(TEACHER) # text 128 wide, 2 layers, 4 heads of 32
+    t_kept = teacher.config.kept_ids
+    missing = next(i for i in range(1000) if i not in t_kept) # an id the teacher reads as UNK
+    kept = [0, 1, 2, 3, 4, t_kept[-1], t_kept[20], missing]
+    # config/shapes.py's text tower: 64 wide, 1 layer, 2 heads
+    st = tiny_student(text_width=64, text_depth=1, text_heads=2, kept_ids=kept,
+                      embed_dim=teacher.config.embed_dim)
+    line = inherit_text_tower(st, teacher)
+    assert line.startswith('layers [0] of 2, heads 0-1 of 4, width 64 of 128, MLP 256 of 512')
+    assert '(1 kept ids the teacher reads as UNK' in line
+    t, s = text_block(teacher, 0), text_block(st, 0)
+    # k and v are fused in attn.kv (2W, W): the leading 2 heads (64 rows) of each
+    assert torch.equal(s['attn.kv.weight'][:64], t['attn.kv.weight'][:64, :64])
+    assert torch.equal(s['attn.kv.weight'][64:], t['attn.kv.weight'][128:192, :64])
+    assert torch.equal(s['attn.kv.bias'], torch.cat([t['attn.kv.bias'][:64],
+                                                     t['attn.kv.bias'][128:192]]))
+    for name in ('attn.q.weight', 'attn.out.weight', 'mlp.2.weight'):
+        rows, cols = s[name].shape
+        assert torch.equal(s[name], t[name][:rows, :cols]), name
+    assert torch.equal(s['mlp.0.weight'], t['mlp.0.weight'][:256, :64])
+    for name in ('ln1.weight', 'ln1.bias', 'ln3.bias', 'attn.q.bias', 'mlp.0.bias', 'mlp.2.bias'):
+        assert torch.equal(s[name], t[name][:len(s[name])]), name
+    # the rows of the kept ids: the teacher's compact rows, its UNK row for the missing id
+    t_rows = [t_kept.index(i) for i in kept[:-1]] + [t_kept.index(3)]
+    assert torch.equal(st.tok_emb.weight, teacher.tok_emb.weight[t_rows, :64])
+    assert torch.equal(st.pos_emb, teacher.pos_emb[:, :64])
+    assert torch.equal(st.ln_f.weight, teacher.ln_f.weight[:64])
+    # txt_proj: the teacher's columns of the kept channels, into the teacher's embedding space
+    assert torch.equal(st.txt_proj.weight, teacher.txt_proj.weight[:, :64])
+    assert torch.equal(st.txt_proj.bias, teacher.txt_proj.bias)
+    # a full-size copy computes the teacher's text embeddings
+    twin = tiny_student(text_width=128, text_depth=2, text_heads=4, kept_ids=t_kept,
+                        embed_dim=teacher.config.embed_dim).eval()
+    inherit_text_tower(twin, teacher)
+    ids = torch.randint(0, 300, (4, 32))
+    assert torch.allclose(twin.encode_text(ids), teacher.encode_text(ids), atol=1e-5)
+
+@pytest.fixture(scope='session')
+def hf_text_teachers(tmp_path_factory):
+    """Tiny random Siglip2Models on the tiny world's tokenizer: `deep` (text 32 wide, 4 layers, 2
+    heads, MLP 64) and `twin` (1 layer, MLP 128: a full-width Student can inherit all of it)."""
+    tmp = tmp_path_factory.mktemp('hf_text')
+    w = tiny_world(tmp / 'w')
+    make_tiny_hf_teacher(str(tmp / 'deep'), str(w / 'processor'), kind='siglip2', layers=4)
+    make_tiny_hf_teacher(str(tmp / 'twin'), str(w / 'processor'), kind='siglip2', layers=1,
+                         mlp_ratio=4)
+    return tmp
+
+def test_inherited_text_tower_is_the_hf_siglip2_layers_heads_and_rows(hf_text_teachers):
+    from transformers import AutoModel
+    teacher = AutoModel.from_pretrained(str(hf_text_teachers / 'deep')).eval()
+    tm = teacher.text_model
+    vocab = tm.embeddings.token_embedding.weight.shape[0]
+    kept = [0, 1, 2, 3, 4, 17, vocab - 1]
+    # half the width, 1 of the 2 heads (head dim 16 as the teacher's), every other layer
+    st = tiny_student(text_width=16, text_depth=2, text_heads=1, kept_ids=kept, embed_dim=32)
+    line = inherit_text_tower(st, teacher)
+    assert line.startswith('layers [0, 2] of 4, heads 0-0 of 2, width 16 of 32, MLP 64 of 64')
+    for j, i in enumerate([0, 2]):
+        t, s = tm.encoder.layers[i].state_dict(), text_block(st, j)
+        pairs = [('ln1', 'layer_norm1'), ('attn.q', 'self_attn.q_proj'),
+                 ('attn.out', 'self_attn.out_proj'), ('ln3', 'layer_norm2'),
+                 ('mlp.0', 'mlp.fc1'), ('mlp.2', 'mlp.fc2')]
+        for ours, hf in pairs:
+            for part in ('weight', 'bias'):
+                s_t, t_t = s[f'{ours}.{part}'], t[f'{hf}.{part}']
+                assert torch.equal(s_t, t_t[tuple(slice(0, n) for n in s_t.shape)]), (i, ours)
+        # the fused kv: k_proj's and v_proj's leading head
+        k, v = t['self_attn.k_proj.weight'][:16, :16], t['self_attn.v_proj.weight'][:16, :16]
+        assert torch.equal(s['attn.kv.weight'], torch.cat([k, v]))
+        assert torch.equal(s['attn.kv.bias'], torch.cat([t['self_attn.k_proj.bias'][:16],
+                                                         t['self_attn.v_proj.bias'][:16]]))
+    # the kept ids index the full table directly
+    assert torch.equal(st.tok_emb.weight, tm.embeddings.token_embedding.weight[kept, :16])
+    assert torch.equal(st.pos_emb, tm.embeddings.position_embedding.weight[:, :16])
+    assert torch.equal(st.ln_f.bias, tm.final_layer_norm.bias[:16])
+    assert torch.equal(st.txt_proj.weight, tm.head.weight[:, :16])
+    assert torch.equal(st.txt_proj.bias, tm.head.bias)
+
+def test_a_full_width_copy_of_an_hf_text_tower_is_close_up_to_gelu_and_eps(hf_text_teachers):
+    """Our Block has exact GELU and LayerNorm eps 1e-5, SigLIP's HF text tower tanh GELU and eps
+    1e-6: with those two swapped in, the copy is the teacher to float error; as it is, close."""
+    from transformers import AutoModel
+    teacher = AutoModel.from_pretrained(str(hf_text_teachers / 'twin')).eval()
+    vocab = teacher.text_model.embeddings.token_embedding.weight.shape[0]
+    st = tiny_student(text_width=32, text_depth=1, text_heads=2, kept_ids=list(range(vocab)),
+                      embed_dim=32).eval()
+    inherit_text_tower(st, teacher)
+    torch.manual_seed(0)
+    ids = torch.randint(0, vocab, (64, 64))
+    with torch.no_grad():
+        want = teacher.get_text_features(input_ids=ids).pooler_output
+        got = st.encode_text(ids)
+        cos = F.cosine_similarity(got, want, dim=-1)
+        rel = ((got - want).norm(dim=-1) / want.norm(dim=-1)).max()
+        for m in st.modules():
+            if isinstance(m, torch.nn.GELU):
+                m.approximate = 'tanh'
+            if isinstance(m, torch.nn.LayerNorm):
+                m.eps = 1e-6
+        exact = st.encode_text(ids)
+    # measured: equal to the last bit
+    assert torch.allclose(exact, want, atol=1e-6)
+    # measured on this random tower: cos >= 0.9999998, relative error 3.3e-4 (tanh GELU is
+    # within 1e-3 of exact GELU per unit, the eps moves a unit-variance row by ~5e-6); the
+    # bounds leave a margin of 15 (a trained tower's larger activations differ more)
+    assert cos.min() > 0.9999 and rel < 5e-3, (cos.min().item(), rel.item())
+
+def test_inherit_text_tower_refuses_by_name(hf_text_teachers):
+    from transformers import AutoModel
+    demo = Student.from_pretrained(TEACHER)
+    hf = AutoModel.from_pretrained(str(hf_text_teachers / 'deep'))
+    vocab = hf.text_model.embeddings.token_embedding.weight.shape[0]
+    D = demo.config.embed_dim
+    cases = [(demo, dict(text_width=64, text_depth=3, text_heads=2, embed_dim=D),
+              "text_depth=3: deeper than the teacher's 2 layers"),
+             (demo, dict(text_width=256, text_heads=8, embed_dim=D),
+              "text_width=256: wider than the teacher's 128"),
+             (demo, dict(text_width=128, text_heads=8, embed_dim=D),
+              "text_heads=8: more than the teacher's 4"),
+             (demo, dict(text_width=64, text_heads=4, embed_dim=D),
+              "text_width / text_heads = 64/4: the head dim must be the teacher's 128/4 = 32"),
+             (demo, dict(text_width=64, text_heads=2, embed_dim=D, context_length=80),
+              "context_length=80: longer than the teacher's 64 positions"),
+             (demo, dict(text_width=64, text_heads=2, embed_dim=16),
+              "embed_dim=16: the teacher embeds in 128"),
+             # the HF MLP is 2x wide, the student's 4x
+             (hf, dict(text_width=32, text_heads=2, embed_dim=32),
+              "text_width=32: its MLP of 128 is wider than the teacher's 64"),
+             (hf, dict(text_width=16, text_heads=1, embed_dim=32, kept_ids=[0, 1, 2, 3, 4, vocab]),
+              f"token id {vocab} (the student's kept_ids): beyond the teacher's {vocab}-row")]
+    for teacher, kw, needle in cases:
+        with pytest.raises(ValueError) as e:
+            inherit_text_tower(tiny_student(**kw), teacher)
+        assert needle in str(e.value), (kw, str(e.value))
 
 # -----------------------------------------------------------------------------
 # loss.py: sigmoid / InfoNCE / distillation values and gradients, LocCa, SILC/TIPS + EMA,
@@ -1902,6 +2045,80 @@ def test_hf_from_config_starts_at_siglip_init_and_the_readme_processor_call_matc
     p = run(*hf_small_args(hf_small, out, f'--hf_model={tmp_path / "siglip2-typo"}'), ok=False)
     assert clean_error(p, str(tmp_path / 'siglip2-typo'), 'no such directory'), p.stderr[-2000:]
     assert dir_bytes(out) == before
+
+
+# text_init='teacher': the student's text tower inherited from the train cache's teacher
+def test_train_text_init_teacher_starts_at_the_teachers_text_embeddings(tmp_path):
+    """On a 200-image world cached with the demo teacher: the startup log names the kept layers
+    and heads; at iter 0 the student's text embeddings point at the teacher's (cosine to the
+    cached ones) and after 100 A5 steps val R@1 is above the scratch run's."""
+    w = tiny_world(tmp_path / 'w', n_train=200, n_val=50)
+    for split in ('train', 'val'):
+        run('cache_teacher.py', f'--data_dir={w}', f'--split={split}', f'--teacher={TEACHER}',
+            '--num_workers=0', f'--out_dir={tmp_path / "c"}')
+    val, _ = load_cache(str(tmp_path / 'c/val'))
+    def train(out, iters, *extra):
+        return run('train.py', 'config/a5.py', 'config/shapes.py',
+                   f'--train_cache={tmp_path / "c/train"}', f'--val_cache={tmp_path / "c/val"}',
+                   f'--out_dir={tmp_path / out}', '--batch_size=32', '--val_images=50',
+                   '--warmup_iters=10', '--eval_interval=50', f'--max_iters={iters}', *extra)
+    cos = {}
+    for init in ('', 'teacher'):
+        p = train(f'start-{init}', 0, f'--text_init={init}')
+        assert ('text tower inherited from' in p.stdout) == bool(init)
+        student = Student.from_pretrained(str(tmp_path / f'start-{init}'))
+        with torch.no_grad():
+            txt = student.encode_text(val['input_ids'].long())
+        cos[init] = F.cosine_similarity(txt, val['text_embeds'].float(), dim=-1).mean().item()
+    assert "layers [0] of 2, heads 0-1 of 4, width 64 of 128" in p.stdout
+    # measured: 0.21 inherited (half the width of a 2-layer tower) vs 0.01 from scratch
+    assert cos['teacher'] > 0.15 > 0.05 > cos[''], cos
+    best = {}
+    for init in ('', 'teacher'):
+        train(f'run-{init}', 100, f'--text_init={init}')
+        best[init] = max(r['val/i2t_r1'] + r['val/t2i_r1'] for r in map(
+            json.loads, open(tmp_path / f'run-{init}/log.jsonl')) if 'val/i2t_r1' in r)
+    # measured: best val R@1 sum 50.8 inherited vs 13.6 from scratch (--seed=1: 16.4 vs 7.6)
+    assert best['teacher'] > best[''] + 5, best
+
+def test_train_text_init_teacher_is_not_applied_again_on_resume(tiny_caches, tmp_path):
+    """Resume continues the trained text tower: no second inheritance over it."""
+    args = tiny_train_args(tiny_caches, tmp_path / 'o', '--text_init=teacher')
+    assert 'text tower inherited from' in run(*args).stdout
+    p = run(*args, '--init_from=resume', '--max_iters=3')
+    assert 'text tower inherited from' not in p.stdout
+    assert json.load(open(tmp_path / 'o/meta.json'))['iter_num'] == 3
+
+def test_train_text_init_refusals_name_the_setting(tiny_caches, tmp_path):
+    """Other text_init values (the HF text encoder: not yet), with hf_model, a student the teacher
+    cannot fill, a cache without a teacher, a teacher dir that is gone: one line each."""
+    args = lambda out, *extra: tiny_train_args(tiny_caches, tmp_path / out, *extra)
+    p = run(*args('a', '--text_init=bert'), ok=False)
+    assert clean_error(p, "text_init='bert': not supported yet")
+    p = run(*args('b', '--text_init=teacher', '--hf_model=x/y'), ok=False)
+    assert clean_error(p, "text_init='teacher'", "hf_model='x/y'", "must be ''")
+    p = run(*args('c', '--text_init=teacher', '--text_depth=3'), ok=False)
+    assert clean_error(p, 'text_init=teacher', "text_depth=3: deeper than the teacher's 2 layers")
+    # caches without a teacher, and of a teacher deleted after caching
+    gone = tmp_path / 'gone'
+    shutil.copytree(TEACHER, gone)
+    for teacher, out in (('none', 'none'), (gone, 'gone-c')):
+        for split in ('train', 'val'):
+            run('cache_teacher.py', f'--data_dir={tiny_caches / "w"}', f'--split={split}',
+                f'--teacher={teacher}', f'--processor={TEACHER}', '--num_workers=0',
+                f'--out_dir={tmp_path / out}')
+    caches = lambda c: [f'--train_cache={tmp_path / c / "train"}',
+                        f'--val_cache={tmp_path / c / "val"}']
+    p = run(*args('d', '--text_init=teacher', '--lambda_feat=0', '--lambda_affinity=0',
+                  '--embed_dim=128', *caches('none')), ok=False)
+    assert clean_error(p, 'text_init=teacher', 'teacher=none')
+    with open(gone / 'config.json', 'a') as f: # retrained in place, as it were
+        f.write('\n')
+    p = run(*args('f', '--text_init=teacher', *caches('gone-c')), ok=False)
+    assert clean_error(p, 'text_init=teacher', 'changed since', str(tmp_path / 'gone-c/train'))
+    shutil.rmtree(gone)
+    p = run(*args('e', '--text_init=teacher', *caches('gone-c')), ok=False)
+    assert clean_error(p, 'text_init=teacher: cannot load', str(gone))
 
 # -----------------------------------------------------------------------------
 # eval.py: retrieval metrics and their bootstrap intervals, zero-shot classification (ImageNet

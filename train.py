@@ -21,13 +21,13 @@ import timm
 import torch
 import torch.distributed as dist
 from model import (Student, StudentConfig, LoccaDecoder, DINOHead, HFSiglip, HFConfig,
-                   locca_decoder_args)
+                   locca_decoder_args, inherit_text_tower, is_trained_dir, load_trained)
 from loss import SigLIP2Loss, DistillLoss, crop_boxes, rank_rows
 from eval import retrieval_metrics, embed_student
 from cache import (open_cache, PAIRED, what_changed, atomic_write, write_json, read_json, Rows,
                    hash_files, processor_files, recache_command, sha256, save_problem,
-                   SAVE_FILES)
-from cache_teacher import local_dir
+                   SAVE_FILES, check_save)
+from cache_teacher import local_dir, teacher_files
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -57,6 +57,8 @@ pretrained = False # timm ImageNet weights (downloaded from the hub on your mach
 text_width = 384
 text_depth = 6
 text_heads = 6
+text_init = '' # '' = the text tower from scratch; 'teacher' = inherited from the cache's teacher
+               # (TinyCLIP's manual inheritance); else an HF text encoder (dir or hub id)
 embed_dim = 0 # 0 = the teacher's embedding dim (manifest); set it for a cache without teacher
 # a transformers SigLIP / SigLIP 2 as the model trained instead of the student: an HF dir
 # or hub name, its cache made with its own processor (cache_teacher.py --processor=<it>);
@@ -153,6 +155,12 @@ for k, ok, valid in [('gamma', gamma >= 0, '>= 0 (0 = SILC/TIPS off)'),
                      ('switch', not gamma or 0 <= switch < 1, 'in [0, 1) when gamma > 0')]:
     if not ok:
         sys.exit(f"train.py: {k}={globals()[k]!r} must be {valid}")
+if hf_model and text_init:
+    sys.exit(f"train.py: text_init={text_init!r} is for the student's text tower: with "
+             f"hf_model={hf_model!r} (its own text tower) it must be ''")
+if text_init not in ('', 'teacher'):
+    # the HF text encoder (its own tokenizer) is issue 31's other part
+    sys.exit(f"train.py: text_init={text_init!r}: not supported yet")
 if not hf_model and not timm.is_model(image_model):
     sys.exit(f"train.py: unknown timm model image_model={image_model!r} "
              f"(see timm.list_models('vit_*'))")
@@ -496,6 +504,36 @@ if 'hf_model' in model_args:
                  f"at any size)")
 else:
     student = Student(StudentConfig(**model_args)).to(device)
+# text_init='teacher' on a fresh run (resume loads the trained weights): the text tower from the
+# teacher that made the train cache, as its manifest names it (a train.py run dir, the demo
+# teacher's too, or an HF SigLIP / SigLIP 2 dir or downloaded hub name)
+if text_init == 'teacher' and not ckpt:
+    t_path = man['teacher']
+    if t_path == 'none':
+        sys.exit(f"train.py: text_init=teacher, but {train_cache} was cached with teacher=none: "
+                 f"no teacher to inherit the text tower from")
+    # loading may draw random inits (transformers): the decoder and heads below must not move
+    with torch.random.fork_rng(devices=[]):
+        try:
+            if is_trained_dir(t_path):
+                check_save(t_path, 'train.py')
+                teacher = load_trained(t_path)
+            else:
+                from transformers import AutoModel
+                teacher = AutoModel.from_pretrained(t_path, dtype=torch.float32)
+            kept_line = inherit_text_tower(student, teacher)
+        except OSError as e: # a deleted dir, a hub name not downloaded (offline)
+            sys.exit(f"train.py: text_init=teacher: cannot load {train_cache}'s teacher "
+                     f"{t_path!r} ({str(e).splitlines()[0]})")
+        except ValueError as e:
+            sys.exit(f"train.py: text_init=teacher: the student cannot inherit {t_path!r}'s "
+                     f"text tower: {e}")
+    # the weights the cache's embeddings came from, not a teacher retrained in place since
+    if hash_files(teacher_files(t_path, man['teacher_kind'])) != man['content']['teacher']:
+        sys.exit(f"train.py: text_init=teacher: {t_path}'s weights or config changed since "
+                 f"{train_cache} was cached: re-cache every split with it, or restore it")
+    print0(f"text tower inherited from {t_path} (TinyCLIP): {kept_line}")
+    del teacher
 vocab = len(model_args['kept_ids'])
 decoder_args = locca_decoder_args(student, vocab, decoder_depth)
 decoder = LoccaDecoder(**decoder_args) if lambda_locca else None

@@ -154,19 +154,20 @@ def build_tokenizer(out, image_size):
     return tok
 
 def make_tiny_hf_teacher(out_dir, processor_dir, kind='siglip', image_size=32, patch=8, width=32,
-                         layers=2, seed=0):
+                         layers=2, seed=0, mlp_ratio=2):
     """A tiny random SiglipModel (fixed res) or Siglip2Model (NaFlex) on the world's tokenizer,
     saved for offline AutoModel/AutoProcessor loading (tests; demo.sh TERMS=1 builds its study's
     model with patch=4, width=64, layers=4). NaFlex inputs: image_processor(...) ->
     pixel_values (B, P, 3·p·p), pixel_attention_mask (B, P), spatial_shapes (B, 2); call
     processor.image_processor directly, since Siglip2Processor's class defaults
-    (max_num_patches=256, patch_size=16) override the saved values."""
+    (max_num_patches=256, patch_size=16) override the saved values. mlp_ratio: the text MLP's
+    width over `width` (4: a full-width Student text tower can inherit it: inherit_text_tower)."""
     import torch, transformers as T
     torch.manual_seed(seed)
     tok = T.AutoTokenizer.from_pretrained(processor_dir)
     # the tokenizer's special ids: the config's defaults (CLIP's 49406 / 49407) lie outside
     # a tiny vocabulary, and transformers warns of that at every load
-    tcfg = dict(vocab_size=len(tok), hidden_size=width, intermediate_size=2 * width,
+    tcfg = dict(vocab_size=len(tok), hidden_size=width, intermediate_size=mlp_ratio * width,
                 num_hidden_layers=layers, num_attention_heads=2, max_position_embeddings=64,
                 pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                 eos_token_id=tok.eos_token_id)

@@ -338,14 +338,15 @@ if lambda_locca and no_reg:
 text_key, text_tok = 'input_ids', None
 if text_init:
     from transformers import AutoConfig, AutoTokenizer
+    # the config first: a vision or seq2seq model is refused by name, not by its tokenizer
     try:
         enc_config = AutoConfig.from_pretrained(text_init)
+        problem = text_encoder_problem(enc_config)
+        if problem:
+            sys.exit(f"train.py: text_init={text_init!r} is {problem}")
         text_tok = AutoTokenizer.from_pretrained(text_init)
     except (OSError, ValueError) as e:
         sys.exit(f"train.py: cannot load text_init={text_init!r}: {str(e).splitlines()[0]}")
-    problem = text_encoder_problem(enc_config)
-    if problem:
-        sys.exit(f"train.py: text_init={text_init!r} is {problem}")
     # ids past the embedding table would crash or, on a GPU, read garbage
     if len(text_tok) > enc_config.vocab_size:
         sys.exit(f"train.py: text_init={text_init!r}: its tokenizer writes ids up to "
@@ -575,6 +576,8 @@ if 'hf_model' in model_args:
            f" logit_scale {student.logit_scale.exp().item():.2f}, logit_bias "
            f"{student.logit_bias.item():.2f})")
     what, rows = 'HF model', text_cfg.vocab_size
+elif text_init: # the HF text encoder's own table
+    what, rows = 'student', student.text_model.config.vocab_size
 else:
     what, rows = 'student', vocab
 print0(f"{what}: {n_params / 1e6:.2f}M params "

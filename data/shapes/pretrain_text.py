@@ -63,7 +63,7 @@ if __name__ == '__main__':
         sys.exit(f"pretrain_text.py: no {path}: run data/shapes/prepare.py first")
     torch.set_num_threads(1)
     torch.manual_seed(cfg['seed'])
-    from transformers import BertConfig, BertForMaskedLM
+    from transformers import BertConfig, BertForMaskedLM, BertModel
     from transformers.utils import logging
     logging.disable_progress_bar()
     captions = [a['caption'] for a in json.load(open(path))['annotations']]
@@ -95,7 +95,9 @@ if __name__ == '__main__':
         smooth = loss.item() if smooth is None else 0.9 * smooth + 0.1 * loss.item()
         if it % cfg['log_interval'] == 0 or it == cfg['iters'] - 1:
             print(f"iter {it}: mlm loss {smooth:.4f} | {time.time() - t0:.1f}s", flush=True)
-    # the encoder only (the MLM head is not the student's); its pooler is never trained, and
-    # the student mean-pools (model.py)
-    model.bert.save_pretrained(cfg['out_dir'])
+    # the encoder only (the MLM head is not the student's), in a BertModel with its pooler
+    # (untrained: the student mean-pools, model.py) so AutoModel loads every weight it holds
+    encoder = BertModel(model.config)
+    encoder.load_state_dict(model.bert.state_dict(), strict=False)
+    encoder.save_pretrained(cfg['out_dir'])
     print(f"saved BertModel + tokenizer to {cfg['out_dir']} ({time.time() - t0:.0f}s)")

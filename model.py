@@ -1,7 +1,7 @@
 """
-The student (timm image tower + compact text transformer on the teacher's tokenizer), the LocCa
-decoder and the DINO heads used by SILC/TIPS. No side effects on import; needs torch,
-safetensors, and timm for the image tower.
+The student (timm image tower + compact text transformer on the teacher's tokenizer, or an HF text
+encoder with its own: StudentConfig.text_encoder), the LocCa decoder and the DINO heads used by
+SILC/TIPS. No side effects on import; needs torch, safetensors, and timm for the image tower.
 
     from model import Student
     # config.json + model.safetensors
@@ -213,10 +213,10 @@ class Student(nn.Module):
         self.register_buffer('std', std, persistent=False)
 
     # the HF text encoder: its own ids (M, L), right-padded -> (M, D). Pooling: the mean of the
-    # last hidden states over the real tokens, for every family: sentence-transformers' rule for
-    # MiniLM (sentence-transformers/all-MiniLM-L6-v2, 1_Pooling/config.json), and BERT's [CLS] pooler is trained by NSP,
-    # which an MLM-only checkpoint (MiniLM, our stand-in) never trained. The mask is
-    # ids != pad: the one tensor every caller (eval, search, ONNX) already passes
+    # last hidden states over the real tokens, for every family: sentence-transformers' rule
+    # for MiniLM (sentence-transformers/all-MiniLM-L6-v2, 1_Pooling/config.json); BERT's [CLS]
+    # pooler is trained by NSP, which an MLM-only checkpoint (MiniLM, our stand-in) never had.
+    # The mask is ids != pad: the one tensor every caller (eval, search, ONNX) already passes
     def encode_text_hf(self, ids):
         mask = ids != self.config.text_pad_id # (M, L)
         h = self.text_model(input_ids=ids, attention_mask=mask.long()).last_hidden_state

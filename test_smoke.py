@@ -1591,7 +1591,8 @@ def tiny_bert(out, texts, vocab_size=None):
 
 def tiny_captions(caches): # the raw captions of tiny_caches' train and val splits
     from cache import captions
-    return [c for split in ('train', 'val') for c in captions(load_cache(str(caches / 'c' / split))[0])]
+    return [c for split in ('train', 'val')
+            for c in captions(load_cache(str(caches / 'c' / split))[0])]
 
 def test_text_init_bert_tokenises_the_captions_trains_and_reloads(tiny_caches, tmp_path):
     """text_init=<a tiny local BertModel dir>: the captions reach it through its own tokenizer,
@@ -1609,7 +1610,8 @@ def test_text_init_bert_tokenises_the_captions_trains_and_reloads(tiny_caches, t
     first, last = (sum(r['loss'] for r in part) / 5 for part in (rows[:5], rows[-5:]))
     assert last < first, (first, last)
     cfg = json.load(open(out / 'config.json'))
-    assert cfg['text_encoder'] == 'text_encoder' and cfg['text_encoder_config']['model_type'] == 'bert'
+    assert cfg['text_encoder'] == 'text_encoder'
+    assert cfg['text_encoder_config']['model_type'] == 'bert'
     assert set(json.load(open(out / 'meta.json'))['files']) >= {'text_encoder/tokenizer.json',
                                                                'text_encoder/config.json'}
     tok = AutoTokenizer.from_pretrained(str(out / 'text_encoder'))

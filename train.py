@@ -218,9 +218,9 @@ if init_from == 'resume':
     # the keys that shape the model and the loss module: the checkpoint's state fits only its
     # own, so a changed one is refused, never ignored (max_iters, lr, ... may change)
     shape_keys = ('hf_model', 'hf_from_config', 'image_model', 'image_size', 'image_kwargs',
-                  'text_width', 'text_depth', 'text_heads', 'text_init', 'embed_dim', 'lambda_locca',
-                  'decoder_depth', 'gamma', 'lambda_silc', 'lambda_tips', 'dino_dim',
-                  'dino_hidden', 'dino_bottleneck')
+                  'text_width', 'text_depth', 'text_heads', 'text_init', 'embed_dim',
+                  'lambda_locca', 'decoder_depth', 'gamma', 'lambda_silc', 'lambda_tips',
+                  'dino_dim', 'dino_hidden', 'dino_bottleneck')
     changed = [f"{k}={config[k]!r} (ckpt.pt: {ckpt['config'][k]!r})" for k in shape_keys
                if k in ckpt['config'] and ckpt['config'][k] != config[k]]
     if changed:

@@ -5,8 +5,7 @@ saved as a BertModel + BertTokenizerFast (save_pretrained) that AutoModel / Auto
 
     python data/shapes/prepare.py                 # the world first (annotations/captions_web...)
     python data/shapes/pretrain_text.py           # ~2 min on 1 CPU thread -> data/shapes/bert
-    python train.py config/a5.py config/shapes.py config/shapes_minilm.py \
-        --out_dir=out/shapes/a5-bert              # the demo student with this text tower
+    python train.py config/shapes_c3.py           # the demo student with this text tower
     python data/shapes/pretrain_text.py --data_dir=/tmp/shapes --out_dir=/tmp/bert --iters=50
 
 Its size is config/shapes.py's text tower (64 wide, 1 layer, 2 heads, MLP 256), as MiniLM-L6-H384

@@ -1645,6 +1645,14 @@ def test_text_init_bert_tokenises_the_captions_trains_and_reloads(tiny_caches, t
     p = run(*args, '--init_from=resume', '--text_init=', ok=False)
     assert clean_error(p, "text_init=''", 'ckpt.pt'), p.stderr
 
+def test_text_init_resume_after_kill_is_exact(tiny_caches, tmp_path):
+    """A student with an HF text tower killed after its iter-4 checkpoint resumes (its tower
+    rebuilt from config, the captions tokenised again) to the uninterrupted run's numbers."""
+    bert = tiny_bert(tmp_path / 'bert', tiny_captions(tiny_caches))
+    args = lambda out: tiny_train_args(tiny_caches, out, f'--text_init={bert}', '--max_iters=8',
+                                       '--eval_interval=4')
+    resume_after_kill(args, tmp_path, 4)
+
 def test_text_init_bad_inputs_are_one_line_errors(tiny_caches, tmp_path):
     """A dir that is not a text encoder (a SigLIP), a tokenizer whose ids pass the tower's table,
     a cache made before captions were kept (-> the cache_teacher.py command that re-caches it,

@@ -4,7 +4,7 @@ language modelling on the web split's captions, with a word-level BERT tokenizer
 saved as a BertModel + BertTokenizerFast (save_pretrained) that AutoModel / AutoTokenizer load.
 
     python data/shapes/prepare.py                 # the world first (annotations/captions_web...)
-    python data/shapes/pretrain_text.py           # ~2 min on 1 CPU thread -> data/shapes/bert
+    python data/shapes/pretrain_text.py           # ~3 min on 1 CPU thread -> data/shapes/bert
     python train.py config/shapes_c3.py           # the demo student with this text tower
     python data/shapes/pretrain_text.py --data_dir=/tmp/shapes --out_dir=/tmp/bert --iters=50
 

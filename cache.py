@@ -14,9 +14,11 @@ A cache is one split dir:
 Shard keys (N images, M captions, R regions; a cache holds the keys of its kind: image-only,
 text-only, no teacher): image_ids (N,) int64, pixels (N, 3, S, S) uint8, image_embeds (N, D)
 fp16, [view_embeds (N, K, D) fp16, view_boxes (N, K, 4), view_flips (N, K) uint8],
-caption_image_ids (M,) int64, input_ids (M, L) int32, text_embeds (M, D) fp16, the LocCa targets
-cap_ids (M, L) / cap_prefix (M,), region_image_ids (R,), boxes (R, 4), aref_* and gcap_* (R, L) /
-(R,); rows sorted by image id.
+caption_image_ids (M,) int64, input_ids (M, L) int32, text_embeds (M, D) fp16, the raw caption
+strings caption_utf8 (bytes,) uint8 + caption_lengths (M,) int64 (bytes of each; decoded by
+captions(); caches made before them lack both), the LocCa targets cap_ids (M, L) / cap_prefix
+(M,), region_image_ids (R,), boxes (R, 4), aref_* and gcap_* (R, L) / (R,); rows sorted by image
+id.
 
 The manifest holds the format version (FORMAT), every cache_teacher.py setting it was made with
 (`config`), the teacher and its scale/bias, pixel normalisation, the processor, the dataset and
@@ -366,6 +368,22 @@ def recache_command(man, split_dir):
         config.update(images=s['contents'] != 'texts', captions=s['contents'] != 'images')
     return 'python cache_teacher.py ' + ' '.join(shlex.quote(f'--{k}={v}')
                                                  for k, v in config.items())
+
+def captions(data): # a cache's caption_utf8 + caption_lengths -> [str], aligned with input_ids
+    utf8 = data['caption_utf8'].numpy().tobytes()
+    ends = data['caption_lengths'].cumsum(0).tolist()
+    return [utf8[a:b].decode('utf-8') for a, b in zip([0] + ends[:-1], ends)]
+
+def check_captions(data, man, split_dir, who):
+    """A cache made before the caption strings were kept -> one line naming it, with the
+    cache_teacher.py command that writes it again (with them) into a new out_dir."""
+    if 'caption_utf8' in data:
+        return
+    new_dir = f"{man['config']['out_dir'].rstrip('/')}-captions"
+    config = {**man['config'], 'out_dir': new_dir}
+    raise SystemExit(f"{who}: {split_dir} holds no caption strings (cached before they were "
+                     f"kept), which a student tokenizer needs; re-cache it: "
+                     f"{recache_command({**man, 'config': config}, split_dir)}")
 
 def load_cache(split_dir, verify=True, mmap=False):
     """-> (tensors concatenated over shards, manifest). Refuses incomplete or modified caches.

@@ -53,7 +53,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
-from model import box_to_text
+from model import box_to_text, tokenize
 from cache import (sha256, atomic_write, write_json, read_json, check_name, teacher_fingerprint,
                    what_changed, shard_ok, write_manifest, hash_files, processor_files,
                    check_save)
@@ -150,7 +150,13 @@ class Teacher:
         self.proc_dir = processor or path
         # SigLIP / SigLIP 2 (§2.1): 64 tokens; another length silently breaks the teacher
         self.length = max_length or 64
-        self.tok = AutoTokenizer.from_pretrained(self.proc_dir)
+        # a student with an HF text encoder reads its own tokenizer's ids (saved beside it),
+        # which normalises the text itself (BERT uncased lowercases)
+        text_encoder = getattr(getattr(self.model, 'config', None), 'text_encoder', '')
+        if text_encoder:
+            self.lowercase = False
+        self.tok = AutoTokenizer.from_pretrained(os.path.join(path, text_encoder) if text_encoder
+                                                 else self.proc_dir)
         self.check_vocabulary()
         # SigLIP pools the last position: left padding silently changes the embedding
         self.tok.padding_side = 'right'
@@ -202,7 +208,10 @@ class Teacher:
                          f"({len(tok)} tokens) than the tokenizer "
                          f"teacher {path} was trained with ({len(own)} tokens): "
                          f"its embeddings would be garbage; drop --processor")
-        if self.kind == 'ours' and max(self.model.config.kept_ids) >= len(tok):
+        # kept_ids: the text tower's vocabulary in the teacher's ids (with an HF text encoder
+        # the decoder's only, and the tokenizer is the encoder's own)
+        if (self.kind == 'ours' and not getattr(self.model.config, 'text_encoder', '')
+                and max(self.model.config.kept_ids) >= len(tok)):
             sys.exit(f"cache_teacher: teacher {path} knows token ids up to "
                      f"{max(self.model.config.kept_ids)}, but the tokenizer "
                      f"in {self.proc_dir} has only {len(tok)}: another vocabulary")
@@ -225,11 +234,7 @@ class Teacher:
         return ' '.join(s.lower().split()) if self.lowercase else ' '.join(s.split())
 
     def tokenize(self, texts): # -> (M, L) int64, right-padded with 0, truncated to L
-        if not texts: # the tokenizer cannot make a (0, L) tensor
-            return torch.zeros(0, self.length, dtype=torch.long)
-        texts = [self.norm_text(t) for t in texts]
-        return self.tok(texts, padding='max_length', max_length=self.length, truncation=True,
-                        return_tensors='pt')['input_ids']
+        return tokenize(self.tok, [self.norm_text(t) for t in texts], self.length)
 
     def n_truncated(self, texts): # how many texts are longer than L tokens
         if not texts:
@@ -814,6 +819,9 @@ def cache_shard(recs, teacher, images, captions, image_size, views, view_scale, 
         t['caption_image_ids'] = L([r['image_id'] for r in recs for _ in r['captions']],
                                    torch.int64)
         t['input_ids'] = teacher.tokenize(caps).int().view(-1, teacher.length)
+        # the raw annotation strings (before norm_text), inside the shard checksums: a student
+        # with its own tokenizer (train.py text_init) tokenises them without re-caching
+        t.update(caption_tensors(caps))
     if captions and has_teacher:
         ids = t['input_ids'].long()
         step = 4 * batch_size
@@ -828,6 +836,14 @@ def cache_shard(recs, teacher, images, captions, image_size, views, view_scale, 
     meta = dict(skipped=skipped, truncated_captions=n_truncated,
                 n_images=len(recs), n_captions=len(caps), n_regions=len(regs))
     return t, meta
+
+# captions -> their UTF-8 bytes joined (bytes,) uint8 and each one's byte count (M,) int64:
+# lengths, not offsets, so the rows of every shard joined (load_cache) still decode
+def caption_tensors(caps):
+    utf8 = [c.encode('utf-8') for c in caps]
+    joined = np.frombuffer(b''.join(utf8), dtype=np.uint8).copy() # numpy maps 0 bytes too
+    return dict(caption_utf8=torch.from_numpy(joined),
+                caption_lengths=torch.tensor([len(b) for b in utf8], dtype=torch.int64))
 
 def locca_tensors(teacher, caps, regs): # captions, (image_id, box, name) regions -> targets
     L, length = (lambda x, dt: torch.tensor(x, dtype=dt)), teacher.length

@@ -33,7 +33,7 @@ import os, sys, math
 import torch
 import torch.nn.functional as F
 from cache import (open_cache, PAIRED, sha256, check_same_teacher, read_json, write_json,
-                   check_contents, check_save)
+                   check_contents, check_save, captions, check_captions)
 from cache_teacher import Teacher, embed_files, read_zeroshot
 
 def retrieval_metrics(image_embeds, text_embeds, text_image_index, chunk=1024):
@@ -301,7 +301,7 @@ def retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca, dense_prob
                    metrics=recalls(*ranks), intervals=retrieval_intervals(*ranks, index),
                    params=man['teacher_params'])
         return row, True
-    from model import load_trained, LoccaDecoder
+    from model import load_trained, LoccaDecoder, tokenize
     missing = [f for f in ('meta.json', 'config.json', 'model.safetensors')
                if not os.path.isfile(os.path.join(ckpt, f))]
     if missing:
@@ -324,7 +324,15 @@ def retrieval_eval(cache, ckpt, device, batch_size, locca, max_locca, dense_prob
                              model_sha256=sha256(os.path.join(ckpt, 'model.safetensors')))
     # our Student, or an HF SigLIP / SigLIP 2 train.py trained (hf_model): the same interface
     student = load_trained(ckpt).to(device)
-    img, txt = embed_student(student, data['pixels'], data['input_ids'], device, batch_size)
+    ids = data['input_ids']
+    # an HF text tower reads its own tokenizer's ids (saved in its subdir) of the raw captions
+    text_encoder = getattr(student.config, 'text_encoder', '')
+    if text_encoder:
+        from transformers import AutoTokenizer
+        check_captions(data, man, cache, 'eval.py')
+        tok = AutoTokenizer.from_pretrained(os.path.join(ckpt, text_encoder))
+        ids = tokenize(tok, captions(data), student.config.text_length)
+    img, txt = embed_student(student, data['pixels'], ids, device, batch_size)
     ranks = retrieval_ranks(img, txt, index)
     row.update(model='student', run=os.path.basename(os.path.normpath(ckpt)),
                metrics=recalls(*ranks), intervals=retrieval_intervals(*ranks, index),

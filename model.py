@@ -1,14 +1,15 @@
 """
-The student (timm image tower + compact text transformer on the teacher's tokenizer), the LocCa
-decoder and the DINO heads used by SILC/TIPS. No side effects on import; needs torch,
-safetensors, and timm for the image tower.
+The student (timm image tower + compact text transformer on the teacher's tokenizer, or an HF text
+encoder with its own: StudentConfig.text_encoder), the LocCa decoder and the DINO heads used by
+SILC/TIPS. No side effects on import; needs torch, safetensors, and timm for the image tower.
 
     from model import Student
     # config.json + model.safetensors
     student = Student.from_pretrained('out/a5')
     # (B, D), unnormalised
     img = student.encode_image(student.preprocess(uint8_pixels))
-    # (M, D): ids from the teacher's tokenizer
+    # (M, D): ids from the teacher's tokenizer (a student with an HF text encoder: from its own
+    # tokenizer, out/a5/text_encoder, right-padded; see StudentConfig.text_encoder)
     txt = student.encode_text(teacher_token_ids)
     # {image,image_uint8,text}.onnx (needs onnx)
     student.export_onnx('out/a5/onnx')
@@ -147,6 +148,32 @@ class StudentConfig:
     embed_dim: int = 1024 # the teacher's embedding dim (projection target)
     image_mean: list = field(default_factory=lambda: [0.5] * 3)
     image_std: list = field(default_factory=lambda: [0.5] * 3)
+    # '' = the text tower above; else an HF text encoder (BERT, MiniLM) replaces it: the subdir
+    # of the saved student holding its tokenizer files, its config (to_dict) kept here so the
+    # tower is rebuilt with no hub access, and its pad id (the padding mask is ids != it)
+    text_encoder: str = ''
+    text_encoder_config: dict = None
+    text_pad_id: int = 0
+
+# the subdir of a saved student with an HF text tower: its tokenizer files + config.json
+TEXT_ENCODER_DIR = 'text_encoder'
+
+# the HF model types that are text encoders: those transformers gives a masked-LM head (BERT,
+# RoBERTa, DistilBERT, ELECTRA, MPNet, ...), less the encoder-decoders among them (BART)
+def text_encoder_problem(hf_config):
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    kind = hf_config.model_type
+    if kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES or hf_config.is_encoder_decoder:
+        return f"a {kind!r} model, not a text encoder (BERT, MiniLM, RoBERTa, ...)"
+    return None
+
+# texts -> (M, L) int64 ids of `tok`, right-padded to L, truncated at L: one call for the
+# student's own tokenizer in train.py and for every tokenizer cache_teacher.Teacher holds
+def tokenize(tok, texts, length):
+    if not texts: # a tokenizer cannot make a (0, L) tensor
+        return torch.zeros(0, length, dtype=torch.long)
+    return tok(texts, padding='max_length', max_length=length, truncation=True,
+               return_tensors='pt')['input_ids']
 
 class Student(nn.Module):
     def __init__(self, config):
@@ -155,24 +182,46 @@ class Student(nn.Module):
         self.visual = ImageTower(c.image_model, c.image_size, c.pretrained, c.image_kwargs)
         # compact vocabulary: Gemma's 256k rows would be a 98M-param table at width 384; keep only
         # the ids that occur in the training captions, every other teacher id reads the UNK row
-        # rebuilt from kept_ids in config.json
+        # rebuilt from kept_ids in config.json (with an HF text encoder: the LocCa decoder's)
         self.register_buffer('id_table', compact_id_table(c.kept_ids), persistent=False)
-        self.tok_emb = nn.Embedding(len(c.kept_ids), c.text_width)
-        self.pos_emb = nn.Parameter(torch.randn(c.context_length, c.text_width) * 0.01)
-        self.blocks = nn.ModuleList(
-            Block(c.text_width, c.text_heads, 4 * c.text_width)
-            for _ in range(c.text_depth))
-        self.ln_f = nn.LayerNorm(c.text_width)
+        self.text_model, text_dim = None, c.text_width
+        if c.text_encoder:
+            # random weights from its config: train.py loads the pretrained ones,
+            # from_pretrained the trained ones
+            from transformers import AutoConfig, AutoModel
+            quiet_transformers()
+            hf_config = AutoConfig.for_model(**c.text_encoder_config)
+            self.text_model = AutoModel.from_config(hf_config)
+            text_dim = hf_config.hidden_size
+        else:
+            self.tok_emb = nn.Embedding(len(c.kept_ids), c.text_width)
+            self.pos_emb = nn.Parameter(torch.randn(c.context_length, c.text_width) * 0.01)
+            self.blocks = nn.ModuleList(
+                Block(c.text_width, c.text_heads, 4 * c.text_width)
+                for _ in range(c.text_depth))
+            self.ln_f = nn.LayerNorm(c.text_width)
         self.img_proj = nn.Linear(self.visual.pool_dim, c.embed_dim)
-        self.txt_proj = nn.Linear(c.text_width, c.embed_dim)
+        self.txt_proj = nn.Linear(text_dim, c.embed_dim)
         # SigLIP §3.2 / Table 4: t = 10, b = -10
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.logit_bias = nn.Parameter(torch.tensor(-10.0))
-        nn.init.normal_(self.tok_emb.weight, std=0.02)
+        if self.text_model is None:
+            nn.init.normal_(self.tok_emb.weight, std=0.02)
         mean = torch.tensor(c.image_mean).view(1, 3, 1, 1)
         std = torch.tensor(c.image_std).view(1, 3, 1, 1)
         self.register_buffer('mean', mean, persistent=False)
         self.register_buffer('std', std, persistent=False)
+
+    # the HF text encoder: its own ids (M, L), right-padded -> (M, D). Pooling: the mean of the
+    # last hidden states over the real tokens, for every family: sentence-transformers' rule
+    # for MiniLM (sentence-transformers/all-MiniLM-L6-v2, 1_Pooling/config.json); BERT's [CLS]
+    # pooler is trained by NSP, which an MLM-only checkpoint (MiniLM, our stand-in) never had.
+    # The mask is ids != pad: the one tensor every caller (eval, search, ONNX) already passes
+    def encode_text_hf(self, ids):
+        mask = ids != self.config.text_pad_id # (M, L)
+        h = self.text_model(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        m = mask.unsqueeze(-1).to(h.dtype) # (M, L, 1)
+        return self.txt_proj((h * m).sum(1) / m.sum(1).clamp(min=1)) # (M, W) -> (M, D)
 
     def map_ids(self, ids): # teacher token ids (any shape) -> compact ids
         return map_compact_ids(self.id_table, ids)
@@ -182,6 +231,8 @@ class Student(nn.Module):
         return normalize_pixels(pixels, self.config.image_size, self.mean, self.std)
 
     def encode_text(self, ids): # teacher ids (M, L) -> (M, D)
+        if self.text_model is not None:
+            return self.encode_text_hf(ids)
         x = self.tok_emb(self.map_ids(ids)) + self.pos_emb[:ids.shape[1]]
         # bidirectional, no padding mask: SigLIP's text tower pools the last position,
         # a pad position under right padding (big_vision pool_type='last', HF)
@@ -199,7 +250,9 @@ class Student(nn.Module):
 
     def num_params(self, token_table=True):
         n = sum(p.numel() for p in self.parameters())
-        return n if token_table else n - self.tok_emb.weight.numel()
+        table = (self.text_model.get_input_embeddings() if self.text_model is not None
+                 else self.tok_emb)
+        return n if token_table else n - table.weight.numel()
 
     def save_pretrained(self, out_dir):
         save_weights(self, out_dir, 'model', 'config.json', asdict(self.config))
@@ -391,8 +444,9 @@ class HFSiglip(nn.Module):
 # the LocCa decoder for a model (§2.2): its text encoder's width, heads and MLP size, half its
 # depth (depth > 0 overrides), over its image tokens -> LoccaDecoder(**args)
 def locca_decoder_args(model, vocab_size, depth=0):
-    if isinstance(model, HFSiglip):
-        c = model.model.config.text_config
+    if isinstance(model, HFSiglip) or model.text_model is not None:
+        c = (model.model.config.text_config if isinstance(model, HFSiglip)
+             else model.text_model.config)
         w, d, h = c.hidden_size, c.num_hidden_layers, c.num_attention_heads
         mlp = c.intermediate_size
     else:

@@ -1266,6 +1266,39 @@ def test_old_format_cache_is_refused_with_the_command_that_recaches_it(tmp_path)
     assert json.load(open(path))['fingerprint'] == man['fingerprint']
     run('eval.py', f'--cache={tmp_path / "c/val"}')
 
+def strip_captions(src, dst):
+    """A copy of the cache dir src without caption_utf8 / caption_lengths in its shards, its
+    manifest re-stamped (shard sha256s, fingerprint): a cache as made before they were kept."""
+    from safetensors.torch import load_file, save_file
+    from cache import write_manifest
+    shutil.copytree(src, dst)
+    man = json.load(open(dst / 'manifest.json'))
+    for s in man['shards']:
+        f = dst / s['file']
+        tensors = {k: v for k, v in load_file(str(f)).items() if not k.startswith('caption_u')
+                   and k != 'caption_lengths'}
+        save_file(tensors, str(f), metadata={'info': json.dumps({})})
+        s['sha256'] = hashlib.sha256(f.read_bytes()).hexdigest()
+    write_manifest(str(dst / 'manifest.json'), man)
+    return dst
+
+def test_cache_keeps_the_raw_captions_and_the_teacher_embeds_them_as_before(tiny_caches):
+    """The shards hold each caption's raw annotation string (before the teacher's lowercasing),
+    aligned with input_ids over every shard; the teacher's ids and text embeddings per caption
+    are what it gives that raw caption on its own (bitwise: the new keys change nothing)."""
+    from cache import captions
+    from cache_teacher import Teacher
+    data, _ = load_cache(str(tiny_caches / 'c/train'))
+    anns = json.load(open(tiny_caches / 'w/annotations/captions_train2017.json'))['annotations']
+    by_image = sorted(anns, key=lambda a: a['image_id']) # stable: each image's own order
+    assert captions(data) == [a['caption'] for a in by_image]
+    assert len(captions(data)) == len(data['input_ids'])
+    teacher = Teacher(TEACHER)
+    # one call on the shard's 200 captions, as cache_shard makes it (4 x batch_size rows)
+    ids = teacher.tokenize(captions(data))
+    assert torch.equal(ids.int(), data['input_ids'])
+    assert torch.equal(teacher.texts(ids).half(), data['text_embeds'])
+
 def tar_of(path, members): # [(name, bytes)] -> an uncompressed tar
     with tarfile.open(path, 'w') as tf:
         for name, data in members:
@@ -1685,6 +1718,129 @@ def test_image_only_cache_and_missing_views_are_refused(tiny_caches, tmp_path):
     views = tiny_train_args(tiny_caches, tmp_path / 'b', '--views=2', f'--extra_image_cache={web}')
     assert clean_error(run(*views, ok=False), 'views=2', '1 view(s)')
 
+def tiny_bert(out, texts, vocab_size=None):
+    """A tiny random BertModel (32 wide, 1 layer) + a word-level BertTokenizerFast of `texts`
+    (pretrain_text.make_word_tokenizer), saved as AutoModel / AutoTokenizer load them;
+    vocab_size: a table smaller than the tokenizer's vocabulary."""
+    import transformers as T
+    from pretrain_text import make_word_tokenizer
+    tok = make_word_tokenizer(texts, str(out))
+    config = T.BertConfig(vocab_size=vocab_size or len(tok), hidden_size=32, num_hidden_layers=1,
+                          num_attention_heads=2, intermediate_size=64,
+                          max_position_embeddings=64, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    T.BertModel(config).save_pretrained(str(out))
+    return out
+
+def tiny_captions(caches): # the raw captions of tiny_caches' train and val splits
+    from cache import captions
+    return [c for split in ('train', 'val')
+            for c in captions(load_cache(str(caches / 'c' / split))[0])]
+
+def test_text_init_bert_tokenises_the_captions_trains_and_reloads(tiny_caches, tmp_path):
+    """text_init=<a tiny local BertModel dir>: the captions reach it through its own tokenizer,
+    the loss falls, the save holds the tokenizer and reloads through Student.from_pretrained
+    (no hub) to the same embeddings (eval.py's R@1 = train.py's last val R@1); resume with
+    another text_init is refused."""
+    from transformers import AutoTokenizer
+    bert = tiny_bert(tmp_path / 'bert', tiny_captions(tiny_caches))
+    out = tmp_path / 'o'
+    args = tiny_train_args(tiny_caches, out, f'--text_init={bert}', '--max_iters=30',
+                           '--eval_interval=30', '--learning_rate=3e-3')
+    p = run(*args)
+    assert "text_init=" in p.stdout and 'captions tokenised at 32 tokens' in p.stdout, p.stdout
+    rows = [json.loads(l) for l in open(out / 'log.jsonl') if '"loss"' in l]
+    first, last = (sum(r['loss'] for r in part) / 5 for part in (rows[:5], rows[-5:]))
+    assert last < first, (first, last)
+    cfg = json.load(open(out / 'config.json'))
+    assert cfg['text_encoder'] == 'text_encoder'
+    assert cfg['text_encoder_config']['model_type'] == 'bert'
+    assert set(json.load(open(out / 'meta.json'))['files']) >= {'text_encoder/tokenizer.json',
+                                                               'text_encoder/config.json'}
+    tok = AutoTokenizer.from_pretrained(str(out / 'text_encoder'))
+    assert tok.get_vocab() == AutoTokenizer.from_pretrained(str(bert)).get_vocab()
+    student = Student.from_pretrained(str(out))
+    # trained: the text tower moved off the pretrained weights
+    from safetensors.torch import load_file
+    start = load_file(str(bert / 'model.safetensors'))
+    trained = student.text_model.state_dict()
+    assert not torch.equal(trained['embeddings.word_embeddings.weight'],
+                           start['embeddings.word_embeddings.weight'])
+    # the captions through the student's own tokenizer: every id below its table, pads masked
+    from cache import captions
+    val, _ = load_cache(str(tiny_caches / 'c/val'))
+    ids = AutoTokenizer.from_pretrained(str(out / 'text_encoder'))(
+        captions(val), padding='max_length', max_length=32, truncation=True,
+        return_tensors='pt')['input_ids']
+    assert ids.max() < student.text_model.config.vocab_size and (ids == 0).any()
+    with torch.no_grad():
+        txt = student.encode_text(ids)
+        # the padding changes nothing: a caption alone, at its own length, embeds the same
+        n = int((ids[0] != 0).sum())
+        alone = student.encode_text(ids[:1, :n])
+    assert torch.allclose(txt[:1], alone, atol=1e-5)
+    run('eval.py', f'--cache={tiny_caches / "c/val"}', f'--ckpt={out}')
+    scored = json.load(open(out / 'eval.json'))
+    _, val_row = last_row(out)
+    metrics = next(iter(scored['evals'].values()))['metrics']
+    assert metrics['i2t_r1'] == pytest.approx(val_row['val/i2t_r1'])
+    assert metrics['t2i_r1'] == pytest.approx(val_row['val/t2i_r1'])
+    p = run(*args, '--init_from=resume', '--text_init=', ok=False)
+    assert clean_error(p, "text_init=''", 'ckpt.pt'), p.stderr
+
+def test_text_init_resume_after_kill_is_exact(tiny_caches, tmp_path):
+    """A student with an HF text tower killed after its iter-4 checkpoint resumes (its tower
+    rebuilt from config, the captions tokenised again) to the uninterrupted run's numbers."""
+    bert = tiny_bert(tmp_path / 'bert', tiny_captions(tiny_caches))
+    args = lambda out: tiny_train_args(tiny_caches, out, f'--text_init={bert}', '--max_iters=8',
+                                       '--eval_interval=4')
+    resume_after_kill(args, tmp_path, 4)
+
+def test_text_init_bad_inputs_are_one_line_errors(tiny_caches, tmp_path):
+    """A dir that is not a text encoder (a SigLIP), a tokenizer whose ids pass the tower's table,
+    a cache made before captions were kept (-> the cache_teacher.py command that re-caches it,
+    which then trains), text_init beside hf_model, a missing dir."""
+    import shlex
+    texts = tiny_captions(tiny_caches)
+    siglip = tmp_path / 'siglip'
+    make_tiny_hf_teacher(str(siglip), str(tiny_caches / 'c/train/processor'))
+    small = tiny_bert(tmp_path / 'small', texts, vocab_size=10)
+    bert = tiny_bert(tmp_path / 'bert', texts)
+    old_val = strip_captions(tiny_caches / 'c/val', tmp_path / 'old/val')
+    args = lambda *a: tiny_train_args(tiny_caches, tmp_path / 'o', *a)
+    cases = [(args(f'--text_init={siglip}'), ["'siglip' model, not a text encoder"]),
+             (args(f'--text_init={small}'), ['its embedding table has 10 rows', str(small)]),
+             (args(f'--text_init={tmp_path / "nope"}'), ['cannot load text_init']),
+             (args(f'--text_init={bert}', f'--hf_model={siglip}'), ['set one of them']),
+             (args(f'--text_init={bert}', f'--val_cache={old_val}'),
+              [f'{old_val} holds no caption strings', 'python cache_teacher.py'])]
+    for a, needles in cases:
+        p = run(*a, ok=False)
+        assert clean_error(p, *needles), (a, p.stdout[-2000:], p.stderr[-2000:])
+    # the command re-caches it, with its captions, into a new dir the run then trains on
+    command = shlex.split(p.stderr.strip().splitlines()[-1].split('re-cache it: ')[1])
+    run(*command[1:])
+    new_out = [c.split('=', 1)[1] for c in command if c.startswith('--out_dir=')][0]
+    assert new_out.endswith('-captions')
+    run(*args(f'--text_init={bert}', f'--val_cache={new_out}/val'))
+
+def test_pretrain_text_mlm_loss_falls_and_saves_what_automodel_loads(tiny_caches, tmp_path):
+    """data/shapes/pretrain_text.py at a tiny size: its MLM loss on the web captions falls, and
+    the BertModel + tokenizer it saves load through AutoModel / AutoTokenizer, every weight
+    found (the pooler too)."""
+    from transformers import AutoModel, AutoTokenizer
+    out = tmp_path / 'bert'
+    p = run('data/shapes/pretrain_text.py', f'--data_dir={tiny_caches / "w"}', f'--out_dir={out}',
+            '--iters=80', '--log_interval=20', '--batch_size=32')
+    losses = [float(m) for m in re.findall(r'mlm loss ([0-9.]+)', p.stdout)]
+    assert len(losses) >= 4 and losses[-1] < losses[0] - 0.3, p.stdout
+    model, info = AutoModel.from_pretrained(str(out), output_loading_info=True)
+    assert type(model).__name__ == 'BertModel' and not info['missing_keys'], info
+    tok = AutoTokenizer.from_pretrained(str(out))
+    assert len(tok) == model.config.vocab_size and tok.pad_token_id == 0
+    p = run('data/shapes/pretrain_text.py', f'--data_dir={tmp_path / "none"}', ok=False)
+    assert clean_error(p, 'run data/shapes/prepare.py first')
+
 def test_leaks_are_checked_by_content(tiny_caches, tmp_path):
     """Leak checks by id only. The val images cached again through --image_folder (ids are
     positions) and given as the unpaired image cache, or as rows of the training cache: refused,
@@ -2090,13 +2246,11 @@ def test_train_text_init_teacher_is_not_applied_again_on_resume(tiny_caches, tmp
     assert json.load(open(tmp_path / 'o/meta.json'))['iter_num'] == 3
 
 def test_train_text_init_refusals_name_the_setting(tiny_caches, tmp_path):
-    """Other text_init values (the HF text encoder: not yet), with hf_model, a student the teacher
-    cannot fill, a cache without a teacher, a teacher dir that is gone: one line each."""
+    """text_init=teacher with hf_model, a student the teacher cannot fill, a cache without a
+    teacher, a teacher dir that is gone: one line each."""
     args = lambda out, *extra: tiny_train_args(tiny_caches, tmp_path / out, *extra)
-    p = run(*args('a', '--text_init=bert'), ok=False)
-    assert clean_error(p, "text_init='bert': not supported yet")
     p = run(*args('b', '--text_init=teacher', '--hf_model=x/y'), ok=False)
-    assert clean_error(p, "text_init='teacher'", "hf_model='x/y'", "must be ''")
+    assert clean_error(p, "text_init='teacher'", "hf_model='x/y'", 'set one of them')
     p = run(*args('c', '--text_init=teacher', '--text_depth=3'), ok=False)
     assert clean_error(p, 'text_init=teacher', "text_depth=3: deeper than the teacher's 2 layers")
     # caches without a teacher, and of a teacher deleted after caching

@@ -21,12 +21,13 @@ import timm
 import torch
 import torch.distributed as dist
 from model import (Student, StudentConfig, LoccaDecoder, DINOHead, HFSiglip, HFConfig,
-                   locca_decoder_args, inherit_text_tower, is_trained_dir, load_trained)
+                   locca_decoder_args, inherit_text_tower, is_trained_dir, load_trained,
+                   text_encoder_problem, tokenize, TEXT_ENCODER_DIR)
 from loss import SigLIP2Loss, DistillLoss, crop_boxes, rank_rows
 from eval import retrieval_metrics, embed_student
 from cache import (open_cache, PAIRED, what_changed, atomic_write, write_json, read_json, Rows,
                    hash_files, processor_files, recache_command, sha256, save_problem,
-                   SAVE_FILES, check_save)
+                   SAVE_FILES, check_save, captions, check_captions)
 from cache_teacher import local_dir, teacher_files
 
 # -----------------------------------------------------------------------------
@@ -155,12 +156,10 @@ for k, ok, valid in [('gamma', gamma >= 0, '>= 0 (0 = SILC/TIPS off)'),
                      ('switch', not gamma or 0 <= switch < 1, 'in [0, 1) when gamma > 0')]:
     if not ok:
         sys.exit(f"train.py: {k}={globals()[k]!r} must be {valid}")
-if hf_model and text_init:
-    sys.exit(f"train.py: text_init={text_init!r} is for the student's text tower: with "
-             f"hf_model={hf_model!r} (its own text tower) it must be ''")
-if text_init not in ('', 'teacher'):
-    # the HF text encoder (its own tokenizer) is issue 31's other part
-    sys.exit(f"train.py: text_init={text_init!r}: not supported yet")
+if text_init and hf_model:
+    sys.exit(f"train.py: text_init={text_init!r} builds the student's text tower; "
+             f"hf_model={hf_model!r} trains its own: set one of them")
+text_encoder_init = text_init not in ('', 'teacher') # an HF text encoder, its own tokenizer
 if not hf_model and not timm.is_model(image_model):
     sys.exit(f"train.py: unknown timm model image_model={image_model!r} "
              f"(see timm.list_models('vit_*'))")
@@ -219,9 +218,9 @@ if init_from == 'resume':
     # the keys that shape the model and the loss module: the checkpoint's state fits only its
     # own, so a changed one is refused, never ignored (max_iters, lr, ... may change)
     shape_keys = ('hf_model', 'hf_from_config', 'image_model', 'image_size', 'image_kwargs',
-                  'text_width', 'text_depth', 'text_heads', 'embed_dim', 'lambda_locca',
-                  'decoder_depth', 'gamma', 'lambda_silc', 'lambda_tips', 'dino_dim',
-                  'dino_hidden', 'dino_bottleneck')
+                  'text_width', 'text_depth', 'text_heads', 'text_init', 'embed_dim',
+                  'lambda_locca', 'decoder_depth', 'gamma', 'lambda_silc', 'lambda_tips',
+                  'dino_dim', 'dino_hidden', 'dino_bottleneck')
     changed = [f"{k}={config[k]!r} (ckpt.pt: {ckpt['config'][k]!r})" for k in shape_keys
                if k in ckpt['config'] and ckpt['config'][k] != config[k]]
     if changed:
@@ -269,11 +268,11 @@ if views < 1 or views > n_views:
 
 def load_extra(path, keys): # an unpaired cache: same teacher, never the val images
     if not path:
-        return None
+        return None, None
     return open_cache(path, 'train.py', needs=keys, same_teacher=(man, train_cache),
-                      evaluated=(val, vman, val_cache), log=print0)[0]
-extra_img = load_extra(extra_image_cache, ['pixels', 'image_embeds'])
-extra_txt = load_extra(extra_text_cache, ['input_ids', 'text_embeds'])
+                      evaluated=(val, vman, val_cache), log=print0)
+extra_img, _ = load_extra(extra_image_cache, ['pixels', 'image_embeds'])
+extra_txt, xman = load_extra(extra_text_cache, ['input_ids', 'text_embeds'])
 # views=K draws views of the extra images too: a cache without them must not quietly give
 # the full image only
 n_extra_views = (extra_img['view_embeds'].shape[1] if extra_img is not None
@@ -329,6 +328,45 @@ if lambda_locca and no_reg:
            f"their ARef/GCap terms are skipped "
            f"(weight 0)" + ('; cache with --instances for ARef/GCap' if no_reg == N else ''))
 
+# -----------------------------------------------------------------------------
+# text_init: an HF text encoder (BERT, MiniLM) as the student's text tower, with its own
+# tokenizer. The caches keep the caption strings, so any encoder's tokenizer works without
+# re-caching: each cache's captions are tokenised once here into `student_ids` (M, Ls), rows
+# aligned with input_ids, right-padded to Ls = the cache's caption length (the teacher's: 64
+# for SigLIP 2, 32 on the demo; at most the encoder's positions), truncated there; get_batch
+# and evaluate read that key instead of the teacher's ids
+text_key, text_tok = 'input_ids', None
+if text_encoder_init:
+    from transformers import AutoConfig, AutoTokenizer
+    # the config first: a vision or seq2seq model is refused by name, not by its tokenizer
+    try:
+        enc_config = AutoConfig.from_pretrained(text_init)
+        problem = text_encoder_problem(enc_config)
+        if problem:
+            sys.exit(f"train.py: text_init={text_init!r} is {problem}")
+        text_tok = AutoTokenizer.from_pretrained(text_init)
+    except (OSError, ValueError) as e:
+        sys.exit(f"train.py: cannot load text_init={text_init!r}: {str(e).splitlines()[0]}")
+    # ids past the embedding table would crash or, on a GPU, read garbage
+    if len(text_tok) > enc_config.vocab_size:
+        sys.exit(f"train.py: text_init={text_init!r}: its tokenizer writes ids up to "
+                 f"{len(text_tok) - 1}, its embedding table has {enc_config.vocab_size} rows "
+                 f"(another model's tokenizer?)")
+    if text_tok.pad_token_id is None:
+        sys.exit(f"train.py: text_init={text_init!r}: its tokenizer has no pad token "
+                 f"(the student pads captions and masks the padding)")
+    for d, m, path in ((data, man, train_cache), (val, vman, val_cache),
+                       (extra_txt, xman, extra_text_cache)):
+        if d is not None:
+            check_captions(d, m, path, 'train.py')
+    text_length = min(text_length, getattr(enc_config, 'max_position_embeddings', text_length))
+    for d in (data, val, extra_txt):
+        if d is not None:
+            d['student_ids'] = tokenize(text_tok, captions(d), text_length)
+    text_key = 'student_ids'
+    print0(f"text tower: text_init={text_init!r} ({enc_config.model_type}, "
+           f"{len(text_tok)} tokens), captions tokenised at {text_length} tokens")
+
 # The seed of one random stream, from (run seed, purpose, step, micro-step, rank): every draw
 # depends on where it is made, not on what ran before it, so resume is exact and the prefetch
 # thread changes nothing. The constants only keep a run's streams apart (others would do as
@@ -364,7 +402,7 @@ def get_batch(it, micro):
     gcap = reg_start[idx] + (torch.rand(len(idx), generator=g) * reg_count[idx]).long()
     aref, gcap = aref.clamp(max=max(n_regions - 1, 0)), gcap.clamp(max=max(n_regions - 1, 0))
     sl = slice(rank * batch_size, (rank + 1) * batch_size)
-    b = dict(pixels=data['pixels'][idx[sl]], ids=data['input_ids'][cap[sl]].long())
+    b = dict(pixels=data['pixels'][idx[sl]], ids=data[text_key][cap[sl]].long())
     if has_teacher:
         # global batch: the affinity targets span all ranks
         b['t_img'] = data['image_embeds'][idx].float()
@@ -402,7 +440,7 @@ def get_extra(d, it, micro, purpose):
                         (n * world,), generator=g)
     sl = slice(rank * n, (rank + 1) * n)
     if not images:
-        return dict(ids=d['input_ids'][idx[sl]].long(), t_txt=d['text_embeds'][idx].float())
+        return dict(ids=d[text_key][idx[sl]].long(), t_txt=d['text_embeds'][idx].float())
     b = dict(pixels=d['pixels'][idx[sl]], t_img=d['image_embeds'][idx].float())
     if views > 1 and 'view_embeds' in d:
         pick_view(b, d, idx, sl, g)
@@ -434,6 +472,9 @@ else:
                           kept_ids=kept.tolist(), embed_dim=embed_dim,
                           image_mean=man['mean'], image_std=man['std'],
                           text_length=text_length)
+        if text_encoder_init: # the HF text encoder, rebuilt from its config (StudentConfig)
+            model_args.update(text_encoder=TEXT_ENCODER_DIR, text_pad_id=text_tok.pad_token_id,
+                              text_encoder_config=enc_config.to_dict())
 # the same seed on every rank: identical initial weights without a broadcast
 torch.manual_seed(seed)
 if 'hf_model' in model_args:
@@ -503,7 +544,13 @@ if 'hf_model' in model_args:
                  f"sizes; set lambda_feat=0 and lambda_extra_feat=0 (the affinity terms work "
                  f"at any size)")
 else:
-    student = Student(StudentConfig(**model_args)).to(device)
+    student = Student(StudentConfig(**model_args))
+    if text_encoder_init and not ckpt: # the encoder's pretrained weights (resume: the checkpoint's)
+        from transformers import AutoModel
+        pretrained_encoder = AutoModel.from_pretrained(text_init, dtype=torch.float32)
+        student.text_model.load_state_dict(pretrained_encoder.state_dict())
+        del pretrained_encoder
+    student = student.to(device)
 # text_init='teacher' on a fresh run (resume loads the trained weights): the text tower from the
 # teacher that made the train cache, as its manifest names it (a train.py run dir, the demo
 # teacher's too, or an HF SigLIP / SigLIP 2 dir or downloaded hub name)
@@ -559,6 +606,8 @@ if 'hf_model' in model_args:
            f" logit_scale {student.logit_scale.exp().item():.2f}, logit_bias "
            f"{student.logit_bias.item():.2f})")
     what, rows = 'HF model', text_cfg.vocab_size
+elif text_encoder_init: # the HF text encoder's own table
+    what, rows = 'student', student.text_model.config.vocab_size
 else:
     what, rows = 'student', vocab
 print0(f"{what}: {n_params / 1e6:.2f}M params "
@@ -641,7 +690,7 @@ vcap = val['caption_image_ids'] <= val['image_ids'][vn - 1]
 def evaluate():
     student.eval()
     with autocast:
-        img, txt = embed_student(student, val['pixels'][:vn], val['input_ids'][vcap], device)
+        img, txt = embed_student(student, val['pixels'][:vn], val[text_key][vcap], device)
     student.train()
     img_index = torch.searchsorted(val['image_ids'][:vn], val['caption_image_ids'][vcap])
     return {f'val/{k}': v for k, v in retrieval_metrics(img, txt, img_index).items()}
@@ -709,14 +758,27 @@ def write_checkpoint(metrics):
     proc = os.path.join(train_cache, 'processor')
     for f in os.listdir(proc):
         shutil.copyfile(os.path.join(proc, f), os.path.join(staging, f))
-    files = {f: sha256(os.path.join(staging, f)) for f in sorted(os.listdir(staging))}
+    # an HF text tower: its own tokenizer + config.json in its subdir (from_pretrained,
+    # eval.py and student.py tokenise with it)
+    if text_tok is not None:
+        enc_dir = os.path.join(staging, student.config.text_encoder)
+        text_tok.save_pretrained(enc_dir)
+        student.text_model.config.save_pretrained(enc_dir)
+    # paths relative to the save, subdirs included
+    files = {os.path.relpath(os.path.join(d, f), staging): sha256(os.path.join(d, f))
+             for d, _, names in sorted(os.walk(staging)) for f in sorted(names)}
     for f in files:
+        os.makedirs(os.path.dirname(os.path.join(out_dir, f)), exist_ok=True)
         atomic_write(os.path.join(out_dir, f),
                      lambda tmp: os.replace(os.path.join(staging, f), tmp))
-    os.rmdir(staging)
+    shutil.rmtree(staging)
     # an earlier run's files this save does not write (its decoder, another model's processor
     # files) must not be read as this run's
     old = [os.path.basename(p) for p in processor_files(out_dir)] + list(SAVE_FILES)
+    # and an earlier run's text encoder files
+    enc_dir = os.path.join(out_dir, TEXT_ENCODER_DIR)
+    if os.path.isdir(enc_dir):
+        old += [os.path.join(TEXT_ENCODER_DIR, f) for f in os.listdir(enc_dir)]
     for f in set(old) - set(files):
         if os.path.isfile(os.path.join(out_dir, f)):
             os.remove(os.path.join(out_dir, f))

@@ -18,6 +18,8 @@
 #                                  #   5,000 pairs, 2 seeds each (4,482 s measured on 2 shared cores: README)
 #   PARTS=1 bash demo.sh           # + what each part of the recipe adds (views / unpaired images / texts), 2 seeds
 #   RETRAIN_TEACHER=1 bash demo.sh # train the demo teacher from scratch first (config/shapes_teacher.py, ~60 min)
+#   TEXT=1 bash demo.sh            # + the text tower's start: from scratch / inherited from the teacher / a BERT
+#                                  #   pretrained by MLM on the web captions, for a1 and a5, 3 seeds (~20 min)
 #   TERMS=1 bash demo.sh           # + what each SigLIP 2 term adds to a small HF Siglip2Model: a sigmoid-only base, then
 #                                  #   sigmoid / + LocCa / + SILC/TIPS / all at equal steps, 2 seeds (~30 min on 2 cores)
 set -euo pipefail
@@ -32,6 +34,7 @@ WORLD=(--seed=${WORLD_SEED:-0}); TEACH=(); STUD=(); RECIPE_ARGS=(); SEEDS=${SEED
 RUNS="a1 a3 a4 a5 a7" # Table 1 (No KD = a1, the best distilled on val) and Table 2 (a5 a4 a3 a7)
 PAIRS="" # the recipe's data-efficiency sweep: a5 and the recipe on the first N of the 5,000 pairs
 TBASE=(); TARM=() # the terms study's base and arms (--quick: shorter)
+TEXT_SEEDS="0 1 2"; MLM=() # the text-start study's seeds; pretrain_text.py's flags (--quick: shorter)
 if [ -n "${FULL:-}" ]; then # the longest runs first, so that the last pair of jobs is short
     RECIPE=1; PAIRS="500 2000" # Table C: config/shapes_c*.py; Table B: config/shapes_b*.py
     RUNS="tinysiglip-p500 tinysiglip-p2000 tinysiglip c2 c1 a5-p500 a5-p2000 $RUNS b5 b4 b3 b2 b1"
@@ -44,11 +47,12 @@ if [ "${1:-}" = "--quick" ]; then # same pipeline, smaller world and budgets
     STUD=(--max_iters=40 --eval_interval=40 --log_interval=20 --batch_size=64 --val_images=100)
     RECIPE_ARGS=(--max_iters=40 --eval_interval=40)
     SEEDS="0"; RUNS="tinysiglip a1 a5"; K=3; RECIPE=1
+    TEXT_SEEDS="0"; MLM=(--iters=50)
     [ -z "${FULL:-}" ] || { PAIRS="100"; RUNS="tinysiglip-p100 a5-p100 $RUNS c2 c1 b5 b4 b3 b2 b1"; }
     TBASE=(--max_iters=40 --eval_interval=40 --val_images=100); TARM=(--max_iters=10 --eval_interval=10 --val_images=100)
 fi
 # the web split feeds only the teacher's retraining, the recipe's unpaired caches and the terms study
-[ -n "${RECIPE:-}${RETRAIN_TEACHER:-}${TERMS:-}" ] || [ "${1:-}" = "--quick" ] || WORLD+=(--n_web=0)
+[ -n "${RECIPE:-}${RETRAIN_TEACHER:-}${TERMS:-}${TEXT:-}" ] || [ "${1:-}" = "--quick" ] || WORLD+=(--n_web=0)
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
 t0=$(date +%s)
 step() { echo; echo "== [$(( $(date +%s) - t0 ))s] $*"; }
@@ -94,6 +98,10 @@ if [ -n "${FULL:-}" ]; then
     for t in b l so; do $PY eval.py --cache=$D/cache/shapes-$t/test; done
 fi
 $PY eval.py --cache=$C/test
+if [ -n "${TEXT:-}" ]; then
+    echo "   + the text tower's pretrained start: a BERT pretrained by MLM on the web captions"
+    $PY data/shapes/pretrain_text.py --data_dir=$W --out_dir=$W/bert "${MLM[@]}" | tail -n 1
+fi
 step "4. students (two at a time, one thread each)"
 runs=()
 cache_of() { # the caches of run $1: its teacher's (Table B), train cut to its first N pairs (the sweep)
@@ -137,6 +145,17 @@ if [ -n "${PARTS:-}" ]; then # what each part of the recipe adds, two seeds each
         launch "${P[@]}" parts-views-s$seed $seed --views=$K "${NONE[@]}" "${RECIPE_ARGS[@]}"
         launch "${P[@]}" parts-images-s$seed $seed --views=1 "${EXTRA[0]}" --extra_text_cache= "${RECIPE_ARGS[@]}"
         launch "${P[@]}" parts-texts-s$seed $seed --views=1 --extra_image_cache= "${EXTRA[1]}" "${RECIPE_ARGS[@]}"
+    done
+fi
+if [ -n "${TEXT:-}" ]; then # the text tower's start, for No KD (a1) and the full method (a5)
+    for seed in $TEXT_SEEDS; do
+        sfx=; [ $seed = 0 ] || sfx=-s$seed
+        for a in a1 a5; do
+            AC="config/$a.py config/shapes.py"
+            [[ " $SEEDS " = *" $seed "* && " $RUNS " = *" $a "* ]] || launch "$AC" $a$sfx $seed
+            launch "$AC" $a-inherit$sfx $seed --text_init=teacher
+            launch "$AC" $a-mlm$sfx $seed --text_init=$W/bert
+        done
     done
 fi
 for p in $(jobs -p); do wait $p; done

@@ -545,6 +545,7 @@ def convergence(run_dir):
     return at80, v80, end, half, verdict
 CHECKED = ['a1', tiny] + [n for _, n in SEED_ABLATION] + [b_run(n) for n in GRID_RUNS]
 CHECKED += ['c1', 'c2'] + [n for _, a5_run, recipe_run in SWEEP for n in (a5_run, recipe_run)]
+CHECKED += [m + sfx for _, m in TEXT_METHODS for _, sfx in TEXT_STARTS]
 curves = [(os.path.basename(e['dir']), convergence(e['dir']))
           for n in dict.fromkeys(CHECKED) for e in seeds(n, *own_teacher(n))]
 curves = [(n, c) for n, c in curves if c]

@@ -7,7 +7,7 @@ exercises.
     python test_smoke.py -m fast                 # the inner loop: unit tests + small command lines
     python -m pytest -q -m fast test_smoke.py    # the same
     python -m pytest -q test_smoke.py -k resume  # the tests whose name matches
-    DEMO_DIR=/tmp/demo FULL=1 TERMS=1 bash demo.sh --quick  # then reuse it in every session:
+    DEMO_DIR=/tmp/demo FULL=1 TERMS=1 TEXT=1 bash demo.sh --quick  # then reuse it in every session:
     TEST_DEMO_DIR=/tmp/demo python -m pytest -q test_smoke.py -k demo
 
 Times. The full suite: 90 passed in 1465 s from a clean clone (`bash .ci/run`) on the quiet
@@ -97,14 +97,15 @@ def demo(tmp_path_factory):
     """The quick demo once, with every table (world -> teachers -> caches -> A1, A5, the recipe,
     Tables B and C, the sweep -> eval -> the per-term study on a small Siglip2Model -> report);
     other tests reuse its caches. TEST_DEMO_DIR=<dir> reuses a
-    `DEMO_DIR=<dir> FULL=1 TERMS=1 bash demo.sh --quick` made by this same code (faster
+    `DEMO_DIR=<dir> FULL=1 TERMS=1 TEXT=1 bash demo.sh --quick` made by this same code (faster
     iterations)."""
     if os.environ.get('TEST_DEMO_DIR'):
         return pathlib.Path(os.environ['TEST_DEMO_DIR'])
     d = tmp_path_factory.mktemp('demo')
     t = time.time()
     p = subprocess.run(['bash', 'demo.sh', '--quick'], cwd=REPO,
-                       env=dict(ENV, DEMO_DIR=str(d), PY=sys.executable, TERMS='1', FULL='1'),
+                       env=dict(ENV, DEMO_DIR=str(d), PY=sys.executable, TERMS='1', FULL='1',
+                                TEXT='1'),
                        capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
     print(f"quick demo: {time.time() - t:.0f}s")
@@ -3229,6 +3230,15 @@ def test_demo_quick_writes_tables(demo):
     assert '| a1 | 0 |' in report and 'not checked: no val point in the last 30 % |' in report
     # config/shapes.py
     assert json.load(open(demo / 'out/shapes/a5/meta.json'))['model_args']['image_size'] == 32
+    # TEXT=1: a1 and a5 with the text tower from scratch, inherited, the MLM-pretrained BERT
+    text = md_table(report, "## The student's text tower: where it starts")[2:]
+    runs = [r.split(' | ')[2] for r in text]
+    assert runs == ['a1', 'a1-inherit', 'a1-mlm', 'a5', 'a5-inherit', 'a5-mlm'], text
+    assert not any('(missing' in r for r in text), text
+    assert 'text tower inherited from' in open(demo / 'out/shapes/a5-inherit.log').read()
+    mlm_args = json.load(open(demo / 'out/shapes/a5-mlm/meta.json'))['model_args']
+    assert mlm_args['text_encoder_config']['model_type'] == 'bert'
+    assert '- Text tower inherited from the teacher vs from scratch, Full Method' in asked
     # TERMS=1: the base, then each objective from it, 2 seeds, all scored on the study's cache
     terms = md_table(report, '## What each SigLIP 2 term adds')
     assert [r.split(' | ')[1:3] for r in terms[2:]] == [

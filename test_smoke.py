@@ -106,7 +106,7 @@ def demo(tmp_path_factory):
     p = subprocess.run(['bash', 'demo.sh', '--quick'], cwd=REPO,
                        env=dict(ENV, DEMO_DIR=str(d), PY=sys.executable, TERMS='1', FULL='1',
                                 TEXT='1'),
-                       capture_output=True, text=True, timeout=900)
+                       capture_output=True, text=True, timeout=1800)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
     print(f"quick demo: {time.time() - t:.0f}s")
     return d

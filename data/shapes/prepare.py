@@ -193,6 +193,14 @@ def make_tiny_hf_teacher(out_dir, processor_dir, kind='siglip', image_size=32, p
     model.save_pretrained(out_dir)
     proc.save_pretrained(out_dir)
 
+def parse_args(script, cfg): # --key=value over cfg's defaults, typed as the default; else an error
+    for a in sys.argv[1:]:
+        k, sep, v = a[2:].partition('=')
+        if not a.startswith('--') or not sep or k not in cfg:
+            sys.exit(f"{script}: unknown argument {a!r}; known: "
+                     + ' '.join(f'--{k}=' for k in cfg))
+        cfg[k] = type(cfg[k])(v)
+
 def make_image(out, split, sid, i, S, seed):
     """One image + its annotations; writes the JPEG.
     Seeded per image: deterministic under any worker pool."""
@@ -217,12 +225,7 @@ if __name__ == '__main__':
     cfg = dict(out_dir=os.path.dirname(os.path.abspath(__file__)),
                # test 5k images as COCO's 5k test split: a 500-image split moves R@1 by points
                n_web=20000, n_train=5000, n_val=500, n_test=5000, image_size=32, seed=0)
-    for a in sys.argv[1:]:
-        k, sep, v = a[2:].partition('=')
-        if not a.startswith('--') or not sep or k not in cfg:
-            sys.exit(f"prepare.py: unknown argument {a!r}; known: "
-                     + ' '.join(f'--{k}=' for k in cfg))
-        cfg[k] = type(cfg[k])(v)
+    parse_args('prepare.py', cfg)
     out, S, t0 = cfg['out_dir'], cfg['image_size'], time.time()
     os.makedirs(os.path.join(out, 'annotations'), exist_ok=True)
     tok = build_tokenizer(out, S)

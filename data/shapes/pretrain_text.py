@@ -15,6 +15,7 @@ Masking as BERT's (Devlin et al., arXiv 1810.04805, §3.1): 15 % of the real tok
 """
 import os, sys, json, time
 import torch
+from prepare import parse_args # this dir's: the same --key=value rule
 
 SPECIALS = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]'] # [PAD] = 0: the student's pad id
 
@@ -51,12 +52,7 @@ if __name__ == '__main__':
     here = os.path.dirname(os.path.abspath(__file__))
     cfg = dict(data_dir=here, out_dir=os.path.join(here, 'bert'), width=64, layers=1, heads=2,
                length=32, batch_size=128, iters=1500, lr=1e-3, seed=0, log_interval=100)
-    for a in sys.argv[1:]:
-        k, sep, v = a[2:].partition('=')
-        if not a.startswith('--') or not sep or k not in cfg:
-            sys.exit(f"pretrain_text.py: unknown argument {a!r}; known: "
-                     + ' '.join(f'--{k}=' for k in cfg))
-        cfg[k] = type(cfg[k])(v)
+    parse_args('pretrain_text.py', cfg)
     path = os.path.join(cfg['data_dir'], 'annotations', 'captions_web2017.json')
     if not os.path.isfile(path):
         sys.exit(f"pretrain_text.py: no {path}: run data/shapes/prepare.py first")

@@ -97,6 +97,9 @@ def seeds(name, reference_path=None, reference_name='the teacher row'):
         out += [dict(e, seed=seed, dir=d)] if e and not why else []
     return out
 
+def seed_counts(names): # "a5 2, a4 2": how many seeds each row's mean is over
+    return ', '.join(f'{n} {len(seeds(n))}' for n in names)
+
 def gap(name): # the note of a row without numbers: why, or that the run is missing
     return (f"  ({'; '.join(NOTES[name])})" if NOTES.get(name)
             else f"  (missing: {os.path.join(runs_dir, name)})")
@@ -231,7 +234,8 @@ lines += ['', '## Table 1: teacher vs students', '',
           "Params: the teacher's image tower / total; "
           "a student's total (without the token table). TinySigLIP: the distilled run "
           f"({', '.join(DISTILLED)}) with the best val R@1, chosen on val. "
-          "Ratio: student R@1 / the teacher's (I→T / T→I).", '']
+          "Ratio: student R@1 / the teacher's (I→T / T→I). "
+          f"Seeds: {seed_counts(['a1', tiny])}.", '']
 # zero-shot transfer sets: the teacher's eval.json of each; a student's row is its
 # evals['<dataset>/<split>'], scored on the same cache (fingerprint)
 transfers = []
@@ -269,15 +273,19 @@ for label, evals in table1:
 SEED_ABLATION = [('Full Method', 'a5'), ('w/o Feature Loss', 'a4'), ('w/o Affinity Loss', 'a3'),
                  ('w/o Contrastive', 'a7')]
 full = seeds('a5')
-def delta(ev): # [ΔI→T, ΔT→I] in R@1 points vs the full method (means over seeds)
+# [ΔI→T, ΔT→I] in R@1 points vs the full method: the mean over the seeds both runs have, as in
+# Table 2 (a5 may have more seeds than the others: TEXT=1 adds its seed 2)
+def delta(ev):
     if not ev or not full:
         return ['—', '—']
-    return [f"{mean(ev, k) - mean(full, k):+.1f}" for k in R1]
+    pairs = [paired_deltas(ev, full, k) for k in R1]
+    return [f"{sum(d) / len(d):+.1f}" if d else '—' for d in pairs]
 lines += ['', '## Table 2: ablation (delta vs the full method)', '',
           'Delta vs Full: R@1 points, mean ± half-range over the seeds both runs have (± the '
           "delta's 95 % interval: the two runs' bootstrap half-widths combined). Resolved: every "
           "seed's delta has one sign and the mean clears the interval. Rows: " +
-          ', '.join(f'{label} = {n}' for label, n in SEED_ABLATION) + '.', '']
+          ', '.join(f'{label} = {n}' for label, n in SEED_ABLATION) + '. A row\'s R@1 is over '
+          f"all its seeds ({seed_counts([n for _, n in SEED_ABLATION])}).", '']
 lines += header('Configuration', 'I→T R@1', 'T→I R@1', 'Δ I→T', 'Δ T→I',
                 'Resolved I→T / T→I')
 findings = [] # (what, cells, resolved per direction): the report's opening list
@@ -313,7 +321,8 @@ if any(seeds(n) for _, n in PARTS[1:]):
 LOSSES = {'a1': 'contrastive only (no KD)', 'a2': 'feature', 'a3': 'feature + contrastive',
           'a4': 'affinity + contrastive', 'a5': 'feature + affinity + contrastive',
           'a6': 'a5 + LocCa + SILC/TIPS', 'a7': 'feature + affinity'}
-lines += ['', '## Table 2b: every loss combination (delta vs the full method a5)', '']
+lines += ['', '## Table 2b: every loss combination (delta vs the full method a5)', '',
+          'Δ: the mean over the seeds both runs have, as in Table 2.', '']
 lines += header('run', 'losses', 'I→T R@1', 'T→I R@1', 'Δ I→T', 'Δ T→I')
 for n, what in LOSSES.items():
     ev = seeds(n)

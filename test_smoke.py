@@ -3031,13 +3031,14 @@ def test_report_marks_a_delta_resolved_only_when_seeds_and_intervals_clear_zero(
     write(tmp_path / 'teacher.json', ev(40.0, 40.0))
     runs = {'a1': (24.0, 12.0), 'a1-s1': (24.0, 12.0), # 0.60x in range, 0.30x outside
             'a5': (30.0, 30.0), 'a5-s1': (31.0, 31.0),
+            'a5-s2': (40.0, 40.0), # a seed only a5 has (TEXT=1): no delta pairs with it
             'a4': (25.0, 29.8), 'a4-s1': (26.0, 30.6),  # I→T -5 / -5; T→I -0.2 / -0.4
             'a3': (32.0, 33.0), 'a3-s1': (29.0, 34.0),  # I→T +2 / -2; T→I +3 / +3
             'a7': (20.0, 20.0)}                         # one seed
     for name, (i2t, t2i) in runs.items():
         write(out / name / 'eval.json', ev(i2t, t2i))
     # val picks the distilled run of Table 1: a3 is best on val though a5 is not worse on test
-    val = {'a5': 50.0, 'a5-s1': 50.0, 'a3': 60.0, 'a3-s1': 60.0, 'a4': 10.0, 'a4-s1': 10.0}
+    val = {'a5': 50.0, 'a5-s1': 50.0, 'a5-s2': 50.0, 'a3': 60.0, 'a3-s1': 60.0, 'a4': 10.0, 'a4-s1': 10.0}
     # val curves (mean of I→T and T→I): a5 flat after 80 %, a4 still rising, a3 has no point
     # between 70 % and 80 % of its run
     curves = {'a5': [(0, 1), (800, 49), (1000, 50)], 'a4': [(0, 1), (800, 30), (1000, 45)],
@@ -3059,6 +3060,11 @@ def test_report_marks_a_delta_resolved_only_when_seeds_and_intervals_clear_zero(
     assert rows['w/o Affinity Loss'] == ['+0.0 ± 2.0 (±0.7)', '+3.0 ± 0.0 (±0.7)',
                                          'no: inside the seed spread / yes |']
     assert rows['w/o Contrastive'] == ['-10.0 (±0.7)', '-10.0 (±0.7)', 'no: 1 seed / no: 1 seed |']
+    assert 'A row\'s R@1 is over all its seeds (a5 3, a4 2, a3 2, a7 1).' in report
+    assert 'Seeds: a1 2, a3 2.' in report # Table 1's student rows
+    # Table 2b's delta pairs seeds as Table 2 does: a4 -5.0 / -0.3, not 25.5 - 33.7
+    table_2b = md_table(report, '## Table 2b: every loss combination (delta vs the full method a5)')
+    assert [l for l in table_2b if l.startswith('| a4 |')][0].endswith(' | -5.0 | -0.3 |')
     findings = md_table(report, '## Findings', prefix='- ')
     assert findings[0] == ("- Calibration: No KD (a1) reaches 0.60× / 0.30× of the teacher's "
                            "I→T / T→I R@1: OUTSIDE the range 0.5–0.75× (the seed's No KD: 0.64×).")
@@ -3071,7 +3077,7 @@ def test_report_marks_a_delta_resolved_only_when_seeds_and_intervals_clear_zero(
             ) in findings
     verdicts = {l.split(' | ')[0][2:]: l.split(' | ')[-1] for l in
                 md_table(report, '## Convergence')[2:]}
-    assert verdicts == {'a5': 'flat |', 'a5-s1': 'flat |', 'a3': 'not checked: no val point in '
+    assert verdicts == {'a5': 'flat |', 'a5-s1': 'flat |', 'a5-s2': 'flat |', 'a3': 'not checked: no val point in '
                         'the last 30 % |', 'a3-s1': 'not checked: no val point in the last 30 % |',
                         'a4': 'rising |', 'a4-s1': 'rising |'}
 

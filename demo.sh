@@ -20,7 +20,7 @@
 #   RETRAIN_TEACHER=1 bash demo.sh # train the demo teacher from scratch first (config/shapes_teacher.py, ~60 min)
 #   TEXT=1 bash demo.sh            # + the text tower's start: from scratch / inherited from the teacher / a BERT
 #                                  #   pretrained by MLM on the web captions, for a1 and a5, 3 seeds: 14 more runs of
-#                                  #   ~2 min, two at a time, after ~3 min of MLM pretraining (not yet timed whole)
+#                                  #   ~2.5 min, two at a time, after ~1 min of MLM pretraining (2,308 s in all: README)
 #   TERMS=1 bash demo.sh           # + what each SigLIP 2 term adds to a small HF Siglip2Model: a sigmoid-only base, then
 #                                  #   sigmoid / + LocCa / + SILC/TIPS / all at equal steps, 2 seeds (~30 min on 2 cores)
 set -euo pipefail

@@ -3038,7 +3038,8 @@ def test_report_marks_a_delta_resolved_only_when_seeds_and_intervals_clear_zero(
     for name, (i2t, t2i) in runs.items():
         write(out / name / 'eval.json', ev(i2t, t2i))
     # val picks the distilled run of Table 1: a3 is best on val though a5 is not worse on test
-    val = {'a5': 50.0, 'a5-s1': 50.0, 'a5-s2': 50.0, 'a3': 60.0, 'a3-s1': 60.0, 'a4': 10.0, 'a4-s1': 10.0}
+    val = {'a5': 50.0, 'a5-s1': 50.0, 'a5-s2': 50.0, 'a3': 60.0, 'a3-s1': 60.0,
+           'a4': 10.0, 'a4-s1': 10.0}
     # val curves (mean of I→T and T→I): a5 flat after 80 %, a4 still rising, a3 has no point
     # between 70 % and 80 % of its run
     curves = {'a5': [(0, 1), (800, 49), (1000, 50)], 'a4': [(0, 1), (800, 30), (1000, 45)],
@@ -3077,8 +3078,9 @@ def test_report_marks_a_delta_resolved_only_when_seeds_and_intervals_clear_zero(
             ) in findings
     verdicts = {l.split(' | ')[0][2:]: l.split(' | ')[-1] for l in
                 md_table(report, '## Convergence')[2:]}
-    assert verdicts == {'a5': 'flat |', 'a5-s1': 'flat |', 'a5-s2': 'flat |', 'a3': 'not checked: no val point in '
-                        'the last 30 % |', 'a3-s1': 'not checked: no val point in the last 30 % |',
+    assert verdicts == {'a5': 'flat |', 'a5-s1': 'flat |', 'a5-s2': 'flat |',
+                        'a3': 'not checked: no val point in the last 30 % |',
+                        'a3-s1': 'not checked: no val point in the last 30 % |',
                         'a4': 'rising |', 'a4-s1': 'rising |'}
 
 @pytest.mark.fast

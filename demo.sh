@@ -15,7 +15,7 @@
 #                                  #   unpaired captions, 4,000 steps beside the A runs
 #   FULL=1 bash demo.sh            # + Table B (the kept B / L / So400m stand-ins x Tiny / Small students), Table C
 #                                  #   (ResNet, MobileNet students) and the recipe (RECIPE=1) against A5 on 500 / 2,000 /
-#                                  #   5,000 pairs, 2 seeds each (4,482 s measured on 2 shared cores: README)
+#                                  #   5,000 pairs, 2 seeds each (3,556 s on a quiet 2-core CPU: README)
 #   PARTS=1 bash demo.sh           # + what each part of the recipe adds (views / unpaired images / texts), 2 seeds
 #   RETRAIN_TEACHER=1 bash demo.sh # train the demo teacher from scratch first (config/shapes_teacher.py, ~60 min)
 #   TEXT=1 bash demo.sh            # + the text tower's start: from scratch / inherited from the teacher / a BERT

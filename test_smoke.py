@@ -3063,7 +3063,7 @@ def test_report_marks_a_delta_resolved_only_when_seeds_and_intervals_clear_zero(
     assert rows['w/o Contrastive'] == ['-10.0 (±0.7)', '-10.0 (±0.7)', 'no: 1 seed / no: 1 seed |']
     assert 'A row\'s R@1 is over all its seeds (a5 3, a4 2, a3 2, a7 1).' in report
     assert 'Seeds: a1 2, a3 2.' in report # Table 1's student rows
-    # Table 2b's delta pairs seeds as Table 2 does: a4 -5.0 / -0.3, not 25.5 - 33.7
+    # Table 2b pairs seeds as Table 2 does: a4 -5.0 / -0.3, not 25.5 - 33.7 (a5 over 3 seeds)
     table_2b = md_table(report, '## Table 2b: every loss combination (delta vs the full method a5)')
     assert [l for l in table_2b if l.startswith('| a4 |')][0].endswith(' | -5.0 | -0.3 |')
     findings = md_table(report, '## Findings', prefix='- ')
